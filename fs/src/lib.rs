@@ -1,1 +1,70 @@
-//! placeholder
+//! rcfs-fs: the rcfs union filesystem.
+//!
+//! * [`layer`] — read-only layers ([`layer::Layer`]): host directories now,
+//!   lazily fetched image layer blobs next.
+//! * [`whiteout`] — the spellings of deletions and opaque directories.
+//! * [`union`] — the merged tree, copy-up and every filesystem operation,
+//!   callable without a mount.
+//! * [`fuse`] — the FUSE server over a union.
+//! * [`mount`] — mounting it.
+
+pub mod fuse;
+pub mod layer;
+mod sys;
+pub mod union;
+pub mod whiteout;
+
+use std::io;
+use std::path::Path;
+
+pub use fuser::{Session, SessionUnmounter};
+
+/// Where and how to mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Let users other than the mounter in (needs `user_allow_other` in
+    /// /etc/fuse.conf when not root).
+    pub allow_other: bool,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+    /// Request-serving threads.
+    pub threads: usize,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig {
+            allow_other: false,
+            fsname: "rcfs".into(),
+            threads: 4,
+        }
+    }
+}
+
+/// Mounts `fs` at `mountpoint`; serve it with [`Session::run`].
+pub fn mount(
+    fs: fuse::UnionFs,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<Session<fuse::UnionFs>> {
+    let mut config = fuser::Config::default();
+    let mut opts = vec![
+        fuser::MountOption::FSName(cfg.fsname.clone()),
+        fuser::MountOption::Subtype("rcfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if nix::unistd::geteuid().is_root() {
+        // Container roots need device nodes and setuid binaries to work.
+        opts.push(fuser::MountOption::Dev);
+        opts.push(fuser::MountOption::Suid);
+    }
+    config.mount_options = opts;
+    config.acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    Session::new(fs, mountpoint, &config)
+}

@@ -1,0 +1,8 @@
+//! The rcfs command line, as a library the binaries stay thin over.
+//!
+//! * [`mount`] — checks a mount request, mounts a union and serves it, in the
+//!   foreground or from a background process that outlives the command.
+//! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
+
+pub mod mount;
+pub mod overlay_args;

@@ -1,0 +1,399 @@
+//! Mounting a union: the checks that turn a bad request into a clear
+//! message, the background process, and clean unmounting on signals.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::ForkResult;
+use rcfs_fs::fuse::{MountOptions, UnionFs};
+use rcfs_fs::layer::{DirLayer, Layer};
+use rcfs_fs::union::{Config, Union, UpperConfig};
+use rcfs_fs::MountConfig;
+
+/// Everything a mount needs.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    /// Lower dirs, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// Serve from this process instead of a background one.
+    pub foreground: bool,
+    pub debug: bool,
+    pub allow_other: bool,
+    /// Metadata-only copy-up (see `rcfs_fs::union::Config::metacopy`).
+    pub metacopy: bool,
+    pub passthrough: bool,
+    pub ttl: Duration,
+    pub fsname: String,
+    pub threads: usize,
+}
+
+impl MountRequest {
+    /// A request with defaults for everything but the paths.
+    pub fn new(
+        lowers: Vec<PathBuf>,
+        upper: Option<PathBuf>,
+        work: Option<PathBuf>,
+        mountpoint: PathBuf,
+    ) -> Self {
+        MountRequest {
+            lowers,
+            upper,
+            work,
+            mountpoint,
+            foreground: false,
+            debug: false,
+            allow_other: false,
+            metacopy: true,
+            passthrough: true,
+            ttl: Duration::from_secs(86400),
+            fsname: "rcfs".into(),
+            threads: 4,
+        }
+    }
+}
+
+/// Splits a `A:B:C` list of lower dirs.
+pub fn split_lowers(s: &str) -> Vec<PathBuf> {
+    s.split(':')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn abs(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+}
+
+/// Checks the request against the machine, resolving relative paths (they
+/// are relative to the directory the command was started in).
+fn check(req: &mut MountRequest) -> Result<()> {
+    if req.lowers.is_empty() && req.upper.is_none() {
+        bail!("no layers given: pass at least one lower dir (--lower A:B or -o lowerdir=A:B)");
+    }
+    for l in req.lowers.iter_mut() {
+        let p = abs(l)?;
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("lower dir {} is not a directory", p.display()),
+            Err(e) => bail!("lower dir {} cannot be used: {e}", p.display()),
+        }
+        *l = p;
+    }
+    match (&req.upper, &req.work) {
+        (Some(_), None) => {
+            bail!("an upper dir needs a work dir on the same filesystem (--work DIR / workdir=DIR)")
+        }
+        (None, Some(_)) => {
+            bail!("a work dir is only used with an upper dir (--upper DIR / upperdir=DIR)")
+        }
+        _ => {}
+    }
+    if let (Some(u), Some(w)) = (req.upper.clone(), req.work.clone()) {
+        let u = abs(&u)?;
+        let w = abs(&w)?;
+        let um = std::fs::metadata(&u)
+            .with_context(|| format!("upper dir {} cannot be used", u.display()))?;
+        let wm = std::fs::metadata(&w)
+            .with_context(|| format!("work dir {} cannot be used", w.display()))?;
+        if !um.is_dir() {
+            bail!("upper dir {} is not a directory", u.display());
+        }
+        if !wm.is_dir() {
+            bail!("work dir {} is not a directory", w.display());
+        }
+        if um.dev() != wm.dev() {
+            bail!(
+                "upper dir {} and work dir {} are on different filesystems: copy-up moves files from one to the other \
+                 atomically, which only works within one filesystem; put the work dir next to the upper dir",
+                u.display(),
+                w.display()
+            );
+        }
+        let (uc, wc) = (u.canonicalize()?, w.canonicalize()?);
+        if uc.starts_with(&wc) || wc.starts_with(&uc) {
+            bail!(
+                "upper dir {} and work dir {} must not contain each other",
+                u.display(),
+                w.display()
+            );
+        }
+        req.upper = Some(uc);
+        req.work = Some(wc);
+    }
+    let mp = abs(&req.mountpoint)?;
+    match std::fs::metadata(&mp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("mountpoint {} is not a directory", mp.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mountpoint {} does not exist: create it first (mkdir -p {})", mp.display(), mp.display())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mountpoint {} is a dead FUSE mount (its server exited): unmount it first (fusermount3 -u {})",
+            mp.display(),
+            mp.display()
+        ),
+        Err(e) => bail!("mountpoint {} cannot be used: {e}", mp.display()),
+    }
+    let mp = mp.canonicalize()?;
+    if is_mountpoint(&mp) {
+        bail!(
+            "mountpoint {} is busy: something is already mounted there; unmount it first (rcfs umount {})",
+            mp.display(),
+            mp.display()
+        );
+    }
+    req.mountpoint = mp;
+    check_fuse_device()?;
+    Ok(())
+}
+
+/// Whether `p` (canonical) is the mount point of a mount.
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(p.as_os_str()))
+}
+
+fn unescape_mountinfo(s: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 0
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Checks that FUSE can be used, with a message that says what to do if not.
+fn check_fuse_device() -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let helper = which("fusermount3").or_else(|| which("fusermount"));
+    if !root && helper.is_some() {
+        // The setuid helper opens /dev/fuse for us.
+        if !Path::new("/dev/fuse").exists() {
+            bail!("/dev/fuse does not exist: load the fuse kernel module (modprobe fuse), or in a container pass the device in (--device /dev/fuse)");
+        }
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "/dev/fuse does not exist: load the fuse kernel module (modprobe fuse), or in a container pass the device in (--device /dev/fuse)"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "no permission to open /dev/fuse: make it usable for your user (chmod 666 /dev/fuse, or the fuse group){}",
+            if helper.is_none() { ", or install fuse3 for the fusermount3 helper" } else { "" }
+        ),
+        Err(e) => bail!("cannot open /dev/fuse: {e}"),
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn build_union(req: &MountRequest) -> Result<Union> {
+    let mut lowers: Vec<Arc<dyn Layer>> = Vec::new();
+    for l in &req.lowers {
+        lowers.push(Arc::new(
+            DirLayer::new(l).with_context(|| format!("lower dir {}", l.display()))?,
+        ));
+    }
+    let upper = match (&req.upper, &req.work) {
+        (Some(u), Some(w)) => Some(UpperConfig {
+            upper: u.clone(),
+            work: w.clone(),
+        }),
+        _ => None,
+    };
+    Union::new(Config {
+        lowers,
+        upper,
+        metacopy: req.metacopy,
+    })
+    .context("cannot set up the union")
+}
+
+/// Mounts and serves `req`. In the foreground this returns when the mount is
+/// unmounted (or on SIGINT/SIGTERM, after unmounting); otherwise it returns
+/// once the mount is ready, served by a background process.
+pub fn run(mut req: MountRequest) -> Result<()> {
+    check(&mut req)?;
+    if req.foreground {
+        return serve(&req, None);
+    }
+    // A pipe tells the parent when the child has mounted (or why it failed).
+    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: no other threads exist yet, so the child may run any code.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            // The first child only forks the server and exits: reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut msg = String::new();
+            std::fs::File::from(rd).read_to_string(&mut msg).ok();
+            match msg.strip_prefix("ok") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => {
+                    bail!("the rcfs server exited before the mount was ready")
+                }
+                None => bail!("{}", msg.trim_end()),
+            }
+        }
+        ForkResult::Child => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            // Fork again so the server is nobody's child to reap: it is
+            // adopted by init (or the nearest subreaper) and never lingers as
+            // a zombie under a parent that does not wait.
+            // SAFETY: still single-threaded.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+                Ok(ForkResult::Child) => {}
+                Err(e) => {
+                    let _ = std::fs::File::from(wr).write_all(format!("fork: {e}").as_bytes());
+                    std::process::exit(1);
+                }
+            }
+            let code = match serve(&req, Some(wr)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
+    let result = (|| {
+        // Signals go to the thread that unmounts, not to the workers.
+        let mut sigs = SigSet::empty();
+        sigs.add(Signal::SIGINT);
+        sigs.add(Signal::SIGTERM);
+        sigs.add(Signal::SIGHUP);
+        sigs.thread_block().context("blocking signals")?;
+        // Modes come from the caller as the kernel computed them.
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let union = Arc::new(build_union(req)?);
+        let fs = UnionFs::new(
+            union,
+            MountOptions {
+                ttl: req.ttl,
+                debug: req.debug,
+                passthrough: req.passthrough,
+            },
+        );
+        let cfg = MountConfig {
+            allow_other: req.allow_other,
+            fsname: req.fsname.clone(),
+            threads: req.threads,
+        };
+        let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
+            .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
+        let mut unmounter = session.unmount_callable();
+        std::thread::Builder::new()
+            .name("rcfs-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = sigs.wait() {
+                    log::info!("{sig:?}: unmounting");
+                    if let Err(e) = unmounter.unmount() {
+                        log::error!("unmount failed: {e}");
+                    }
+                }
+            })?;
+        Ok(session)
+    })();
+    let session = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(fd) = ready.take() {
+                let _ = std::fs::File::from(fd).write_all(format!("{e:#}").as_bytes());
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(fd) = ready.take() {
+        detach_stdio(fd.as_raw_fd());
+        let _ = std::fs::File::from(fd).write_all(b"ok");
+    }
+    session.run().context("serving the mount")
+}
+
+/// A background server keeps no terminal: its stdio goes to /dev/null.
+fn detach_stdio(keep: i32) {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            if fd != keep {
+                // SAFETY: dup2 onto the standard fds; `null` stays open until then.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    }
+}
+
+/// Unmounts `mountpoint`; the server then exits.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let mp = abs(mountpoint)?;
+    if nix::unistd::geteuid().is_root() {
+        match nix::mount::umount2(&mp, nix::mount::MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => bail!(
+                "{} is busy: a process still uses it (see `fuser -vm {}`); close it, or detach with `umount -l {}`",
+                mp.display(),
+                mp.display(),
+                mp.display()
+            ),
+            Err(nix::errno::Errno::EINVAL) => bail!("{} is not a mount point", mp.display()),
+            Err(e) => bail!("cannot unmount {}: {e}", mp.display()),
+        }
+    }
+    let helper = which("fusermount3")
+        .or_else(|| which("fusermount"))
+        .context("unmounting as a normal user needs fusermount3 (Debian package fuse3)")?;
+    let out = std::process::Command::new(helper)
+        .arg("-u")
+        .arg(&mp)
+        .output()
+        .context("running fusermount3")?;
+    if !out.status.success() {
+        bail!(
+            "cannot unmount {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! fuse-overlayfs's command line, so that `rcfs-overlay` drops in for it:
+//!
+//! ```text
+//! rcfs-overlay [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,...] MOUNTPOINT
+//! rcfs-overlay SOURCE MOUNTPOINT -o ...      (the form mount.fuse3 passes)
+//! ```
+//! Options rcfs has no use for are warned about and ignored, as
+//! fuse-overlayfs does; generic mount flags (`rw`, `nodev`, ...) silently.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::mount::{split_lowers, MountRequest};
+
+/// A parsed command line: a mount, or a request for help/version.
+#[derive(Debug)]
+pub enum Parsed {
+    Mount(MountRequest, Vec<String>),
+    Help,
+    Version,
+}
+
+/// Generic mount(8) flags that carry no meaning for the union.
+const GENERIC: &[&str] = &[
+    "rw",
+    "ro",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "diratime",
+    "nodiratime",
+    "async",
+    "sync",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "default_permissions",
+    "defaults",
+];
+
+/// Parses `args` (without the program name). Returns the request and the
+/// warnings to print.
+pub fn parse(args: &[String]) -> Result<Parsed> {
+    let mut opts: Vec<String> = Vec::new();
+    let mut positional = Vec::new();
+    let mut foreground = false;
+    let mut debug = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => opts.push(it.next().context("-o needs an argument")?.clone()),
+            "-f" => foreground = true,
+            "-d" | "--debug" => debug = true,
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            s if s.starts_with("-o") && s.len() > 2 => opts.push(s[2..].to_string()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                bail!("unknown flag {s}; see rcfs-overlay --help")
+            }
+            _ => positional.push(PathBuf::from(a)),
+        }
+    }
+    let mountpoint = match positional.len() {
+        1 => positional.remove(0),
+        2 => positional.remove(1),
+        0 => bail!("no mountpoint given; usage: rcfs-overlay -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT"),
+        _ => bail!("too many arguments; usage: rcfs-overlay -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT"),
+    };
+    let mut req = MountRequest::new(Vec::new(), None, None, mountpoint);
+    // The upper dir may be read by other tools (podman's diff) as a plain
+    // tree, so data is always copied up here unless asked otherwise.
+    req.metacopy = false;
+    req.fsname = "fuse-overlayfs".into();
+    let mut warnings = Vec::new();
+    for opt in opts.iter().flat_map(|o| split_options(o)) {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, val) {
+            ("lowerdir", Some(v)) => req.lowers = split_lowers(v),
+            ("upperdir", Some(v)) => req.upper = Some(PathBuf::from(v)),
+            ("workdir", Some(v)) => req.work = Some(PathBuf::from(v)),
+            ("allow_other", None) | ("allow_root", None) => req.allow_other = true,
+            ("fsname", Some(v)) => req.fsname = v.to_string(),
+            ("timeout", Some(v)) => {
+                let secs: f64 = v
+                    .parse()
+                    .with_context(|| format!("timeout={v} is not a number of seconds"))?;
+                req.ttl = Duration::from_secs_f64(secs.max(0.0));
+            }
+            ("metacopy", Some("on")) => req.metacopy = true,
+            ("metacopy", Some("off")) => req.metacopy = false,
+            ("passthrough", Some("off")) => req.passthrough = false,
+            ("debug", None) => debug = true,
+            (k, None) if GENERIC.contains(&k) => {}
+            _ => warnings.push(format!("rcfs-overlay: unknown option {opt} ignored")),
+        }
+    }
+    if req.lowers.is_empty() {
+        bail!("no lowerdir= given; usage: rcfs-overlay -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT");
+    }
+    req.foreground = foreground || debug;
+    req.debug = debug;
+    Ok(Parsed::Mount(req, warnings))
+}
+
+/// Splits a comma-separated option string; a backslash escapes a comma.
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn mount(s: &[&str]) -> (MountRequest, Vec<String>) {
+        match parse(&args(s)).unwrap() {
+            Parsed::Mount(r, w) => (r, w),
+            p => panic!("not a mount: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn fuse_overlayfs_form() {
+        let (r, w) = mount(&["-o", "lowerdir=/a:/b,upperdir=/u,workdir=/w", "/mnt"]);
+        assert_eq!(r.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(r.upper, Some(PathBuf::from("/u")));
+        assert_eq!(r.work, Some(PathBuf::from("/w")));
+        assert_eq!(r.mountpoint, PathBuf::from("/mnt"));
+        assert!(!r.foreground);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn mount_helper_form_with_unknown_options() {
+        let (r, w) = mount(&[
+            "overlay",
+            "/mnt",
+            "-o",
+            "rw,lowerdir=/a,upperdir=/u,workdir=/w,squash_to_root,nodev",
+            "-f",
+        ]);
+        assert_eq!(r.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(r.lowers, vec![PathBuf::from("/a")]);
+        assert!(r.foreground);
+        assert_eq!(
+            w,
+            vec!["rcfs-overlay: unknown option squash_to_root ignored".to_string()]
+        );
+    }
+
+    #[test]
+    fn several_o_flags_and_timeout() {
+        let (r, _) = mount(&["-o", "lowerdir=/a", "-o", "timeout=2.5,allow_other", "/m"]);
+        assert_eq!(r.ttl, Duration::from_millis(2500));
+        assert!(r.allow_other);
+        assert!(r.upper.is_none());
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let e = parse(&args(&["-o", "upperdir=/u", "/m"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lowerdir"), "{e}");
+        let e = parse(&args(&["-o", "lowerdir=/a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mountpoint"), "{e}");
+        assert!(matches!(parse(&args(&["--help"])).unwrap(), Parsed::Help));
+    }
+
+    #[test]
+    fn escaped_comma() {
+        assert_eq!(
+            split_options(r"lowerdir=/a\,b,x"),
+            vec!["lowerdir=/a,b".to_string(), "x".to_string()]
+        );
+    }
+}

@@ -1,0 +1,923 @@
+//! FUSE glue: turns kernel requests into [`Union`] calls and results into
+//! replies. Each method calls one `Union` function and replies; errors become
+//! errnos in one place ([`errno_of`]). With `debug` every operation is logged
+//! with its arguments, result and latency.
+//!
+//! What the kernel is told, for speed:
+//! * entries and attributes (also negative lookups) may be cached for
+//!   [`MountOptions::ttl`]: lower layers never change, and every change to the
+//!   upper dir passes through here, so the kernel's own bookkeeping on
+//!   create/unlink/rename/setattr/write keeps its caches right;
+//! * open files keep their page cache across opens, directories cache their
+//!   listings, symlink targets are cached;
+//! * reads and writes of files with a host fd are passed through to that fd
+//!   by the kernel (FUSE passthrough) when the kernel and our privileges allow
+//!   it, otherwise served here with large requests.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::layer::Kind;
+use crate::union::{Caller, DirEntry, OpenFile, SetAttr, Stat, TimeSet, Union};
+
+/// How to serve a union over FUSE.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// How long the kernel may cache entries and attributes.
+    pub ttl: Duration,
+    /// Log every operation with its result and latency.
+    pub debug: bool,
+    /// Try FUSE passthrough for reads and writes (needs kernel 6.9+ and
+    /// `CAP_SYS_ADMIN`); falls back quietly.
+    pub passthrough: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            ttl: Duration::from_secs(86400),
+            debug: false,
+            passthrough: true,
+        }
+    }
+}
+
+/// An open file and what keeps its passthrough mapping alive.
+#[derive(Debug)]
+struct Handle {
+    ino: u64,
+    file: OpenFile,
+    /// Held while this handle is open; the kernel needs the backing file for
+    /// as long as any handle uses it.
+    _backing: Option<Arc<BackingId>>,
+}
+
+/// The FUSE filesystem: a [`Union`] plus the handle tables.
+#[derive(Debug)]
+pub struct UnionFs {
+    union: Arc<Union>,
+    opts: MountOptions,
+    /// Open files by handle; handles are never reused.
+    files: RwLock<HashMap<u64, Arc<Handle>>>,
+    /// Directory listings by handle: a snapshot taken at opendir, so offsets
+    /// stay valid while the directory changes.
+    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Passthrough is on (kernel agreed at init, and no backing open failed
+    /// for lack of privilege).
+    passthrough: AtomicBool,
+    /// Per inode: the backing file in use and whether it is the upper file.
+    /// The kernel allows one backing file per inode at a time.
+    backing: Mutex<HashMap<u64, (Weak<BackingId>, bool)>>,
+}
+
+impl UnionFs {
+    /// Wraps `union` for serving.
+    pub fn new(union: Arc<Union>, opts: MountOptions) -> UnionFs {
+        UnionFs {
+            union,
+            opts,
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn trace<T: Debug>(
+        &self,
+        op: &str,
+        args: impl FnOnce() -> String,
+        start: Instant,
+        res: &io::Result<T>,
+    ) {
+        if self.opts.debug {
+            let us = start.elapsed().as_micros();
+            match res {
+                Ok(v) => log::debug!("{op}({}) = {v:?} [{us} us]", args()),
+                Err(e) => log::debug!("{op}({}) = Err({e}) [{us} us]", args()),
+            }
+        }
+    }
+
+    fn attr(&self, s: &Stat) -> FileAttr {
+        to_file_attr(s)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, ino: u64, file: OpenFile, backing: Option<Arc<BackingId>>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.write().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                file,
+                _backing: backing,
+            }),
+        );
+        fh
+    }
+
+    /// The backing id for `file` of `ino`, shared with other open handles of
+    /// the same inode. `Ok(None)`: serve without passthrough; `Err(())`: the
+    /// inode already passes through to another file (the lower one, before a
+    /// copy-up), so this handle must bypass the page cache (direct I/O).
+    fn backing_for(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        open: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Result<Option<Arc<BackingId>>, ()> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(fd) = file.host_fd() else {
+            return Ok(None);
+        };
+        let mut map = self.backing.lock();
+        if let Some((weak, is_upper)) = map.get(&ino) {
+            if let Some(b) = weak.upgrade() {
+                return if *is_upper == file.is_upper() {
+                    Ok(Some(b))
+                } else {
+                    Err(())
+                };
+            }
+        }
+        match open(fd) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                map.insert(ino, (Arc::downgrade(&b), file.is_upper()));
+                Ok(Some(b))
+            }
+            Err(e) => {
+                log::info!(
+                    "FUSE passthrough unavailable ({e}); serving reads and writes in userspace"
+                );
+                self.passthrough.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The one place where internal errors become errnos.
+fn errno_of(e: io::Error) -> Errno {
+    Errno::from(e)
+}
+
+fn kind_to_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn to_file_attr(s: &Stat) -> FileAttr {
+    let a = &s.attr;
+    FileAttr {
+        ino: INodeNo(s.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: kind_to_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
+    })
+}
+
+/// An attribute value the kernel reads as "no such entry, and remember that".
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        let want = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let _ = config.add_capabilities(want & caps);
+        let _ = config
+            .set_max_readahead(1 << 20)
+            .or_else(|m| config.set_max_readahead(m));
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        if self.opts.passthrough
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && nix::unistd::geteuid().is_root()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            let _ = config.set_max_stack_depth(1);
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = Instant::now();
+        let r = self.union.lookup(parent.0, name);
+        self.trace("lookup", || format!("{}, {name:?}", parent.0), t, &r);
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&self.opts.ttl, &negative_entry(), Generation(0))
+            }
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = Instant::now();
+        let r = self.union.getattr(ino.0);
+        self.trace("getattr", || format!("{}", ino.0), t, &r);
+        match r {
+            Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let t = Instant::now();
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+        };
+        let handle = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| h.ino == ino.0);
+        let r = self
+            .union
+            .setattr(ino.0, &set, handle.as_ref().map(|h| &h.file));
+        self.trace("setattr", || format!("{}, {set:?}", ino.0), t, &r);
+        match r {
+            Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = Instant::now();
+        let r = self.union.readlink(ino.0);
+        self.trace("readlink", || format!("{}", ino.0), t, &r);
+        match r {
+            Ok(target) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str())),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let t = Instant::now();
+        let r = self.union.mknod(parent.0, name, mode, rdev, caller(req));
+        self.trace(
+            "mknod",
+            || format!("{}, {name:?}, {mode:#o}, {rdev}", parent.0),
+            t,
+            &r,
+        );
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let t = Instant::now();
+        let r = self.union.mkdir(parent.0, name, mode, caller(req));
+        self.trace(
+            "mkdir",
+            || format!("{}, {name:?}, {mode:#o}", parent.0),
+            t,
+            &r,
+        );
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = Instant::now();
+        let r = self.union.unlink(parent.0, name);
+        self.trace("unlink", || format!("{}, {name:?}", parent.0), t, &r);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = Instant::now();
+        let r = self.union.rmdir(parent.0, name);
+        self.trace("rmdir", || format!("{}, {name:?}", parent.0), t, &r);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let t = Instant::now();
+        let r = self
+            .union
+            .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        self.trace(
+            "symlink",
+            || format!("{}, {link_name:?}, {target:?}", parent.0),
+            t,
+            &r,
+        );
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let t = Instant::now();
+        let r = self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        self.trace(
+            "rename",
+            || {
+                format!(
+                    "{}, {name:?}, {}, {newname:?}, {flags:?}",
+                    parent.0, newparent.0
+                )
+            },
+            t,
+            &r,
+        );
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let t = Instant::now();
+        let r = self.union.link(ino.0, newparent.0, newname);
+        self.trace(
+            "link",
+            || format!("{}, {}, {newname:?}", ino.0, newparent.0),
+            t,
+            &r,
+        );
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = Instant::now();
+        let r = self.union.open(ino.0, flags.0);
+        self.trace("open", || format!("{}, {:#o}", ino.0, flags.0), t, &r);
+        let file = match r {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno_of(e)),
+        };
+        match self.backing_for(ino.0, &file, |fd| reply.open_backing(fd)) {
+            Ok(Some(b)) => {
+                let fh = self.add_handle(ino.0, file, Some(b.clone()));
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+            }
+            Ok(None) => {
+                let fh = self.add_handle(ino.0, file, None);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(()) => {
+                let fh = self.add_handle(ino.0, file, None);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let t = Instant::now();
+        let r = self
+            .handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+            .and_then(|h| {
+                let mut buf = vec![0u8; size as usize];
+                let n = h.file.read_at(&mut buf, offset)?;
+                buf.truncate(n);
+                Ok(buf)
+            });
+        self.trace(
+            "read",
+            || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
+            t,
+            &r.as_ref()
+                .map(Vec::len)
+                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+        );
+        match r {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let t = Instant::now();
+        let r = self
+            .handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+            .and_then(|h| h.file.write_at(data, offset));
+        self.trace(
+            "write",
+            || format!("{}, fh {}, {offset}, {}", ino.0, fh.0, data.len()),
+            t,
+            &r,
+        );
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.write().remove(&fh.0);
+        let mut map = self.backing.lock();
+        if map.get(&ino.0).is_some_and(|(w, _)| w.strong_count() == 0) {
+            map.remove(&ino.0);
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let t = Instant::now();
+        let r = self
+            .handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+            .and_then(|h| match &h.file {
+                OpenFile::Upper(f) => {
+                    if datasync {
+                        f.sync_data()
+                    } else {
+                        f.sync_all()
+                    }
+                }
+                OpenFile::Lower(_) => Ok(()),
+            });
+        self.trace("fsync", || format!("{}, fh {}", ino.0, fh.0), t, &r);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let t = Instant::now();
+        let r = self.union.list_dir(ino.0);
+        self.trace(
+            "opendir",
+            || format!("{}", ino.0),
+            t,
+            &r.as_ref()
+                .map(Vec::len)
+                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+        );
+        match r {
+            Ok(list) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs.write().insert(fh, Arc::new(list));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self.dirs.read().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let parent = self.union.parent_of(ino.0).unwrap_or(ino.0);
+        let mut i = offset;
+        while i < list.len() as u64 + 2 {
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                _ => {
+                    let e = &list[(i - 2) as usize];
+                    reply.add(INodeNo(e.ino), i + 1, kind_to_type(e.kind), &e.name)
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(list) = self.dirs.read().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut i = offset;
+        while i < list.len() as u64 + 2 {
+            let full = if i < 2 {
+                // The kernel takes no reference on `.` and `..`.
+                let target = if i == 0 {
+                    ino.0
+                } else {
+                    self.union.parent_of(ino.0).unwrap_or(ino.0)
+                };
+                match self.union.getattr(target) {
+                    Ok(s) => reply.add(
+                        INodeNo(target),
+                        i + 1,
+                        if i == 0 { "." } else { ".." },
+                        &Duration::ZERO,
+                        &self.attr(&s),
+                        Generation(0),
+                    ),
+                    Err(_) => false,
+                }
+            } else {
+                let e = &list[(i - 2) as usize];
+                match self.union.getattr(e.ino) {
+                    Ok(s) => {
+                        let full = reply.add(
+                            INodeNo(e.ino),
+                            i + 1,
+                            &e.name,
+                            &self.opts.ttl,
+                            &self.attr(&s),
+                            Generation(0),
+                        );
+                        if !full {
+                            self.union.add_lookup(e.ino);
+                        }
+                        full
+                    }
+                    // Removed since opendir: skip it.
+                    Err(_) => false,
+                }
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let t = Instant::now();
+        let r = self.union.setxattr(ino.0, name, value, flags);
+        self.trace("setxattr", || format!("{}, {name:?}", ino.0), t, &r);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let t = Instant::now();
+        let r = self.union.getxattr(ino.0, name);
+        self.trace(
+            "getxattr",
+            || format!("{}, {name:?}", ino.0),
+            t,
+            &r.as_ref()
+                .map(Vec::len)
+                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+        );
+        match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.union.listxattr(ino.0);
+        match r {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()));
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(Errno::ERANGE)
+                }
+            }
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = Instant::now();
+        let r = self.union.removexattr(ino.0, name);
+        self.trace("removexattr", || format!("{}, {name:?}", ino.0), t, &r);
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has checked already.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let t = Instant::now();
+        let r = self.union.create(parent.0, name, mode, flags, caller(req));
+        self.trace(
+            "create",
+            || format!("{}, {name:?}, {mode:#o}, {flags:#o}", parent.0),
+            t,
+            &r.as_ref()
+                .map(|(s, _)| s.ino)
+                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+        );
+        let (stat, file) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno_of(e)),
+        };
+        let attr = self.attr(&stat);
+        match self.backing_for(stat.ino, &file, |fd| reply.open_backing(fd)) {
+            Ok(Some(b)) => {
+                let fh = self.add_handle(stat.ino, file, Some(b.clone()));
+                reply.created_passthrough(
+                    &self.opts.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &b,
+                );
+            }
+            Ok(None) | Err(()) => {
+                let fh = self.add_handle(stat.ino, file, None);
+                reply.created(
+                    &self.opts.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Safe wrappers over the few syscalls the union needs that std lacks
+//! (xattrs, `renameat2`, `mknod`, `utimensat`, `lchown`, `statvfs`, ...).
+//!
+//! Every function takes absolute host paths and never follows a symlink in the
+//! last component unless its name says so. Errors come back as `io::Error`
+//! carrying the raw errno, which the FUSE glue hands to the kernel unchanged.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cname(n: &OsStr) -> io::Result<CString> {
+    CString::new(n.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `lstat(2)`.
+pub fn lstat(p: &Path) -> io::Result<libc::stat> {
+    let c = cstr(p)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is writable memory of the right size.
+    cvt(unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: lstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `open(2)` with raw flags; `O_NOFOLLOW` and `O_CLOEXEC` are always added.
+pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
+    let c = cstr(p)?;
+    // SAFETY: valid path; the returned fd is owned by the File below.
+    let fd =
+        cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `mkdir(2)`.
+pub fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::mkdir(c.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknod(2)`.
+pub fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::mknod(c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlink(2)`: creates `link` pointing at `target`.
+pub fn symlink(target: &OsStr, link: &Path) -> io::Result<()> {
+    let t = cname(target)?;
+    let l = cstr(link)?;
+    // SAFETY: valid paths.
+    cvt(unsafe { libc::symlink(t.as_ptr(), l.as_ptr()) }).map(drop)
+}
+
+/// `readlink(2)`.
+pub fn readlink(p: &Path) -> io::Result<OsString> {
+    std::fs::read_link(p).map(|t| t.into_os_string())
+}
+
+/// `link(2)` without following symlinks.
+pub fn link(old: &Path, new: &Path) -> io::Result<()> {
+    let o = cstr(old)?;
+    let n = cstr(new)?;
+    // SAFETY: valid paths.
+    cvt(unsafe { libc::linkat(libc::AT_FDCWD, o.as_ptr(), libc::AT_FDCWD, n.as_ptr(), 0) })
+        .map(drop)
+}
+
+/// `unlink(2)`.
+pub fn unlink(p: &Path) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
+}
+
+/// `rmdir(2)`.
+pub fn rmdir(p: &Path) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::rmdir(c.as_ptr()) }).map(drop)
+}
+
+/// `renameat2(2)` with `RENAME_*` flags.
+pub fn rename(old: &Path, new: &Path, flags: u32) -> io::Result<()> {
+    let o = cstr(old)?;
+    let n = cstr(new)?;
+    // SAFETY: valid paths.
+    cvt(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            o.as_ptr(),
+            libc::AT_FDCWD,
+            n.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `chmod(2)` (follows symlinks: call it on non-symlinks only).
+pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::chmod(c.as_ptr(), mode) }).map(drop)
+}
+
+/// `lchown(2)`; `u32::MAX` leaves an id unchanged.
+pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::lchown(c.as_ptr(), uid, gid) }).map(drop)
+}
+
+/// `truncate(2)`.
+pub fn truncate(p: &Path, size: u64) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid path.
+    cvt(unsafe { libc::truncate(c.as_ptr(), size as libc::off_t) }).map(drop)
+}
+
+/// `utimensat(2)` without following symlinks.
+pub fn utimens(p: &Path, atime: libc::timespec, mtime: libc::timespec) -> io::Result<()> {
+    let c = cstr(p)?;
+    let times = [atime, mtime];
+    // SAFETY: valid path and a two-element timespec array.
+    cvt(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// `lgetxattr(2)`: `Ok(None)` when the attribute does not exist.
+pub fn getxattr(p: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let c = cstr(p)?;
+    let n = cname(name)?;
+    loop {
+        // SAFETY: size query with a null buffer.
+        let size = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: `buf` has `buf.len()` writable bytes.
+        let got =
+            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => continue, // grew in between: ask again
+                Some(libc::ENODATA) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        buf.truncate(got as usize);
+        return Ok(Some(buf));
+    }
+}
+
+/// `llistxattr(2)`: the attribute names.
+pub fn listxattr(p: &Path) -> io::Result<Vec<OsString>> {
+    let c = cstr(p)?;
+    loop {
+        // SAFETY: size query with a null buffer.
+        let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOTSUP) => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: `buf` has `buf.len()` writable bytes.
+        let got = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(got as usize);
+        return Ok(buf
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect());
+    }
+}
+
+/// `lsetxattr(2)`.
+pub fn setxattr(p: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let c = cstr(p)?;
+    let n = cname(name)?;
+    // SAFETY: valid path, name and value buffer.
+    cvt(unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `lremovexattr(2)`.
+pub fn removexattr(p: &Path, name: &OsStr) -> io::Result<()> {
+    let c = cstr(p)?;
+    let n = cname(name)?;
+    // SAFETY: valid path and name.
+    cvt(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
+}
+
+/// `statvfs(3)`.
+pub fn statvfs(p: &Path) -> io::Result<libc::statvfs> {
+    let c = cstr(p)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid path; `st` is writable.
+    cvt(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `pread(2)` until `buf` is full or end of file.
+pub fn pread_full(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Copies `len` bytes from `src` to `dst` (both at offset 0) with
+/// `copy_file_range`, which reflinks or copies in the kernel, falling back to
+/// a read/write loop where the kernel cannot (different filesystems on old
+/// kernels, special files).
+pub fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let mut off_in: libc::loff_t = 0;
+    let mut off_out: libc::loff_t = 0;
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: both fds are open; offsets point at live locals.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EXDEV)
+                | Some(libc::ENOSYS)
+                | Some(libc::EINVAL)
+                | Some(libc::EOPNOTSUPP) => {
+                    return copy_data_slow(src, dst, off_in as u64, len);
+                }
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break; // source shorter than expected: copy what exists
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn copy_data_slow(src: &File, dst: &File, mut off: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    while off < len {
+        let want = ((len - off) as usize).min(buf.len());
+        let n = pread_full(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}

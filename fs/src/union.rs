@@ -1,0 +1,1752 @@
+//! The union: read-only layers stacked under a copy-on-write upper directory.
+//!
+//! [`Union`] owns the *inode table* — one [`Node`] per name the kernel has
+//! seen, with an inode number that stays the same for the mount's life,
+//! through copy-up and renames. A directory's merged view is computed once, on
+//! first use, from its upper dir and its lower layers (top first, stopping at
+//! an opaque one) and then served from memory; every later change to the tree
+//! goes through this module, which edits the upper dir and the in-memory tree
+//! together. Lookups therefore cost the same for 2 or 64 layers.
+//!
+//! The methods are the filesystem operations as plain functions returning
+//! `io::Result`, so unit tests drive them without a mount; [`crate::fuse`] is
+//! the thin FUSE glue on top.
+//!
+//! Locking (the order is always top to bottom, never the reverse):
+//! 1. `Node::copy_lock` — one copy-up of a node at a time;
+//! 2. `Union::ns` — the shape of the tree: read for anything that resolves
+//!    paths, write for anything that adds, removes or moves names;
+//! 3. `Node::state` — one node's fields, held briefly.
+//!
+//! Copy-up prepares its copy in the work dir holding only (1), then takes (2)
+//! for reading to move it into place, so copying a large file never blocks
+//! operations on other files.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::layer::{self, Attr, Kind, Layer, LowerFile};
+use crate::sys;
+use crate::whiteout;
+
+/// Inode number of the merged root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// Layer index used in hard-link keys for files of the upper dir.
+const UPPER_LAYER: usize = usize::MAX;
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// The upper (writable) side of a union.
+#[derive(Debug, Clone)]
+pub struct UpperConfig {
+    /// Where changes go.
+    pub upper: PathBuf,
+    /// Scratch dir on the same filesystem, for atomic copy-up.
+    pub work: PathBuf,
+}
+
+/// How to build a [`Union`].
+#[derive(Debug)]
+pub struct Config {
+    /// Read-only layers, top first.
+    pub lowers: Vec<Arc<dyn Layer>>,
+    /// The writable side; `None` mounts read-only.
+    pub upper: Option<UpperConfig>,
+    /// Metadata changes to a lower file copy no data (marked by an xattr);
+    /// off for upper dirs that other tools read as plain trees.
+    pub metacopy: bool,
+}
+
+/// The identity of the caller of an operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attributes of a merged entry, as reported to programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    pub attr: Attr,
+}
+
+/// A change of attributes (`setattr`); `None` leaves a field alone.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+/// A new timestamp.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    Now,
+    At(SystemTime),
+}
+
+/// The topmost lower entry a node shows (or, for a metacopy upper file, the
+/// entry that holds its data).
+#[derive(Debug, Clone)]
+struct LowerRef {
+    layer: usize,
+    path: PathBuf,
+    attr: Attr,
+}
+
+/// The merged children of a loaded directory.
+#[derive(Debug, Default)]
+struct Children {
+    /// Name → inode of every visible entry.
+    map: BTreeMap<OsString, u64>,
+    /// Names that lower layers hold here (visible or whited out): removing such
+    /// a name must leave a whiteout, and a directory created under it must be
+    /// opaque.
+    lower_names: HashSet<OsString>,
+}
+
+/// One merged entry (and all its hard links).
+#[derive(Debug)]
+pub struct Node {
+    ino: u64,
+    /// Lookups the kernel holds (FUSE `lookup` count); the node may leave the
+    /// table only when this is 0 and no name refers to it.
+    lookups: AtomicU64,
+    /// Serialises copy-ups of this node.
+    copy_lock: Mutex<()>,
+    /// Everything that changes; guarded as described in the module doc.
+    state: RwLock<NodeState>,
+}
+
+#[derive(Debug)]
+struct NodeState {
+    kind: Kind,
+    /// Primary name: parent inode and name (root: 0 and "").
+    parent: u64,
+    name: OsString,
+    /// Path of the primary name relative to the union root; kept in step with
+    /// renames of the node and of its ancestors.
+    path: PathBuf,
+    /// Further names of this file (hard links), as (parent, name).
+    aliases: Vec<(u64, OsString)>,
+    /// The upper dir has this entry at `path`.
+    upper: bool,
+    /// The upper entry holds metadata only; data lives in `lower`.
+    metacopy: bool,
+    /// Topmost lower entry (data source while not copied up).
+    lower: Option<LowerRef>,
+    /// Directories: the lower layers (top first) that hold a directory at
+    /// `lower.path` and may contribute entries; cut at an opaque one on load.
+    lower_dirs: Vec<usize>,
+    /// Directories: merged children, `None` until first needed.
+    children: Option<Children>,
+    /// False once the last name is gone.
+    linked: bool,
+}
+
+impl NodeState {
+    fn sources(&self) -> usize {
+        usize::from(self.upper) + self.lower_dirs.len()
+    }
+}
+
+/// An open file.
+#[derive(Debug)]
+pub enum OpenFile {
+    /// A file of the upper dir.
+    Upper(File),
+    /// A lower file, read-only.
+    Lower(Arc<dyn LowerFile>),
+}
+
+impl OpenFile {
+    /// Reads up to `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            OpenFile::Upper(f) => sys::pread_full(f, buf, offset),
+            OpenFile::Lower(f) => f.read_at(buf, offset),
+        }
+    }
+
+    /// Writes `data` at `offset` (upper files only).
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<usize> {
+        match self {
+            OpenFile::Upper(f) => {
+                f.write_all_at(data, offset)?;
+                Ok(data.len())
+            }
+            OpenFile::Lower(_) => Err(errno(libc::EBADF)),
+        }
+    }
+
+    /// A host fd with the file's bytes, for FUSE passthrough.
+    pub fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            OpenFile::Upper(f) => Some(f.as_fd()),
+            OpenFile::Lower(f) => f.host_fd(),
+        }
+    }
+
+    /// Whether this reads the upper file (as opposed to a lower one).
+    pub fn is_upper(&self) -> bool {
+        matches!(self, OpenFile::Upper(_))
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: OsString,
+}
+
+/// What copy-up must bring along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyData {
+    /// Metadata and data.
+    Full,
+    /// Metadata; data may stay in the lower layer (metacopy).
+    Meta,
+    /// Metadata only, file emptied (open with `O_TRUNC`).
+    Empty,
+}
+
+/// The union filesystem.
+#[derive(Debug)]
+pub struct Union {
+    lowers: Vec<Arc<dyn Layer>>,
+    upper: Option<UpperConfig>,
+    metacopy: bool,
+    /// Inode number → node. Guarded by its own lock, taken last and briefly.
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Hard-link groups: (layer, file id in layer) → inode.
+    links: Mutex<HashMap<(usize, u64), u64>>,
+    next_ino: AtomicU64,
+    /// Shape of the tree (see module doc).
+    ns: RwLock<()>,
+    /// Names for temp files in the work dir.
+    tmp_counter: AtomicU64,
+    /// Whether this process may chown freely (root in its user namespace).
+    privileged: bool,
+}
+
+impl Union {
+    /// Builds a union over `config`, checking that every layer and the upper
+    /// and work dirs are usable.
+    pub fn new(config: Config) -> io::Result<Union> {
+        if config.lowers.is_empty() && config.upper.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no layers and no upper dir",
+            ));
+        }
+        let mut root = NodeState {
+            kind: Kind::Dir,
+            parent: 0,
+            name: OsString::new(),
+            path: PathBuf::new(),
+            aliases: Vec::new(),
+            upper: config.upper.is_some(),
+            metacopy: false,
+            lower: None,
+            lower_dirs: Vec::new(),
+            children: None,
+            linked: true,
+        };
+        for (i, l) in config.lowers.iter().enumerate() {
+            let attr = l.stat(Path::new(""))?;
+            if attr.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            if root.lower.is_none() {
+                root.lower = Some(LowerRef {
+                    layer: i,
+                    path: PathBuf::new(),
+                    attr,
+                });
+            }
+            root.lower_dirs.push(i);
+        }
+        if let Some(u) = &config.upper {
+            // Leftovers of an interrupted copy-up are never visible: clear them.
+            for ent in std::fs::read_dir(&u.work)? {
+                let ent = ent?;
+                if ent.file_name().as_bytes().starts_with(b"rcfs-tmp-") {
+                    let p = ent.path();
+                    let _ = if ent.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        }
+        let root = Arc::new(Node {
+            ino: ROOT_INO,
+            lookups: AtomicU64::new(1),
+            copy_lock: Mutex::new(()),
+            state: RwLock::new(root),
+        });
+        let mut nodes = HashMap::new();
+        nodes.insert(ROOT_INO, root);
+        Ok(Union {
+            lowers: config.lowers,
+            upper: config.upper,
+            metacopy: config.metacopy,
+            nodes: RwLock::new(nodes),
+            links: Mutex::new(HashMap::new()),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+            ns: RwLock::new(()),
+            tmp_counter: AtomicU64::new(0),
+            privileged: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// Whether the union has an upper dir.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    fn node(&self, ino: u64) -> io::Result<Arc<Node>> {
+        self.nodes
+            .read()
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    fn upper_cfg(&self) -> io::Result<&UpperConfig> {
+        self.upper.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    fn upper_path(&self, rel: &Path) -> io::Result<PathBuf> {
+        let u = &self.upper_cfg()?.upper;
+        Ok(if rel.as_os_str().is_empty() {
+            u.clone()
+        } else {
+            u.join(rel)
+        })
+    }
+
+    fn tmp_path(&self) -> io::Result<PathBuf> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .upper_cfg()?
+            .work
+            .join(format!("rcfs-tmp-{}-{n}", std::process::id())))
+    }
+
+    fn new_node(&self, state: NodeState) -> Arc<Node> {
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let node = Arc::new(Node {
+            ino,
+            lookups: AtomicU64::new(0),
+            copy_lock: Mutex::new(()),
+            state: RwLock::new(state),
+        });
+        self.nodes.write().insert(ino, node.clone());
+        node
+    }
+
+    // ----- loading directories -------------------------------------------
+
+    /// Makes sure `dir`'s merged children are in memory.
+    fn ensure_loaded(&self, dir: &Arc<Node>) -> io::Result<()> {
+        if dir.state.read().children.is_some() {
+            return Ok(());
+        }
+        let mut st = dir.state.write();
+        if st.children.is_some() {
+            return Ok(());
+        }
+        if st.kind != Kind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let children = self.load_dir(dir.ino, &mut st)?;
+        st.children = Some(children);
+        Ok(())
+    }
+
+    fn load_dir(&self, dir_ino: u64, st: &mut NodeState) -> io::Result<Children> {
+        let mut ch = Children::default();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        let mut opaque = false;
+        let path = st.path.clone();
+        if st.upper {
+            let up = self.upper_path(&path)?;
+            for (xa, val) in whiteout::OPAQUE_XATTRS.iter().filter_map(|x| {
+                sys::getxattr(&up, OsStr::new(x))
+                    .ok()
+                    .flatten()
+                    .map(|v| (*x, v))
+            }) {
+                opaque |= whiteout::is_opaque_xattr(xa, &val);
+            }
+            let mut entries = Vec::new();
+            for ent in std::fs::read_dir(&up)? {
+                let ent = ent?;
+                let name = ent.file_name();
+                let Ok(s) = sys::lstat(&up.join(&name)) else {
+                    continue;
+                };
+                let Ok(attr) = Attr::from_stat(&s) else {
+                    continue;
+                };
+                match whiteout::classify(&name, attr.is_whiteout_device()) {
+                    whiteout::Kind::Opaque => opaque = true,
+                    whiteout::Kind::Whiteout(n) => {
+                        hidden.insert(n.to_owned());
+                    }
+                    whiteout::Kind::Entry => entries.push((name, attr)),
+                }
+            }
+            for (name, attr) in entries {
+                let ino = self.upper_child(dir_ino, &path, &name, attr);
+                hidden.remove(&name);
+                ch.map.insert(name, ino);
+            }
+        }
+        if !opaque {
+            let lower_path = st
+                .lower
+                .as_ref()
+                .map(|l| l.path.clone())
+                .unwrap_or_else(|| path.clone());
+            let mut used = Vec::new();
+            for &li in &st.lower_dirs {
+                used.push(li);
+                let layer = &self.lowers[li];
+                let raw = layer.read_dir(&lower_path)?;
+                let mut layer_opaque = whiteout::OPAQUE_XATTRS.iter().any(|x| {
+                    matches!(layer.get_xattr(&lower_path, OsStr::new(x)), Ok(Some(v)) if whiteout::is_opaque_xattr(x, &v))
+                });
+                let mut layer_hidden = Vec::new();
+                let mut entries = Vec::new();
+                for e in raw {
+                    match whiteout::classify(&e.name, e.attr.is_whiteout_device()) {
+                        whiteout::Kind::Opaque => layer_opaque = true,
+                        whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
+                        whiteout::Kind::Entry => entries.push(e),
+                    }
+                }
+                for e in entries {
+                    ch.lower_names.insert(e.name.clone());
+                    if hidden.contains(&e.name) {
+                        continue;
+                    }
+                    let child_lower = layer::join(&lower_path, &e.name);
+                    match ch.map.get(&e.name) {
+                        None => {
+                            let ino =
+                                self.lower_child(dir_ino, &path, &e.name, li, child_lower, e.attr);
+                            ch.map.insert(e.name, ino);
+                        }
+                        Some(&ino) => {
+                            // A directory above merges with a directory here.
+                            if e.attr.kind != Kind::Dir {
+                                continue;
+                            }
+                            let node = self.node(ino)?;
+                            let mut cs = node.state.write();
+                            if cs.kind == Kind::Dir && cs.children.is_none() {
+                                if cs.lower.is_none() {
+                                    cs.lower = Some(LowerRef {
+                                        layer: li,
+                                        path: child_lower,
+                                        attr: e.attr,
+                                    });
+                                }
+                                cs.lower_dirs.push(li);
+                            }
+                        }
+                    }
+                }
+                for n in layer_hidden {
+                    ch.lower_names.insert(n.clone());
+                    hidden.insert(n);
+                }
+                if layer_opaque {
+                    break;
+                }
+            }
+            st.lower_dirs = used;
+        } else {
+            st.lower_dirs.clear();
+        }
+        Ok(ch)
+    }
+
+    /// A node for an entry found in the upper dir.
+    fn upper_child(&self, parent: u64, dir: &Path, name: &OsStr, attr: Attr) -> u64 {
+        let path = layer::join(dir, name);
+        if attr.kind != Kind::Dir && attr.nlink > 1 {
+            if let Some(ino) = self.join_link_group((UPPER_LAYER, attr.file_id), parent, name) {
+                return ino;
+            }
+        }
+        let mut lower = None;
+        let mut metacopy = false;
+        if attr.kind == Kind::File && self.metacopy {
+            if let Ok(Some(orig)) = sys::getxattr(
+                &self.upper_path(&path).unwrap_or_default(),
+                OsStr::new(whiteout::METACOPY_XATTR),
+            ) {
+                let orig = PathBuf::from(OsStr::from_bytes(&orig));
+                lower = self.find_lower(&orig);
+                metacopy = lower.is_some();
+            }
+        }
+        let node = self.new_node(NodeState {
+            kind: attr.kind,
+            parent,
+            name: name.to_owned(),
+            path,
+            aliases: Vec::new(),
+            upper: true,
+            metacopy,
+            lower,
+            lower_dirs: Vec::new(),
+            children: None,
+            linked: true,
+        });
+        if attr.kind != Kind::Dir && attr.nlink > 1 {
+            self.links
+                .lock()
+                .insert((UPPER_LAYER, attr.file_id), node.ino);
+        }
+        node.ino
+    }
+
+    /// The topmost lower regular file at `path`.
+    fn find_lower(&self, path: &Path) -> Option<LowerRef> {
+        self.lowers.iter().enumerate().find_map(|(i, l)| {
+            let attr = l.stat(path).ok()?;
+            (attr.kind == Kind::File).then(|| LowerRef {
+                layer: i,
+                path: path.to_owned(),
+                attr,
+            })
+        })
+    }
+
+    /// A node for an entry found in lower layer `layer`.
+    fn lower_child(
+        &self,
+        parent: u64,
+        dir: &Path,
+        name: &OsStr,
+        layer: usize,
+        lower_path: PathBuf,
+        attr: Attr,
+    ) -> u64 {
+        let key = (layer, attr.file_id);
+        let hard_linked = attr.kind != Kind::Dir && attr.nlink > 1;
+        if hard_linked {
+            if let Some(ino) = self.join_link_group(key, parent, name) {
+                return ino;
+            }
+        }
+        let is_dir = attr.kind == Kind::Dir;
+        let node = self.new_node(NodeState {
+            kind: attr.kind,
+            parent,
+            name: name.to_owned(),
+            path: layer::join(dir, name),
+            aliases: Vec::new(),
+            upper: false,
+            metacopy: false,
+            lower: Some(LowerRef {
+                layer,
+                path: lower_path,
+                attr,
+            }),
+            lower_dirs: if is_dir { vec![layer] } else { Vec::new() },
+            children: None,
+            linked: true,
+        });
+        if hard_linked {
+            self.links.lock().insert(key, node.ino);
+        }
+        node.ino
+    }
+
+    /// Adds (parent, name) as a further name of the hard-link group `key`, if
+    /// the group already has a live node. A group member that was copied up is
+    /// linked into the upper dir under the new name too, so all names keep
+    /// sharing one file.
+    fn join_link_group(&self, key: (usize, u64), parent: u64, name: &OsStr) -> Option<u64> {
+        let ino = *self.links.lock().get(&key)?;
+        let node = self.node(ino).ok()?;
+        let mut st = node.state.write();
+        if !st.linked {
+            return None;
+        }
+        if key.0 != UPPER_LAYER && st.upper {
+            // Copied up since: give this name its own link to the upper file.
+            // The parent is being loaded (its state lock is held by the caller),
+            // so it must already exist in the upper dir for this to work.
+            return None;
+        }
+        st.aliases.push((parent, name.to_owned()));
+        Some(ino)
+    }
+
+    // ----- attributes ----------------------------------------------------
+
+    fn stat_node(&self, node: &Node) -> io::Result<Stat> {
+        let st = node.state.read();
+        let mut attr = if st.upper {
+            Attr::from_stat(&sys::lstat(&self.upper_path(&st.path)?)?)?
+        } else {
+            st.lower
+                .as_ref()
+                .ok_or_else(|| errno(libc::EIO))?
+                .attr
+                .clone()
+        };
+        if st.kind == Kind::Dir && st.sources() > 1 {
+            // As overlayfs: counting subdirs of every layer is not worth it,
+            // and 1 tells find(1) and friends not to rely on it.
+            attr.nlink = 1;
+        }
+        Ok(Stat {
+            ino: node.ino,
+            attr,
+        })
+    }
+
+    /// Attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> io::Result<Stat> {
+        self.stat_node(&*self.node(ino)?)
+    }
+
+    /// Looks up `name` in directory `parent`; counts a kernel lookup.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Stat> {
+        let dir = self.node(parent)?;
+        self.ensure_loaded(&dir)?;
+        let _ns = self.ns.read();
+        let ino = {
+            let st = dir.state.read();
+            *st.children
+                .as_ref()
+                .and_then(|c| c.map.get(name))
+                .ok_or_else(|| errno(libc::ENOENT))?
+        };
+        let node = self.node(ino)?;
+        let s = self.stat_node(&node)?;
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// Counts one more kernel lookup of `ino` (readdirplus entries).
+    pub fn add_lookup(&self, ino: u64) {
+        if let Some(n) = self.nodes.read().get(&ino) {
+            n.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let Some(node) = self.nodes.read().get(&ino).cloned() else {
+            return;
+        };
+        let prev = node.lookups.fetch_sub(n, Ordering::Relaxed);
+        if prev <= n && ino != ROOT_INO {
+            node.lookups.store(0, Ordering::Relaxed);
+            self.drop_if_dead(&node);
+        }
+    }
+
+    fn drop_if_dead(&self, node: &Node) {
+        if !node.state.read().linked && node.lookups.load(Ordering::Relaxed) == 0 {
+            self.nodes.write().remove(&node.ino);
+        }
+    }
+
+    /// Target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> io::Result<OsString> {
+        let node = self.node(ino)?;
+        let st = node.state.read();
+        if st.kind != Kind::Symlink {
+            return Err(errno(libc::EINVAL));
+        }
+        if st.upper {
+            sys::readlink(&self.upper_path(&st.path)?)
+        } else {
+            let l = st.lower.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            self.lowers[l.layer].readlink(&l.path)
+        }
+    }
+
+    // ----- directories ---------------------------------------------------
+
+    /// The merged listing of directory `ino` (without `.` and `..`).
+    pub fn list_dir(&self, ino: u64) -> io::Result<Vec<DirEntry>> {
+        let dir = self.node(ino)?;
+        self.ensure_loaded(&dir)?;
+        let _ns = self.ns.read();
+        let entries: Vec<(OsString, u64)> = {
+            let st = dir.state.read();
+            st.children
+                .as_ref()
+                .map(|c| c.map.iter().map(|(n, i)| (n.clone(), *i)).collect())
+                .unwrap_or_default()
+        };
+        let nodes = self.nodes.read();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(name, ino)| {
+                let kind = nodes.get(&ino)?.state.read().kind;
+                Some(DirEntry { ino, kind, name })
+            })
+            .collect())
+    }
+
+    /// Parent inode of directory `ino` (the root is its own parent).
+    pub fn parent_of(&self, ino: u64) -> io::Result<u64> {
+        let p = self.node(ino)?.state.read().parent;
+        Ok(if p == 0 { ROOT_INO } else { p })
+    }
+
+    // ----- copy-up -------------------------------------------------------
+
+    /// Makes sure directory `ino` and all its ancestors exist in the upper dir.
+    fn ensure_upper_dir(&self, ino: u64) -> io::Result<()> {
+        let mut chain = Vec::new();
+        let mut cur = ino;
+        loop {
+            let node = self.node(cur)?;
+            let (upper, parent) = {
+                let st = node.state.read();
+                (st.upper, st.parent)
+            };
+            if upper {
+                break;
+            }
+            chain.push(node);
+            if parent == 0 {
+                break;
+            }
+            cur = parent;
+        }
+        for node in chain.into_iter().rev() {
+            self.copy_up(&node, CopyData::Meta)?;
+        }
+        Ok(())
+    }
+
+    /// Brings `node` into the upper dir with at least `data`.
+    fn copy_up(&self, node: &Arc<Node>, data: CopyData) -> io::Result<()> {
+        let done = |st: &NodeState| st.upper && (!st.metacopy || data == CopyData::Meta);
+        if done(&node.state.read()) {
+            return Ok(());
+        }
+        self.upper_cfg()?;
+        let _copy = node.copy_lock.lock();
+        let (kind, parent, lower, upper, aliases) = {
+            let st = node.state.read();
+            if done(&st) {
+                return Ok(());
+            }
+            (
+                st.kind,
+                st.parent,
+                st.lower.clone(),
+                st.upper,
+                st.aliases.clone(),
+            )
+        };
+        let lower = lower.ok_or_else(|| errno(libc::EIO))?;
+        if upper {
+            // A metacopy file that now needs its data.
+            return self.fill_metacopy(node, &lower, data);
+        }
+        if parent != 0 {
+            self.ensure_upper_dir(parent)?;
+        }
+        let tmp = self.tmp_path()?;
+        let metacopy = match self.prepare_copy(&tmp, kind, &lower, data) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = if kind == Kind::Dir {
+                    sys::rmdir(&tmp)
+                } else {
+                    sys::unlink(&tmp)
+                };
+                return Err(e);
+            }
+        };
+        // Move into place while nobody can rename or remove the node.
+        let _ns = self.ns.read();
+        let mut st = node.state.write();
+        let target = self.upper_path(&st.path)?;
+        let res = if st.linked {
+            sys::rename(&tmp, &target, libc::RENAME_NOREPLACE)
+        } else {
+            Err(errno(libc::ENOENT))
+        };
+        if let Err(e) = res {
+            let _ = if kind == Kind::Dir {
+                sys::rmdir(&tmp)
+            } else {
+                sys::unlink(&tmp)
+            };
+            return Err(e);
+        }
+        st.upper = true;
+        st.metacopy = metacopy;
+        drop(st);
+        drop(_ns);
+        // Other names of a hard-linked lower file share the copy.
+        for (p, name) in aliases {
+            self.ensure_upper_dir(p)?;
+            let _ns = self.ns.read();
+            let src = self.upper_path(&node.state.read().path)?;
+            let ppath = self.node(p)?.state.read().path.clone();
+            match sys::link(&src, &self.upper_path(&layer::join(&ppath, &name))?) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the copy of `lower` at `tmp`; returns whether it is a metacopy.
+    fn prepare_copy(
+        &self,
+        tmp: &Path,
+        kind: Kind,
+        lower: &LowerRef,
+        data: CopyData,
+    ) -> io::Result<bool> {
+        let layer = &self.lowers[lower.layer];
+        let a = &lower.attr;
+        let mut metacopy = false;
+        match kind {
+            Kind::Dir => sys::mkdir(tmp, u32::from(a.perm))?,
+            Kind::File => {
+                let f = sys::open(
+                    tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    u32::from(a.perm),
+                )?;
+                match data {
+                    CopyData::Empty => {}
+                    CopyData::Meta if self.metacopy && a.size > 0 => {
+                        f.set_len(a.size)?;
+                        match sys::setxattr(
+                            tmp,
+                            OsStr::new(whiteout::METACOPY_XATTR),
+                            lower.path.as_os_str().as_bytes(),
+                            0,
+                        ) {
+                            Ok(()) => metacopy = true,
+                            // No user xattrs on the upper fs: copy the data.
+                            Err(_) => self.copy_file_data(layer.as_ref(), lower, &f)?,
+                        }
+                    }
+                    _ => self.copy_file_data(layer.as_ref(), lower, &f)?,
+                }
+                if !metacopy && data != CopyData::Empty {
+                    f.sync_data()?;
+                }
+            }
+            Kind::Symlink => sys::symlink(&layer.readlink(&lower.path)?, tmp)?,
+            Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket => {
+                let t = match kind {
+                    Kind::CharDev => libc::S_IFCHR,
+                    Kind::BlockDev => libc::S_IFBLK,
+                    Kind::Fifo => libc::S_IFIFO,
+                    _ => libc::S_IFSOCK,
+                };
+                sys::mknod(tmp, t | u32::from(a.perm), u64::from(a.rdev))?
+            }
+        }
+        self.chown_quiet(tmp, a.uid, a.gid)?;
+        if kind != Kind::Symlink {
+            // chown clears setuid/setgid bits; put the exact mode back.
+            sys::chmod(tmp, u32::from(a.perm))?;
+        }
+        for name in layer.list_xattrs(&lower.path).unwrap_or_default() {
+            if whiteout::is_private_xattr(&name) {
+                continue;
+            }
+            if let Ok(Some(v)) = layer.get_xattr(&lower.path, &name) {
+                if let Err(e) = sys::setxattr(tmp, &name, &v, 0) {
+                    // trusted.* and security.* need privileges we may not have.
+                    log::debug!(
+                        "copy-up of {}: xattr {:?} not copied: {e}",
+                        lower.path.display(),
+                        name
+                    );
+                }
+            }
+        }
+        sys::utimens(tmp, timespec(a.atime), timespec(a.mtime))?;
+        Ok(metacopy)
+    }
+
+    fn copy_file_data(&self, layer: &dyn Layer, lower: &LowerRef, dst: &File) -> io::Result<()> {
+        let src = layer.open(&lower.path)?;
+        if let Some(fd) = src.host_fd() {
+            let src_file = File::from(fd.try_clone_to_owned()?);
+            return sys::copy_data(&src_file, dst, lower.attr.size);
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        loop {
+            let n = src.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Completes a metacopy upper file: writes the data in place, then drops
+    /// the marker. Until the marker is gone the data is read from the lower
+    /// layer, so a crash half-way serves the right bytes.
+    fn fill_metacopy(&self, node: &Arc<Node>, lower: &LowerRef, data: CopyData) -> io::Result<()> {
+        let path = self.upper_path(&node.state.read().path)?;
+        if data == CopyData::Full {
+            let f = sys::open(&path, libc::O_WRONLY, 0)?;
+            self.copy_file_data(self.lowers[lower.layer].as_ref(), lower, &f)?;
+            f.sync_data()?;
+        }
+        sys::removexattr(&path, OsStr::new(whiteout::METACOPY_XATTR))?;
+        node.state.write().metacopy = false;
+        Ok(())
+    }
+
+    /// chown that a non-privileged server may fail quietly: the entry keeps
+    /// the server's owner, as with any rootless union.
+    fn chown_quiet(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        match sys::lchown(path, uid, gid) {
+            Ok(()) => Ok(()),
+            Err(e) if !self.privileged || matches!(e.raw_os_error(), Some(libc::EINVAL)) => {
+                log::debug!("chown {} to {uid}:{gid}: {e}", path.display());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies up the whole subtree of directory `node` (for a rename).
+    fn copy_up_tree(&self, node: &Arc<Node>) -> io::Result<()> {
+        self.copy_up(node, CopyData::Meta)?;
+        if node.state.read().kind != Kind::Dir {
+            return Ok(());
+        }
+        self.ensure_loaded(node)?;
+        let kids: Vec<u64> = node
+            .state
+            .read()
+            .children
+            .as_ref()
+            .map(|c| c.map.values().copied().collect())
+            .unwrap_or_default();
+        for k in kids {
+            let child = self.node(k)?;
+            let needs = {
+                let s = child.state.read();
+                !s.upper || (s.kind == Kind::Dir && !s.lower_dirs.is_empty())
+            };
+            if needs {
+                self.copy_up_tree(&child)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- creating entries ----------------------------------------------
+
+    fn check_new_name(&self, name: &OsStr) -> io::Result<()> {
+        self.upper_cfg()?;
+        if !layer::is_plain_name(name) {
+            return Err(errno(libc::EINVAL));
+        }
+        if whiteout::is_reserved_name(name) {
+            // It would read back as a whiteout and vanish.
+            return Err(errno(libc::EPERM));
+        }
+        if name.len() > 255 {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        Ok(())
+    }
+
+    /// Creates a new entry `name` in `parent` with `make`, which receives the
+    /// upper path. Returns the new node's attributes and `make`'s result.
+    fn create_entry<T>(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: Caller,
+        kind: Kind,
+        make: impl FnOnce(&Path) -> io::Result<T>,
+    ) -> io::Result<(Stat, T)> {
+        self.check_new_name(name)?;
+        let dir = self.node(parent)?;
+        self.ensure_loaded(&dir)?;
+        self.ensure_upper_dir(parent)?;
+        let _ns = self.ns.write();
+        let (dir_path, lower_name) = {
+            let st = dir.state.read();
+            if !st.linked {
+                return Err(errno(libc::ENOENT));
+            }
+            let ch = st.children.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            if ch.map.contains_key(name) {
+                return Err(errno(libc::EEXIST));
+            }
+            (st.path.clone(), ch.lower_names.contains(name))
+        };
+        let path = layer::join(&dir_path, name);
+        let up = self.upper_path(&path)?;
+        let out = make(&up)?;
+        let finish = || -> io::Result<()> {
+            let parent_up = self.upper_path(&dir_path)?;
+            let gid = match sys::lstat(&parent_up) {
+                Ok(p) if p.st_mode & libc::S_ISGID != 0 => p.st_gid,
+                _ => caller.gid,
+            };
+            if self.privileged {
+                self.chown_quiet(&up, caller.uid, gid)?;
+            }
+            if kind == Kind::Dir && lower_name {
+                // Lower layers hold this name: they must not show through.
+                sys::open(
+                    &up.join(whiteout::OPAQUE_MARKER),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0,
+                )?;
+            }
+            self.remove_whiteout(&parent_up, name)
+        };
+        if let Err(e) = finish() {
+            let _ = if kind == Kind::Dir {
+                std::fs::remove_dir_all(&up)
+            } else {
+                sys::unlink(&up)
+            };
+            return Err(e);
+        }
+        let node = self.new_node(NodeState {
+            kind,
+            parent,
+            name: name.to_owned(),
+            path,
+            aliases: Vec::new(),
+            upper: true,
+            metacopy: false,
+            lower: None,
+            lower_dirs: Vec::new(),
+            children: if kind == Kind::Dir {
+                Some(Children::default())
+            } else {
+                None
+            },
+            linked: true,
+        });
+        dir.state
+            .write()
+            .children
+            .as_mut()
+            .ok_or_else(|| errno(libc::EIO))?
+            .map
+            .insert(name.to_owned(), node.ino);
+        let s = self.stat_node(&node)?;
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok((s, out))
+    }
+
+    fn remove_whiteout(&self, parent_up: &Path, name: &OsStr) -> io::Result<()> {
+        match sys::unlink(&parent_up.join(whiteout::whiteout_name(name))) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_whiteout(&self, parent_up: &Path, name: &OsStr) -> io::Result<()> {
+        match sys::open(
+            &parent_up.join(whiteout::whiteout_name(name)),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Stat> {
+        self.create_entry(parent, name, caller, Kind::Dir, |p| {
+            sys::mkdir(p, mode & 0o7777)
+        })
+        .map(|r| r.0)
+    }
+
+    /// `mknod` (regular files, fifos, sockets, devices).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> io::Result<Stat> {
+        let kind = Kind::from_mode(mode).ok_or_else(|| errno(libc::EINVAL))?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(errno(libc::EINVAL));
+        }
+        self.create_entry(parent, name, caller, kind, |p| {
+            sys::mknod(p, mode, u64::from(rdev))
+        })
+        .map(|r| r.0)
+    }
+
+    /// `symlink`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> io::Result<Stat> {
+        self.create_entry(parent, name, caller, Kind::Symlink, |p| {
+            sys::symlink(target, p)
+        })
+        .map(|r| r.0)
+    }
+
+    /// `create`: a new regular file, opened with `flags`.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Stat, OpenFile)> {
+        let flags = open_flags(flags) | libc::O_CREAT | libc::O_EXCL;
+        self.create_entry(parent, name, caller, Kind::File, |p| {
+            sys::open(p, flags, mode & 0o7777)
+        })
+        .map(|(s, f)| (s, OpenFile::Upper(f)))
+    }
+
+    /// `link`: a new name for `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Stat> {
+        self.check_new_name(newname)?;
+        let node = self.node(ino)?;
+        if node.state.read().kind == Kind::Dir {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up(&node, CopyData::Meta)?;
+        let dir = self.node(newparent)?;
+        self.ensure_loaded(&dir)?;
+        self.ensure_upper_dir(newparent)?;
+        let _ns = self.ns.write();
+        let dir_path = {
+            let st = dir.state.read();
+            if st
+                .children
+                .as_ref()
+                .is_some_and(|c| c.map.contains_key(newname))
+            {
+                return Err(errno(libc::EEXIST));
+            }
+            st.path.clone()
+        };
+        let src = self.upper_path(&node.state.read().path)?;
+        let parent_up = self.upper_path(&dir_path)?;
+        sys::link(&src, &parent_up.join(newname))?;
+        self.remove_whiteout(&parent_up, newname)?;
+        node.state
+            .write()
+            .aliases
+            .push((newparent, newname.to_owned()));
+        dir.state
+            .write()
+            .children
+            .as_mut()
+            .ok_or_else(|| errno(libc::EIO))?
+            .map
+            .insert(newname.to_owned(), ino);
+        let s = self.stat_node(&node)?;
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    // ----- removing entries ----------------------------------------------
+
+    /// `unlink`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove_entry(parent, name, false)
+    }
+
+    /// `rmdir`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.remove_entry(parent, name, true)
+    }
+
+    fn remove_entry(&self, parent: u64, name: &OsStr, want_dir: bool) -> io::Result<()> {
+        self.upper_cfg()?;
+        let dir = self.node(parent)?;
+        self.ensure_loaded(&dir)?;
+        let child_ino = dir
+            .state
+            .read()
+            .children
+            .as_ref()
+            .and_then(|c| c.map.get(name).copied())
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let child = self.node(child_ino)?;
+        let is_dir = child.state.read().kind == Kind::Dir;
+        if want_dir != is_dir {
+            return Err(errno(if want_dir {
+                libc::ENOTDIR
+            } else {
+                libc::EISDIR
+            }));
+        }
+        if is_dir {
+            self.ensure_loaded(&child)?;
+        }
+        self.ensure_upper_dir(parent)?;
+        let _ns = self.ns.write();
+        let (dir_path, lower_name) = {
+            let st = dir.state.read();
+            let ch = st.children.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            if ch.map.get(name) != Some(&child_ino) {
+                return Err(errno(libc::ENOENT));
+            }
+            (st.path.clone(), ch.lower_names.contains(name))
+        };
+        let parent_up = self.upper_path(&dir_path)?;
+        let (child_upper, child_path) = {
+            let cs = child.state.read();
+            if is_dir && cs.children.as_ref().is_some_and(|c| !c.map.is_empty()) {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            (cs.upper, layer::join(&dir_path, name))
+        };
+        // Whiteout first: a crash between the two steps leaves the entry visible.
+        if lower_name {
+            self.write_whiteout(&parent_up, name)?;
+        }
+        if child_upper {
+            let up = self.upper_path(&child_path)?;
+            if is_dir {
+                // Only whiteouts and markers can be left in a merged-empty dir.
+                clear_markers(&up)?;
+                sys::rmdir(&up)?;
+            } else {
+                sys::unlink(&up)?;
+            }
+        }
+        dir.state
+            .write()
+            .children
+            .as_mut()
+            .ok_or_else(|| errno(libc::EIO))?
+            .map
+            .remove(name);
+        self.drop_name(&child, parent, name);
+        Ok(())
+    }
+
+    /// Removes (parent, name) from `node`'s names; promotes an alias if the
+    /// primary name went away.
+    fn drop_name(&self, node: &Arc<Node>, parent: u64, name: &OsStr) {
+        let mut st = node.state.write();
+        if st.parent == parent && st.name == name {
+            if st.aliases.is_empty() {
+                st.linked = false;
+            } else {
+                let (p, n) = st.aliases.remove(0);
+                let ppath = if p == parent {
+                    st.path.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    self.nodes
+                        .read()
+                        .get(&p)
+                        .map(|d| d.state.read().path.clone())
+                        .unwrap_or_default()
+                };
+                st.path = layer::join(&ppath, &n);
+                st.parent = p;
+                st.name = n;
+            }
+        } else {
+            st.aliases.retain(|(p, n)| !(*p == parent && n == name));
+        }
+        drop(st);
+        self.drop_if_dead(node);
+    }
+
+    // ----- rename --------------------------------------------------------
+
+    /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` flags.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check_new_name(newname)?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let src_dir = self.node(parent)?;
+        let dst_dir = self.node(newparent)?;
+        self.ensure_loaded(&src_dir)?;
+        self.ensure_loaded(&dst_dir)?;
+        let lookup = |d: &Arc<Node>, n: &OsStr| {
+            d.state
+                .read()
+                .children
+                .as_ref()
+                .and_then(|c| c.map.get(n).copied())
+        };
+        let src_ino = lookup(&src_dir, name).ok_or_else(|| errno(libc::ENOENT))?;
+        let dst_ino = lookup(&dst_dir, newname);
+        if dst_ino == Some(src_ino) {
+            return Ok(());
+        }
+        let src = self.node(src_ino)?;
+        let dst = dst_ino.map(|i| self.node(i)).transpose()?;
+        if exchange && dst.is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        let src_is_dir = src.state.read().kind == Kind::Dir;
+        if let Some(d) = &dst {
+            let dst_is_dir = d.state.read().kind == Kind::Dir;
+            if !exchange {
+                if src_is_dir && !dst_is_dir {
+                    return Err(errno(libc::ENOTDIR));
+                }
+                if !src_is_dir && dst_is_dir {
+                    return Err(errno(libc::EISDIR));
+                }
+                if dst_is_dir {
+                    self.ensure_loaded(d)?;
+                    if d.state
+                        .read()
+                        .children
+                        .as_ref()
+                        .is_some_and(|c| !c.map.is_empty())
+                    {
+                        return Err(errno(libc::ENOTEMPTY));
+                    }
+                }
+            }
+        }
+        // Everything that moves must live wholly in the upper dir first.
+        self.copy_up_tree(&src)?;
+        if exchange {
+            if let Some(d) = &dst {
+                self.copy_up_tree(d)?;
+            }
+        }
+        self.ensure_upper_dir(parent)?;
+        self.ensure_upper_dir(newparent)?;
+
+        let _ns = self.ns.write();
+        let (src_path, src_lower_name) = {
+            let st = src_dir.state.read();
+            let ch = st.children.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            if ch.map.get(name) != Some(&src_ino) {
+                return Err(errno(libc::ENOENT));
+            }
+            (layer::join(&st.path, name), ch.lower_names.contains(name))
+        };
+        let (dst_path, dst_lower_name) = {
+            let st = dst_dir.state.read();
+            let ch = st.children.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            if ch.map.get(newname).copied() != dst_ino {
+                return Err(errno(libc::ENOENT));
+            }
+            (
+                layer::join(&st.path, newname),
+                ch.lower_names.contains(newname),
+            )
+        };
+        let src_up = self.upper_path(&src_path)?;
+        let dst_up = self.upper_path(&dst_path)?;
+        let dst_upper = dst.as_ref().is_some_and(|d| d.state.read().upper);
+        if let (Some(d), false) = (&dst, exchange) {
+            if dst_upper && d.state.read().kind == Kind::Dir {
+                clear_markers(&dst_up)?;
+            }
+        }
+        let kernel_flags = if exchange {
+            libc::RENAME_EXCHANGE
+        } else if dst_upper {
+            0
+        } else {
+            libc::RENAME_NOREPLACE
+        };
+        sys::rename(&src_up, &dst_up, kernel_flags)?;
+
+        // Fix up whiteouts and opaque markers around the moved entries.
+        let src_parent_up = src_up.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dst_parent_up = dst_up.parent().map(Path::to_path_buf).unwrap_or_default();
+        if !exchange {
+            if src_lower_name {
+                self.write_whiteout(&src_parent_up, name)?;
+            }
+            self.remove_whiteout(&dst_parent_up, newname)?;
+        }
+        if src_is_dir && dst_lower_name {
+            self.make_opaque(&dst_up)?;
+        }
+        if exchange {
+            if let Some(d) = &dst {
+                if d.state.read().kind == Kind::Dir && src_lower_name {
+                    self.make_opaque(&src_up)?;
+                }
+            }
+        }
+
+        // And the in-memory tree.
+        {
+            let mut sd = src_dir.state.write();
+            let ch = sd.children.as_mut().ok_or_else(|| errno(libc::EIO))?;
+            ch.map.remove(name);
+            if exchange {
+                ch.map.insert(name.to_owned(), dst_ino.unwrap_or_default());
+            }
+        }
+        dst_dir
+            .state
+            .write()
+            .children
+            .as_mut()
+            .ok_or_else(|| errno(libc::EIO))?
+            .map
+            .insert(newname.to_owned(), src_ino);
+        if let (Some(d), false) = (&dst, exchange) {
+            self.drop_name(d, newparent, newname);
+        }
+        self.move_name(&src, parent, name, newparent, newname, &dst_path);
+        if src_is_dir && dst_lower_name {
+            self.mark_moved_dir(&src);
+        }
+        if let (Some(d), true) = (&dst, exchange) {
+            self.move_name(d, newparent, newname, parent, name, &src_path);
+            if d.state.read().kind == Kind::Dir && src_lower_name {
+                self.mark_moved_dir(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn make_opaque(&self, dir_up: &Path) -> io::Result<()> {
+        match sys::open(
+            &dir_up.join(whiteout::OPAQUE_MARKER),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// A moved directory stands alone: its lower layers no longer apply.
+    fn mark_moved_dir(&self, node: &Arc<Node>) {
+        let mut st = node.state.write();
+        st.lower_dirs.clear();
+        if let Some(c) = st.children.as_mut() {
+            c.lower_names.clear();
+        }
+    }
+
+    /// Renames one name of `node` and updates the paths of its subtree.
+    fn move_name(
+        &self,
+        node: &Arc<Node>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        new_path: &Path,
+    ) {
+        let mut st = node.state.write();
+        if st.parent == parent && st.name == name {
+            st.parent = newparent;
+            st.name = newname.to_owned();
+            st.path = new_path.to_owned();
+            let is_dir = st.kind == Kind::Dir;
+            drop(st);
+            if is_dir {
+                self.repath_children(node);
+            }
+        } else if let Some(a) = st
+            .aliases
+            .iter_mut()
+            .find(|(p, n)| *p == parent && n == name)
+        {
+            *a = (newparent, newname.to_owned());
+        }
+    }
+
+    fn repath_children(&self, dir: &Arc<Node>) {
+        let (path, kids) = {
+            let st = dir.state.read();
+            let kids: Vec<(OsString, u64)> = st
+                .children
+                .as_ref()
+                .map(|c| c.map.iter().map(|(n, i)| (n.clone(), *i)).collect())
+                .unwrap_or_default();
+            (st.path.clone(), kids)
+        };
+        for (name, ino) in kids {
+            let Ok(child) = self.node(ino) else { continue };
+            let mut cs = child.state.write();
+            if cs.parent == dir.ino && cs.name == name {
+                cs.path = layer::join(&path, &name);
+                let is_dir = cs.kind == Kind::Dir;
+                drop(cs);
+                if is_dir {
+                    self.repath_children(&child);
+                }
+            }
+        }
+    }
+
+    // ----- attributes and xattrs -----------------------------------------
+
+    /// `setattr`. `fh` is the open file the change came through, if any.
+    pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<&OpenFile>) -> io::Result<Stat> {
+        let node = self.node(ino)?;
+        let data = match set.size {
+            Some(0) if !node.state.read().upper => CopyData::Empty,
+            Some(_) => CopyData::Full,
+            None => CopyData::Meta,
+        };
+        self.copy_up(&node, data)?;
+        let _ns = self.ns.read();
+        let (path, kind) = {
+            let st = node.state.read();
+            (self.upper_path(&st.path)?, st.kind)
+        };
+        if let Some(size) = set.size {
+            match fh {
+                Some(OpenFile::Upper(f)) => f.set_len(size)?,
+                _ => sys::truncate(&path, size)?,
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::lchown(
+                &path,
+                set.uid.unwrap_or(u32::MAX),
+                set.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = set.mode {
+            if kind != Kind::Symlink {
+                sys::chmod(&path, mode & 0o7777)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let conv = |t: Option<TimeSet>| match t {
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(TimeSet::Now) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
+                Some(TimeSet::At(t)) => timespec(t),
+            };
+            sys::utimens(&path, conv(set.atime), conv(set.mtime))?;
+        }
+        self.stat_node(&node)
+    }
+
+    /// Value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        if whiteout::is_private_xattr(name) {
+            return Err(errno(libc::ENODATA));
+        }
+        let node = self.node(ino)?;
+        let st = node.state.read();
+        let v = if st.upper {
+            sys::getxattr(&self.upper_path(&st.path)?, name)?
+        } else {
+            let l = st.lower.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            self.lowers[l.layer].get_xattr(&l.path, name)?
+        };
+        v.ok_or_else(|| errno(libc::ENODATA))
+    }
+
+    /// Names of the xattrs of `ino`.
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<OsString>> {
+        let node = self.node(ino)?;
+        let st = node.state.read();
+        let names = if st.upper {
+            sys::listxattr(&self.upper_path(&st.path)?)?
+        } else {
+            let l = st.lower.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            self.lowers[l.layer].list_xattrs(&l.path)?
+        };
+        Ok(names
+            .into_iter()
+            .filter(|n| !whiteout::is_private_xattr(n))
+            .collect())
+    }
+
+    /// `setxattr`.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        let node = self.node(ino)?;
+        self.copy_up(&node, CopyData::Meta)?;
+        let _ns = self.ns.read();
+        let path = self.upper_path(&node.state.read().path)?;
+        sys::setxattr(&path, name, value, flags)
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(errno(libc::ENODATA));
+        }
+        // Removing what is not there copies nothing up.
+        self.getxattr(ino, name)?;
+        let node = self.node(ino)?;
+        self.copy_up(&node, CopyData::Meta)?;
+        let _ns = self.ns.read();
+        let path = self.upper_path(&node.state.read().path)?;
+        sys::removexattr(&path, name)
+    }
+
+    // ----- files ---------------------------------------------------------
+
+    /// Opens regular file `ino` with open(2) `flags`.
+    pub fn open(&self, ino: u64, flags: i32) -> io::Result<OpenFile> {
+        let node = self.node(ino)?;
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let trunc = flags & libc::O_TRUNC != 0 && writes;
+        if writes || trunc {
+            self.copy_up(
+                &node,
+                if trunc {
+                    CopyData::Empty
+                } else {
+                    CopyData::Full
+                },
+            )?;
+        }
+        let st = node.state.read();
+        if st.kind != Kind::File {
+            return Err(errno(libc::EINVAL));
+        }
+        if st.upper && !(st.metacopy && !writes) {
+            let flags = open_flags(flags);
+            Ok(OpenFile::Upper(sys::open(
+                &self.upper_path(&st.path)?,
+                flags,
+                0,
+            )?))
+        } else {
+            let l = st.lower.as_ref().ok_or_else(|| errno(libc::EIO))?;
+            Ok(OpenFile::Lower(self.lowers[l.layer].open(&l.path)?))
+        }
+    }
+
+    /// `statfs` of the upper dir (or the top layer when read-only).
+    pub fn statfs(&self) -> io::Result<libc::statvfs> {
+        let path = match &self.upper {
+            Some(u) => u.upper.clone(),
+            None => self
+                .lowers
+                .iter()
+                .find_map(|l| l.host_path(Path::new("")))
+                .ok_or_else(|| errno(libc::ENOSYS))?,
+        };
+        sys::statvfs(&path)
+    }
+}
+
+/// open(2) flags to pass on to the host: access mode and the flags that
+/// change I/O, never the creation flags (handled by the union).
+fn open_flags(flags: i32) -> i32 {
+    flags
+        & (libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME)
+}
+
+/// Removes whiteout files and opaque markers from an upper dir that is
+/// empty in the merged view.
+fn clear_markers(dir: &Path) -> io::Result<()> {
+    for ent in std::fs::read_dir(dir)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let is_dev00 = sys::lstat(&ent.path())
+            .ok()
+            .and_then(|s| Attr::from_stat(&s).ok())
+            .is_some_and(|a| a.is_whiteout_device());
+        if whiteout::classify(&name, is_dev00) != whiteout::Kind::Entry {
+            sys::unlink(&ent.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn timespec(t: SystemTime) -> libc::timespec {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut sec = -(d.as_secs() as i64);
+            let mut nsec = -(d.subsec_nanos() as i64);
+            if nsec < 0 {
+                sec -= 1;
+                nsec += 1_000_000_000;
+            }
+            libc::timespec {
+                tv_sec: sec as libc::time_t,
+                tv_nsec: nsec as libc::c_long,
+            }
+        }
+    }
+}

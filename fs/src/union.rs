@@ -1750,3 +1750,286 @@ fn timespec(t: SystemTime) -> libc::timespec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::DirLayer;
+    use std::fs;
+
+    /// Layers under a temp dir: `l0` is the top lower layer.
+    struct Fx {
+        _t: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    impl Fx {
+        fn new(layers: usize) -> Fx {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().to_path_buf();
+            for i in 0..layers {
+                fs::create_dir(root.join(format!("l{i}"))).unwrap();
+            }
+            fs::create_dir(root.join("upper")).unwrap();
+            fs::create_dir(root.join("work")).unwrap();
+            Fx { _t: t, root }
+        }
+        fn put(&self, rel: &str, data: &str) {
+            let p = self.root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, data).unwrap();
+        }
+        fn union(&self, layers: usize, metacopy: bool) -> Union {
+            let lowers: Vec<Arc<dyn Layer>> = (0..layers)
+                .map(|i| {
+                    Arc::new(DirLayer::new(&self.root.join(format!("l{i}"))).unwrap())
+                        as Arc<dyn Layer>
+                })
+                .collect();
+            Union::new(Config {
+                lowers,
+                upper: Some(UpperConfig {
+                    upper: self.root.join("upper"),
+                    work: self.root.join("work"),
+                }),
+                metacopy,
+            })
+            .unwrap()
+        }
+        fn upper(&self, rel: &str) -> PathBuf {
+            self.root.join("upper").join(rel)
+        }
+    }
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn names(u: &Union, ino: u64) -> Vec<String> {
+        u.list_dir(ino)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn path_ino(u: &Union, path: &str) -> u64 {
+        let mut ino = ROOT_INO;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            ino = u.lookup(ino, OsStr::new(c)).unwrap().ino;
+        }
+        ino
+    }
+
+    fn read_all(u: &Union, ino: u64) -> String {
+        let f = u.open(ino, libc::O_RDONLY).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn merges_layers_top_first_with_whiteouts_and_opaque_dirs() {
+        let fx = Fx::new(3);
+        fx.put("l2/a", "a2");
+        fx.put("l2/b", "b2");
+        fx.put("l2/d/old", "old");
+        fx.put("l2/e/keep", "keep");
+        fx.put("l1/a", "a1");
+        fx.put("l1/.wh.b", "");
+        fx.put("l1/d/.wh..wh..opq", "");
+        fx.put("l1/d/new", "new");
+        fx.put("l0/e/more", "more");
+        fx.put("l0/.wh..wh..opq-not-a-marker", "x");
+        let u = fx.union(3, true);
+        // A `.wh.`-prefixed name is a whiteout of the rest, never shown.
+        assert_eq!(names(&u, ROOT_INO), vec!["a", "d", "e"]);
+        assert_eq!(read_all(&u, path_ino(&u, "a")), "a1");
+        assert_eq!(names(&u, path_ino(&u, "d")), vec!["new"]);
+        assert_eq!(names(&u, path_ino(&u, "e")), vec!["keep", "more"]);
+    }
+
+    #[test]
+    fn overlay_xattr_opaque_dir() {
+        let fx = Fx::new(2);
+        fx.put("l1/d/hidden", "h");
+        fx.put("l0/d/shown", "s");
+        let d = fx.root.join("l0/d");
+        if sys::setxattr(&d, OsStr::new("user.overlay.opaque"), b"y", 0).is_err() {
+            panic!("the test filesystem must support user xattrs");
+        }
+        let u = fx.union(2, true);
+        assert_eq!(names(&u, path_ino(&u, "d")), vec!["shown"]);
+        // The marker xattr is bookkeeping, not shown.
+        assert!(u.listxattr(path_ino(&u, "d")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hard_links_in_a_layer_share_an_inode() {
+        let fx = Fx::new(1);
+        fx.put("l0/a/f", "data");
+        fs::create_dir_all(fx.root.join("l0/b")).unwrap();
+        fs::hard_link(fx.root.join("l0/a/f"), fx.root.join("l0/b/g")).unwrap();
+        let u = fx.union(1, true);
+        let f = u.lookup(path_ino(&u, "a"), OsStr::new("f")).unwrap();
+        let g = u.lookup(path_ino(&u, "b"), OsStr::new("g")).unwrap();
+        assert_eq!(f.ino, g.ino);
+        assert_eq!(f.attr.nlink, 2);
+        // Writing through one name changes what the other shows.
+        let h = u.open(f.ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        h.write_at(b"+", 4).unwrap();
+        assert_eq!(read_all(&u, g.ino), "data+");
+        assert_eq!(fs::read_to_string(fx.upper("b/g")).unwrap(), "data+");
+    }
+
+    #[test]
+    fn unlink_of_lower_file_leaves_whiteout_and_name_can_come_back() {
+        let fx = Fx::new(1);
+        fx.put("l0/f", "lower");
+        let u = fx.union(1, true);
+        u.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+        u.unlink(ROOT_INO, OsStr::new("f")).unwrap();
+        assert!(fx.upper(".wh.f").exists());
+        assert!(names(&u, ROOT_INO).is_empty());
+        assert_eq!(
+            u.lookup(ROOT_INO, OsStr::new("f"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        let (s, f) = u
+            .create(ROOT_INO, OsStr::new("f"), 0o644, libc::O_WRONLY, ME)
+            .unwrap();
+        f.write_at(b"new", 0).unwrap();
+        assert!(!fx.upper(".wh.f").exists());
+        assert_eq!(read_all(&u, s.ino), "new");
+        // A fresh union over the same dirs sees the same.
+        let u2 = fx.union(1, true);
+        assert_eq!(names(&u2, ROOT_INO), vec!["f"]);
+        assert_eq!(read_all(&u2, path_ino(&u2, "f")), "new");
+    }
+
+    #[test]
+    fn chmod_of_lower_file_copies_no_data_and_keeps_inode() {
+        let fx = Fx::new(1);
+        let big = "x".repeat(1 << 20);
+        fx.put("l0/big", &big);
+        let u = fx.union(1, true);
+        let before = u.lookup(ROOT_INO, OsStr::new("big")).unwrap();
+        let after = u
+            .setattr(
+                before.ino,
+                &SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(after.ino, before.ino);
+        assert_eq!(after.attr.perm, 0o600);
+        assert_eq!(after.attr.size, 1 << 20);
+        let up = sys::lstat(&fx.upper("big")).unwrap();
+        assert_eq!(up.st_blocks, 0, "metadata-only copy-up must not copy data");
+        assert_eq!(read_all(&u, before.ino).len(), 1 << 16);
+        let f = u.open(before.ino, libc::O_RDONLY).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), 1 << 20);
+        assert!(buf.iter().all(|b| *b == b'x'));
+        // A write fills in the data, then the marker goes.
+        let w = u.open(before.ino, libc::O_WRONLY).unwrap();
+        w.write_at(b"y", 0).unwrap();
+        assert!(
+            sys::getxattr(&fx.upper("big"), OsStr::new(whiteout::METACOPY_XATTR))
+                .unwrap()
+                .is_none()
+        );
+        let data = fs::read(fx.upper("big")).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert_eq!(data[0], b'y');
+        assert!(data[1..].iter().all(|b| *b == b'x'));
+    }
+
+    #[test]
+    fn open_with_o_trunc_copies_no_data() {
+        let fx = Fx::new(1);
+        fx.put("l0/f", "lower data");
+        let u = fx.union(1, true);
+        let s = u.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+        let f = u.open(s.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        assert_eq!(u.getattr(s.ino).unwrap().attr.size, 0);
+        f.write_at(b"n", 0).unwrap();
+        assert_eq!(fs::read_to_string(fx.upper("f")).unwrap(), "n");
+    }
+
+    #[test]
+    fn rename_of_lower_dir_moves_its_tree() {
+        let fx = Fx::new(2);
+        fx.put("l1/d/a", "a");
+        fx.put("l1/d/sub/b", "b");
+        fx.put("l0/d/c", "c");
+        fx.put("l1/t/x", "hidden below the new name");
+        fx.put("l0/.wh.t", "");
+        let u = fx.union(2, true);
+        let d = path_ino(&u, "d");
+        u.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("t"), 0)
+            .unwrap();
+        assert_eq!(names(&u, ROOT_INO), vec!["t"]);
+        assert_eq!(path_ino(&u, "t"), d);
+        assert_eq!(names(&u, d), vec!["a", "c", "sub"]);
+        assert_eq!(read_all(&u, path_ino(&u, "t/sub/b")), "b");
+        // The same tree after a remount: the old lower content of `t` stays hidden.
+        let u2 = fx.union(2, true);
+        assert_eq!(names(&u2, ROOT_INO), vec!["t"]);
+        assert_eq!(names(&u2, path_ino(&u2, "t")), vec!["a", "c", "sub"]);
+    }
+
+    #[test]
+    fn mkdir_over_deleted_lower_dir_is_empty() {
+        let fx = Fx::new(1);
+        fx.put("l0/d/f", "f");
+        let u = fx.union(1, true);
+        let d = path_ino(&u, "d");
+        assert_eq!(
+            u.rmdir(ROOT_INO, OsStr::new("d"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTEMPTY)
+        );
+        u.unlink(d, OsStr::new("f")).unwrap();
+        u.rmdir(ROOT_INO, OsStr::new("d")).unwrap();
+        let nd = u.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).unwrap();
+        assert_ne!(nd.ino, d);
+        assert!(names(&u, nd.ino).is_empty());
+        let u2 = fx.union(1, true);
+        assert!(names(&u2, path_ino(&u2, "d")).is_empty());
+    }
+
+    #[test]
+    fn reserved_names_and_read_only() {
+        let fx = Fx::new(1);
+        let u = fx.union(1, true);
+        let e = u
+            .create(ROOT_INO, OsStr::new(".wh.x"), 0o644, libc::O_WRONLY, ME)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let ro = Union::new(Config {
+            lowers: vec![Arc::new(DirLayer::new(&fx.root.join("l0")).unwrap())],
+            upper: None,
+            metacopy: true,
+        })
+        .unwrap();
+        assert_eq!(
+            ro.mkdir(ROOT_INO, OsStr::new("x"), 0o755, ME)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EROFS)
+        );
+    }
+
+    #[test]
+    fn leftover_copy_up_temp_files_are_cleared() {
+        let fx = Fx::new(1);
+        fx.put("work/rcfs-tmp-1-0", "half a copy");
+        let _u = fx.union(1, true);
+        assert!(!fx.root.join("work/rcfs-tmp-1-0").exists());
+    }
+}

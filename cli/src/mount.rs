@@ -173,7 +173,7 @@ fn unescape_mountinfo(s: &str) -> OsString {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
@@ -315,6 +315,7 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
             allow_other: req.allow_other,
             fsname: req.fsname.clone(),
             threads: req.threads,
+            read_only: req.upper.is_none(),
         };
         let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
             .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;

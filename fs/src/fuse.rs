@@ -61,6 +61,9 @@ impl Default for MountOptions {
 struct Handle {
     ino: u64,
     file: OpenFile,
+    /// For a handle on a lower file served here: the upper file, once the
+    /// file has been copied up; reads then go there.
+    copied_up: std::sync::OnceLock<OpenFile>,
     /// Held while this handle is open; the kernel needs the backing file for
     /// as long as any handle uses it.
     _backing: Option<Arc<BackingId>>,
@@ -123,6 +126,19 @@ impl UnionFs {
         self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    /// The file a handle reads now: a lower file gives way to its upper copy.
+    fn current_file<'a>(&self, h: &'a Handle) -> io::Result<&'a OpenFile> {
+        if let Some(f) = h.copied_up.get() {
+            return Ok(f);
+        }
+        if !h.file.is_upper() {
+            if let Some(f) = self.union.reopen_if_copied_up(h.ino)? {
+                return Ok(h.copied_up.get_or_init(|| f));
+            }
+        }
+        Ok(&h.file)
+    }
+
     fn add_handle(&self, ino: u64, file: OpenFile, backing: Option<Arc<BackingId>>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.write().insert(
@@ -130,16 +146,27 @@ impl UnionFs {
             Arc::new(Handle {
                 ino,
                 file,
+                copied_up: std::sync::OnceLock::new(),
                 _backing: backing,
             }),
         );
         fh
     }
 
+    /// True while `ino` passes through to its lower file: the kernel then takes
+    /// no open of it that passes through elsewhere, nor one that does not
+    /// pass through at all.
+    fn lower_backed(&self, ino: u64) -> bool {
+        self.backing
+            .lock()
+            .get(&ino)
+            .is_some_and(|(w, upper)| !upper && w.strong_count() > 0)
+    }
+
     /// The backing id for `file` of `ino`, shared with other open handles of
     /// the same inode. `Ok(None)`: serve without passthrough; `Err(())`: the
-    /// inode already passes through to another file (the lower one, before a
-    /// copy-up), so this handle must bypass the page cache (direct I/O).
+    /// inode already passes through to another file, and the kernel allows
+    /// one backing file per inode.
     fn backing_for(
         &self,
         ino: u64,
@@ -294,9 +321,31 @@ impl Filesystem for UnionFs {
         self.union.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let t = Instant::now();
-        let r = self.union.getattr(ino.0);
+        let handle = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| h.ino == ino.0);
+        let r = match &handle {
+            Some(h) => self
+                .current_file(h)
+                .and_then(|f| self.union.getattr_open(ino.0, f)),
+            None => self.union.getattr(ino.0),
+        };
+        // The kernel does not always say which open file an fstat is for; an
+        // unlinked file is still reachable through any of its open files.
+        let r = match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let open = self.files.read().values().find(|h| h.ino == ino.0).cloned();
+                match open {
+                    Some(h) => self
+                        .current_file(&h)
+                        .and_then(|f| self.union.getattr_open(ino.0, f)),
+                    None => Err(e),
+                }
+            }
+            r => r,
+        };
         self.trace("getattr", || format!("{}", ino.0), t, &r);
         match r {
             Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
@@ -500,7 +549,14 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let t = Instant::now();
-        let r = self.union.open(ino.0, flags.0);
+        // A file open for reading through its lower file cannot be copied up
+        // under the kernel's passthrough rules: refuse as for a running
+        // program, before anything is copied.
+        let r = if self.lower_backed(ino.0) && self.union.open_leaves_lower(ino.0, flags.0) {
+            Err(io::Error::from_raw_os_error(libc::ETXTBSY))
+        } else {
+            self.union.open(ino.0, flags.0)
+        };
         self.trace("open", || format!("{}, {:#o}", ino.0, flags.0), t, &r);
         let file = match r {
             Ok(f) => f,
@@ -515,10 +571,7 @@ impl Filesystem for UnionFs {
                 let fh = self.add_handle(ino.0, file, None);
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
-            Err(()) => {
-                let fh = self.add_handle(ino.0, file, None);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
+            Err(()) => reply.error(Errno::ETXTBSY),
         }
     }
 
@@ -539,7 +592,7 @@ impl Filesystem for UnionFs {
             .map_err(|e| io::Error::from_raw_os_error(e.code()))
             .and_then(|h| {
                 let mut buf = vec![0u8; size as usize];
-                let n = h.file.read_at(&mut buf, offset)?;
+                let n = self.current_file(&h)?.read_at(&mut buf, offset)?;
                 buf.truncate(n);
                 Ok(buf)
             });

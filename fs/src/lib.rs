@@ -29,6 +29,8 @@ pub struct MountConfig {
     pub fsname: String,
     /// Request-serving threads.
     pub threads: usize,
+    /// Mount read-only (a union without an upper dir).
+    pub read_only: bool,
 }
 
 impl Default for MountConfig {
@@ -37,6 +39,7 @@ impl Default for MountConfig {
             allow_other: false,
             fsname: "rcfs".into(),
             threads: 4,
+            read_only: false,
         }
     }
 }
@@ -57,6 +60,9 @@ pub fn mount(
         // Container roots need device nodes and setuid binaries to work.
         opts.push(fuser::MountOption::Dev);
         opts.push(fuser::MountOption::Suid);
+    }
+    if cfg.read_only {
+        opts.push(fuser::MountOption::RO);
     }
     config.mount_options = opts;
     config.acl = if cfg.allow_other {

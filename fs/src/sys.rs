@@ -38,6 +38,15 @@ pub fn lstat(p: &Path) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// `fstat(2)`.
+pub fn fstat(f: &File) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the fd is open for the life of `f`; `st` is writable.
+    cvt(unsafe { libc::fstat(f.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// `open(2)` with raw flags; `O_NOFOLLOW` and `O_CLOEXEC` are always added.
 pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
     let c = cstr(p)?;

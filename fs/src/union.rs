@@ -639,6 +639,51 @@ impl Union {
         self.stat_node(&*self.node(ino)?)
     }
 
+    /// Attributes of `ino` through an open file of it: right even after the
+    /// last name is gone (`fstat` of an unlinked file).
+    pub fn getattr_open(&self, ino: u64, file: &OpenFile) -> io::Result<Stat> {
+        match file {
+            OpenFile::Upper(f) => {
+                let mut s = self.stat_of_open(ino, f)?;
+                s.ino = ino;
+                Ok(s)
+            }
+            OpenFile::Lower(_) => self.getattr(ino),
+        }
+    }
+
+    fn stat_of_open(&self, ino: u64, f: &File) -> io::Result<Stat> {
+        Ok(Stat {
+            ino,
+            attr: Attr::from_stat(&sys::fstat(f)?)?,
+        })
+    }
+
+    /// For a handle that reads a lower file: the upper file to read instead,
+    /// once the file has been copied up (so that every open file sees the
+    /// same data, as on overlayfs).
+    pub fn reopen_if_copied_up(&self, ino: u64) -> io::Result<Option<OpenFile>> {
+        let node = self.node(ino)?;
+        let st = node.state.read();
+        if !st.upper || st.metacopy {
+            return Ok(None);
+        }
+        let f = sys::open(&self.upper_path(&st.path)?, libc::O_RDONLY, 0)?;
+        Ok(Some(OpenFile::Upper(f)))
+    }
+
+    /// Whether opening `ino` with `flags` would copy it up or give a file
+    /// other than the lower one.
+    pub fn open_leaves_lower(&self, ino: u64, flags: i32) -> bool {
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let Ok(node) = self.node(ino) else {
+            return false;
+        };
+        let st = node.state.read();
+        writes || (st.upper && !st.metacopy)
+    }
+
     /// Looks up `name` in directory `parent`; counts a kernel lookup.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Stat> {
         let dir = self.node(parent)?;
@@ -1024,6 +1069,9 @@ impl Union {
         };
         let path = layer::join(&dir_path, name);
         let up = self.upper_path(&path)?;
+        if lower_name {
+            self.remove_device_whiteout(&self.upper_path(&dir_path)?, name)?;
+        }
         let out = make(&up)?;
         let finish = || -> io::Result<()> {
             let parent_up = self.upper_path(&dir_path)?;
@@ -1081,19 +1129,42 @@ impl Union {
         Ok((s, out))
     }
 
+    /// Removes a `.wh.NAME` whiteout of `name`, if there is one.
     fn remove_whiteout(&self, parent_up: &Path, name: &OsStr) -> io::Result<()> {
-        match sys::unlink(&parent_up.join(whiteout::whiteout_name(name))) {
+        let whiteout::UpperWhiteout::File(wh) = whiteout::upper_whiteout(name) else {
+            return Ok(());
+        };
+        match sys::unlink(&parent_up.join(wh)) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
         }
     }
 
+    /// Removes a device whiteout standing in place of `name`, which must go
+    /// before anything else can take the name.
+    fn remove_device_whiteout(&self, parent_up: &Path, name: &OsStr) -> io::Result<()> {
+        let p = parent_up.join(name);
+        match sys::lstat(&p) {
+            Ok(st) if Attr::from_stat(&st).is_ok_and(|a| a.is_whiteout_device()) => sys::unlink(&p),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records in the upper dir that `name` is deleted. The `.wh.` form can be
+    /// written while an upper entry still holds the name (so callers write it
+    /// first, and a crash leaves the entry visible rather than lost); the
+    /// device form takes the name itself, so it is written after.
     fn write_whiteout(&self, parent_up: &Path, name: &OsStr) -> io::Result<()> {
-        match sys::open(
-            &parent_up.join(whiteout::whiteout_name(name)),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0,
-        ) {
+        let res = match whiteout::upper_whiteout(name) {
+            whiteout::UpperWhiteout::File(wh) => sys::open(
+                &parent_up.join(wh),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0,
+            )
+            .map(drop),
+            whiteout::UpperWhiteout::Device => sys::mknod(&parent_up.join(name), libc::S_IFCHR, 0),
+        };
+        match res {
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
             _ => Ok(()),
         }
@@ -1252,8 +1323,8 @@ impl Union {
             }
             (cs.upper, layer::join(&dir_path, name))
         };
-        // Whiteout first: a crash between the two steps leaves the entry visible.
-        if lower_name {
+        let device_form = is_device_form(name);
+        if lower_name && !device_form {
             self.write_whiteout(&parent_up, name)?;
         }
         if child_upper {
@@ -1265,6 +1336,9 @@ impl Union {
             } else {
                 sys::unlink(&up)?;
             }
+        }
+        if lower_name && device_form {
+            self.write_whiteout(&parent_up, name)?;
         }
         dir.state
             .write()
@@ -1347,6 +1421,9 @@ impl Union {
             return Err(errno(libc::EEXIST));
         }
         let src_is_dir = src.state.read().kind == Kind::Dir;
+        let dst_is_dir = dst
+            .as_ref()
+            .is_some_and(|d| d.state.read().kind == Kind::Dir);
         if let Some(d) = &dst {
             let dst_is_dir = d.state.read().kind == Kind::Dir;
             if !exchange {
@@ -1414,27 +1491,17 @@ impl Union {
         } else {
             libc::RENAME_NOREPLACE
         };
-        sys::rename(&src_up, &dst_up, kernel_flags)?;
-
-        // Fix up whiteouts and opaque markers around the moved entries.
         let src_parent_up = src_up.parent().map(Path::to_path_buf).unwrap_or_default();
         let dst_parent_up = dst_up.parent().map(Path::to_path_buf).unwrap_or_default();
         if !exchange {
-            if src_lower_name {
+            if src_lower_name && !is_device_form(name) {
                 self.write_whiteout(&src_parent_up, name)?;
             }
-            self.remove_whiteout(&dst_parent_up, newname)?;
-        }
-        if src_is_dir && dst_lower_name {
-            self.make_opaque(&dst_up)?;
-        }
-        if exchange {
-            if let Some(d) = &dst {
-                if d.state.read().kind == Kind::Dir && src_lower_name {
-                    self.make_opaque(&src_up)?;
-                }
+            if dst_lower_name && !dst_upper {
+                self.remove_device_whiteout(&dst_parent_up, newname)?;
             }
         }
+        sys::rename(&src_up, &dst_up, kernel_flags)?;
 
         // And the in-memory tree.
         {
@@ -1465,6 +1532,20 @@ impl Union {
             if d.state.read().kind == Kind::Dir && src_lower_name {
                 self.mark_moved_dir(d);
             }
+        }
+
+        // Then whiteouts and opaque markers around the moved entries.
+        if !exchange {
+            if src_lower_name && is_device_form(name) {
+                self.write_whiteout(&src_parent_up, name)?;
+            }
+            self.remove_whiteout(&dst_parent_up, newname)?;
+        }
+        if src_is_dir && dst_lower_name {
+            self.make_opaque(&dst_up)?;
+        }
+        if exchange && dst_is_dir && src_lower_name {
+            self.make_opaque(&src_up)?;
         }
         Ok(())
     }
@@ -1673,7 +1754,7 @@ impl Union {
         if st.kind != Kind::File {
             return Err(errno(libc::EINVAL));
         }
-        if st.upper && !(st.metacopy && !writes) {
+        if st.upper && (writes || !st.metacopy) {
             let flags = open_flags(flags);
             Ok(OpenFile::Upper(sys::open(
                 &self.upper_path(&st.path)?,
@@ -1710,6 +1791,11 @@ fn open_flags(flags: i32) -> i32 {
             | libc::O_SYNC
             | libc::O_DSYNC
             | libc::O_NOATIME)
+}
+
+/// Whether deleting `name` is recorded by a device in its place.
+fn is_device_form(name: &OsStr) -> bool {
+    whiteout::upper_whiteout(name) == whiteout::UpperWhiteout::Device
 }
 
 /// Removes whiteout files and opaque markers from an upper dir that is

@@ -64,6 +64,28 @@ pub fn whiteout_name(name: &OsStr) -> OsString {
     out
 }
 
+/// Longest file name the host filesystems take.
+const NAME_MAX: usize = 255;
+
+/// How the upper dir spells the deletion of `name`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpperWhiteout {
+    /// An empty file `.wh.NAME` beside where `NAME` was.
+    File(OsString),
+    /// A character device 0/0 in place of `NAME`: for names too long to take
+    /// the `.wh.` prefix. Creating one needs no privilege (Linux 5.8+).
+    Device,
+}
+
+/// The spelling rcfs uses in the upper dir for deleting `name`.
+pub fn upper_whiteout(name: &OsStr) -> UpperWhiteout {
+    if name.len() + WHITEOUT_PREFIX.len() <= NAME_MAX {
+        UpperWhiteout::File(whiteout_name(name))
+    } else {
+        UpperWhiteout::Device
+    }
+}
+
 /// True when a program may not create an entry called `name`: it would be
 /// read back as a whiteout or opaque marker and so vanish from the merged view.
 pub fn is_reserved_name(name: &OsStr) -> bool {
@@ -110,6 +132,17 @@ mod tests {
         let w = whiteout_name(OsStr::new("file.txt"));
         assert_eq!(w, OsString::from(".wh.file.txt"));
         assert_eq!(classify(&w, false), Kind::Whiteout(OsStr::new("file.txt")));
+    }
+
+    #[test]
+    fn long_names_use_the_device_form() {
+        let short = OsString::from("a".repeat(251));
+        let long = OsString::from("a".repeat(252));
+        assert_eq!(
+            upper_whiteout(&short),
+            UpperWhiteout::File(whiteout_name(&short))
+        );
+        assert_eq!(upper_whiteout(&long), UpperWhiteout::Device);
     }
 
     #[test]

@@ -1,0 +1,274 @@
+//! The `rcfs mount` / `rcfs umount` command line: the daemon's life cycle
+//! and its errors. These run rcfs itself, whatever RCFS_E2E_IMPL says.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{lay_out, temp_dir};
+use crate::layers::{Layer, Reader};
+use crate::mounts::{
+    self, cmd, is_mountpoint, run, wait_daemons_gone, Impl, Kind, Mount, COMMAND_TIMEOUT, RCFS,
+};
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    lowers: Vec<PathBuf>,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    mounts::require_privileges();
+    let tmp = temp_dir();
+    let base = tmp.path().to_path_buf();
+    let layers = [
+        Layer::new().file("top", "top\n"),
+        Layer::new().file("bottom", "bottom\n"),
+    ];
+    let (lowers, upper, work, mnt) = lay_out(
+        &base.join("rcfs"),
+        &layers,
+        None,
+        Reader::Subject(Impl::Rcfs),
+    );
+    Dirs {
+        _tmp: tmp,
+        base,
+        lowers,
+        upper,
+        work,
+        mnt,
+    }
+}
+
+fn lower_arg(lowers: &[PathBuf]) -> String {
+    lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn rcfs_mount(lower: &str, upper: &Path, work: &Path, mnt: &Path) -> Command {
+    let mut c = Command::new(RCFS);
+    c.arg("mount")
+        .arg("--lower")
+        .arg(lower)
+        .arg("--upper")
+        .arg(upper)
+        .arg("--work")
+        .arg(work)
+        .arg(mnt);
+    c
+}
+
+/// Cleans up a mount a failing command might have made anyway.
+fn guard(mnt: &Path) -> Mount {
+    Mount::adopt(
+        mnt,
+        None,
+        Kind::Fuse {
+            unmount: vec![RCFS.into(), "umount".into()],
+        },
+    )
+}
+
+#[test]
+fn mount_missing_lower_dir_fails_naming_it() {
+    let d = dirs();
+    let _g = guard(&d.mnt);
+    let missing = d.base.join("no-such-layer");
+    let lower = format!("{}:{}", d.lowers[0].display(), missing.display());
+    let r = run(
+        &mut rcfs_mount(&lower, &d.upper, &d.work, &d.mnt),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!r.success(), "rcfs mount with a missing lower dir exited 0");
+    assert!(
+        r.stderr.contains(&missing.display().to_string()),
+        "error does not name the missing dir {}: {:?}",
+        missing.display(),
+        r.stderr
+    );
+    assert!(!is_mountpoint(&d.mnt), "rcfs mount failed but left a mount");
+}
+
+#[test]
+fn mount_missing_mountpoint_fails_naming_it() {
+    let d = dirs();
+    let missing = d.base.join("no-such-mountpoint");
+    let _g = guard(&missing);
+    let r = run(
+        &mut rcfs_mount(&lower_arg(&d.lowers), &d.upper, &d.work, &missing),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!r.success(), "rcfs mount on a missing mount point exited 0");
+    assert!(
+        r.stderr.contains(&missing.display().to_string()),
+        "error does not name the missing mount point: {:?}",
+        r.stderr
+    );
+}
+
+#[test]
+fn mount_missing_upper_dir_fails_naming_it() {
+    let d = dirs();
+    let _g = guard(&d.mnt);
+    let missing = d.base.join("no-such-upper");
+    let r = run(
+        &mut rcfs_mount(&lower_arg(&d.lowers), &missing, &d.work, &d.mnt),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!r.success(), "rcfs mount with a missing upper dir exited 0");
+    assert!(
+        r.stderr.contains(&missing.display().to_string()),
+        "error does not name the missing upper dir: {:?}",
+        r.stderr
+    );
+    assert!(!is_mountpoint(&d.mnt), "rcfs mount failed but left a mount");
+}
+
+/// Copy-up renames from work into upper, so they must share a filesystem;
+/// rcfs must refuse at mount time, not fail every later write.
+#[test]
+fn mount_upper_and_work_on_different_filesystems_fails() {
+    let d = dirs();
+    let _g = guard(&d.mnt);
+    let tmpfs = d.base.join("tmpfs-work");
+    std::fs::create_dir(&tmpfs).unwrap();
+    run(
+        cmd("mount", ["-t", "tmpfs", "tmpfs"]).arg(&tmpfs),
+        COMMAND_TIMEOUT,
+    )
+    .expect_ok("mounting a tmpfs");
+    let _t = Mount::adopt(&tmpfs, None, Kind::Kernel);
+    let r = run(
+        &mut rcfs_mount(&lower_arg(&d.lowers), &d.upper, &tmpfs, &d.mnt),
+        COMMAND_TIMEOUT,
+    );
+    assert!(
+        !r.success(),
+        "rcfs mount with work on another filesystem than upper exited 0"
+    );
+    let err = r.stderr.to_lowercase();
+    assert!(
+        err.contains("work")
+            && (err.contains("filesystem")
+                || err.contains("file system")
+                || err.contains("device")),
+        "error does not say that work and upper are on different filesystems: {:?}",
+        r.stderr
+    );
+    assert!(!is_mountpoint(&d.mnt), "rcfs mount failed but left a mount");
+}
+
+#[test]
+fn umount_of_a_dir_that_is_not_mounted_fails() {
+    let d = dirs();
+    let r = run(cmd(RCFS, ["umount"]).arg(&d.mnt), COMMAND_TIMEOUT);
+    assert!(!r.success(), "rcfs umount of a plain dir exited 0");
+    assert!(
+        !r.stderr.trim().is_empty(),
+        "rcfs umount failed without a message"
+    );
+}
+
+/// Background mode: returns once mounted; `rcfs umount` ends the daemon.
+#[test]
+fn umount_ends_the_daemon() {
+    let d = dirs();
+    let m = Mount::subject(Impl::Rcfs, &d.lowers, Some((&d.upper, &d.work)), &d.mnt);
+    assert_eq!(
+        std::fs::read_to_string(d.mnt.join("bottom")).unwrap(),
+        "bottom\n"
+    );
+    assert!(
+        !mounts::daemons_of(&d.mnt).is_empty(),
+        "no process serving {} found",
+        d.mnt.display()
+    );
+    m.unmount().expect_ok("rcfs umount");
+    assert!(!is_mountpoint(&d.mnt), "still mounted after rcfs umount");
+    assert!(
+        wait_daemons_gone(&d.mnt, Duration::from_secs(5)),
+        "rcfs daemon still running 5 s after rcfs umount"
+    );
+}
+
+/// Plain `umount` (what container tools use) also ends the daemon.
+#[test]
+fn system_umount_ends_the_daemon() {
+    let d = dirs();
+    let _m = Mount::subject(Impl::Rcfs, &d.lowers, Some((&d.upper, &d.work)), &d.mnt);
+    run(&mut cmd("umount", [&d.mnt]), COMMAND_TIMEOUT).expect_ok("umount");
+    assert!(
+        wait_daemons_gone(&d.mnt, Duration::from_secs(5)),
+        "rcfs daemon still running 5 s after umount"
+    );
+}
+
+/// Kills the child on drop unless it was waited for.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn mount_foreground_serves_until_unmounted() {
+    let d = dirs();
+    let _g = guard(&d.mnt);
+    let log = std::fs::File::create(d.base.join("fg.log")).unwrap();
+    let child = rcfs_mount(&lower_arg(&d.lowers), &d.upper, &d.work, &d.mnt)
+        .arg("--foreground")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning rcfs mount --foreground");
+    let mut child = ChildGuard(Some(child));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while !is_mountpoint(&d.mnt) {
+        if let Some(st) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "rcfs mount --foreground exited ({st}) before mounting: {}",
+                std::fs::read_to_string(d.base.join("fg.log")).unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rcfs mount --foreground did not mount within {COMMAND_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(d.mnt.join("top")).unwrap(), "top\n");
+    std::fs::write(d.mnt.join("new"), "new").unwrap();
+    run(cmd(RCFS, ["umount"]).arg(&d.mnt), COMMAND_TIMEOUT).expect_ok("rcfs umount");
+    let mut c = child.0.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("rcfs mount --foreground still running 5 s after rcfs umount");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        status.success(),
+        "rcfs mount --foreground exited {status} after umount: {}",
+        std::fs::read_to_string(d.base.join("fg.log")).unwrap()
+    );
+    assert_eq!(std::fs::read_to_string(d.upper.join("new")).unwrap(), "new");
+}

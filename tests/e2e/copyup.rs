@@ -1,0 +1,173 @@
+//! Copy-up: what a lower file (and its parent dirs) looks like once the
+//! upper dir holds it, and rcfs's metadata-only copy-up.
+
+use std::os::unix::fs::MetadataExt;
+
+use crate::harness::Fixture;
+use crate::layers::{pattern, Layer};
+use crate::sys;
+
+/// Writing a file whose parent dirs exist only in a lower layer copies the
+/// parents up with their modes, owners and xattrs; the file keeps its own.
+#[test]
+fn copy_up_of_deep_file_copies_parents_with_metadata() {
+    let bottom = Layer::new()
+        .file_mode("a/b/c/d/e/file", "deep\n", 0o640)
+        .owner("a/b/c/d/e/file", 1000, 1001)
+        .xattr("a/b/c/d/e/file", "user.f", "file xattr")
+        .dir_mode("a/b", 0o750)
+        .owner("a/b", 1000, 1000)
+        .xattr("a/b", "user.dir", "b")
+        .dir_mode("a/b/c/d", 0o711)
+        .file("a/b/c/sibling", "s")
+        .file("a/b/c/d/e/other", "o");
+    let top = Layer::new().file("a/b/c/top", "t");
+    let fix = Fixture::new(&[top, bottom], &Layer::new());
+    fix.check(|c| {
+        if let Ok(fd) = c.open(
+            "a/b/c/d/e/file",
+            libc::O_WRONLY | libc::O_APPEND,
+            0,
+            "O_APPEND",
+        ) {
+            c.fwrite(&fd, b"appended\n").ok();
+        }
+        c.read("a/b/c/d/e/file").ok();
+        for p in [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/c/d",
+            "a/b/c/d/e",
+            "a/b/c/d/e/file",
+        ] {
+            c.stat(p).ok();
+            c.listxattr(p).ok();
+        }
+        c.readdir("a/b/c").ok();
+        c.readdir("a/b/c/d/e").ok();
+    });
+    if fix.imp.is_rcfs() {
+        let up = fix.subject_upper().join("a/b/c/d/e/file");
+        assert_eq!(
+            std::fs::read(&up).ok().as_deref(),
+            Some(&b"deep\nappended\n"[..]),
+            "rcfs upper {}",
+            up.display()
+        );
+        assert!(
+            !fix.subject_upper().join("a/b/c/d/e/other").exists(),
+            "rcfs copied up an untouched sibling"
+        );
+    }
+}
+
+/// A data copy-up keeps the file's mode, owner, xattrs; a metadata change
+/// keeps its mtime too.
+#[test]
+fn copy_up_preserves_metadata() {
+    let bottom = Layer::new()
+        .file_mode("f", "data", 0o4751)
+        .owner("f", 1000, 1001)
+        .xattr("f", "user.one", "1")
+        .xattr("f", "user.two", "2")
+        .file_mode("g", "data", 0o600)
+        .owner("g", 2000, 2000)
+        .xattr("g", "user.one", "1")
+        .file("h", "h");
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    fix.check(|c| {
+        // Truncating a setuid file as root: the kernel keeps the bit for root.
+        c.truncate("f", 2).ok();
+        c.stat("f").ok();
+        c.listxattr("f").ok();
+        c.setxattr("g", "user.two", b"2", 0).ok();
+        c.times("g").ok();
+        c.stat("g").ok();
+        c.chmod("h", 0o600).ok();
+        c.times("h").ok();
+    });
+}
+
+const BIG: usize = 64 << 20;
+
+fn upper_blocks(fix: &Fixture, p: &str) -> (u64, u64) {
+    let m = std::fs::symlink_metadata(fix.subject_upper().join(p))
+        .unwrap_or_else(|e| panic!("rcfs upper has no {p}: {e}"));
+    (m.len(), m.blocks())
+}
+
+/// chmod/chown/utimens/setxattr of a big lower file copy no data: the upper
+/// file is sparse (st_blocks ~0) and marked `user.rcfs.metacopy`, yet reads
+/// through the mount give the lower bytes; a later write copies the data.
+#[test]
+fn metadata_only_copy_up_copies_no_data() {
+    let bottom = Layer::new()
+        .big_file("big", BIG)
+        .big_file("b-chown", 1 << 20)
+        .big_file("b-utime", 1 << 20)
+        .big_file("b-xattr", 1 << 20);
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    fix.check(|c| {
+        c.chmod("big", 0o600).ok();
+        c.chown("b-chown", 5, 6).ok();
+        c.utimens("b-utime", (1_000_000_000, 0), (1_000_000_000, 0), 0)
+            .ok();
+        c.setxattr("b-xattr", "user.k", b"v", 0).ok();
+        c.read("big").ok();
+        c.listxattr("big").ok();
+    });
+    if !fix.imp.is_rcfs() {
+        eprintln!(
+            "{}: metadata-only copy-up is rcfs-only behaviour; upper dir not checked",
+            fix.name()
+        );
+        return;
+    }
+    for (p, len) in [
+        ("big", BIG),
+        ("b-chown", 1 << 20),
+        ("b-utime", 1 << 20),
+        ("b-xattr", 1 << 20),
+    ] {
+        let (size, blocks) = upper_blocks(&fix, p);
+        assert_eq!(size, len as u64, "rcfs upper {p}: size");
+        assert!(
+            blocks * 512 <= 64 << 10,
+            "rcfs upper {p}: {blocks} blocks allocated; metadata change copied data"
+        );
+        let up = fix.subject_upper().join(p);
+        assert!(
+            sys::lgetxattr(&up, "user.rcfs.metacopy").is_ok(),
+            "rcfs upper {p}: no user.rcfs.metacopy xattr"
+        );
+    }
+    // The first write copies the data; reads stay right through it.
+    fix.check(|c| {
+        if let Ok(fd) = c.open("big", libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
+            c.fwrite(&fd, b"tail").ok();
+        }
+        if let Ok(fd) = c.open("b-chown", libc::O_RDWR, 0, "O_RDWR") {
+            c.pwrite(&fd, b"X", 500_000).ok();
+            c.pread(&fd, 1 << 20, 0).ok();
+        }
+        c.read("big").ok();
+        c.mtime("b-utime").ok();
+        c.read("b-utime").ok();
+    });
+    let (size, blocks) = upper_blocks(&fix, "big");
+    assert_eq!(size, BIG as u64 + 4, "rcfs upper big after append");
+    assert!(
+        blocks * 512 >= BIG as u64,
+        "rcfs upper big after append: only {blocks} blocks; data not copied up"
+    );
+    let data = std::fs::read(fix.subject_upper().join("big")).unwrap();
+    assert!(
+        data[..BIG] == pattern(BIG, 3)[..] && &data[BIG..] == b"tail",
+        "rcfs upper big: wrong bytes after copy-up"
+    );
+    assert!(
+        sys::lgetxattr(&fix.subject_upper().join("big"), "user.rcfs.metacopy").is_err(),
+        "rcfs upper big: still marked metacopy after data copy-up"
+    );
+}

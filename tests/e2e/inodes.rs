@@ -1,0 +1,162 @@
+//! Inode numbers: stable for the mount's life, kept across copy-up; hard
+//! links of a lower layer share one inode.
+//!
+//! Inode numbers differ between filesystems, so cases log what they imply
+//! (`note("same ino", a == b)`) and both mounts must agree; rcfs must also
+//! say `true` everywhere on its own.
+
+use crate::harness::{standard, standard_fixture, Fixture};
+use crate::layers::Layer;
+use crate::ops::Ops;
+
+fn ino(c: &Ops, p: &str) -> Option<u64> {
+    c.raw_stat(p).ok().map(|st| st.st_ino)
+}
+
+/// Asserts that every `note` in the subject's log is `true`.
+fn assert_notes_true(fix: &Fixture, log: &[String]) {
+    for line in log.iter().filter(|l| l.starts_with("note ")) {
+        assert!(line.ends_with("= true"), "{}: {line}", fix.name());
+    }
+}
+
+#[test]
+fn inode_numbers_stable_across_lookups_and_copy_up() {
+    let fix = standard_fixture();
+    let log = fix.check(|c| {
+        let before: Vec<_> = [
+            "lf", "tf", "md/lf", "ld", "ld/sub", "ld/sub/g", "md", "lsym", "owned",
+        ]
+        .iter()
+        .map(|p| (*p, ino(c, p)))
+        .collect();
+        // Lookups again, after readdir.
+        c.readdir("ld/sub").ok();
+        for (p, i) in &before {
+            c.note(
+                &format!("{p}: same ino on a second lookup"),
+                ino(c, p) == *i,
+            );
+        }
+        c.chmod("lf", 0o600).ok(); // metadata copy-up
+        if let Ok(fd) = c.open("tf", libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
+            c.fwrite(&fd, b"more").ok(); // data copy-up
+        }
+        c.write_file("md/lf", "rewritten").ok();
+        c.write_file("ld/sub/new", "n").ok(); // copies up ld and ld/sub
+        c.lchown("lsym", 5, 5).ok();
+        c.setxattr("owned", "user.y", b"y", 0).ok();
+        for (p, i) in &before {
+            c.note(&format!("{p}: same ino after copy-up"), ino(c, p) == *i);
+        }
+        // The ino a readdir reports is the one lstat reports (d_ino check
+        // is part of every snapshot, too).
+        let ino_g = ino(c, "ld/sub/g");
+        let listed = std::fs::read_dir(c.p("ld/sub"))
+            .ok()
+            .and_then(|rd| rd.flatten().find(|e| e.file_name() == "g"))
+            .map(|e| std::os::unix::fs::DirEntryExt::ino(&e));
+        c.note("ld/sub/g: d_ino == st_ino", listed == ino_g);
+    });
+    if fix.imp.is_rcfs() {
+        assert_notes_true(&fix, &log);
+    }
+}
+
+#[test]
+fn inode_numbers_stable_across_rename() {
+    let fix = standard_fixture();
+    let log = fix.check(|c| {
+        for (from, to) in [
+            ("lf", "lf2"),
+            ("uf", "ld/uf2"),
+            ("md/both", "both2"),
+            ("lsym", "lsym2"),
+        ] {
+            let i = ino(c, from);
+            c.rename(from, to).ok();
+            c.note(&format!("{from} -> {to}: same ino"), ino(c, to) == i);
+        }
+    });
+    if fix.imp.is_rcfs() {
+        assert_notes_true(&fix, &log);
+    }
+}
+
+/// An fd opened before a copy-up sees the same inode as the path after it.
+#[test]
+fn open_fd_and_path_agree_after_copy_up() {
+    let (lowers, upper) = standard();
+    let fix = Fixture::without_passthrough(&lowers, &upper);
+    let log = fix.check(|c| {
+        if let Ok(fd) = c.open("lf", libc::O_RDONLY, 0, "O_RDONLY") {
+            c.write_file("lf", "copied up").ok();
+            let fino = crate::sys::fstat(&fd).ok().map(|st| st.st_ino);
+            c.note("fstat(fd).ino == lstat(path).ino", fino == ino(c, "lf"));
+            c.fread(&fd).ok();
+        }
+    });
+    if fix.imp.is_rcfs() {
+        assert_notes_true(&fix, &log);
+    }
+}
+
+#[test]
+fn hard_links_in_lower_share_one_inode() {
+    let bottom = Layer::new()
+        .file("h1", "hard linked")
+        .hardlink("h2", "h1")
+        .hardlink("d/h3", "h1")
+        .file("pair1", "pair")
+        .hardlink("pair2", "pair1");
+    let top = Layer::new().file("h1-top", "t");
+    let fix = Fixture::new(&[top, bottom], &Layer::new());
+    let log = fix.check(|c| {
+        for p in ["h1", "h2", "d/h3", "pair1", "pair2"] {
+            c.stat(p).ok(); // nlink 3 and 2
+        }
+        c.note("h1, h2 same ino", ino(c, "h1") == ino(c, "h2"));
+        c.note("h1, d/h3 same ino", ino(c, "h1") == ino(c, "d/h3"));
+        c.note("pair1, pair2 same ino", ino(c, "pair1") == ino(c, "pair2"));
+        c.note("h1, pair1 differ", ino(c, "h1") != ino(c, "pair1"));
+    });
+    if fix.imp.is_rcfs() {
+        assert_notes_true(&fix, &log);
+    }
+}
+
+/// With FUSE passthrough (root, kernel 6.9+: as in CI), the kernel allows one
+/// backing file per inode: while a lower file is open for reading through its
+/// lower file, it cannot be copied up. rcfs then refuses the open that would
+/// copy it up with ETXTBSY, as for writing to a running program, and loses
+/// nothing: the file keeps its data and stays in the lower layer.
+#[test]
+fn passthrough_refuses_copy_up_of_a_file_open_for_reading() {
+    let fix = standard_fixture();
+    if !fix.imp.is_rcfs() {
+        return;
+    }
+    let mnt = fix.subject.root.clone();
+    let lf = mnt.join("lf");
+    let before = std::fs::read(&lf).unwrap();
+    let reader = std::fs::File::open(&lf).unwrap();
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&lf)
+        .expect_err("opening for writing must be refused while passthrough reads the lower file");
+    assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+    assert_eq!(
+        std::fs::read(&lf).unwrap(),
+        before,
+        "the refused open must lose nothing"
+    );
+    assert!(
+        !fix.subject_upper().join("lf").exists(),
+        "nothing is copied up"
+    );
+    drop(reader);
+    // Once the reader is gone the write goes through.
+    std::fs::write(&lf, b"now").unwrap();
+    assert_eq!(std::fs::read(&lf).unwrap(), b"now");
+}

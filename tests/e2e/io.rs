@@ -1,0 +1,105 @@
+//! Data paths beyond read/write: reads at odd offsets of a big lower file,
+//! shared mmap, and executing files from the mount (containers do).
+
+use crate::harness::{standard, Fixture};
+use crate::layers::Layer;
+use crate::sys;
+
+#[test]
+fn reads_at_odd_offsets_of_a_big_lower_file() {
+    let bottom = Layer::new().big_file("big", (3 << 20) + 12345);
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    fix.check(|c| {
+        if let Ok(fd) = c.open("big", libc::O_RDONLY, 0, "O_RDONLY") {
+            for (off, len) in [
+                (0, 1),
+                (4095, 2),
+                (131_071, 131_074),
+                ((1 << 20) - 3, 7),
+                ((1 << 20) + 1, 1 << 20),
+                ((3 << 20) + 12340, 100), // short read at end of file
+                ((3 << 20) + 12345, 10),  // at end of file
+                (10 << 20, 10),           // past end of file
+            ] {
+                c.pread(&fd, len, off).ok();
+            }
+        }
+    });
+}
+
+#[test]
+fn shared_mmap_of_lower_and_upper_files() {
+    let (mut lowers, upper) = standard();
+    lowers[1] = lowers[1].clone().big_file("mapped", 64 << 10);
+    let fix = Fixture::new(&lowers, &upper);
+    fix.check(|c| {
+        // Read-only mapping of a lower file: no copy-up.
+        if let Ok(fd) = c.open("lf", libc::O_RDONLY, 0, "O_RDONLY") {
+            let r = sys::fstat(&fd).and_then(|st| {
+                let len = st.st_size as usize;
+                // PROT_WRITE + MAP_SHARED on an O_RDONLY fd: EACCES.
+                sys::with_shared_mapping(&fd, len, |_| {})
+            });
+            c.rec_ok("mmap shared rw of O_RDONLY fd".into(), r).ok();
+        }
+        for p in ["mapped", "uf", "md/both"] {
+            if let Ok(fd) = c.open(p, libc::O_RDWR, 0, "O_RDWR") {
+                let len = sys::fstat(&fd).map(|st| st.st_size as usize).unwrap_or(0);
+                let r = sys::with_shared_mapping(&fd, len, |m| {
+                    m[0] = b'M';
+                    let mid = m.len() / 2;
+                    m[mid] = b'M';
+                });
+                c.rec_with(format!("mmap {p} and poke"), r, |before| {
+                    format!("{:?}", crate::snapshot::Content::of(before))
+                })
+                .ok();
+            }
+            c.read(p).ok();
+        }
+    });
+}
+
+#[test]
+fn exec_files_from_the_mount() {
+    let true_bin = std::fs::read("/bin/true").expect("reading /bin/true");
+    let bottom = Layer::new()
+        .file_mode("bin/true", &true_bin, 0o755)
+        .file_mode(
+            "bin/sleep",
+            std::fs::read("/bin/sleep").expect("reading /bin/sleep"),
+            0o755,
+        )
+        .file_mode("bin/script", "#!/bin/sh\necho \"script $1\"\n", 0o755)
+        .file_mode("bin/noexec", "#!/bin/sh\n", 0o644);
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    fix.check(|c| {
+        let run = |c: &mut crate::ops::Ops, label: &str, p: &str| {
+            let out = std::process::Command::new(c.p(p)).arg("arg").output();
+            let v = match out {
+                Ok(o) => format!("{} {:?}", o.status, String::from_utf8_lossy(&o.stdout)),
+                Err(e) => format!("spawn error {:?}", e.raw_os_error()),
+            };
+            c.note(label, v);
+        };
+        run(c, "exec lower binary", "bin/true");
+        run(c, "exec lower script", "bin/script");
+        run(c, "exec 0644 file", "bin/noexec");
+        c.chmod("bin/true", 0o700).ok(); // copy-up
+        run(c, "exec copied-up binary", "bin/true");
+        c.write_file("bin/script", "#!/bin/sh\necho \"rewritten $1\"\n")
+            .ok();
+        run(c, "exec rewritten script", "bin/script");
+        // Opening a running executable for writing: ETXTBSY.
+        if let Ok(mut child) = std::process::Command::new(c.p("bin/sleep"))
+            .arg("5")
+            .spawn()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            c.open("bin/sleep", libc::O_WRONLY, 0, "O_WRONLY while running")
+                .ok();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    });
+}

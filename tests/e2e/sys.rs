@@ -1,0 +1,361 @@
+//! Safe wrappers over the few raw syscalls the e2e cases make.
+//!
+//! Every case must see the *errno* a syscall returns, not an
+//! `std::io::Error` rebuilt from it, so the wrappers return
+//! `Result<T, Errno>` and do nothing else: no retries, no fallbacks. All
+//! `unsafe` of the test suite lives here.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub use nix::errno::Errno;
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("string without NUL")
+}
+
+/// Turns a libc return value (-1 = error in errno) into a Result.
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+pub fn lstat(p: &Path) -> SysResult<libc::stat> {
+    let c = cpath(p);
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `c` is a valid C string and `st` points to writable memory of
+    // the size lstat fills in; it is only read after a successful call.
+    check(unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: lstat returned 0, so it initialised `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstat(fd: &OwnedFd) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is an open descriptor; `st` is writable memory for a stat.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat returned 0, so it initialised `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn open(p: &Path, flags: libc::c_int, mode: libc::mode_t) -> SysResult<OwnedFd> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string; the mode argument is read only with O_CREAT.
+    let fd =
+        check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn write(fd: &OwnedFd, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reading.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) })
+}
+
+pub fn pwrite(fd: &OwnedFd, buf: &[u8], off: i64) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reading.
+    check_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off) })
+}
+
+pub fn pread(fd: &OwnedFd, len: usize, off: i64) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` is valid for `len` bytes of writing.
+    let n = check_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, off) })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads from the current offset to end of file.
+pub fn read_to_end(fd: &OwnedFd) -> SysResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writing.
+        let n =
+            check_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+pub fn lseek(fd: &OwnedFd, off: i64, whence: libc::c_int) -> SysResult<i64> {
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn ftruncate(fd: &OwnedFd, len: i64) -> SysResult<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
+}
+
+pub fn truncate(p: &Path, len: i64) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::truncate(c.as_ptr(), len) }).map(drop)
+}
+
+pub fn fsync(fd: &OwnedFd) -> SysResult<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+}
+
+pub fn fdatasync(fd: &OwnedFd) -> SysResult<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    check(unsafe { libc::fdatasync(fd.as_raw_fd()) }).map(drop)
+}
+
+pub fn unlink(p: &Path) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
+}
+
+pub fn rmdir(p: &Path) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::rmdir(c.as_ptr()) }).map(drop)
+}
+
+pub fn mkdir(p: &Path, mode: libc::mode_t) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::mkdir(c.as_ptr(), mode) }).map(drop)
+}
+
+pub fn rename(from: &Path, to: &Path) -> SysResult<()> {
+    let (a, b) = (cpath(from), cpath(to));
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) }).map(drop)
+}
+
+pub fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> SysResult<()> {
+    let (a, b) = (cpath(from), cpath(to));
+    // SAFETY: both are valid C strings; AT_FDCWD with absolute or cwd-relative paths.
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn link(existing: &Path, new: &Path) -> SysResult<()> {
+    let (a, b) = (cpath(existing), cpath(new));
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::link(a.as_ptr(), b.as_ptr()) }).map(drop)
+}
+
+pub fn symlink(target: &Path, linkpath: &Path) -> SysResult<()> {
+    let (a, b) = (cpath(target), cpath(linkpath));
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::symlink(a.as_ptr(), b.as_ptr()) }).map(drop)
+}
+
+pub fn readlink(p: &Path) -> SysResult<PathBuf> {
+    let c = cpath(p);
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writing.
+    let n = check_size(unsafe { libc::readlink(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(n);
+    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
+}
+
+pub fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::mknod(c.as_ptr(), mode, dev) }).map(drop)
+}
+
+pub fn chmod(p: &Path, mode: libc::mode_t) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::chmod(c.as_ptr(), mode) }).map(drop)
+}
+
+pub fn fchmod(fd: &OwnedFd, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// `lchown`; pass `u32::MAX` to leave an id unchanged.
+pub fn lchown(p: &Path, uid: u32, gid: u32) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) }).map(drop)
+}
+
+pub fn chown(p: &Path, uid: u32, gid: u32) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::chown(c.as_ptr(), uid, gid) }).map(drop)
+}
+
+pub fn timespec(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
+}
+
+pub const UTIME_NOW: i64 = libc::UTIME_NOW;
+pub const UTIME_OMIT: i64 = libc::UTIME_OMIT;
+
+/// `utimensat(AT_FDCWD, p, [atime, mtime], flags)`.
+pub fn utimensat(p: &Path, times: [libc::timespec; 2], flags: libc::c_int) -> SysResult<()> {
+    let c = cpath(p);
+    // SAFETY: `c` is a valid C string and `times` is an array of two timespecs.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+pub fn lsetxattr(p: &Path, name: &str, value: &[u8], flags: libc::c_int) -> SysResult<()> {
+    let (c, n) = (cpath(p), cstr(name));
+    // SAFETY: valid C strings; `value` is valid for `value.len()` bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn lgetxattr(p: &Path, name: &str) -> SysResult<Vec<u8>> {
+    let (c, n) = (cpath(p), cstr(name));
+    // SAFETY: a NULL buffer of size 0 asks for the value's size only.
+    let size =
+        check_size(unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) })?;
+    let mut buf = vec![0u8; size.max(1)];
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writing.
+    let got = check_size(unsafe {
+        libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(got);
+    Ok(buf)
+}
+
+pub fn llistxattr(p: &Path) -> SysResult<Vec<String>> {
+    let c = cpath(p);
+    // SAFETY: a NULL buffer of size 0 asks for the list's size only.
+    let size = check_size(unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) })?;
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; size];
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writing.
+    let got =
+        check_size(unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(got);
+    let mut names: Vec<String> = buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub fn lremovexattr(p: &Path, name: &str) -> SysResult<()> {
+    let (c, n) = (cpath(p), cstr(name));
+    // SAFETY: valid C strings.
+    check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
+}
+
+pub fn statfs(p: &Path) -> SysResult<libc::statfs> {
+    let c = cpath(p);
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a valid C string; `st` is writable memory for a statfs.
+    check(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs returned 0, so it initialised `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn makedev(major: u32, minor: u32) -> libc::dev_t {
+    libc::makedev(major, minor)
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The name of an errno, for readable logs: `ENOENT`.
+pub fn errno_name(e: Errno) -> String {
+    format!("{e:?}")
+}
+
+pub fn statvfs(p: &Path) -> SysResult<libc::statvfs> {
+    let c = cpath(p);
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string; `st` is writable memory for a statvfs.
+    check(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Maps `len` bytes of `fd` shared, lets `f` read and change them, then
+/// msyncs and unmaps. Returns the bytes as first mapped.
+pub fn with_shared_mapping(
+    fd: &OwnedFd,
+    len: usize,
+    f: impl FnOnce(&mut [u8]),
+) -> SysResult<Vec<u8>> {
+    // SAFETY: a fresh shared mapping of an open fd; the slice below lives only
+    // until munmap and nothing else aliases it in this process.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // SAFETY: `addr` maps `len` readable and writable bytes (see above).
+    let mem = unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), len) };
+    let before = mem.to_vec();
+    f(mem);
+    // SAFETY: `addr`/`len` are the mapping made above; `mem` is not used after.
+    let synced = check(unsafe { libc::msync(addr, len, libc::MS_SYNC) });
+    // SAFETY: as above.
+    let unmapped = check(unsafe { libc::munmap(addr, len) });
+    synced?;
+    unmapped?;
+    Ok(before)
+}

@@ -31,6 +31,8 @@ pub struct MountRequest {
     pub allow_other: bool,
     /// Metadata-only copy-up (see `rcfs_fs::union::Config::metacopy`).
     pub metacopy: bool,
+    /// Flush copied-up data before it becomes visible.
+    pub fsync: bool,
     pub passthrough: bool,
     pub ttl: Duration,
     pub fsname: String,
@@ -54,6 +56,7 @@ impl MountRequest {
             debug: false,
             allow_other: false,
             metacopy: true,
+            fsync: true,
             passthrough: true,
             ttl: Duration::from_secs(86400),
             fsname: "rcfs".into(),
@@ -235,6 +238,7 @@ fn build_union(req: &MountRequest) -> Result<Union> {
         lowers,
         upper,
         metacopy: req.metacopy,
+        fsync: req.fsync,
     })
     .context("cannot set up the union")
 }

@@ -106,6 +106,8 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
             ("metacopy", Some("on")) => req.metacopy = true,
             ("metacopy", Some("off")) => req.metacopy = false,
             ("passthrough", Some("off")) => req.passthrough = false,
+            ("volatile", None) | ("fsync", Some("0")) => req.fsync = false,
+            ("fsync", Some("1")) => req.fsync = true,
             ("debug", None) => debug = true,
             (k, None) if GENERIC.contains(&k) => {}
             _ => warnings.push(format!("rcfs-overlay: unknown option {opt} ignored")),

@@ -68,6 +68,9 @@ pub struct Config {
     /// Metadata changes to a lower file copy no data (marked by an xattr);
     /// off for upper dirs that other tools read as plain trees.
     pub metacopy: bool,
+    /// Flush copied-up data to disk before it becomes visible; off for
+    /// throwaway upper dirs (fuse-overlayfs's `volatile`).
+    pub fsync: bool,
 }
 
 /// The identity of the caller of an operation.
@@ -236,6 +239,7 @@ pub struct Union {
     lowers: Vec<Arc<dyn Layer>>,
     upper: Option<UpperConfig>,
     metacopy: bool,
+    fsync: bool,
     /// Inode number → node. Guarded by its own lock, taken last and briefly.
     nodes: RwLock<HashMap<u64, Arc<Node>>>,
     /// Hard-link groups: (layer, file id in layer) → inode.
@@ -312,6 +316,7 @@ impl Union {
             lowers: config.lowers,
             upper: config.upper,
             metacopy: config.metacopy,
+            fsync: config.fsync,
             nodes: RwLock::new(nodes),
             links: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
@@ -538,6 +543,17 @@ impl Union {
 
     /// The topmost lower regular file at `path`.
     fn find_lower(&self, path: &Path) -> Option<LowerRef> {
+        // The value comes from a file on disk: never let it leave the layers.
+        if !path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            log::warn!(
+                "ignoring metacopy origin {} (not a plain relative path)",
+                path.display()
+            );
+            return None;
+        }
         self.lowers.iter().enumerate().find_map(|(i, l)| {
             let attr = l.stat(path).ok()?;
             (attr.kind == Kind::File).then(|| LowerRef {
@@ -601,9 +617,9 @@ impl Union {
             return None;
         }
         if key.0 != UPPER_LAYER && st.upper {
-            // Copied up since: give this name its own link to the upper file.
-            // The parent is being loaded (its state lock is held by the caller),
-            // so it must already exist in the upper dir for this to work.
+            // Copied up before this name was seen: the name keeps showing the
+            // lower file as a node of its own (the link is broken, as on
+            // overlayfs without its inode index).
             return None;
         }
         st.aliases.push((parent, name.to_owned()));
@@ -911,7 +927,7 @@ impl Union {
                     }
                     _ => self.copy_file_data(layer.as_ref(), lower, &f)?,
                 }
-                if !metacopy && data != CopyData::Empty {
+                if self.fsync && !metacopy && data != CopyData::Empty {
                     f.sync_data()?;
                 }
             }
@@ -974,10 +990,17 @@ impl Union {
     /// layer, so a crash half-way serves the right bytes.
     fn fill_metacopy(&self, node: &Arc<Node>, lower: &LowerRef, data: CopyData) -> io::Result<()> {
         let path = self.upper_path(&node.state.read().path)?;
-        if data == CopyData::Full {
-            let f = sys::open(&path, libc::O_WRONLY, 0)?;
-            self.copy_file_data(self.lowers[lower.layer].as_ref(), lower, &f)?;
-            f.sync_data()?;
+        match data {
+            CopyData::Full => {
+                let f = sys::open(&path, libc::O_WRONLY, 0)?;
+                self.copy_file_data(self.lowers[lower.layer].as_ref(), lower, &f)?;
+                if self.fsync {
+                    f.sync_data()?;
+                }
+            }
+            // Empty first: without the marker the placeholder reads as zeros.
+            CopyData::Empty => sys::truncate(&path, 0)?,
+            CopyData::Meta => {}
         }
         sys::removexattr(&path, OsStr::new(whiteout::METACOPY_XATTR))?;
         node.state.write().metacopy = false;
@@ -1879,6 +1902,7 @@ mod tests {
                     work: self.root.join("work"),
                 }),
                 metacopy,
+                fsync: true,
             })
             .unwrap()
         }
@@ -2101,6 +2125,7 @@ mod tests {
             lowers: vec![Arc::new(DirLayer::new(&fx.root.join("l0")).unwrap())],
             upper: None,
             metacopy: true,
+            fsync: true,
         })
         .unwrap();
         assert_eq!(

@@ -60,7 +60,7 @@ impl MountRequest {
             passthrough: true,
             ttl: Duration::from_secs(86400),
             fsname: "rcfs".into(),
-            threads: 4,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
         }
     }
 }

@@ -76,9 +76,8 @@ pub struct UnionFs {
     opts: MountOptions,
     /// Open files by handle; handles are never reused.
     files: RwLock<HashMap<u64, Arc<Handle>>>,
-    /// Directory listings by handle: a snapshot taken at opendir, so offsets
-    /// stay valid while the directory changes.
-    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The kernel sends no opendir/releasedir once opendir answers ENOSYS.
+    no_opendir: AtomicBool,
     next_fh: AtomicU64,
     /// Passthrough is on (kernel agreed at init, and no backing open failed
     /// for lack of privilege).
@@ -95,7 +94,7 @@ impl UnionFs {
             union,
             opts,
             files: RwLock::new(HashMap::new()),
-            dirs: RwLock::new(HashMap::new()),
+            no_opendir: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
@@ -179,17 +178,25 @@ impl UnionFs {
         let Some(fd) = file.host_fd() else {
             return Ok(None);
         };
-        let mut map = self.backing.lock();
-        if let Some((weak, is_upper)) = map.get(&ino) {
-            if let Some(b) = weak.upgrade() {
-                return if *is_upper == file.is_upper() {
-                    Ok(Some(b))
-                } else {
-                    Err(())
-                };
-            }
+        let existing = |map: &HashMap<u64, (Weak<BackingId>, bool)>| {
+            let (weak, is_upper) = map.get(&ino)?;
+            let b = weak.upgrade()?;
+            Some(if *is_upper == file.is_upper() {
+                Ok(Some(b))
+            } else {
+                Err(())
+            })
+        };
+        if let Some(r) = existing(&self.backing.lock()) {
+            return r;
         }
-        match open(fd) {
+        // The ioctl runs without the lock, so other opens do not wait on it.
+        let created = open(fd);
+        let mut map = self.backing.lock();
+        if let Some(r) = existing(&map) {
+            return r; // another open won the race; ours is dropped (closed)
+        }
+        match created {
             Ok(b) => {
                 let b = Arc::new(b);
                 map.insert(ino, (Arc::downgrade(&b), file.is_upper()));
@@ -204,6 +211,20 @@ impl UnionFs {
             }
         }
     }
+}
+
+/// Index of the first entry of `list` after readdir offset `offset`.
+fn start_of(list: &[DirEntry], offset: u64) -> usize {
+    if offset < 2 {
+        0
+    } else {
+        list.partition_point(|e| e.cookie <= offset)
+    }
+}
+
+/// An error for a debug trace of an operation whose result is not `Debug`.
+fn copy_err(e: &io::Error) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// The one place where internal errors become errnos.
@@ -282,6 +303,10 @@ fn negative_entry() -> FileAttr {
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
+        self.no_opendir.store(
+            caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Relaxed,
+        );
         let want = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
@@ -565,11 +590,14 @@ impl Filesystem for UnionFs {
         match self.backing_for(ino.0, &file, |fd| reply.open_backing(fd)) {
             Ok(Some(b)) => {
                 let fh = self.add_handle(ino.0, file, Some(b.clone()));
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);
             }
             Ok(None) => {
                 let fh = self.add_handle(ino.0, file, None);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                );
             }
             Err(()) => reply.error(Errno::ETXTBSY),
         }
@@ -698,25 +726,17 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let t = Instant::now();
-        let r = self.union.list_dir(ino.0);
-        self.trace(
-            "opendir",
-            || format!("{}", ino.0),
-            t,
-            &r.as_ref()
-                .map(Vec::len)
-                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
-        );
-        match r {
-            Ok(list) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs.write().insert(fh, Arc::new(list));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel then stops sending opendir and releasedir: two round
+            // trips less per directory. Listings need no handle (see readdir).
+            return reply.error(Errno::ENOSYS);
+        }
+        match self.union.getattr(ino.0) {
+            Ok(s) if s.attr.kind == Kind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno_of(e)),
         }
     }
@@ -725,28 +745,35 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self.dirs.read().get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+        let t = Instant::now();
+        let r = self.union.list_dir(ino.0);
+        self.trace(
+            "readdir",
+            || format!("{}, {offset}", ino.0),
+            t,
+            &r.as_ref().map(|l| l.len()).map_err(copy_err),
+        );
+        let list = match r {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno_of(e)),
         };
-        let parent = self.union.parent_of(ino.0).unwrap_or(ino.0);
-        let mut i = offset;
-        while i < list.len() as u64 + 2 {
-            let full = match i {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
-                _ => {
-                    let e = &list[(i - 2) as usize];
-                    reply.add(INodeNo(e.ino), i + 1, kind_to_type(e.kind), &e.name)
-                }
-            };
-            if full {
+        if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset <= 1 {
+            let parent = self.union.parent_of(ino.0).unwrap_or(ino.0);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        for e in &list[start_of(&list, offset)..] {
+            if reply.add(INodeNo(e.ino), e.cookie, kind_to_type(e.kind), &e.name) {
                 break;
             }
-            i += 1;
         }
         reply.ok();
     }
@@ -755,58 +782,62 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self.dirs.read().get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+        let t = Instant::now();
+        let r = self.union.list_dir(ino.0);
+        self.trace(
+            "readdirplus",
+            || format!("{}, {offset}", ino.0),
+            t,
+            &r.as_ref().map(|l| l.len()).map_err(copy_err),
+        );
+        let list = match r {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno_of(e)),
         };
-        let mut i = offset;
-        while i < list.len() as u64 + 2 {
-            let full = if i < 2 {
-                // The kernel takes no reference on `.` and `..`.
-                let target = if i == 0 {
-                    ino.0
-                } else {
-                    self.union.parent_of(ino.0).unwrap_or(ino.0)
-                };
-                match self.union.getattr(target) {
-                    Ok(s) => reply.add(
-                        INodeNo(target),
-                        i + 1,
-                        if i == 0 { "." } else { ".." },
-                        &Duration::ZERO,
-                        &self.attr(&s),
-                        Generation(0),
-                    ),
-                    Err(_) => false,
-                }
+        // The kernel takes no reference on `.` and `..`, so they are not
+        // counted as lookups.
+        for (off, name) in [(0u64, "."), (1, "..")] {
+            if offset > off {
+                continue;
+            }
+            let target = if off == 0 {
+                ino.0
             } else {
-                let e = &list[(i - 2) as usize];
-                match self.union.getattr(e.ino) {
-                    Ok(s) => {
-                        let full = reply.add(
-                            INodeNo(e.ino),
-                            i + 1,
-                            &e.name,
-                            &self.opts.ttl,
-                            &self.attr(&s),
-                            Generation(0),
-                        );
-                        if !full {
-                            self.union.add_lookup(e.ino);
-                        }
-                        full
-                    }
-                    // Removed since opendir: skip it.
-                    Err(_) => false,
-                }
+                self.union.parent_of(ino.0).unwrap_or(ino.0)
             };
-            if full {
+            if let Ok(s) = self.union.getattr(target) {
+                if reply.add(
+                    INodeNo(target),
+                    off + 1,
+                    name,
+                    &Duration::ZERO,
+                    &self.attr(&s),
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+            }
+        }
+        for e in &list[start_of(&list, offset)..] {
+            // Gone since the listing was taken: skip it.
+            let Ok(s) = self.union.getattr(e.ino) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                e.cookie,
+                &e.name,
+                &self.opts.ttl,
+                &self.attr(&s),
+                Generation(0),
+            ) {
                 break;
             }
-            i += 1;
+            self.union.add_lookup(e.ino);
         }
         reply.ok();
     }
@@ -815,11 +846,10 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.write().remove(&fh.0);
         reply.ok();
     }
 
@@ -957,7 +987,7 @@ impl Filesystem for UnionFs {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    FopenFlags::FOPEN_NOFLUSH,
                     &b,
                 );
             }
@@ -968,7 +998,7 @@ impl Filesystem for UnionFs {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
                 );
             }
         }

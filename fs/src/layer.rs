@@ -111,7 +111,18 @@ impl Attr {
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub name: OsString,
-    pub attr: Attr,
+    pub kind: Kind,
+    /// Present when the caller asked for it (see [`Layer::read_dir`]).
+    pub attr: Option<Attr>,
+}
+
+/// A raw directory listing.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// Names of the directory's own xattrs (values through
+    /// [`Layer::get_xattr`]).
+    pub xattr_names: Vec<OsString>,
 }
 
 /// An open file of a layer.
@@ -128,8 +139,15 @@ pub trait LowerFile: Send + Sync + Debug {
 pub trait Layer: Send + Sync + Debug {
     /// Attributes of `path`, without following a final symlink.
     fn stat(&self, path: &Path) -> io::Result<Attr>;
-    /// The raw entries of directory `path` (no `.` or `..`).
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>>;
+    /// The raw entries of directory `path` (no `.` or `..`) and its xattr
+    /// names. An entry's attributes are filled in when `want_attr(name, kind)`
+    /// says so: a union needs them only for entries it shows, and stat calls
+    /// are most of what listing a host directory costs.
+    fn read_dir(
+        &self,
+        path: &Path,
+        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
+    ) -> io::Result<Listing>;
     /// The target of symlink `path`.
     fn readlink(&self, path: &Path) -> io::Result<OsString>;
     /// Names of the xattrs of `path`.
@@ -147,6 +165,8 @@ pub trait Layer: Send + Sync + Debug {
 #[derive(Debug)]
 pub struct DirLayer {
     root: PathBuf,
+    /// The root, open: lookups and opens start here rather than at `/`.
+    root_fd: File,
 }
 
 impl DirLayer {
@@ -156,7 +176,8 @@ impl DirLayer {
         if !root.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        Ok(DirLayer { root })
+        let root_fd = sys::open(&root, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(DirLayer { root, root_fd })
     }
 
     fn full(&self, path: &Path) -> PathBuf {
@@ -182,27 +203,49 @@ impl LowerFile for HostFile {
 
 impl Layer for DirLayer {
     fn stat(&self, path: &Path) -> io::Result<Attr> {
-        Attr::from_stat(&sys::lstat(&self.full(path))?)
+        if path.as_os_str().is_empty() {
+            return Attr::from_stat(&sys::lstat(&self.root)?);
+        }
+        Attr::from_stat(&sys::lstat_at(&self.root_fd, &sys::cpath(path)?)?)
     }
 
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>> {
-        let dir = self.full(path);
-        let mut out = Vec::new();
-        for ent in std::fs::read_dir(&dir)? {
-            let ent = ent?;
-            let name = ent.file_name();
-            let st = match sys::lstat(&dir.join(&name)) {
-                Ok(st) => st,
-                // Vanished between readdir and lstat: the layer is being
-                // changed under us, which we tolerate by skipping the entry.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(e),
+    fn read_dir(
+        &self,
+        path: &Path,
+        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
+    ) -> io::Result<Listing> {
+        let dir = sys::DirFd::open_at(&self.root_fd, path)?;
+        let mut entries = Vec::new();
+        for (name, d_type) in dir.entries()? {
+            let kind = match d_type {
+                libc::DT_REG => Some(Kind::File),
+                libc::DT_DIR => Some(Kind::Dir),
+                libc::DT_LNK => Some(Kind::Symlink),
+                libc::DT_CHR => Some(Kind::CharDev),
+                libc::DT_BLK => Some(Kind::BlockDev),
+                libc::DT_FIFO => Some(Kind::Fifo),
+                libc::DT_SOCK => Some(Kind::Socket),
+                _ => None, // the filesystem does not say: ask stat
             };
-            if let Ok(attr) = Attr::from_stat(&st) {
-                out.push(Entry { name, attr });
-            }
+            let attr = match kind {
+                Some(k) if !want_attr(&name, k) => None,
+                _ => match dir.lstat(&name) {
+                    Ok(st) => Attr::from_stat(&st).ok(),
+                    // Vanished since the listing: the layer is being changed
+                    // under us, which we tolerate by skipping the entry.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let Some(kind) = kind.or(attr.as_ref().map(|a| a.kind)) else {
+                continue;
+            };
+            entries.push(Entry { name, kind, attr });
         }
-        Ok(out)
+        Ok(Listing {
+            entries,
+            xattr_names: dir.xattr_names()?,
+        })
     }
 
     fn readlink(&self, path: &Path) -> io::Result<OsString> {
@@ -218,7 +261,7 @@ impl Layer for DirLayer {
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
-        let f = sys::open(&self.full(path), libc::O_RDONLY, 0)?;
+        let f = sys::open_at(&self.root_fd, path, libc::O_RDONLY)?;
         Ok(Arc::new(HostFile(f)))
     }
 
@@ -257,12 +300,12 @@ mod tests {
         std::fs::write(t.path().join("d/.wh.gone"), b"").unwrap();
         std::os::unix::fs::symlink("f", t.path().join("d/l")).unwrap();
         let l = DirLayer::new(t.path()).unwrap();
-        let mut names: Vec<_> = l
-            .read_dir(Path::new("d"))
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let listing = l.read_dir(Path::new("d"), &mut |n, _| n == "f").unwrap();
+        assert!(listing
+            .entries
+            .iter()
+            .all(|e| e.attr.is_some() == (e.name == "f")));
+        let mut names: Vec<_> = listing.entries.into_iter().map(|e| e.name).collect();
         names.sort();
         assert_eq!(
             names,

@@ -12,6 +12,11 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
+/// `p` as a C string.
+pub fn cpath(p: &Path) -> io::Result<CString> {
+    cstr(p)
+}
+
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -38,6 +43,126 @@ pub fn lstat(p: &Path) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// `fstatat(2)` of `name` in the directory `dir`, not following symlinks:
+/// no path walk beyond the one component.
+pub fn lstat_at(dir: &impl AsRawFd, name: &std::ffi::CStr) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `dir` is an open directory fd, `name` a valid C string, `st` writable.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The raw entries of a directory (not `.` or `..`), each with its `lstat`.
+/// Entries that vanish between the listing and their stat are skipped.
+pub fn read_dir_stat(path: &Path) -> io::Result<Vec<(OsString, libc::stat)>> {
+    let dir = DirFd(open(path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?);
+    let mut out = Vec::new();
+    for (name, _) in dir.entries()? {
+        match dir.lstat(&name) {
+            Ok(st) => out.push((name, st)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// An open directory, read with raw `getdents64` (no stdio-style buffering,
+/// no `fcntl`/`lseek` round trips).
+pub struct DirFd(File);
+
+impl DirFd {
+    /// Opens directory `rel` under `base` (a relative path; empty for `base`
+    /// itself).
+    pub fn open_at(base: &impl AsRawFd, rel: &Path) -> io::Result<DirFd> {
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        Ok(DirFd(open_at(
+            base,
+            rel,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?))
+    }
+
+    /// Every entry but `.` and `..`, with its `d_type`.
+    pub fn entries(&self) -> io::Result<Vec<(OsString, u8)>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            // SAFETY: `buf` is writable for its length; the fd is an open directory.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Ok(out);
+            }
+            let mut off = 0usize;
+            while off < n as usize {
+                // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let d_type = buf[off + 18];
+                let name = &buf[off + 19..off + reclen];
+                let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+                if name != b"." && name != b".." {
+                    out.push((OsStr::from_bytes(name).to_owned(), d_type));
+                }
+                off += reclen;
+            }
+        }
+    }
+
+    /// `lstat` of the entry `name`.
+    pub fn lstat(&self, name: &OsStr) -> io::Result<libc::stat> {
+        lstat_at(&self.0, &cname(name)?)
+    }
+
+    /// The directory's own xattr names.
+    pub fn xattr_names(&self) -> io::Result<Vec<OsString>> {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            // SAFETY: `buf` is writable for its length.
+            let n =
+                unsafe { libc::flistxattr(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(split_names(&buf));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+                Some(libc::ENOTSUP) => return Ok(Vec::new()),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+fn split_names(buf: &[u8]) -> Vec<OsString> {
+    buf.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect()
+}
+
 /// `fstat(2)`.
 pub fn fstat(f: &File) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -53,6 +178,22 @@ pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
     // SAFETY: valid path; the returned fd is owned by the File below.
     let fd =
         cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `openat(2)` of the relative path `rel` under the directory `dir`;
+/// `O_NOFOLLOW` and `O_CLOEXEC` are always added.
+pub fn open_at(dir: &impl AsRawFd, rel: &Path, flags: i32) -> io::Result<File> {
+    let c = cstr(rel)?;
+    // SAFETY: `dir` is an open fd and `c` a valid path; the new fd is owned below.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
     // SAFETY: `fd` was just opened and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
@@ -216,11 +357,7 @@ pub fn listxattr(p: &Path) -> io::Result<Vec<OsString>> {
             return Err(e);
         }
         buf.truncate(got as usize);
-        return Ok(buf
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| OsString::from_vec(s.to_vec()))
-            .collect());
+        return Ok(split_names(&buf));
     }
 }
 

@@ -117,12 +117,39 @@ struct LowerRef {
 /// The merged children of a loaded directory.
 #[derive(Debug, Default)]
 struct Children {
-    /// Name → inode of every visible entry.
+    /// Name → inode of every visible entry. Changed only through
+    /// [`Children::insert`] and [`Children::remove`] once loaded.
     map: BTreeMap<OsString, u64>,
     /// Names that lower layers hold here (visible or whited out): removing such
     /// a name must leave a whiteout, and a directory created under it must be
     /// opaque.
     lower_names: HashSet<OsString>,
+    /// The listing in readdir order (by cookie), built on first readdir and
+    /// dropped on any change to `map`.
+    listing: Option<Arc<Vec<DirEntry>>>,
+}
+
+impl Children {
+    fn insert(&mut self, name: OsString, ino: u64) {
+        self.map.insert(name, ino);
+        self.listing = None;
+    }
+
+    fn remove(&mut self, name: &OsStr) {
+        self.map.remove(name);
+        self.listing = None;
+    }
+}
+
+/// The readdir offset of the entry after `name`: a hash of the name, so that
+/// a listing resumed at an offset neither skips nor repeats entries when
+/// others are added or removed in between (as ext4 does). 0, 1 and 2 are
+/// the start, `.` and `..`.
+fn cookie(name: &OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() >> 2) + 3
 }
 
 /// One merged entry (and all its hard links).
@@ -220,6 +247,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: OsString,
+    /// The readdir offset of the entry after this one.
+    pub cookie: u64,
 }
 
 /// What copy-up must bring along.
@@ -398,21 +427,11 @@ impl Union {
         let path = st.path.clone();
         if st.upper {
             let up = self.upper_path(&path)?;
-            for (xa, val) in whiteout::OPAQUE_XATTRS.iter().filter_map(|x| {
-                sys::getxattr(&up, OsStr::new(x))
-                    .ok()
-                    .flatten()
-                    .map(|v| (*x, v))
-            }) {
-                opaque |= whiteout::is_opaque_xattr(xa, &val);
-            }
+            opaque = whiteout::is_opaque_dir(&sys::listxattr(&up).unwrap_or_default(), |x| {
+                sys::getxattr(&up, x).ok().flatten()
+            });
             let mut entries = Vec::new();
-            for ent in std::fs::read_dir(&up)? {
-                let ent = ent?;
-                let name = ent.file_name();
-                let Ok(s) = sys::lstat(&up.join(&name)) else {
-                    continue;
-                };
+            for (name, s) in sys::read_dir_stat(&up)? {
                 let Ok(attr) = Attr::from_stat(&s) else {
                     continue;
                 };
@@ -440,14 +459,20 @@ impl Union {
             for &li in &st.lower_dirs {
                 used.push(li);
                 let layer = &self.lowers[li];
-                let raw = layer.read_dir(&lower_path)?;
-                let mut layer_opaque = whiteout::OPAQUE_XATTRS.iter().any(|x| {
-                    matches!(layer.get_xattr(&lower_path, OsStr::new(x)), Ok(Some(v)) if whiteout::is_opaque_xattr(x, &v))
+                let listing = layer.read_dir(&lower_path, &mut |name, kind| {
+                    kind == Kind::CharDev
+                        || (whiteout::classify(name, false) == whiteout::Kind::Entry
+                            && !ch.map.contains_key(name)
+                            && !hidden.contains(name))
+                })?;
+                let mut layer_opaque = whiteout::is_opaque_dir(&listing.xattr_names, |x| {
+                    layer.get_xattr(&lower_path, x).ok().flatten()
                 });
                 let mut layer_hidden = Vec::new();
                 let mut entries = Vec::new();
-                for e in raw {
-                    match whiteout::classify(&e.name, e.attr.is_whiteout_device()) {
+                for e in listing.entries {
+                    let dev00 = e.attr.as_ref().is_some_and(Attr::is_whiteout_device);
+                    match whiteout::classify(&e.name, dev00) {
                         whiteout::Kind::Opaque => layer_opaque = true,
                         whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
                         whiteout::Kind::Entry => entries.push(e),
@@ -461,23 +486,31 @@ impl Union {
                     let child_lower = layer::join(&lower_path, &e.name);
                     match ch.map.get(&e.name) {
                         None => {
+                            let attr = match e.attr {
+                                Some(a) => a,
+                                None => layer.stat(&child_lower)?,
+                            };
                             let ino =
-                                self.lower_child(dir_ino, &path, &e.name, li, child_lower, e.attr);
+                                self.lower_child(dir_ino, &path, &e.name, li, child_lower, attr);
                             ch.map.insert(e.name, ino);
                         }
                         Some(&ino) => {
                             // A directory above merges with a directory here.
-                            if e.attr.kind != Kind::Dir {
+                            if e.kind != Kind::Dir {
                                 continue;
                             }
                             let node = self.node(ino)?;
                             let mut cs = node.state.write();
                             if cs.kind == Kind::Dir && cs.children.is_none() {
                                 if cs.lower.is_none() {
+                                    let attr = match e.attr {
+                                        Some(a) => a,
+                                        None => layer.stat(&child_lower)?,
+                                    };
                                     cs.lower = Some(LowerRef {
                                         layer: li,
                                         path: child_lower,
-                                        attr: e.attr,
+                                        attr,
                                     });
                                 }
                                 cs.lower_dirs.push(li);
@@ -760,26 +793,42 @@ impl Union {
 
     // ----- directories ---------------------------------------------------
 
-    /// The merged listing of directory `ino` (without `.` and `..`).
-    pub fn list_dir(&self, ino: u64) -> io::Result<Vec<DirEntry>> {
+    /// The merged listing of directory `ino` (without `.` and `..`), in
+    /// readdir order: by [`DirEntry::cookie`]. Built once and kept until the
+    /// directory changes.
+    pub fn list_dir(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
         let dir = self.node(ino)?;
         self.ensure_loaded(&dir)?;
         let _ns = self.ns.read();
-        let entries: Vec<(OsString, u64)> = {
-            let st = dir.state.read();
-            st.children
-                .as_ref()
-                .map(|c| c.map.iter().map(|(n, i)| (n.clone(), *i)).collect())
-                .unwrap_or_default()
-        };
+        if let Some(l) = dir
+            .state
+            .read()
+            .children
+            .as_ref()
+            .and_then(|c| c.listing.clone())
+        {
+            return Ok(l);
+        }
+        let mut st = dir.state.write();
+        let ch = st.children.as_mut().ok_or_else(|| errno(libc::EIO))?;
         let nodes = self.nodes.read();
-        Ok(entries
-            .into_iter()
-            .filter_map(|(name, ino)| {
+        let mut list: Vec<DirEntry> = ch
+            .map
+            .iter()
+            .filter_map(|(name, &ino)| {
                 let kind = nodes.get(&ino)?.state.read().kind;
-                Some(DirEntry { ino, kind, name })
+                Some(DirEntry {
+                    ino,
+                    kind,
+                    name: name.clone(),
+                    cookie: cookie(name),
+                })
             })
-            .collect())
+            .collect();
+        list.sort_unstable_by_key(|e| e.cookie);
+        let list = Arc::new(list);
+        ch.listing = Some(list.clone());
+        Ok(list)
     }
 
     /// Parent inode of directory `ino` (the root is its own parent).
@@ -1145,7 +1194,6 @@ impl Union {
             .children
             .as_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .map
             .insert(name.to_owned(), node.ino);
         let s = self.stat_node(&node)?;
         node.lookups.fetch_add(1, Ordering::Relaxed);
@@ -1286,7 +1334,6 @@ impl Union {
             .children
             .as_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .map
             .insert(newname.to_owned(), ino);
         let s = self.stat_node(&node)?;
         node.lookups.fetch_add(1, Ordering::Relaxed);
@@ -1368,7 +1415,6 @@ impl Union {
             .children
             .as_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .map
             .remove(name);
         self.drop_name(&child, parent, name);
         Ok(())
@@ -1530,9 +1576,9 @@ impl Union {
         {
             let mut sd = src_dir.state.write();
             let ch = sd.children.as_mut().ok_or_else(|| errno(libc::EIO))?;
-            ch.map.remove(name);
+            ch.remove(name);
             if exchange {
-                ch.map.insert(name.to_owned(), dst_ino.unwrap_or_default());
+                ch.insert(name.to_owned(), dst_ino.unwrap_or_default());
             }
         }
         dst_dir
@@ -1541,7 +1587,6 @@ impl Union {
             .children
             .as_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .map
             .insert(newname.to_owned(), src_ino);
         if let (Some(d), false) = (&dst, exchange) {
             self.drop_name(d, newparent, newname);
@@ -1913,12 +1958,19 @@ mod tests {
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
 
+    /// The listing's names, sorted by name (readdir order is by cookie).
     fn names(u: &Union, ino: u64) -> Vec<String> {
-        u.list_dir(ino)
-            .unwrap()
-            .into_iter()
+        let list = u.list_dir(ino).unwrap();
+        assert!(
+            list.windows(2).all(|w| w[0].cookie < w[1].cookie),
+            "listing must be in cookie order"
+        );
+        let mut names: Vec<String> = list
+            .iter()
             .map(|e| e.name.to_string_lossy().into_owned())
-            .collect()
+            .collect();
+        names.sort();
+        names
     }
 
     fn path_ino(u: &Union, path: &str) -> u64 {

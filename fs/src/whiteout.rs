@@ -92,9 +92,14 @@ pub fn is_reserved_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WHITEOUT_PREFIX)
 }
 
-/// True when the xattr `name` with `value` marks a directory opaque.
-pub fn is_opaque_xattr(name: &str, value: &[u8]) -> bool {
-    OPAQUE_XATTRS.contains(&name) && value == b"y"
+/// True when a directory with the xattr names `names` is opaque by xattr;
+/// `get` reads a value (asked only for the opaque xattrs present, so most
+/// directories cost one listing).
+pub fn is_opaque_dir(names: &[OsString], get: impl Fn(&OsStr) -> Option<Vec<u8>>) -> bool {
+    names.iter().any(|n| {
+        OPAQUE_XATTRS.iter().any(|x| n.as_bytes() == x.as_bytes())
+            && get(n).as_deref() == Some(b"y")
+    })
 }
 
 /// True for xattrs that belong to the union's bookkeeping and must be neither
@@ -151,7 +156,12 @@ mod tests {
         assert!(is_private_xattr(OsStr::new("user.overlay.opaque")));
         assert!(is_private_xattr(OsStr::new(METACOPY_XATTR)));
         assert!(!is_private_xattr(OsStr::new("user.mime_type")));
-        assert!(is_opaque_xattr("user.overlay.opaque", b"y"));
-        assert!(!is_opaque_xattr("user.overlay.opaque", b"n"));
+        let names = vec![
+            OsString::from("user.x"),
+            OsString::from("user.overlay.opaque"),
+        ];
+        assert!(is_opaque_dir(&names, |_| Some(b"y".to_vec())));
+        assert!(!is_opaque_dir(&names, |_| Some(b"n".to_vec())));
+        assert!(!is_opaque_dir(&names[..1], |_| Some(b"y".to_vec())));
     }
 }

@@ -62,9 +62,9 @@ struct MountArgs {
     /// Seconds the kernel may cache entries and attributes.
     #[arg(long, default_value_t = 86400.0)]
     timeout: f64,
-    /// Request-serving threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    /// Request-serving threads (default: one per CPU, 2 to 8).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn run() -> Result<()> {
@@ -78,7 +78,9 @@ fn run() -> Result<()> {
             req.metacopy = !a.no_metacopy;
             req.passthrough = !a.no_passthrough;
             req.ttl = Duration::from_secs_f64(a.timeout.max(0.0));
-            req.threads = a.threads;
+            if let Some(t) = a.threads {
+                req.threads = t;
+            }
             init_log(req.debug);
             mount::run(req)
         }

@@ -1019,7 +1019,7 @@ impl Union {
         let src = layer.open(&lower.path)?;
         if let Some(fd) = src.host_fd() {
             let src_file = File::from(fd.try_clone_to_owned()?);
-            return sys::copy_data(&src_file, dst, lower.attr.size);
+            return sys::copy_data(&src_file, dst, lower.attr.size, self.fsync);
         }
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;

@@ -56,6 +56,11 @@ struct MountArgs {
     /// Copy data up even for metadata-only changes (chmod, chown, xattrs).
     #[arg(long)]
     no_metacopy: bool,
+    /// Do not flush copied-up data to disk before it becomes visible (faster
+    /// copy-up; after a crash a copied-up file may lack its data). For
+    /// throwaway upper dirs, like overlayfs's `volatile`.
+    #[arg(long)]
+    volatile: bool,
     /// Never use FUSE passthrough.
     #[arg(long)]
     no_passthrough: bool,
@@ -77,6 +82,7 @@ fn run() -> Result<()> {
             req.allow_other = a.allow_other;
             req.metacopy = !a.no_metacopy;
             req.passthrough = !a.no_passthrough;
+            req.fsync = !a.volatile;
             req.ttl = Duration::from_secs_f64(a.timeout.max(0.0));
             if let Some(t) = a.threads {
                 req.threads = t;

@@ -313,6 +313,7 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
                 ttl: req.ttl,
                 debug: req.debug,
                 passthrough: req.passthrough,
+                prefetch: true,
             },
         );
         let cfg = MountConfig {

@@ -44,6 +44,8 @@ pub struct MountOptions {
     /// Try FUSE passthrough for reads and writes (needs kernel 6.9+ and
     /// `CAP_SYS_ADMIN`); falls back quietly.
     pub passthrough: bool,
+    /// Load subdirectories of listed directories in the background.
+    pub prefetch: bool,
 }
 
 impl Default for MountOptions {
@@ -52,6 +54,50 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(86400),
             debug: false,
             passthrough: true,
+            prefetch: true,
+        }
+    }
+}
+
+/// Loads the subdirectories of listed directories in the background: a
+/// program that lists a directory usually goes on into its subdirectories
+/// (find, ls -R, du, a container's package manager), and the second CPU can
+/// merge their layers while the first serves the program. A stack, so the
+/// order follows a depth-first walk; only direct subdirectories of what was
+/// actually listed are queued, so a lookup-only workload prefetches nothing.
+#[derive(Debug, Default)]
+struct Prefetch {
+    stack: Mutex<Vec<u64>>,
+    wake: parking_lot::Condvar,
+}
+
+impl Prefetch {
+    /// Most directories waiting; beyond this, new ones are not queued.
+    const MAX: usize = 1 << 16;
+
+    fn push(&self, inos: Vec<u64>) {
+        if inos.is_empty() {
+            return;
+        }
+        let mut st = self.stack.lock();
+        if st.len() + inos.len() <= Self::MAX {
+            st.extend(inos.into_iter().rev());
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self, union: &Union) {
+        loop {
+            let ino = {
+                let mut st = self.stack.lock();
+                loop {
+                    if let Some(i) = st.pop() {
+                        break i;
+                    }
+                    self.wake.wait(&mut st);
+                }
+            };
+            union.preload(ino);
         }
     }
 }
@@ -78,6 +124,8 @@ pub struct UnionFs {
     files: RwLock<HashMap<u64, Arc<Handle>>>,
     /// The kernel sends no opendir/releasedir once opendir answers ENOSYS.
     no_opendir: AtomicBool,
+    /// Background loading of subdirectories; `None` when turned off.
+    prefetch: Option<Arc<Prefetch>>,
     next_fh: AtomicU64,
     /// Passthrough is on (kernel agreed at init, and no backing open failed
     /// for lack of privilege).
@@ -90,7 +138,16 @@ pub struct UnionFs {
 impl UnionFs {
     /// Wraps `union` for serving.
     pub fn new(union: Arc<Union>, opts: MountOptions) -> UnionFs {
+        let prefetch = opts.prefetch.then(|| {
+            let p = Arc::new(Prefetch::default());
+            let (p2, u2) = (p.clone(), union.clone());
+            let spawned = std::thread::Builder::new()
+                .name("rcfs-prefetch".into())
+                .spawn(move || p2.run(&u2));
+            spawned.ok().map(|_| p)
+        });
         UnionFs {
+            prefetch: prefetch.flatten(),
             union,
             opts,
             files: RwLock::new(HashMap::new()),
@@ -123,6 +180,14 @@ impl UnionFs {
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Queues the subdirectories of `dir` for background loading when a
+    /// listing of it starts.
+    fn prefetch_below(&self, dir: u64, offset: u64) {
+        if let (Some(p), 0) = (&self.prefetch, offset) {
+            p.push(self.union.unloaded_subdirs(dir));
+        }
     }
 
     /// The file a handle reads now: a lower file gives way to its upper copy.
@@ -761,6 +826,7 @@ impl Filesystem for UnionFs {
             Ok(l) => l,
             Err(e) => return reply.error(errno_of(e)),
         };
+        self.prefetch_below(ino.0, offset);
         if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
             return reply.ok();
         }
@@ -798,6 +864,7 @@ impl Filesystem for UnionFs {
             Ok(l) => l,
             Err(e) => return reply.error(errno_of(e)),
         };
+        self.prefetch_below(ino.0, offset);
         // The kernel takes no reference on `.` and `..`, so they are not
         // counted as lookups.
         for (off, name) in [(0u64, "."), (1, "..")] {

@@ -152,6 +152,14 @@ fn cookie(name: &OsStr) -> u64 {
     (h.finish() >> 2) + 3
 }
 
+/// What loading a directory reads: a snapshot of its node's state.
+struct DirSource {
+    path: PathBuf,
+    upper: bool,
+    lower_path: PathBuf,
+    lower_dirs: Vec<usize>,
+}
+
 /// One merged entry (and all its hard links).
 #[derive(Debug)]
 pub struct Node {
@@ -161,6 +169,8 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-ups of this node.
     copy_lock: Mutex<()>,
+    /// Serialises loading this directory's children.
+    load_lock: Mutex<()>,
     /// Everything that changes; guarded as described in the module doc.
     state: RwLock<NodeState>,
 }
@@ -337,6 +347,7 @@ impl Union {
             ino: ROOT_INO,
             lookups: AtomicU64::new(1),
             copy_lock: Mutex::new(()),
+            load_lock: Mutex::new(()),
             state: RwLock::new(root),
         });
         let mut nodes = HashMap::new();
@@ -395,6 +406,7 @@ impl Union {
             ino,
             lookups: AtomicU64::new(0),
             copy_lock: Mutex::new(()),
+            load_lock: Mutex::new(()),
             state: RwLock::new(state),
         });
         self.nodes.write().insert(ino, node.clone());
@@ -408,24 +420,68 @@ impl Union {
         if dir.state.read().children.is_some() {
             return Ok(());
         }
+        // Loading holds only `load_lock`, so the directory's attributes stay
+        // readable meanwhile (a listing of its parent is not held up).
+        let _load = dir.load_lock.lock();
+        let src = {
+            let st = dir.state.read();
+            if st.children.is_some() {
+                return Ok(());
+            }
+            if st.kind != Kind::Dir {
+                return Err(errno(libc::ENOTDIR));
+            }
+            DirSource {
+                path: st.path.clone(),
+                upper: st.upper,
+                lower_path: st
+                    .lower
+                    .as_ref()
+                    .map_or_else(|| st.path.clone(), |l| l.path.clone()),
+                lower_dirs: st.lower_dirs.clone(),
+            }
+        };
+        let (children, used) = self.load_dir(dir.ino, &src)?;
         let mut st = dir.state.write();
-        if st.children.is_some() {
-            return Ok(());
-        }
-        if st.kind != Kind::Dir {
-            return Err(errno(libc::ENOTDIR));
-        }
-        let children = self.load_dir(dir.ino, &mut st)?;
+        st.lower_dirs = used;
         st.children = Some(children);
         Ok(())
     }
 
-    fn load_dir(&self, dir_ino: u64, st: &mut NodeState) -> io::Result<Children> {
+    /// Loads directory `ino` if it is not loaded yet (prefetching).
+    pub fn preload(&self, ino: u64) {
+        if let Ok(node) = self.node(ino) {
+            let _ = self.ensure_loaded(&node);
+        }
+    }
+
+    /// Subdirectories of `ino` whose merged view is not loaded yet, in
+    /// listing order.
+    pub fn unloaded_subdirs(&self, ino: u64) -> Vec<u64> {
+        let Ok(list) = self.list_dir(ino) else {
+            return Vec::new();
+        };
+        let nodes = self.nodes.read();
+        list.iter()
+            .filter(|e| e.kind == Kind::Dir)
+            .filter(|e| {
+                nodes
+                    .get(&e.ino)
+                    .is_some_and(|n| n.state.read().children.is_none())
+            })
+            .map(|e| e.ino)
+            .collect()
+    }
+
+    /// Reads `src`'s upper dir and lower layers into merged children; returns
+    /// them and the lower layers that contributed.
+    fn load_dir(&self, dir_ino: u64, src: &DirSource) -> io::Result<(Children, Vec<usize>)> {
         let mut ch = Children::default();
         let mut hidden: HashSet<OsString> = HashSet::new();
         let mut opaque = false;
-        let path = st.path.clone();
-        if st.upper {
+        let path = src.path.clone();
+        let mut used = Vec::new();
+        if src.upper {
             let up = self.upper_path(&path)?;
             opaque = whiteout::is_opaque_dir(&sys::listxattr(&up).unwrap_or_default(), |x| {
                 sys::getxattr(&up, x).ok().flatten()
@@ -450,23 +506,18 @@ impl Union {
             }
         }
         if !opaque {
-            let lower_path = st
-                .lower
-                .as_ref()
-                .map(|l| l.path.clone())
-                .unwrap_or_else(|| path.clone());
-            let mut used = Vec::new();
-            for &li in &st.lower_dirs {
+            let lower_path = &src.lower_path;
+            for &li in &src.lower_dirs {
                 used.push(li);
                 let layer = &self.lowers[li];
-                let listing = layer.read_dir(&lower_path, &mut |name, kind| {
+                let listing = layer.read_dir(lower_path, &mut |name, kind| {
                     kind == Kind::CharDev
                         || (whiteout::classify(name, false) == whiteout::Kind::Entry
                             && !ch.map.contains_key(name)
                             && !hidden.contains(name))
                 })?;
                 let mut layer_opaque = whiteout::is_opaque_dir(&listing.xattr_names, |x| {
-                    layer.get_xattr(&lower_path, x).ok().flatten()
+                    layer.get_xattr(lower_path, x).ok().flatten()
                 });
                 let mut layer_hidden = Vec::new();
                 let mut entries = Vec::new();
@@ -483,7 +534,7 @@ impl Union {
                     if hidden.contains(&e.name) {
                         continue;
                     }
-                    let child_lower = layer::join(&lower_path, &e.name);
+                    let child_lower = layer::join(lower_path, &e.name);
                     match ch.map.get(&e.name) {
                         None => {
                             let attr = match e.attr {
@@ -526,11 +577,8 @@ impl Union {
                     break;
                 }
             }
-            st.lower_dirs = used;
-        } else {
-            st.lower_dirs.clear();
         }
-        Ok(ch)
+        Ok((ch, used))
     }
 
     /// A node for an entry found in the upper dir.

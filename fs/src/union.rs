@@ -290,6 +290,9 @@ pub struct Union {
     tmp_counter: AtomicU64,
     /// Whether this process may chown freely (root in its user namespace).
     privileged: bool,
+    /// This process's ids: what new upper entries get without a chown.
+    euid: u32,
+    egid: u32,
 }
 
 impl Union {
@@ -363,6 +366,8 @@ impl Union {
             ns: RwLock::new(()),
             tmp_counter: AtomicU64::new(0),
             privileged: nix::unistd::geteuid().is_root(),
+            euid: nix::unistd::geteuid().as_raw(),
+            egid: nix::unistd::getegid().as_raw(),
         })
     }
 
@@ -494,6 +499,9 @@ impl Union {
                 match whiteout::classify(&name, attr.is_whiteout_device()) {
                     whiteout::Kind::Opaque => opaque = true,
                     whiteout::Kind::Whiteout(n) => {
+                        // Whited out here: a later entry of that name must
+                        // remove the whiteout (and hide lower layers).
+                        ch.lower_names.insert(n.to_owned());
                         hidden.insert(n.to_owned());
                     }
                     whiteout::Kind::Entry => entries.push((name, attr)),
@@ -1195,12 +1203,16 @@ impl Union {
         let out = make(&up)?;
         let finish = || -> io::Result<()> {
             let parent_up = self.upper_path(&dir_path)?;
-            let gid = match sys::lstat(&parent_up) {
-                Ok(p) if p.st_mode & libc::S_ISGID != 0 => p.st_gid,
-                _ => caller.gid,
-            };
             if self.privileged {
-                self.chown_quiet(&up, caller.uid, gid)?;
+                // The entry belongs to the caller, not to this server; a setgid
+                // parent passes its group on, as the kernel does.
+                let gid = match sys::lstat(&parent_up) {
+                    Ok(p) if p.st_mode & libc::S_ISGID != 0 => p.st_gid,
+                    _ => caller.gid,
+                };
+                if (caller.uid, gid) != (self.euid, self.egid) {
+                    self.chown_quiet(&up, caller.uid, gid)?;
+                }
             }
             if kind == Kind::Dir && lower_name {
                 // Lower layers hold this name: they must not show through.
@@ -1210,7 +1222,10 @@ impl Union {
                     0,
                 )?;
             }
-            self.remove_whiteout(&parent_up, name)
+            if lower_name {
+                self.remove_whiteout(&parent_up, name)?;
+            }
+            Ok(())
         };
         if let Err(e) = finish() {
             let _ = if kind == Kind::Dir {

@@ -408,7 +408,9 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let t = Instant::now();
         self.union.forget(ino.0, nlookup);
+        self.trace("forget", || format!("{}, {nlookup}", ino.0), t, &Ok(()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -740,6 +742,12 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.trace(
+            "flush",
+            || format!("{}, fh {}", _ino.0, _fh.0),
+            Instant::now(),
+            &Ok(()),
+        );
         reply.ok();
     }
 
@@ -753,11 +761,14 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let t = Instant::now();
         self.files.write().remove(&fh.0);
         let mut map = self.backing.lock();
         if map.get(&ino.0).is_some_and(|(w, _)| w.strong_count() == 0) {
             map.remove(&ino.0);
         }
+        drop(map);
+        self.trace("release", || format!("{}, fh {}", ino.0, fh.0), t, &Ok(()));
         reply.ok();
     }
 
@@ -791,6 +802,7 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.trace("opendir", || format!("{}", ino.0), Instant::now(), &Ok(()));
         if self.no_opendir.load(Ordering::Relaxed) {
             // The kernel then stops sending opendir and releasedir: two round
             // trips less per directory. Listings need no handle (see readdir).
@@ -917,6 +929,12 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.trace(
+            "releasedir",
+            || format!("{}", _ino.0),
+            Instant::now(),
+            &Ok(()),
+        );
         reply.ok();
     }
 
@@ -928,11 +946,25 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.trace(
+            "fsyncdir",
+            || format!("{}", _ino.0),
+            Instant::now(),
+            &Ok(()),
+        );
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.union.statfs() {
+        let t = Instant::now();
+        let r = self.union.statfs();
+        self.trace(
+            "statfs",
+            || format!("{}", _ino.0),
+            t,
+            &r.as_ref().map(|s| s.f_bavail).map_err(copy_err),
+        );
+        match r {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -986,7 +1018,9 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let t = Instant::now();
         let r = self.union.listxattr(ino.0);
+        self.trace("listxattr", || format!("{}", ino.0), t, &r);
         match r {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -1017,6 +1051,12 @@ impl Filesystem for UnionFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.trace(
+            "access",
+            || format!("{}, {_mask:?}", _ino.0),
+            Instant::now(),
+            &Ok(()),
+        );
         // default_permissions: the kernel has checked already.
         reply.ok();
     }

@@ -182,12 +182,21 @@ impl UnionFs {
         self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Queues the subdirectories of `dir` for background loading when a
-    /// listing of it starts.
-    fn prefetch_below(&self, dir: u64, offset: u64) {
-        if let (Some(p), 0) = (&self.prefetch, offset) {
+    /// The listing of `dir` for a readdir at `offset`; when a listing
+    /// starts, queues the subdirectories for background loading.
+    fn listing(&self, op: &str, dir: u64, offset: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        let t = Instant::now();
+        let r = self.union.list_dir(dir);
+        self.trace(
+            op,
+            || format!("{dir}, {offset}"),
+            t,
+            &r.as_ref().map(|l| l.len()).map_err(copy_err),
+        );
+        if let (Some(p), 0, Ok(_)) = (&self.prefetch, offset, &r) {
             p.push(self.union.unloaded_subdirs(dir));
         }
+        r
     }
 
     /// The file a handle reads now: a lower file gives way to its upper copy.
@@ -826,19 +835,10 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let t = Instant::now();
-        let r = self.union.list_dir(ino.0);
-        self.trace(
-            "readdir",
-            || format!("{}, {offset}", ino.0),
-            t,
-            &r.as_ref().map(|l| l.len()).map_err(copy_err),
-        );
-        let list = match r {
+        let list = match self.listing("readdir", ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno_of(e)),
         };
-        self.prefetch_below(ino.0, offset);
         if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
             return reply.ok();
         }
@@ -864,19 +864,10 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let t = Instant::now();
-        let r = self.union.list_dir(ino.0);
-        self.trace(
-            "readdirplus",
-            || format!("{}, {offset}", ino.0),
-            t,
-            &r.as_ref().map(|l| l.len()).map_err(copy_err),
-        );
-        let list = match r {
+        let list = match self.listing("readdirplus", ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno_of(e)),
         };
-        self.prefetch_below(ino.0, offset);
         // The kernel takes no reference on `.` and `..`, so they are not
         // counted as lookups.
         for (off, name) in [(0u64, "."), (1, "..")] {

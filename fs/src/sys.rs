@@ -425,7 +425,12 @@ pub fn copy_data(src: &File, dst: &File, len: u64, durable: bool) -> io::Result<
     let mut off_out: libc::loff_t = 0;
     let mut left = len;
     while left > 0 {
-        let chunk = left.min(PIECE) as usize;
+        // Pieces only so that writeback can start behind the copy.
+        let chunk = if durable {
+            left.min(PIECE)
+        } else {
+            left.min(1 << 30)
+        } as usize;
         let start = off_out;
         // SAFETY: both fds are open; offsets point at live locals.
         let n = unsafe {

@@ -84,7 +84,7 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
     // The upper dir may be read by other tools (podman's diff) as a plain
     // tree, so data is always copied up here unless asked otherwise.
     req.metacopy = false;
-    req.fsname = "fuse-overlayfs".into();
+    req.fsname = "rcfs-overlay".into();
     let mut warnings = Vec::new();
     for opt in opts.iter().flat_map(|o| split_options(o)) {
         let (key, val) = match opt.split_once('=') {

@@ -178,6 +178,20 @@ impl UnionFs {
         to_file_attr(s)
     }
 
+    fn reply_entry(&self, reply: ReplyEntry, r: io::Result<Stat>) {
+        match r {
+            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, r: io::Result<Stat>) {
+        match r {
+            Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
@@ -299,6 +313,13 @@ fn start_of(list: &[DirEntry], offset: u64) -> usize {
 /// An error for a debug trace of an operation whose result is not `Debug`.
 fn copy_err(e: &io::Error) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno_of(e)),
+    }
 }
 
 /// The one place where internal errors become errnos.
@@ -448,10 +469,7 @@ impl Filesystem for UnionFs {
             r => r,
         };
         self.trace("getattr", || format!("{}", ino.0), t, &r);
-        match r {
-            Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_attr(reply, r);
     }
 
     fn setattr(
@@ -488,10 +506,7 @@ impl Filesystem for UnionFs {
             .union
             .setattr(ino.0, &set, handle.as_ref().map(|h| &h.file));
         self.trace("setattr", || format!("{}, {set:?}", ino.0), t, &r);
-        match r {
-            Ok(s) => reply.attr(&self.opts.ttl, &self.attr(&s)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_attr(reply, r);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -522,10 +537,7 @@ impl Filesystem for UnionFs {
             t,
             &r,
         );
-        match r {
-            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn mkdir(
@@ -545,30 +557,21 @@ impl Filesystem for UnionFs {
             t,
             &r,
         );
-        match r {
-            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let t = Instant::now();
         let r = self.union.unlink(parent.0, name);
         self.trace("unlink", || format!("{}, {name:?}", parent.0), t, &r);
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let t = Instant::now();
         let r = self.union.rmdir(parent.0, name);
         self.trace("rmdir", || format!("{}, {name:?}", parent.0), t, &r);
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn symlink(
@@ -589,10 +592,7 @@ impl Filesystem for UnionFs {
             t,
             &r,
         );
-        match r {
-            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn rename(
@@ -620,10 +620,7 @@ impl Filesystem for UnionFs {
             t,
             &r,
         );
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn link(
@@ -642,10 +639,7 @@ impl Filesystem for UnionFs {
             t,
             &r,
         );
-        match r {
-            Ok(s) => reply.entry(&self.opts.ttl, &self.attr(&s), Generation(0)),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -804,10 +798,7 @@ impl Filesystem for UnionFs {
                 OpenFile::Lower(_) => Ok(()),
             });
         self.trace("fsync", || format!("{}, fh {}", ino.0, fh.0), t, &r);
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -983,10 +974,7 @@ impl Filesystem for UnionFs {
         let t = Instant::now();
         let r = self.union.setxattr(ino.0, name, value, flags);
         self.trace("setxattr", || format!("{}, {name:?}", ino.0), t, &r);
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1035,10 +1023,7 @@ impl Filesystem for UnionFs {
         let t = Instant::now();
         let r = self.union.removexattr(ino.0, name);
         self.trace("removexattr", || format!("{}, {name:?}", ino.0), t, &r);
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(e)),
-        }
+        reply_empty(reply, r);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

@@ -14,7 +14,6 @@
 //!   by the kernel (FUSE passthrough) when the kernel and our privileges allow
 //!   it, otherwise served here with large requests.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::io;
@@ -33,6 +32,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::layer::Kind;
 use crate::union::{Caller, DirEntry, OpenFile, SetAttr, Stat, TimeSet, Union};
+use crate::IdMap;
 
 /// How to serve a union over FUSE.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub struct UnionFs {
     union: Arc<Union>,
     opts: MountOptions,
     /// Open files by handle; handles are never reused.
-    files: RwLock<HashMap<u64, Arc<Handle>>>,
+    files: RwLock<IdMap<Arc<Handle>>>,
     /// The kernel sends no opendir/releasedir once opendir answers ENOSYS.
     no_opendir: AtomicBool,
     /// Background loading of subdirectories; `None` when turned off.
@@ -132,7 +132,7 @@ pub struct UnionFs {
     passthrough: AtomicBool,
     /// Per inode: the backing file in use and whether it is the upper file.
     /// The kernel allows one backing file per inode at a time.
-    backing: Mutex<HashMap<u64, (Weak<BackingId>, bool)>>,
+    backing: Mutex<IdMap<(Weak<BackingId>, bool)>>,
 }
 
 impl UnionFs {
@@ -150,11 +150,11 @@ impl UnionFs {
             prefetch: prefetch.flatten(),
             union,
             opts,
-            files: RwLock::new(HashMap::new()),
+            files: RwLock::new(IdMap::default()),
             no_opendir: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
-            backing: Mutex::new(HashMap::new()),
+            backing: Mutex::new(IdMap::default()),
         }
     }
 
@@ -266,7 +266,7 @@ impl UnionFs {
         let Some(fd) = file.host_fd() else {
             return Ok(None);
         };
-        let existing = |map: &HashMap<u64, (Weak<BackingId>, bool)>| {
+        let existing = |map: &IdMap<(Weak<BackingId>, bool)>| {
             let (weak, is_upper) = map.get(&ino)?;
             let b = weak.upgrade()?;
             Some(if *is_upper == file.is_upper() {

@@ -19,6 +19,30 @@ use std::path::Path;
 
 pub use fuser::{Session, SessionUnmounter};
 
+/// Hash maps keyed by inode numbers and file handles, which are small
+/// sequential integers: a multiplicative hash spreads them well and costs a
+/// multiply, where the default SipHash costs a few dozen cycles on every FUSE
+/// request.
+pub(crate) type IdMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Where and how to mount.
 #[derive(Debug, Clone)]
 pub struct MountConfig {

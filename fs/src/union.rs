@@ -38,6 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::layer::{self, Attr, Kind, Layer, LowerFile};
 use crate::sys;
 use crate::whiteout;
+use crate::IdMap;
 
 /// Inode number of the merged root directory.
 pub const ROOT_INO: u64 = 1;
@@ -280,7 +281,7 @@ pub struct Union {
     metacopy: bool,
     fsync: bool,
     /// Inode number → node. Guarded by its own lock, taken last and briefly.
-    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    nodes: RwLock<IdMap<Arc<Node>>>,
     /// Hard-link groups: (layer, file id in layer) → inode.
     links: Mutex<HashMap<(usize, u64), u64>>,
     next_ino: AtomicU64,
@@ -353,7 +354,7 @@ impl Union {
             load_lock: Mutex::new(()),
             state: RwLock::new(root),
         });
-        let mut nodes = HashMap::new();
+        let mut nodes = IdMap::default();
         nodes.insert(ROOT_INO, root);
         Ok(Union {
             lowers: config.lowers,

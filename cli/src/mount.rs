@@ -37,6 +37,9 @@ pub struct MountRequest {
     pub ttl: Duration,
     pub fsname: String,
     pub threads: usize,
+    /// Where a background server writes its log (warnings, errors; with
+    /// `debug`, every operation); `None`: nowhere.
+    pub log: Option<PathBuf>,
 }
 
 impl MountRequest {
@@ -61,6 +64,7 @@ impl MountRequest {
             ttl: Duration::from_secs(86400),
             fsname: "rcfs".into(),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            log: None,
         }
     }
 }
@@ -156,6 +160,15 @@ fn check(req: &mut MountRequest) -> Result<()> {
         );
     }
     req.mountpoint = mp;
+    if let Some(log) = &req.log {
+        let p = abs(log)?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .with_context(|| format!("cannot write the log file {}", p.display()))?;
+        req.log = Some(p);
+    }
     check_fuse_device()?;
     Ok(())
 }
@@ -348,25 +361,37 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         }
     };
     if let Some(fd) = ready.take() {
-        detach_stdio(fd.as_raw_fd());
+        detach_stdio(fd.as_raw_fd(), req.log.as_deref());
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
     session.run().context("serving the mount")
 }
 
 /// A background server keeps no terminal: its stdio goes to /dev/null.
-fn detach_stdio(keep: i32) {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            if fd != keep {
-                // SAFETY: dup2 onto the standard fds; `null` stays open until then.
-                unsafe { libc::dup2(null.as_raw_fd(), fd) };
-            }
+fn detach_stdio(keep: i32, log: Option<&Path>) {
+    let open = |p: &Path, append: bool| {
+        std::fs::OpenOptions::new()
+            .read(!append)
+            .write(true)
+            .append(append)
+            .create(append)
+            .open(p)
+    };
+    let Ok(null) = open(Path::new("/dev/null"), false) else {
+        return;
+    };
+    // The log file was checked before mounting; if it went away, log nowhere.
+    let err = log.and_then(|p| open(p, true).ok());
+    for fd in 0..3 {
+        if fd == keep {
+            continue;
         }
+        let src = match (&err, fd) {
+            (Some(f), 2) => f.as_raw_fd(),
+            _ => null.as_raw_fd(),
+        };
+        // SAFETY: dup2 onto the standard fds; both sources stay open until then.
+        unsafe { libc::dup2(src, fd) };
     }
 }
 

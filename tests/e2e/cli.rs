@@ -272,3 +272,31 @@ fn mount_foreground_serves_until_unmounted() {
     );
     assert_eq!(std::fs::read_to_string(d.upper.join("new")).unwrap(), "new");
 }
+
+/// `--debug --log FILE`: the background server writes every operation to the
+/// file, and the command still returns once the mount is ready.
+#[test]
+fn debug_log_goes_to_a_file_in_the_background() {
+    let d = dirs();
+    let log = d.base.join("rcfs.log");
+    let _g = guard(&d.mnt);
+    let mut c = rcfs_mount(&lower_arg(&d.lowers), &d.upper, &d.work, &d.mnt);
+    c.arg("--debug").arg("--log").arg(&log);
+    run(&mut c, COMMAND_TIMEOUT).expect_ok("rcfs mount --debug --log");
+    assert!(
+        is_mountpoint(&d.mnt),
+        "not mounted after rcfs mount returned"
+    );
+    assert_eq!(std::fs::read_to_string(d.mnt.join("top")).unwrap(), "top\n");
+    run(
+        &mut cmd(RCFS, ["umount".into(), d.mnt.display().to_string()]),
+        COMMAND_TIMEOUT,
+    )
+    .expect_ok("rcfs umount");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("lookup(1, \"top\")"),
+        "no lookup of top in the log:\n{text}"
+    );
+    assert!(text.contains(" us]"), "no latencies in the log:\n{text}");
+}

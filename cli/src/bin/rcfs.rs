@@ -67,6 +67,10 @@ struct MountArgs {
     /// Seconds the kernel may cache entries and attributes.
     #[arg(long, default_value_t = 86400.0)]
     timeout: f64,
+    /// Append the background server's log here (warnings and errors; every
+    /// operation with --debug --log FILE).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
     /// Request-serving threads (default: one per CPU, 2 to 8).
     #[arg(long)]
     threads: Option<usize>,
@@ -77,7 +81,9 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Mount(a) => {
             let mut req = MountRequest::new(split_lowers(&a.lower), a.upper, a.work, a.mountpoint);
-            req.foreground = a.foreground || a.debug;
+            // --debug serves in the foreground unless its log goes to a file.
+            req.foreground = a.foreground || (a.debug && a.log.is_none());
+            req.log = a.log;
             req.debug = a.debug;
             req.allow_other = a.allow_other;
             req.metacopy = !a.no_metacopy;

@@ -279,6 +279,19 @@ wait_idle() {
 	done
 }
 
+layer_ratio_rows() { # case-prefix label: the 64-layer / 2-layer time ratio, per cache mode
+	[[ " $CASES " == *" ${1}2 "* && " $CASES " == *" ${1}64 "* ]] || return 0
+	local mode fs cells v
+	for mode in $CACHE; do
+		cells=() v="-"
+		for fs in kernel fuse-overlayfs rcfs; do
+			cells+=("$(ratio "$(val "${1}64.$mode" $fs)" "$(val "${1}2.$mode" $fs)")x")
+		done
+		[[ ${cells[2]} == "-x" ]] || { le "${cells[2]%x}" 1.3 && v=ok || v=MISS; }
+		echo "| $2 | $mode | ${cells[0]} | ${cells[1]} | ${cells[2]} | | | rcfs ≤ 1.3x | $v |"
+	done
+}
+
 measure() { # case mode fs run
 	local c=$1 mode=$2 fs=$3 r=$4 v out ns
 	v=$(case_variant "$c")
@@ -415,30 +428,8 @@ report() {
 		done
 	done
 	# derived rows
-	if [[ " $CASES " == *" walk2 "* && " $CASES " == *" walk64 "* ]]; then
-		for mode in $CACHE; do
-			local cells=() fs a b v="-"
-			for fs in kernel fuse-overlayfs rcfs; do
-				a=$(val "walk64.$mode" $fs)
-				b=$(val "walk2.$mode" $fs)
-				cells+=("$(ratio "$a" "$b")x")
-			done
-			[[ ${cells[2]} == "-x" ]] || { le "${cells[2]%x}" 1.3 && v=ok || v=MISS; }
-			echo "| stat-walk 64 layers / 2 layers | $mode | ${cells[0]} | ${cells[1]} | ${cells[2]} | | | rcfs ≤ 1.3x | $v |"
-		done
-	fi
-	if [[ " $CASES " == *" rewalk2 "* && " $CASES " == *" rewalk64 "* ]]; then
-		for mode in $CACHE; do
-			local cells=() fs a b v="-"
-			for fs in kernel fuse-overlayfs rcfs; do
-				a=$(val "rewalk64.$mode" $fs)
-				b=$(val "rewalk2.$mode" $fs)
-				cells+=("$(ratio "$a" "$b")x")
-			done
-			[[ ${cells[2]} == "-x" ]] || { le "${cells[2]%x}" 1.3 && v=ok || v=MISS; }
-			echo "| stat-walk again 64 layers / 2 layers | $mode | ${cells[0]} | ${cells[1]} | ${cells[2]} | | | rcfs ≤ 1.3x | $v |"
-		done
-	fi
+	layer_ratio_rows walk "stat-walk 64 layers / 2 layers"
+	layer_ratio_rows rewalk "stat-walk again 64 layers / 2 layers"
 	if [[ " $CASES " == *" seqread "* ]]; then
 		for mode in $CACHE; do
 			local cells=() fs t

@@ -213,14 +213,17 @@ fn check_fuse_device() -> Result<()> {
         }
         return Ok(());
     }
+    if !root {
+        // Only root (in its user namespace) may call mount(2) itself.
+        bail!("mounting as a normal user needs the fusermount3 helper: install fuse3 (apt-get install fuse3)");
+    }
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "/dev/fuse does not exist: load the fuse kernel module (modprobe fuse), or in a container pass the device in (--device /dev/fuse)"
         ),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "no permission to open /dev/fuse: make it usable for your user (chmod 666 /dev/fuse, or the fuse group){}",
-            if helper.is_none() { ", or install fuse3 for the fusermount3 helper" } else { "" }
+            "no permission to open /dev/fuse: make it usable for your user (chmod 666 /dev/fuse, or the fuse group)"
         ),
         Err(e) => bail!("cannot open /dev/fuse: {e}"),
     }

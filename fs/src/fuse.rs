@@ -196,6 +196,12 @@ impl UnionFs {
         self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    /// [`Self::handle`] for operations that work in `io::Result`.
+    fn open_handle(&self, fh: FileHandle) -> io::Result<Arc<Handle>> {
+        self.handle(fh)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+    }
+
     /// The listing of `dir` for a readdir at `offset`; when a listing
     /// starts, queues the subdirectories for background loading.
     fn listing(&self, op: &str, dir: u64, offset: u64) -> io::Result<Arc<Vec<DirEntry>>> {
@@ -685,22 +691,17 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let t = Instant::now();
-        let r = self
-            .handle(fh)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))
-            .and_then(|h| {
-                let mut buf = vec![0u8; size as usize];
-                let n = self.current_file(&h)?.read_at(&mut buf, offset)?;
-                buf.truncate(n);
-                Ok(buf)
-            });
+        let r = self.open_handle(fh).and_then(|h| {
+            let mut buf = vec![0u8; size as usize];
+            let n = self.current_file(&h)?.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(buf)
+        });
         self.trace(
             "read",
             || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
             t,
-            &r.as_ref()
-                .map(Vec::len)
-                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+            &r.as_ref().map(Vec::len).map_err(copy_err),
         );
         match r {
             Ok(buf) => reply.data(&buf),
@@ -722,8 +723,7 @@ impl Filesystem for UnionFs {
     ) {
         let t = Instant::now();
         let r = self
-            .handle(fh)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+            .open_handle(fh)
             .and_then(|h| h.file.write_at(data, offset));
         self.trace(
             "write",
@@ -784,19 +784,16 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let t = Instant::now();
-        let r = self
-            .handle(fh)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))
-            .and_then(|h| match &h.file {
-                OpenFile::Upper(f) => {
-                    if datasync {
-                        f.sync_data()
-                    } else {
-                        f.sync_all()
-                    }
+        let r = self.open_handle(fh).and_then(|h| match &h.file {
+            OpenFile::Upper(f) => {
+                if datasync {
+                    f.sync_data()
+                } else {
+                    f.sync_all()
                 }
-                OpenFile::Lower(_) => Ok(()),
-            });
+            }
+            OpenFile::Lower(_) => Ok(()),
+        });
         self.trace("fsync", || format!("{}, fh {}", ino.0, fh.0), t, &r);
         reply_empty(reply, r);
     }
@@ -984,9 +981,7 @@ impl Filesystem for UnionFs {
             "getxattr",
             || format!("{}, {name:?}", ino.0),
             t,
-            &r.as_ref()
-                .map(Vec::len)
-                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+            &r.as_ref().map(Vec::len).map_err(copy_err),
         );
         match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -1053,9 +1048,7 @@ impl Filesystem for UnionFs {
             "create",
             || format!("{}, {name:?}, {mode:#o}, {flags:#o}", parent.0),
             t,
-            &r.as_ref()
-                .map(|(s, _)| s.ino)
-                .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))),
+            &r.as_ref().map(|(s, _)| s.ino).map_err(copy_err),
         );
         let (stat, file) = match r {
             Ok(v) => v,

@@ -206,7 +206,7 @@ impl Layer for DirLayer {
         if path.as_os_str().is_empty() {
             return Attr::from_stat(&sys::lstat(&self.root)?);
         }
-        Attr::from_stat(&sys::lstat_at(&self.root_fd, &sys::cpath(path)?)?)
+        Attr::from_stat(&sys::lstat_at(&self.root_fd, &sys::cstr(path)?)?)
     }
 
     fn read_dir(

@@ -13,11 +13,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 /// `p` as a C string.
-pub fn cpath(p: &Path) -> io::Result<CString> {
-    cstr(p)
-}
-
-fn cstr(p: &Path) -> io::Result<CString> {
+pub fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 

@@ -372,11 +372,6 @@ impl Union {
         })
     }
 
-    /// Whether the union has an upper dir.
-    pub fn writable(&self) -> bool {
-        self.upper.is_some()
-    }
-
     fn node(&self, ino: u64) -> io::Result<Arc<Node>> {
         self.nodes
             .read()
@@ -749,20 +744,12 @@ impl Union {
     /// last name is gone (`fstat` of an unlinked file).
     pub fn getattr_open(&self, ino: u64, file: &OpenFile) -> io::Result<Stat> {
         match file {
-            OpenFile::Upper(f) => {
-                let mut s = self.stat_of_open(ino, f)?;
-                s.ino = ino;
-                Ok(s)
-            }
+            OpenFile::Upper(f) => Ok(Stat {
+                ino,
+                attr: Attr::from_stat(&sys::fstat(f)?)?,
+            }),
             OpenFile::Lower(_) => self.getattr(ino),
         }
-    }
-
-    fn stat_of_open(&self, ino: u64, f: &File) -> io::Result<Stat> {
-        Ok(Stat {
-            ino,
-            attr: Attr::from_stat(&sys::fstat(f)?)?,
-        })
     }
 
     /// For a handle that reads a lower file: the upper file to read instead,

@@ -430,6 +430,10 @@ impl Filesystem for UnionFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        self.union.finish_flushes();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = Instant::now();
         let r = self.union.lookup(parent.0, name);
@@ -784,15 +788,20 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let t = Instant::now();
-        let r = self.open_handle(fh).and_then(|h| match &h.file {
-            OpenFile::Upper(f) => {
-                if datasync {
-                    f.sync_data()
-                } else {
-                    f.sync_all()
+        let r = self.open_handle(fh).and_then(|h| {
+            // A copy-up's data may still be on its way to disk, its marker
+            // with it: finish that first, and then sync the inode in full.
+            let flushed = self.union.finish_flush(ino.0)?;
+            match (&h.file, h.copied_up.get()) {
+                (OpenFile::Upper(f), _) | (_, Some(OpenFile::Upper(f))) => {
+                    if datasync && !flushed {
+                        f.sync_data()
+                    } else {
+                        f.sync_all()
+                    }
                 }
+                _ => Ok(()),
             }
-            OpenFile::Lower(_) => Ok(()),
         });
         self.trace("fsync", || format!("{}, fh {}", ino.0, fh.0), t, &r);
         reply_empty(reply, r);

@@ -8,6 +8,7 @@
 //! * [`fuse`] — the FUSE server over a union.
 //! * [`mount`] — mounting it.
 
+mod flush;
 pub mod fuse;
 pub mod layer;
 mod sys;

@@ -382,6 +382,13 @@ pub fn removexattr(p: &Path, name: &OsStr) -> io::Result<()> {
     cvt(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
 }
 
+/// `fremovexattr(2)`.
+pub fn fremovexattr(f: &File, name: &OsStr) -> io::Result<()> {
+    let n = cname(name)?;
+    // SAFETY: open fd and valid name.
+    cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }).map(drop)
+}
+
 /// `statvfs(3)`.
 pub fn statvfs(p: &Path) -> io::Result<libc::statvfs> {
     let c = cstr(p)?;

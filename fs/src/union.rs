@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::flush::Flusher;
+
 use parking_lot::{Mutex, RwLock};
 
 use crate::layer::{self, Attr, Kind, Layer, LowerFile};
@@ -280,6 +282,9 @@ pub struct Union {
     upper: Option<UpperConfig>,
     metacopy: bool,
     fsync: bool,
+    /// Flushes copied-up data in the background (see [`crate::flush`]);
+    /// `None` when copies are flushed in line or not at all.
+    flusher: Option<Arc<Flusher>>,
     /// Inode number → node. Guarded by its own lock, taken last and briefly.
     nodes: RwLock<IdMap<Arc<Node>>>,
     /// Hard-link groups: (layer, file id in layer) → inode.
@@ -356,7 +361,13 @@ impl Union {
         });
         let mut nodes = IdMap::default();
         nodes.insert(ROOT_INO, root);
+        let flusher = if config.upper.is_some() && config.metacopy && config.fsync {
+            Some(Flusher::start()?)
+        } else {
+            None
+        };
         Ok(Union {
+            flusher,
             lowers: config.lowers,
             upper: config.upper,
             metacopy: config.metacopy,
@@ -603,6 +614,9 @@ impl Union {
                 let orig = PathBuf::from(OsStr::from_bytes(&orig));
                 lower = self.find_lower(&orig);
                 metacopy = lower.is_some();
+                if let Some(l) = lower.as_ref().filter(|l| l.attr.size != attr.size) {
+                    self.recover_unflushed(&path, l.attr.size);
+                }
             }
         }
         let node = self.new_node(NodeState {
@@ -624,6 +638,41 @@ impl Union {
                 .insert((UPPER_LAYER, attr.file_id), node.ino);
         }
         node.ino
+    }
+
+    /// A metacopy file whose size differs from its origin's was being
+    /// written when the system went down, before its data was flushed (see
+    /// [`crate::flush`]): its reads come from the lower layer again, so its
+    /// size must be the lower file's too.
+    fn recover_unflushed(&self, path: &Path, size: u64) {
+        let Ok(up) = self.upper_path(path) else {
+            return;
+        };
+        log::warn!(
+            "{}: its copy-up was not flushed before a crash; unsynced writes \
+             to it are lost and it reads as the lower layer's version",
+            up.display()
+        );
+        if let Err(e) = sys::truncate(&up, size) {
+            log::error!("cannot restore the size of {}: {e}", up.display());
+        }
+    }
+
+    /// Finishes the background flush of `ino`'s copied-up data, if one is
+    /// pending (fsync). Returns whether one was: the inode then needs a full
+    /// fsync, not only of its data.
+    pub fn finish_flush(&self, ino: u64) -> io::Result<bool> {
+        match &self.flusher {
+            Some(f) => f.finish(ino),
+            None => Ok(false),
+        }
+    }
+
+    /// Finishes every pending flush of copied-up data (unmount).
+    pub fn finish_flushes(&self) {
+        if let Some(f) = &self.flusher {
+            f.finish_all();
+        }
     }
 
     /// The topmost lower regular file at `path`.
@@ -937,8 +986,19 @@ impl Union {
         if parent != 0 {
             self.ensure_upper_dir(parent)?;
         }
+        // With a flusher, data goes in after the rename, into a placeholder
+        // that keeps its metacopy marker until the data is on disk.
+        let first = if data == CopyData::Full
+            && kind == Kind::File
+            && lower.attr.size > 0
+            && self.flusher.is_some()
+        {
+            CopyData::Meta
+        } else {
+            data
+        };
         let tmp = self.tmp_path()?;
-        let metacopy = match self.prepare_copy(&tmp, kind, &lower, data) {
+        let metacopy = match self.prepare_copy(&tmp, kind, &lower, first) {
             Ok(m) => m,
             Err(e) => {
                 let _ = if kind == Kind::Dir {
@@ -981,6 +1041,9 @@ impl Union {
                 _ => {}
             }
         }
+        if metacopy && first != data {
+            return self.fill_metacopy(node, &lower, data);
+        }
         Ok(())
     }
 
@@ -1015,10 +1078,10 @@ impl Union {
                         ) {
                             Ok(()) => metacopy = true,
                             // No user xattrs on the upper fs: copy the data.
-                            Err(_) => self.copy_file_data(layer.as_ref(), lower, &f)?,
+                            Err(_) => self.copy_file_data(layer.as_ref(), lower, &f, self.fsync)?,
                         }
                     }
-                    _ => self.copy_file_data(layer.as_ref(), lower, &f)?,
+                    _ => self.copy_file_data(layer.as_ref(), lower, &f, self.fsync)?,
                 }
                 if self.fsync && !metacopy && data != CopyData::Empty {
                     f.sync_data()?;
@@ -1059,11 +1122,19 @@ impl Union {
         Ok(metacopy)
     }
 
-    fn copy_file_data(&self, layer: &dyn Layer, lower: &LowerRef, dst: &File) -> io::Result<()> {
+    /// Copies `lower`'s data into `dst`; `durable` starts writeback as it
+    /// goes, for a flush that follows at once.
+    fn copy_file_data(
+        &self,
+        layer: &dyn Layer,
+        lower: &LowerRef,
+        dst: &File,
+        durable: bool,
+    ) -> io::Result<()> {
         let src = layer.open(&lower.path)?;
         if let Some(fd) = src.host_fd() {
             let src_file = File::from(fd.try_clone_to_owned()?);
-            return sys::copy_data(&src_file, dst, lower.attr.size, self.fsync);
+            return sys::copy_data(&src_file, dst, lower.attr.size, durable);
         }
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;
@@ -1080,13 +1151,21 @@ impl Union {
 
     /// Completes a metacopy upper file: writes the data in place, then drops
     /// the marker. Until the marker is gone the data is read from the lower
-    /// layer, so a crash half-way serves the right bytes.
+    /// layer, so a crash half-way serves the right bytes. With a flusher,
+    /// the marker goes once the data is on disk, in the background.
     fn fill_metacopy(&self, node: &Arc<Node>, lower: &LowerRef, data: CopyData) -> io::Result<()> {
         let path = self.upper_path(&node.state.read().path)?;
         match data {
             CopyData::Full => {
                 let f = sys::open(&path, libc::O_WRONLY, 0)?;
-                self.copy_file_data(self.lowers[lower.layer].as_ref(), lower, &f)?;
+                let layer = self.lowers[lower.layer].as_ref();
+                if let Some(flusher) = &self.flusher {
+                    self.copy_file_data(layer, lower, &f, false)?;
+                    node.state.write().metacopy = false;
+                    flusher.push(node.ino, f, path);
+                    return Ok(());
+                }
+                self.copy_file_data(layer, lower, &f, self.fsync)?;
                 if self.fsync {
                     f.sync_data()?;
                 }
@@ -2147,18 +2226,85 @@ mod tests {
         let mut buf = vec![0u8; 1 << 20];
         assert_eq!(f.read_at(&mut buf, 0).unwrap(), 1 << 20);
         assert!(buf.iter().all(|b| *b == b'x'));
-        // A write fills in the data, then the marker goes.
+        // A write fills in the data; the marker goes once it is flushed.
         let w = u.open(before.ino, libc::O_WRONLY).unwrap();
         w.write_at(b"y", 0).unwrap();
-        assert!(
-            sys::getxattr(&fx.upper("big"), OsStr::new(whiteout::METACOPY_XATTR))
-                .unwrap()
-                .is_none()
-        );
+        let r = u.open(before.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(r.read_at(&mut buf[..2], 0).unwrap(), 2);
+        assert_eq!(&buf[..2], b"yx", "reads see the upper copy at once");
+        u.finish_flush(before.ino).unwrap();
+        assert_eq!(marker(&fx.upper("big")), None);
         let data = fs::read(fx.upper("big")).unwrap();
         assert_eq!(data.len(), 1 << 20);
         assert_eq!(data[0], b'y');
         assert!(data[1..].iter().all(|b| *b == b'x'));
+    }
+
+    fn marker(p: &Path) -> Option<Vec<u8>> {
+        sys::getxattr(p, OsStr::new(whiteout::METACOPY_XATTR)).unwrap()
+    }
+
+    #[test]
+    fn copy_up_for_write_keeps_its_marker_until_flushed() {
+        let fx = Fx::new(1);
+        fx.put("l0/f", &"x".repeat(100_000));
+        let u = fx.union(1, true);
+        let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
+        let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        assert!(w.is_upper());
+        w.write_at(b"tail", 100_000).unwrap();
+        // finish_flush waits for a flush the background thread has begun.
+        u.finish_flush(ino).unwrap();
+        assert_eq!(marker(&fx.upper("f")), None);
+        assert_eq!(u.getattr(ino).unwrap().attr.size, 100_004);
+        let data = fs::read(fx.upper("f")).unwrap();
+        assert_eq!(&data[..3], b"xxx");
+        assert_eq!(&data[100_000..], b"tail");
+        // Without metacopy (upper dirs read by other tools) no marker is
+        // ever written: the copy is flushed before it is renamed in.
+        fx.put("l0/g", "gg");
+        let u = fx.union(1, false);
+        let ino = u.lookup(ROOT_INO, OsStr::new("g")).unwrap().ino;
+        u.open(ino, libc::O_WRONLY).unwrap();
+        assert_eq!(marker(&fx.upper("g")), None);
+        assert_eq!(fs::read(fx.upper("g")).unwrap(), b"gg");
+    }
+
+    #[test]
+    fn crash_before_a_copy_is_flushed_reads_the_lower_file() {
+        // What a crash leaves when a copied-up file was appended to and its
+        // data never reached the disk: the placeholder with its marker, the
+        // new size, and whatever blocks made it.
+        let fx = Fx::new(1);
+        fx.put("l0/d/f", &"x".repeat(5000));
+        fx.put("upper/d/f", &"\0".repeat(5010));
+        fx.put("upper/d/same", "");
+        fx.put("l0/d/same", "lower");
+        for (name, size) in [("f", None), ("same", Some(5))] {
+            let p = fx.upper(&format!("d/{name}"));
+            sys::setxattr(
+                &p,
+                OsStr::new(whiteout::METACOPY_XATTR),
+                format!("d/{name}").as_bytes(),
+                0,
+            )
+            .unwrap();
+            if let Some(s) = size {
+                sys::truncate(&p, s).unwrap();
+            }
+        }
+        let u = fx.union(1, true);
+        let d = u.lookup(ROOT_INO, OsStr::new("d")).unwrap().ino;
+        let f = u.lookup(d, OsStr::new("f")).unwrap();
+        assert_eq!(f.attr.size, 5000, "the size is the lower file's again");
+        let mut buf = vec![0u8; 8192];
+        let r = u.open(f.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(r.read_at(&mut buf, 0).unwrap(), 5000);
+        assert!(buf[..5000].iter().all(|b| *b == b'x'));
+        assert_eq!(fs::metadata(fx.upper("d/f")).unwrap().len(), 5000);
+        // A chmod-only copy (same size) is a plain metacopy file.
+        let same = u.lookup(d, OsStr::new("same")).unwrap().ino;
+        assert_eq!(read_all(&u, same), "lower");
     }
 
     #[test]

@@ -146,6 +146,8 @@ fn metadata_only_copy_up_copies_no_data() {
     fix.check(|c| {
         if let Ok(fd) = c.open("big", libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
             c.fwrite(&fd, b"tail").ok();
+            // The marker goes once the data is on disk; fsync waits for that.
+            c.fsync(&fd).ok();
         }
         if let Ok(fd) = c.open("b-chown", libc::O_RDWR, 0, "O_RDWR") {
             c.pwrite(&fd, b"X", 500_000).ok();
@@ -170,4 +172,51 @@ fn metadata_only_copy_up_copies_no_data() {
         sys::lgetxattr(&fix.subject_upper().join("big"), "user.rcfs.metacopy").is_err(),
         "rcfs upper big: still marked metacopy after data copy-up"
     );
+}
+
+/// A data copy-up reaches the disk in the background: until then the upper
+/// file keeps its metacopy marker (a crash reads the lower bytes). fsync of
+/// the file, and unmounting, finish the flush and drop the marker.
+#[test]
+fn data_copy_up_is_flushed_by_fsync_and_by_unmount() {
+    let bottom = Layer::new()
+        .big_file("synced", BIG)
+        .big_file("unsynced", BIG);
+    let mut fix = Fixture::new(&[bottom], &Layer::new());
+    let marked = |fix: &Fixture, p: &str| {
+        sys::lgetxattr(&fix.subject_upper().join(p), "user.rcfs.metacopy").is_ok()
+    };
+    fix.check(|c| {
+        for (p, sync) in [("synced", true), ("unsynced", false)] {
+            if let Ok(fd) = c.open(p, libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
+                c.fwrite(&fd, b"tail").ok();
+                if sync {
+                    c.fsync(&fd).ok();
+                }
+            }
+        }
+    });
+    if fix.imp.is_rcfs() {
+        assert!(
+            !marked(&fix, "synced"),
+            "rcfs upper synced: marker after fsync"
+        );
+    }
+    fix.remount();
+    if fix.imp.is_rcfs() {
+        assert!(
+            !marked(&fix, "unsynced"),
+            "rcfs upper unsynced: marker left after unmount"
+        );
+        let data = std::fs::read(fix.subject_upper().join("unsynced")).unwrap();
+        assert!(
+            data[..BIG] == pattern(BIG, "unsynced".len() as u8)[..] && &data[BIG..] == b"tail",
+            "rcfs upper unsynced: wrong bytes after unmount"
+        );
+    }
+    fix.check(|c| {
+        c.read("synced").ok();
+        c.read("unsynced").ok();
+        c.stat("unsynced").ok();
+    });
 }

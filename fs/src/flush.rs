@@ -1,0 +1,158 @@
+//! Copied-up data on its way to disk.
+//!
+//! A copy-up must never leave, after a crash, an upper file that hides the
+//! lower one without holding its bytes. Flushing the copy before it becomes
+//! visible (what kernel overlayfs does) makes the program that caused the
+//! copy-up wait for the disk. rcfs instead creates the upper file as a
+//! metacopy placeholder (size and metadata, plus the marker xattr that sends
+//! reads to the lower layer), fills in the data, and lets the program go on;
+//! a background thread then flushes the data and only after that removes the
+//! marker. Until then a crash leaves a metacopy file that reads the lower
+//! layer's bytes: only writes made since the copy-up and never fsync'ed are
+//! lost, which POSIX allows. `fsync` of the file and unmounting finish the
+//! flush first.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::{sys, whiteout, IdMap};
+
+/// One copy whose data may not be on disk yet.
+#[derive(Debug)]
+struct Pending {
+    file: File,
+    /// For messages only: where the file was when it was copied up.
+    path: PathBuf,
+    /// Set once flushed and unmarked; the lock serialises the two callers
+    /// (the background thread and an fsync).
+    done: Mutex<bool>,
+}
+
+impl Pending {
+    /// Flushes the data, then drops the marker. Returns whether this call
+    /// did the work.
+    fn finish(&self) -> io::Result<bool> {
+        let mut done = self.done.lock();
+        if *done {
+            return Ok(false);
+        }
+        // Marked done even on failure: a file that cannot be flushed now will
+        // not be later, and the marker left in place keeps a crash safe.
+        *done = true;
+        self.file.sync_data()?;
+        match sys::fremovexattr(&self.file, OsStr::new(whiteout::METACOPY_XATTR)) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
+            _ => Ok(true),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    order: VecDeque<u64>,
+    by_ino: IdMap<Arc<Pending>>,
+}
+
+/// The copies waiting for their flush, and the thread that does them.
+#[derive(Debug, Default)]
+pub(crate) struct Flusher {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Flusher {
+    /// A flusher with its background thread.
+    pub(crate) fn start() -> io::Result<Arc<Flusher>> {
+        let f = Arc::new(Flusher::default());
+        let f2 = f.clone();
+        std::thread::Builder::new()
+            .name("rcfs-flush".into())
+            .spawn(move || f2.run())?;
+        Ok(f)
+    }
+
+    /// Queues the flush of inode `ino`'s upper `file`, whose marker is still
+    /// on disk.
+    pub(crate) fn push(&self, ino: u64, file: File, path: PathBuf) {
+        let p = Arc::new(Pending {
+            file,
+            path,
+            done: Mutex::new(false),
+        });
+        let mut q = self.queue.lock();
+        q.by_ino.insert(ino, p);
+        q.order.push_back(ino);
+        self.wake.notify_one();
+    }
+
+    /// Finishes the pending flush of `ino`, if any, before returning.
+    /// Returns whether one was pending (its marker removal then still needs
+    /// an fsync of the inode to be durable).
+    pub(crate) fn finish(&self, ino: u64) -> io::Result<bool> {
+        let p = self.queue.lock().by_ino.get(&ino).cloned();
+        let Some(p) = p else {
+            return Ok(false);
+        };
+        let r = p.finish();
+        self.forget(ino, &p);
+        r.map(|_| true)
+    }
+
+    /// Finishes every pending flush (unmount).
+    pub(crate) fn finish_all(&self) {
+        loop {
+            let next = {
+                let q = self.queue.lock();
+                q.by_ino.iter().next().map(|(&i, p)| (i, p.clone()))
+            };
+            let Some((ino, p)) = next else {
+                return;
+            };
+            report(&p, p.finish());
+            self.forget(ino, &p);
+        }
+    }
+
+    fn forget(&self, ino: u64, p: &Arc<Pending>) {
+        let mut q = self.queue.lock();
+        if q.by_ino.get(&ino).is_some_and(|cur| Arc::ptr_eq(cur, p)) {
+            q.by_ino.remove(&ino);
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let (ino, p) = {
+                let mut q = self.queue.lock();
+                loop {
+                    match q.order.pop_front() {
+                        Some(i) => {
+                            if let Some(p) = q.by_ino.get(&i) {
+                                break (i, p.clone());
+                            }
+                        }
+                        None => self.wake.wait(&mut q),
+                    }
+                }
+            };
+            report(&p, p.finish());
+            self.forget(ino, &p);
+        }
+    }
+}
+
+fn report(p: &Pending, r: io::Result<bool>) {
+    if let Err(e) = r {
+        log::error!(
+            "cannot flush the copy-up of {} ({e}); until it is rewritten it keeps \
+             its metacopy marker, so after a crash it reads as the lower layer's version",
+            p.path.display()
+        );
+    }
+}

@@ -74,6 +74,10 @@ struct Prefetch {
 impl Prefetch {
     /// Most directories waiting; beyond this, new ones are not queued.
     const MAX: usize = 1 << 16;
+    /// Loading threads. Two keep the disk busier than one when the host's
+    /// caches are cold (64-layer first walk 1.20 s → 1.09 s); more gained
+    /// nothing on 2 CPUs.
+    const THREADS: usize = 2;
 
     fn push(&self, inos: Vec<u64>) {
         if inos.is_empty() {
@@ -140,11 +144,14 @@ impl UnionFs {
     pub fn new(union: Arc<Union>, opts: MountOptions) -> UnionFs {
         let prefetch = opts.prefetch.then(|| {
             let p = Arc::new(Prefetch::default());
-            let (p2, u2) = (p.clone(), union.clone());
-            let spawned = std::thread::Builder::new()
-                .name("rcfs-prefetch".into())
-                .spawn(move || p2.run(&u2));
-            spawned.ok().map(|_| p)
+            let spawned = (0..Prefetch::THREADS).filter(|_| {
+                let (p2, u2) = (p.clone(), union.clone());
+                std::thread::Builder::new()
+                    .name("rcfs-prefetch".into())
+                    .spawn(move || p2.run(&u2))
+                    .is_ok()
+            });
+            (spawned.count() > 0).then_some(p)
         });
         UnionFs {
             prefetch: prefetch.flatten(),

@@ -35,21 +35,22 @@ struct Pending {
 }
 
 impl Pending {
-    /// Flushes the data, then drops the marker. Returns whether this call
-    /// did the work.
-    fn finish(&self) -> io::Result<bool> {
+    /// Flushes the data, then drops the marker and flushes that too: once
+    /// done, an `fdatasync` of the file by anyone makes its writes durable.
+    fn finish(&self) -> io::Result<()> {
         let mut done = self.done.lock();
         if *done {
-            return Ok(false);
+            return Ok(());
         }
         // Marked done even on failure: a file that cannot be flushed now will
         // not be later, and the marker left in place keeps a crash safe.
         *done = true;
         self.file.sync_data()?;
         match sys::fremovexattr(&self.file, OsStr::new(whiteout::METACOPY_XATTR)) {
-            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
-            _ => Ok(true),
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
+            _ => {}
         }
+        self.file.sync_all()
     }
 }
 
@@ -92,16 +93,14 @@ impl Flusher {
     }
 
     /// Finishes the pending flush of `ino`, if any, before returning.
-    /// Returns whether one was pending (its marker removal then still needs
-    /// an fsync of the inode to be durable).
-    pub(crate) fn finish(&self, ino: u64) -> io::Result<bool> {
+    pub(crate) fn finish(&self, ino: u64) -> io::Result<()> {
         let p = self.queue.lock().by_ino.get(&ino).cloned();
         let Some(p) = p else {
-            return Ok(false);
+            return Ok(());
         };
         let r = p.finish();
         self.forget(ino, &p);
-        r.map(|_| true)
+        r
     }
 
     /// Finishes every pending flush (unmount).
@@ -147,7 +146,7 @@ impl Flusher {
     }
 }
 
-fn report(p: &Pending, r: io::Result<bool>) {
+fn report(p: &Pending, r: io::Result<()>) {
     if let Err(e) = r {
         log::error!(
             "cannot flush the copy-up of {} ({e}); until it is rewritten it keeps \

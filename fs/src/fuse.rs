@@ -797,11 +797,11 @@ impl Filesystem for UnionFs {
         let t = Instant::now();
         let r = self.open_handle(fh).and_then(|h| {
             // A copy-up's data may still be on its way to disk, its marker
-            // with it: finish that first, and then sync the inode in full.
-            let flushed = self.union.finish_flush(ino.0)?;
+            // with it: finish that first.
+            self.union.finish_flush(ino.0)?;
             match (&h.file, h.copied_up.get()) {
                 (OpenFile::Upper(f), _) | (_, Some(OpenFile::Upper(f))) => {
-                    if datasync && !flushed {
+                    if datasync {
                         f.sync_data()
                     } else {
                         f.sync_all()

@@ -20,7 +20,9 @@
 //!
 //! Copy-up prepares its copy in the work dir holding only (1), then takes (2)
 //! for reading to move it into place, so copying a large file never blocks
-//! operations on other files.
+//! operations on other files. With metacopy on, a data copy-up moves in a
+//! metacopy placeholder and fills it in place; [`crate::flush`] drops the
+//! marker once the data is on disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -659,12 +661,11 @@ impl Union {
     }
 
     /// Finishes the background flush of `ino`'s copied-up data, if one is
-    /// pending (fsync). Returns whether one was: the inode then needs a full
-    /// fsync, not only of its data.
-    pub fn finish_flush(&self, ino: u64) -> io::Result<bool> {
+    /// pending (fsync).
+    pub fn finish_flush(&self, ino: u64) -> io::Result<()> {
         match &self.flusher {
             Some(f) => f.finish(ino),
-            None => Ok(false),
+            None => Ok(()),
         }
     }
 

@@ -173,13 +173,97 @@ fn check(req: &mut MountRequest) -> Result<()> {
     Ok(())
 }
 
-/// Whether `p` (canonical) is the mount point of a mount.
-fn is_mountpoint(p: &Path) -> bool {
+/// The mountinfo lines (split into fields) of mounts on `p` (canonical),
+/// bottom first.
+fn mounts_on(p: &Path) -> Vec<Vec<String>> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Vec::new();
     };
     info.lines()
-        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(p.as_os_str()))
+        .map(|l| l.split(' ').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|f| f.get(4).map(|m| unescape_mountinfo(m)).as_deref() == Some(p.as_os_str()))
+        .collect()
+}
+
+/// Whether `p` (canonical) is the mount point of a mount.
+fn is_mountpoint(p: &Path) -> bool {
+    !mounts_on(p).is_empty()
+}
+
+/// The processes serving the FUSE mount on `p` (canonical): those holding a
+/// /dev/fuse fd of its connection (the kernel names it in the fd's fdinfo,
+/// Linux 6.x). Empty when that cannot be told.
+fn servers_of(p: &Path) -> Vec<u32> {
+    // The connection is the mount's anonymous device number (major 0).
+    let Some(conn) = mounts_on(p).last().and_then(|f| {
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        (major == "0").then(|| minor.to_owned())
+    }) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for pe in procs.flatten() {
+        let Some(pid) = pe.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(pe.path().join("fd")) else {
+            continue;
+        };
+        let serves = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("/dev/fuse"))
+                && std::fs::read_to_string(pe.path().join("fdinfo").join(fd.file_name())).is_ok_and(
+                    |info| {
+                        info.lines().any(|l| {
+                            l.strip_prefix("fuse_connection:")
+                                .is_some_and(|v| v.trim() == conn)
+                        })
+                    },
+                )
+        });
+        if serves {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether process `pid` still runs (exists and is no zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the parenthesised command name.
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+/// Waits for the servers of an unmounted mount to exit: they finish
+/// flushing copied-up data first, and whoever unmounts may read the upper
+/// dir next. Gives up (with a warning) after `limit`.
+fn wait_servers(mp: &Path, pids: &[u32], limit: Duration) {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    while pids.iter().any(|&p| running(p)) {
+        let waited = start.elapsed();
+        if waited > limit {
+            eprintln!(
+                "rcfs: the server of {} (pid {pids:?}) is still running after {} s; not waiting longer",
+                mp.display(),
+                limit.as_secs()
+            );
+            return;
+        }
+        if !told && waited > Duration::from_secs(1) {
+            eprintln!(
+                "rcfs: waiting for the server of {} (pid {pids:?}) to finish writing copied-up data",
+                mp.display()
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> OsString {
@@ -398,9 +482,19 @@ fn detach_stdio(keep: i32, log: Option<&Path>) {
     }
 }
 
-/// Unmounts `mountpoint`; the server then exits.
+/// Unmounts `mountpoint` and waits for its server to finish and exit, so
+/// that the upper dir is complete when this returns.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let mp = abs(mountpoint)?;
+    let servers = servers_of(&mp);
+    detach(&mp)?;
+    wait_servers(&mp, &servers, Duration::from_secs(120));
+    Ok(())
+}
+
+/// Unmounts `mp` (root: umount2; others: fusermount3 -u).
+fn detach(mp: &Path) -> Result<()> {
+    let mp = mp.to_path_buf();
     if nix::unistd::geteuid().is_root() {
         match nix::mount::umount2(&mp, nix::mount::MntFlags::empty()) {
             Ok(()) => return Ok(()),

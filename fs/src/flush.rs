@@ -11,6 +11,12 @@
 //! layer's bytes: only writes made since the copy-up and never fsync'ed are
 //! lost, which POSIX allows. `fsync` of the file and unmounting finish the
 //! flush first.
+//!
+//! If only the server died (killed, out of memory) and the system did not,
+//! the data is complete in the page cache and must not be thrown away: once
+//! the data is all written, the file gets [`whiteout::UNFLUSHED_XATTR`] with
+//! this boot's id, and a later mount in the same boot finishes the flush
+//! (see [`finish_file`]) instead of falling back to the lower layer.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -35,8 +41,6 @@ struct Pending {
 }
 
 impl Pending {
-    /// Flushes the data, then drops the marker and flushes that too: once
-    /// done, an `fdatasync` of the file by anyone makes its writes durable.
     fn finish(&self) -> io::Result<()> {
         let mut done = self.done.lock();
         if *done {
@@ -45,13 +49,30 @@ impl Pending {
         // Marked done even on failure: a file that cannot be flushed now will
         // not be later, and the marker left in place keeps a crash safe.
         *done = true;
-        self.file.sync_data()?;
-        match sys::fremovexattr(&self.file, OsStr::new(whiteout::METACOPY_XATTR)) {
+        finish_file(&self.file)
+    }
+}
+
+/// Flushes a filled-in copy's data, then drops its markers and flushes that
+/// too: once done, an `fdatasync` of the file by anyone makes its writes
+/// durable.
+pub(crate) fn finish_file(file: &File) -> io::Result<()> {
+    file.sync_data()?;
+    for x in [whiteout::METACOPY_XATTR, whiteout::UNFLUSHED_XATTR] {
+        match sys::fremovexattr(file, OsStr::new(x)) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
             _ => {}
         }
-        self.file.sync_all()
     }
+    file.sync_all()
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if it can be read.
+pub(crate) fn boot_id() -> Option<Vec<u8>> {
+    std::fs::read("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|b| b.trim_ascii().to_vec())
+        .filter(|b| !b.is_empty())
 }
 
 #[derive(Debug, Default)]

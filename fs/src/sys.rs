@@ -382,6 +382,22 @@ pub fn removexattr(p: &Path, name: &OsStr) -> io::Result<()> {
     cvt(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }).map(drop)
 }
 
+/// `fsetxattr(2)`.
+pub fn fsetxattr(f: &File, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    let n = cname(name)?;
+    // SAFETY: open fd, valid name and value buffer.
+    cvt(unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// `fremovexattr(2)`.
 pub fn fremovexattr(f: &File, name: &OsStr) -> io::Result<()> {
     let n = cname(name)?;

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::flush::Flusher;
+use crate::flush::{self, Flusher};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -287,6 +287,9 @@ pub struct Union {
     /// Flushes copied-up data in the background (see [`crate::flush`]);
     /// `None` when copies are flushed in line or not at all.
     flusher: Option<Arc<Flusher>>,
+    /// This boot's id: tells a copy left unflushed by a server that died from
+    /// one left by a crash of the system (see [`crate::flush`]).
+    boot_id: Option<Vec<u8>>,
     /// Inode number → node. Guarded by its own lock, taken last and briefly.
     nodes: RwLock<IdMap<Arc<Node>>>,
     /// Hard-link groups: (layer, file id in layer) → inode.
@@ -370,6 +373,7 @@ impl Union {
         };
         Ok(Union {
             flusher,
+            boot_id: flush::boot_id(),
             lowers: config.lowers,
             upper: config.upper,
             metacopy: config.metacopy,
@@ -615,10 +619,12 @@ impl Union {
             ) {
                 let orig = PathBuf::from(OsStr::from_bytes(&orig));
                 lower = self.find_lower(&orig);
-                metacopy = lower.is_some();
-                if let Some(l) = lower.as_ref().filter(|l| l.attr.size != attr.size) {
-                    self.recover_unflushed(&path, l.attr.size);
+                if let Some(l) = &lower {
+                    if self.settle_unflushed(&path, l.attr.size, attr.size) {
+                        lower = None;
+                    }
                 }
+                metacopy = lower.is_some();
             }
         }
         let node = self.new_node(NodeState {
@@ -642,22 +648,44 @@ impl Union {
         node.ino
     }
 
-    /// A metacopy file whose size differs from its origin's was being
-    /// written when the system went down, before its data was flushed (see
-    /// [`crate::flush`]): its reads come from the lower layer again, so its
-    /// size must be the lower file's too.
-    fn recover_unflushed(&self, path: &Path, size: u64) {
+    /// Settles a metacopy upper file at `path` (size `size`, origin size
+    /// `lower_size`) that a copy-up may have left unflushed (see
+    /// [`crate::flush`]); returns true when it now is a complete upper file.
+    ///
+    /// Filled in during this boot: the server died, not the system, so the
+    /// data is all there; finish the flush. Otherwise its reads come from
+    /// the lower layer again, and a size the unflushed writes changed must
+    /// be the lower file's too.
+    fn settle_unflushed(&self, path: &Path, lower_size: u64, size: u64) -> bool {
         let Ok(up) = self.upper_path(path) else {
-            return;
+            return false;
         };
-        log::warn!(
-            "{}: its copy-up was not flushed before a crash; unsynced writes \
-             to it are lost and it reads as the lower layer's version",
-            up.display()
-        );
-        if let Err(e) = sys::truncate(&up, size) {
-            log::error!("cannot restore the size of {}: {e}", up.display());
+        let unflushed = sys::getxattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR))
+            .ok()
+            .flatten();
+        if unflushed.is_some() && unflushed == self.boot_id {
+            match sys::open(&up, libc::O_RDONLY, 0).and_then(|f| flush::finish_file(&f)) {
+                Ok(()) => {
+                    log::info!("{}: finished the flush of its copy-up", up.display());
+                    return true;
+                }
+                Err(e) => log::error!("cannot flush {}: {e}", up.display()),
+            }
         }
+        if unflushed.is_some() {
+            let _ = sys::removexattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR));
+        }
+        if lower_size != size {
+            log::warn!(
+                "{}: its copy-up was not flushed before the system went down; \
+                 unsynced writes to it are lost and it reads as the lower layer's version",
+                up.display()
+            );
+            if let Err(e) = sys::truncate(&up, lower_size) {
+                log::error!("cannot restore the size of {}: {e}", up.display());
+            }
+        }
+        false
     }
 
     /// Finishes the background flush of `ino`'s copied-up data, if one is
@@ -1162,6 +1190,9 @@ impl Union {
                 let layer = self.lowers[lower.layer].as_ref();
                 if let Some(flusher) = &self.flusher {
                     self.copy_file_data(layer, lower, &f, false)?;
+                    if let Some(id) = &self.boot_id {
+                        sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)?;
+                    }
                     node.state.write().metacopy = false;
                     flusher.push(node.ino, f, path);
                     return Ok(());
@@ -2306,6 +2337,37 @@ mod tests {
         // A chmod-only copy (same size) is a plain metacopy file.
         let same = u.lookup(d, OsStr::new("same")).unwrap().ino;
         assert_eq!(read_all(&u, same), "lower");
+    }
+
+    #[test]
+    fn a_copy_filled_in_this_boot_survives_its_server() {
+        // The server died after filling in two copies and appending, before
+        // flushing them; one was filled in this boot, one in an earlier one.
+        let fx = Fx::new(1);
+        let Some(boot) = flush::boot_id() else {
+            panic!("no /proc/sys/kernel/random/boot_id");
+        };
+        for (name, id) in [("now", boot), ("before", b"an-earlier-boot".to_vec())] {
+            fx.put(&format!("l0/{name}"), "lower");
+            fx.put(&format!("upper/{name}"), "lower+appended");
+            let p = fx.upper(name);
+            let x = |n: &str, v: &[u8]| sys::setxattr(&p, OsStr::new(n), v, 0).unwrap();
+            x(whiteout::METACOPY_XATTR, name.as_bytes());
+            x(whiteout::UNFLUSHED_XATTR, &id);
+        }
+        let u = fx.union(1, true);
+        let now = u.lookup(ROOT_INO, OsStr::new("now")).unwrap();
+        assert_eq!(read_all(&u, now.ino), "lower+appended");
+        assert_eq!(now.attr.size, 14);
+        let before = u.lookup(ROOT_INO, OsStr::new("before")).unwrap();
+        assert_eq!(read_all(&u, before.ino), "lower");
+        assert_eq!(before.attr.size, 5);
+        for (name, metacopy) in [("now", false), ("before", true)] {
+            let p = fx.upper(name);
+            assert_eq!(marker(&p).is_some(), metacopy, "{name}: marker");
+            let unflushed = sys::getxattr(&p, OsStr::new(whiteout::UNFLUSHED_XATTR)).unwrap();
+            assert_eq!(unflushed, None, "{name}: unflushed mark left");
+        }
     }
 
     #[test]

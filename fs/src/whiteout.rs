@@ -27,6 +27,10 @@ pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.op
 /// the metadata, its data still lives in the lower layer at the path given by
 /// the xattr's value.
 pub const METACOPY_XATTR: &str = "user.rcfs.metacopy";
+/// Upper-file xattr set, next to [`METACOPY_XATTR`], once a copy-up's data
+/// is all written but not yet flushed; its value is the boot id of the
+/// system that wrote it (see [`crate::flush`]).
+pub const UNFLUSHED_XATTR: &str = "user.rcfs.unflushed";
 
 /// What one raw directory entry of a layer means in the merged view.
 #[derive(Debug, PartialEq, Eq)]

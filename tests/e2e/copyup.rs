@@ -220,3 +220,40 @@ fn data_copy_up_is_flushed_by_fsync_and_by_unmount() {
         c.stat("unsynced").ok();
     });
 }
+
+/// The server is killed right after a copy-up for an append, before it has
+/// flushed the copy: the system did not go down, so the data is all there
+/// and the next mount must show it (and finish the flush).
+#[test]
+fn appended_copy_up_survives_a_killed_server() {
+    let bottom = Layer::new().big_file("f", BIG);
+    let mut fix = Fixture::new(&[bottom], &Layer::new());
+    let servers = crate::mounts::daemons_of(&fix.subject.root);
+    assert!(!servers.is_empty(), "no server of {} found", fix.name());
+    let append = |root: &std::path::Path| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("f"))
+            .unwrap();
+        f.write_all(b"tail").unwrap();
+    };
+    append(&fix.kernel.root);
+    // Kill at once: flushing 64 MiB takes far longer than this.
+    append(&fix.subject.root);
+    for pid in servers {
+        // SAFETY: plain kill(2) of a process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    fix.remount();
+    fix.check(|c| {
+        c.stat("f").ok();
+        c.read("f").ok();
+    });
+    if fix.imp.is_rcfs() {
+        let up = fix.subject_upper().join("f");
+        for x in ["user.rcfs.metacopy", "user.rcfs.unflushed"] {
+            assert!(sys::lgetxattr(&up, x).is_err(), "rcfs upper f: {x} left");
+        }
+    }
+}

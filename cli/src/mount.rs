@@ -396,7 +396,30 @@ pub fn run(mut req: MountRequest) -> Result<()> {
     }
 }
 
+/// Lets the server hold as many files open as the system allows: every
+/// file a program opens through the mount is one here, and the usual soft
+/// limit (1024) is far below what a container may open at once.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
+    raise_fd_limit();
     let result = (|| {
         // Signals go to the thread that unmounts, not to the workers.
         let mut sigs = SigSet::empty();

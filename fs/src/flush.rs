@@ -41,15 +41,17 @@ struct Pending {
 }
 
 impl Pending {
+    /// Finishes the flush unless done already. On failure the marker stays
+    /// (a crash stays safe) and the next `fsync` of the file tries again,
+    /// so the program learns of it.
     fn finish(&self) -> io::Result<()> {
         let mut done = self.done.lock();
         if *done {
             return Ok(());
         }
-        // Marked done even on failure: a file that cannot be flushed now will
-        // not be later, and the marker left in place keeps a crash safe.
+        finish_file(&self.file)?;
         *done = true;
-        finish_file(&self.file)
+        Ok(())
     }
 }
 
@@ -82,6 +84,8 @@ struct Queue {
 }
 
 /// The copies waiting for their flush, and the thread that does them.
+/// Each holds an open file, so their number is bounded: past
+/// [`Flusher::MAX_PENDING`] the caller flushes in line ([`Flusher::push`]).
 #[derive(Debug, Default)]
 pub(crate) struct Flusher {
     queue: Mutex<Queue>,
@@ -99,18 +103,26 @@ impl Flusher {
         Ok(f)
     }
 
+    /// Most copies waiting for the background thread.
+    const MAX_PENDING: usize = 256;
+
     /// Queues the flush of inode `ino`'s upper `file`, whose marker is still
-    /// on disk.
-    pub(crate) fn push(&self, ino: u64, file: File, path: PathBuf) {
+    /// on disk; when too many are waiting, flushes it here instead.
+    pub(crate) fn push(&self, ino: u64, file: File, path: PathBuf) -> io::Result<()> {
+        let mut q = self.queue.lock();
+        if q.by_ino.len() >= Self::MAX_PENDING {
+            drop(q);
+            return finish_file(&file);
+        }
         let p = Arc::new(Pending {
             file,
             path,
             done: Mutex::new(false),
         });
-        let mut q = self.queue.lock();
         q.by_ino.insert(ino, p);
         q.order.push_back(ino);
         self.wake.notify_one();
+        Ok(())
     }
 
     /// Finishes the pending flush of `ino`, if any, before returning.
@@ -119,23 +131,16 @@ impl Flusher {
         let Some(p) = p else {
             return Ok(());
         };
-        let r = p.finish();
+        p.finish()?;
         self.forget(ino, &p);
-        r
+        Ok(())
     }
 
-    /// Finishes every pending flush (unmount).
+    /// Finishes every pending flush, one try each (unmount).
     pub(crate) fn finish_all(&self) {
-        loop {
-            let next = {
-                let q = self.queue.lock();
-                q.by_ino.iter().next().map(|(&i, p)| (i, p.clone()))
-            };
-            let Some((ino, p)) = next else {
-                return;
-            };
-            report(&p, p.finish());
-            self.forget(ino, &p);
+        let all = std::mem::take(&mut self.queue.lock().by_ino);
+        for p in all.values() {
+            report(p, p.finish());
         }
     }
 
@@ -161,8 +166,11 @@ impl Flusher {
                     }
                 }
             };
-            report(&p, p.finish());
-            self.forget(ino, &p);
+            match p.finish() {
+                Ok(()) => self.forget(ino, &p),
+                // Left for the file's next fsync (or the unmount) to retry.
+                Err(e) => report(&p, Err(e)),
+            }
         }
     }
 }
@@ -170,8 +178,8 @@ impl Flusher {
 fn report(p: &Pending, r: io::Result<()>) {
     if let Err(e) = r {
         log::error!(
-            "cannot flush the copy-up of {} ({e}); until it is rewritten it keeps \
-             its metacopy marker, so after a crash it reads as the lower layer's version",
+            "cannot flush the copy-up of {} ({e}); it keeps its metacopy marker, so \
+             after a crash it reads as the lower layer's version; an fsync of it tries again",
             p.path.display()
         );
     }

@@ -1194,8 +1194,7 @@ impl Union {
                         sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)?;
                     }
                     node.state.write().metacopy = false;
-                    flusher.push(node.ino, f, path);
-                    return Ok(());
+                    return flusher.push(node.ino, f, path);
                 }
                 self.copy_file_data(layer, lower, &f, self.fsync)?;
                 if self.fsync {

@@ -317,3 +317,61 @@ fn debug_log_goes_to_a_file_in_the_background() {
     );
     assert!(text.contains(" us]"), "no latencies in the log:\n{text}");
 }
+
+/// The server raises its open-file limit: every file a program holds open
+/// through the mount is an open file in the server, and containers hold far
+/// more than the usual soft limit of 1024.
+#[test]
+fn server_holds_more_open_files_than_the_default_limit() {
+    use std::os::unix::process::CommandExt;
+    const N: u64 = 3000;
+    let d = dirs();
+    let many = d.lowers[1].join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..N {
+        std::fs::write(many.join(i.to_string()), "x").unwrap();
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(
+        lim.rlim_max >= N + 200,
+        "hard open-file limit {} too low for this test",
+        lim.rlim_max
+    );
+    // This process may need more (raising is harmless to parallel tests).
+    if lim.rlim_cur < N + 200 {
+        let mine = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &mine) };
+    }
+    let _g = guard(&d.mnt);
+    let mut mount = rcfs_mount(&lower_arg(&d.lowers), &d.upper, &d.work, &d.mnt);
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        mount.pre_exec(|| {
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+            cur.rlim_cur = 1024;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &cur);
+            Ok(())
+        });
+    }
+    run(&mut mount, COMMAND_TIMEOUT).expect_ok("rcfs mount");
+    let files: Vec<std::fs::File> = (0..N)
+        .map(|i| std::fs::File::open(d.mnt.join("many").join(i.to_string())))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("holding {N} files open through rcfs: {e}"));
+    assert_eq!(files.len() as u64, N);
+    drop(files);
+    run(cmd(RCFS, ["umount"]).arg(&d.mnt), COMMAND_TIMEOUT).expect_ok("rcfs umount");
+}

@@ -1189,7 +1189,12 @@ impl Union {
                 let f = sys::open(&path, libc::O_WRONLY, 0)?;
                 let layer = self.lowers[lower.layer].as_ref();
                 if let Some(flusher) = &self.flusher {
-                    self.copy_file_data(layer, lower, &f, false)?;
+                    if let Err(e) = self.copy_file_data(layer, lower, &f, false) {
+                        // Give back the space (a full disk is the usual
+                        // cause); the marker still sends reads below.
+                        let _ = f.set_len(0).and_then(|()| f.set_len(lower.attr.size));
+                        return Err(e);
+                    }
                     if let Some(id) = &self.boot_id {
                         sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)?;
                     }

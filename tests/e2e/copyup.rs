@@ -257,3 +257,62 @@ fn appended_copy_up_survives_a_killed_server() {
         }
     }
 }
+
+/// A copy-up that does not fit in the upper filesystem fails with ENOSPC
+/// and loses nothing: the file still reads as the lower one, the space is
+/// given back, and once there is room the same append works.
+#[test]
+fn copy_up_on_a_full_upper_fails_with_enospc_and_loses_nothing() {
+    use crate::mounts::{self, cmd, run, Impl, Kind, Mount, COMMAND_TIMEOUT};
+    use std::io::Write;
+    mounts::require_privileges();
+    let tmp = crate::harness::temp_dir();
+    let base = tmp.path();
+    let (lower, small, mnt) = (base.join("lower"), base.join("small"), base.join("mnt"));
+    for d in [&lower, &small, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let data = pattern(16 << 20, 7);
+    std::fs::write(lower.join("big"), &data).unwrap();
+    run(
+        cmd("mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&small),
+        COMMAND_TIMEOUT,
+    )
+    .expect_ok("mounting a small tmpfs");
+    let _small = Mount::adopt(&small, None, Kind::Kernel);
+    let (upper, work) = (small.join("upper"), small.join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let m = Mount::subject(Impl::Rcfs, &[lower], Some((&upper, &work)), &mnt);
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("big"))
+            .and_then(|mut f| f.write_all(b"tail"))
+    };
+    let e = append().expect_err("a 16 MiB copy-up into 8 MiB succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "copy-up error: {e}");
+    assert!(
+        std::fs::read(mnt.join("big")).unwrap() == data,
+        "the file changed after a failed copy-up"
+    );
+    let st = sys::statvfs(&small).unwrap();
+    let free = st.f_bavail * st.f_frsize;
+    assert!(
+        free > 6 << 20,
+        "the failed copy-up kept {} bytes of the upper filesystem",
+        (8 << 20) - free
+    );
+    run(
+        cmd("mount", ["-o", "remount,size=64m"]).arg(&small),
+        COMMAND_TIMEOUT,
+    )
+    .expect_ok("growing the tmpfs");
+    append().expect("append once there is room");
+    let got = std::fs::read(mnt.join("big")).unwrap();
+    assert!(
+        got.len() == data.len() + 4 && got[..data.len()] == data[..] && got.ends_with(b"tail"),
+        "wrong bytes after the copy-up"
+    );
+    m.unmount().expect_ok("rcfs umount");
+}

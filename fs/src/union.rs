@@ -35,10 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::flush::{self, Flusher};
-
 use parking_lot::{Mutex, RwLock};
 
+use crate::flush::{self, Flusher};
 use crate::layer::{self, Attr, Kind, Layer, LowerFile};
 use crate::sys;
 use crate::whiteout;
@@ -1189,14 +1188,19 @@ impl Union {
                 let f = sys::open(&path, libc::O_WRONLY, 0)?;
                 let layer = self.lowers[lower.layer].as_ref();
                 if let Some(flusher) = &self.flusher {
-                    if let Err(e) = self.copy_file_data(layer, lower, &f, false) {
+                    let filled = self.copy_file_data(layer, lower, &f, false).and_then(|()| {
+                        match &self.boot_id {
+                            Some(id) => {
+                                sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)
+                            }
+                            None => Ok(()),
+                        }
+                    });
+                    if let Err(e) = filled {
                         // Give back the space (a full disk is the usual
                         // cause); the marker still sends reads below.
                         let _ = f.set_len(0).and_then(|()| f.set_len(lower.attr.size));
                         return Err(e);
-                    }
-                    if let Some(id) = &self.boot_id {
-                        sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)?;
                     }
                     node.state.write().metacopy = false;
                     return flusher.push(node.ino, f, path);

@@ -223,6 +223,13 @@ impl UnionFs {
         if let (Some(p), 0, Ok(_)) = (&self.prefetch, offset, &r) {
             p.push(self.union.unloaded_subdirs(dir));
         }
+        // The call past the last entry ends a pass: the kernel keeps what it
+        // read, and another pass rebuilds the listing from the merged view.
+        if let Ok(l) = &r {
+            if offset > 2 && start_of(l, offset) == l.len() {
+                self.union.drop_listing(dir);
+            }
+        }
         r
     }
 

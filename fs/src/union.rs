@@ -127,9 +127,9 @@ struct Children {
     /// Names that lower layers hold here (visible or whited out): removing such
     /// a name must leave a whiteout, and a directory created under it must be
     /// opaque.
-    lower_names: HashSet<OsString>,
-    /// The listing in readdir order (by cookie), built on first readdir and
-    /// dropped on any change to `map`.
+    lower_names: NameSet,
+    /// The listing in readdir order (by cookie), built when a readdir pass
+    /// starts and dropped when it ends or `map` changes.
     listing: Option<Arc<Vec<DirEntry>>>,
 }
 
@@ -142,6 +142,30 @@ impl Children {
     fn remove(&mut self, name: &OsStr) {
         self.map.remove(name);
         self.listing = None;
+    }
+}
+
+/// A set of names kept as 64-bit hashes: a tenth of the memory of the names.
+/// A collision can only make a name look held by a lower layer when it is
+/// not, which costs a whiteout or an opaque marker that hides nothing.
+#[derive(Debug, Default)]
+struct NameSet(HashSet<u64, std::hash::BuildHasherDefault<crate::IdHasher>>);
+
+impl NameSet {
+    fn hash(name: &OsStr) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        h.finish()
+    }
+    fn insert(&mut self, name: &OsStr) {
+        self.0.insert(Self::hash(name));
+    }
+    fn contains(&self, name: &OsStr) -> bool {
+        self.0.contains(&Self::hash(name))
+    }
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -513,7 +537,7 @@ impl Union {
                     whiteout::Kind::Whiteout(n) => {
                         // Whited out here: a later entry of that name must
                         // remove the whiteout (and hide lower layers).
-                        ch.lower_names.insert(n.to_owned());
+                        ch.lower_names.insert(n);
                         hidden.insert(n.to_owned());
                     }
                     whiteout::Kind::Entry => entries.push((name, attr)),
@@ -550,7 +574,7 @@ impl Union {
                     }
                 }
                 for e in entries {
-                    ch.lower_names.insert(e.name.clone());
+                    ch.lower_names.insert(&e.name);
                     if hidden.contains(&e.name) {
                         continue;
                     }
@@ -590,7 +614,7 @@ impl Union {
                     }
                 }
                 for n in layer_hidden {
-                    ch.lower_names.insert(n.clone());
+                    ch.lower_names.insert(&n);
                     hidden.insert(n);
                 }
                 if layer_opaque {
@@ -950,6 +974,16 @@ impl Union {
         let list = Arc::new(list);
         ch.listing = Some(list.clone());
         Ok(list)
+    }
+
+    /// Frees the readdir listing of directory `ino` (a pass over it ended);
+    /// the next [`Self::list_dir`] builds it again.
+    pub fn drop_listing(&self, ino: u64) {
+        if let Ok(dir) = self.node(ino) {
+            if let Some(c) = dir.state.write().children.as_mut() {
+                c.listing = None;
+            }
+        }
     }
 
     /// Parent inode of directory `ino` (the root is its own parent).
@@ -2488,5 +2522,15 @@ mod tests {
             .collect();
         // Nothing the reader has not seen is skipped or repeated.
         assert_eq!(rest_after, rest_before);
+        // A listing dropped at the end of a pass comes back the same.
+        u.drop_listing(ROOT_INO);
+        let again = u.list_dir(ROOT_INO).unwrap();
+        assert!(!Arc::ptr_eq(&now, &again), "the listing was not dropped");
+        let key = |l: &[DirEntry]| -> Vec<(u64, OsString, u64)> {
+            l.iter()
+                .map(|e| (e.ino, e.name.clone(), e.cookie))
+                .collect()
+        };
+        assert_eq!(key(&now), key(&again));
     }
 }

@@ -137,6 +137,8 @@ pub struct UnionFs {
     /// Per inode: the backing file in use and whether it is the upper file.
     /// The kernel allows one backing file per inode at a time.
     backing: Mutex<IdMap<(Weak<BackingId>, bool)>>,
+    /// Signalled (with `backing`) when a handle is released.
+    released: parking_lot::Condvar,
 }
 
 impl UnionFs {
@@ -162,6 +164,7 @@ impl UnionFs {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(IdMap::default()),
+            released: parking_lot::Condvar::new(),
         }
     }
 
@@ -264,10 +267,22 @@ impl UnionFs {
     /// no open of it that passes through elsewhere, nor one that does not
     /// pass through at all.
     fn lower_backed(&self, ino: u64) -> bool {
-        self.backing
-            .lock()
-            .get(&ino)
-            .is_some_and(|(w, upper)| !upper && w.strong_count() > 0)
+        lower_backed_in(&self.backing.lock(), ino)
+    }
+
+    /// Waits a little for `ino`'s lower backing file to be let go. close()
+    /// returns before its RELEASE reaches the server, so a program that
+    /// closes a file and at once opens it for writing must not find it
+    /// still open here. False if a reader really still holds it.
+    fn lower_let_go(&self, ino: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut map = self.backing.lock();
+        while lower_backed_in(&map, ino) {
+            if self.released.wait_until(&mut map, deadline).timed_out() {
+                return !lower_backed_in(&map, ino);
+            }
+        }
+        true
     }
 
     /// The backing id for `file` of `ino`, shared with other open handles of
@@ -319,6 +334,12 @@ impl UnionFs {
             }
         }
     }
+}
+
+/// Whether `ino` passes through to its lower file in `map`.
+fn lower_backed_in(map: &IdMap<(Weak<BackingId>, bool)>, ino: u64) -> bool {
+    map.get(&ino)
+        .is_some_and(|(w, upper)| !upper && w.strong_count() > 0)
 }
 
 /// Index of the first entry of `list` after readdir offset `offset`.
@@ -671,7 +692,10 @@ impl Filesystem for UnionFs {
         // A file open for reading through its lower file cannot be copied up
         // under the kernel's passthrough rules: refuse as for a running
         // program, before anything is copied.
-        let r = if self.lower_backed(ino.0) && self.union.open_leaves_lower(ino.0, flags.0) {
+        let r = if self.lower_backed(ino.0)
+            && self.union.open_leaves_lower(ino.0, flags.0)
+            && !self.lower_let_go(ino.0)
+        {
             Err(io::Error::from_raw_os_error(libc::ETXTBSY))
         } else {
             self.union.open(ino.0, flags.0)
@@ -783,12 +807,15 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let t = Instant::now();
-        self.files.write().remove(&fh.0);
+        let handle = self.files.write().remove(&fh.0);
+        // Closing the backing file (an ioctl) happens outside the table lock.
+        drop(handle);
         let mut map = self.backing.lock();
         if map.get(&ino.0).is_some_and(|(w, _)| w.strong_count() == 0) {
             map.remove(&ino.0);
         }
         drop(map);
+        self.released.notify_all();
         self.trace("release", || format!("{}, fh {}", ino.0, fh.0), t, &Ok(()));
         reply.ok();
     }

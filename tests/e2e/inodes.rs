@@ -160,3 +160,37 @@ fn passthrough_refuses_copy_up_of_a_file_open_for_reading() {
     std::fs::write(&lf, b"now").unwrap();
     assert_eq!(std::fs::read(&lf).unwrap(), b"now");
 }
+
+/// close() returns before the kernel's RELEASE reaches the server: a file
+/// read and closed, then at once opened for writing (a shell's `cat f;
+/// echo x >> f`), must not be refused as if the reader were still there.
+#[test]
+fn write_right_after_closing_a_reader_is_not_refused() {
+    use std::io::{Read, Write};
+    const N: usize = 300;
+    let mut bottom = Layer::new();
+    for i in 0..N {
+        bottom = bottom.file(&format!("f{i}"), "lower\n");
+    }
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    for root in [&fix.kernel.root, &fix.subject.root] {
+        for i in 0..N {
+            let p = root.join(format!("f{i}"));
+            let mut s = String::new();
+            std::fs::File::open(&p)
+                .and_then(|mut f| f.read_to_string(&mut s))
+                .unwrap();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(b"more\n"))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: append to f{i} right after reading it: {e}",
+                        root.display()
+                    )
+                });
+        }
+    }
+    fix.check_trees();
+}

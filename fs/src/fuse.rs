@@ -705,7 +705,12 @@ impl Filesystem for UnionFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno_of(e)),
         };
-        match self.backing_for(ino.0, &file, |fd| reply.open_backing(fd)) {
+        let mut backing = self.backing_for(ino.0, &file, |fd| reply.open_backing(fd));
+        if backing.is_err() && file.is_upper() && self.lower_let_go(ino.0) {
+            // A reader of the lower file was closed, its RELEASE late.
+            backing = self.backing_for(ino.0, &file, |fd| reply.open_backing(fd));
+        }
+        match backing {
             Ok(Some(b)) => {
                 let fh = self.add_handle(ino.0, file, Some(b.clone()));
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);

@@ -170,7 +170,9 @@ fn write_right_after_closing_a_reader_is_not_refused() {
     const N: usize = 300;
     let mut bottom = Layer::new();
     for i in 0..N {
-        bottom = bottom.file(&format!("f{i}"), "lower\n");
+        bottom = bottom
+            .file(&format!("f{i}"), "lower\n")
+            .file(&format!("g{i}"), "lower\n");
     }
     let fix = Fixture::new(&[bottom], &Layer::new());
     for root in [&fix.kernel.root, &fix.subject.root] {
@@ -190,6 +192,15 @@ fn write_right_after_closing_a_reader_is_not_refused() {
                         root.display()
                     )
                 });
+            // The same with a copy-up by truncate(2) and a read after it.
+            let p = root.join(format!("g{i}"));
+            std::fs::read(&p).unwrap();
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid C path.
+            assert_eq!(unsafe { libc::truncate(c.as_ptr(), 3) }, 0, "truncate g{i}");
+            let got = std::fs::read(&p)
+                .unwrap_or_else(|e| panic!("{}: read g{i} after its copy-up: {e}", root.display()));
+            assert_eq!(got, b"low");
         }
     }
     fix.check_trees();

@@ -517,9 +517,8 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 
 /// Unmounts `mp` (root: umount2; others: fusermount3 -u).
 fn detach(mp: &Path) -> Result<()> {
-    let mp = mp.to_path_buf();
     if nix::unistd::geteuid().is_root() {
-        match nix::mount::umount2(&mp, nix::mount::MntFlags::empty()) {
+        match nix::mount::umount2(mp, nix::mount::MntFlags::empty()) {
             Ok(()) => return Ok(()),
             Err(nix::errno::Errno::EBUSY) => bail!(
                 "{} is busy: a process still uses it (see `fuser -vm {}`); close it, or detach with `umount -l {}`",
@@ -536,7 +535,7 @@ fn detach(mp: &Path) -> Result<()> {
         .context("unmounting as a normal user needs fusermount3 (Debian package fuse3)")?;
     let out = std::process::Command::new(helper)
         .arg("-u")
-        .arg(&mp)
+        .arg(mp)
         .output()
         .context("running fusermount3")?;
     if !out.status.success() {

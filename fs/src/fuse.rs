@@ -146,14 +146,15 @@ impl UnionFs {
     pub fn new(union: Arc<Union>, opts: MountOptions) -> UnionFs {
         let prefetch = opts.prefetch.then(|| {
             let p = Arc::new(Prefetch::default());
-            let spawned = (0..Prefetch::THREADS).filter(|_| {
+            let mut started = 0;
+            for _ in 0..Prefetch::THREADS {
                 let (p2, u2) = (p.clone(), union.clone());
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("rcfs-prefetch".into())
-                    .spawn(move || p2.run(&u2))
-                    .is_ok()
-            });
-            (spawned.count() > 0).then_some(p)
+                    .spawn(move || p2.run(&u2));
+                started += usize::from(spawned.is_ok());
+            }
+            (started > 0).then_some(p)
         });
         UnionFs {
             prefetch: prefetch.flatten(),

@@ -152,17 +152,11 @@ impl Children {
 struct NameSet(HashSet<u64, std::hash::BuildHasherDefault<crate::IdHasher>>);
 
 impl NameSet {
-    fn hash(name: &OsStr) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        name.hash(&mut h);
-        h.finish()
-    }
     fn insert(&mut self, name: &OsStr) {
-        self.0.insert(Self::hash(name));
+        self.0.insert(name_hash(name));
     }
     fn contains(&self, name: &OsStr) -> bool {
-        self.0.contains(&Self::hash(name))
+        self.0.contains(&name_hash(name))
     }
     fn clear(&mut self) {
         self.0.clear();
@@ -174,10 +168,15 @@ impl NameSet {
 /// others are added or removed in between (as ext4 does). 0, 1 and 2 are
 /// the start, `.` and `..`.
 fn cookie(name: &OsStr) -> u64 {
+    (name_hash(name) >> 2) + 3
+}
+
+/// A fixed 64-bit hash of a name (the same in every run).
+fn name_hash(name: &OsStr) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
-    (h.finish() >> 2) + 3
+    h.finish()
 }
 
 /// What loading a directory reads: a snapshot of its node's state.

@@ -134,6 +134,8 @@ pub struct UnionFs {
     /// Passthrough is on (kernel agreed at init, and no backing open failed
     /// for lack of privilege).
     passthrough: AtomicBool,
+    /// A backing file has been registered: passthrough really works here.
+    passthrough_works: AtomicBool,
     /// Per inode: the backing file in use and whether it is the upper file.
     /// The kernel allows one backing file per inode at a time.
     backing: Mutex<IdMap<(Weak<BackingId>, bool)>>,
@@ -164,6 +166,7 @@ impl UnionFs {
             no_opendir: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            passthrough_works: AtomicBool::new(false),
             backing: Mutex::new(IdMap::default()),
             released: parking_lot::Condvar::new(),
         }
@@ -286,6 +289,30 @@ impl UnionFs {
         true
     }
 
+    /// Whether passthrough works, found out (once) by registering `f` as a
+    /// backing file; turns passthrough off if it does not.
+    fn passthrough_proven(&self, f: &OpenFile, reply: &ReplyOpen) -> bool {
+        if self.passthrough_works.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(f) = f.upper_file() else {
+            return false;
+        };
+        match reply.open_backing(f) {
+            Ok(_probe) => {
+                self.passthrough_works.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                log::info!(
+                    "FUSE passthrough unavailable ({e}); serving reads and writes in userspace"
+                );
+                self.passthrough.store(false, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
     /// The backing id for `file` of `ino`, shared with other open handles of
     /// the same inode. `Ok(None)`: serve without passthrough; `Err(())`: the
     /// inode already passes through to another file, and the kernel allows
@@ -322,6 +349,7 @@ impl UnionFs {
         }
         match created {
             Ok(b) => {
+                self.passthrough_works.store(true, Ordering::Relaxed);
                 let b = Arc::new(b);
                 map.insert(ino, (Arc::downgrade(&b), file.is_upper()));
                 Ok(Some(b))
@@ -699,13 +727,35 @@ impl Filesystem for UnionFs {
         {
             Err(io::Error::from_raw_os_error(libc::ETXTBSY))
         } else {
-            self.union.open(ino.0, flags.0)
+            // A write-only open may leave the data below (an append to a
+            // large lower file copies nothing) when its writes come here
+            // without the page cache and every other open passes through,
+            // so that no cached page can go stale.
+            let defer = self.passthrough.load(Ordering::Relaxed);
+            match self.union.open(ino.0, flags.0, defer) {
+                Ok(f @ OpenFile::Tail(_)) => {
+                    if self.passthrough_proven(&f, &reply) {
+                        Ok(f)
+                    } else {
+                        drop(f);
+                        self.union.open(ino.0, flags.0, false)
+                    }
+                }
+                r => r,
+            }
         };
         self.trace("open", || format!("{}, {:#o}", ino.0, flags.0), t, &r);
         let file = match r {
             Ok(f) => f,
             Err(e) => return reply.error(errno_of(e)),
         };
+        if let OpenFile::Tail(_) = file {
+            let fh = self.add_handle(ino.0, file, None);
+            return reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+            );
+        }
         let mut backing = self.backing_for(ino.0, &file, |fd| reply.open_backing(fd));
         if backing.is_err() && file.is_upper() && self.lower_let_go(ino.0) {
             // A reader of the lower file was closed, its RELEASE late.
@@ -772,7 +822,7 @@ impl Filesystem for UnionFs {
         let t = Instant::now();
         let r = self
             .open_handle(fh)
-            .and_then(|h| h.file.write_at(data, offset));
+            .and_then(|h| self.union.write(&h.file, data, offset));
         self.trace(
             "write",
             || format!("{}, fh {}, {offset}, {}", ino.0, fh.0, data.len()),
@@ -839,8 +889,12 @@ impl Filesystem for UnionFs {
             // A copy-up's data may still be on its way to disk, its marker
             // with it: finish that first.
             self.union.finish_flush(ino.0)?;
-            match (&h.file, h.copied_up.get()) {
-                (OpenFile::Upper(f), _) | (_, Some(OpenFile::Upper(f))) => {
+            match h
+                .file
+                .upper_file()
+                .or(h.copied_up.get().and_then(OpenFile::upper_file))
+            {
+                Some(f) => {
                     if datasync {
                         f.sync_data()
                     } else {

@@ -178,6 +178,16 @@ pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Opens the file `f` is open on anew, with `flags` (through `/proc`, so
+/// it works after the file's last name is gone).
+pub fn reopen(f: &File, flags: i32) -> io::Result<File> {
+    let c = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+    // SAFETY: valid path; the returned fd is owned by the File below.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// `openat(2)` of the relative path `rel` under the directory `dir`;
 /// `O_NOFOLLOW` and `O_CLOEXEC` are always added.
 pub fn open_at(dir: &impl AsRawFd, rel: &Path, flags: i32) -> io::Result<File> {
@@ -280,6 +290,22 @@ pub fn truncate(p: &Path, size: u64) -> io::Result<()> {
     let c = cstr(p)?;
     // SAFETY: valid path.
     cvt(unsafe { libc::truncate(c.as_ptr(), size as libc::off_t) }).map(drop)
+}
+
+/// Sets `f`'s access and modification times to those in `st`.
+pub fn futimes_from(f: &File, st: &libc::stat) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ];
+    // SAFETY: open fd and a two-element timespec array.
+    cvt(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
 /// `utimensat(2)` without following symlinks.
@@ -403,6 +429,26 @@ pub fn fremovexattr(f: &File, name: &OsStr) -> io::Result<()> {
     let n = cname(name)?;
     // SAFETY: open fd and valid name.
     cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }).map(drop)
+}
+
+/// Frees the blocks of `f` in `[off, off + len)` without changing its size;
+/// where the filesystem cannot punch holes and the range ends at the end of
+/// the file, truncates it away and back instead.
+pub fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: open fd; plain integer arguments.
+    match cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let size = fstat(f)?.st_size as u64;
+            if off + len < size {
+                return Err(e);
+            }
+            f.set_len(off)?;
+            f.set_len(size)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `statvfs(3)`.

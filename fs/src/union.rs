@@ -198,6 +198,10 @@ pub struct Node {
     copy_lock: Mutex<()>,
     /// Serialises loading this directory's children.
     load_lock: Mutex<()>,
+    /// Open [`OpenFile::Tail`]s: while there are any, the upper file may
+    /// grow past the lower data at any time, so readers must not be given
+    /// the lower file.
+    tails: AtomicU64,
     /// Everything that changes; guarded as described in the module doc.
     state: RwLock<NodeState>,
 }
@@ -241,6 +245,26 @@ pub enum OpenFile {
     Upper(File),
     /// A lower file, read-only.
     Lower(Arc<dyn LowerFile>),
+    /// A write-only open of a metacopy upper file whose data is still the
+    /// lower file's: bytes from the lower file's size on go straight in
+    /// (appends), a write below it fills in the data first
+    /// ([`Union::write`]). It never passes through: the server must see
+    /// every write's offset.
+    Tail(TailFile),
+}
+
+/// The file of an [`OpenFile::Tail`]; counts as one of its node's tails
+/// while open.
+#[derive(Debug)]
+pub struct TailFile {
+    file: File,
+    node: Arc<Node>,
+}
+
+impl Drop for TailFile {
+    fn drop(&mut self) {
+        self.node.tails.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl OpenFile {
@@ -249,13 +273,15 @@ impl OpenFile {
         match self {
             OpenFile::Upper(f) => sys::pread_full(f, buf, offset),
             OpenFile::Lower(f) => f.read_at(buf, offset),
+            OpenFile::Tail(_) => Err(errno(libc::EBADF)),
         }
     }
 
-    /// Writes `data` at `offset` (upper files only).
+    /// Writes `data` at `offset` (upper files only; a [`OpenFile::Tail`]
+    /// through [`Union::write`]).
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<usize> {
         match self {
-            OpenFile::Upper(f) => {
+            OpenFile::Upper(f) | OpenFile::Tail(TailFile { file: f, .. }) => {
                 f.write_all_at(data, offset)?;
                 Ok(data.len())
             }
@@ -269,12 +295,21 @@ impl OpenFile {
         match self {
             OpenFile::Upper(f) => Some(f.as_fd()),
             OpenFile::Lower(f) => f.host_fd(),
+            OpenFile::Tail(_) => None,
         }
     }
 
-    /// Whether this reads the upper file (as opposed to a lower one).
+    /// Whether this is the upper file (as opposed to a lower one).
     pub fn is_upper(&self) -> bool {
-        matches!(self, OpenFile::Upper(_))
+        !matches!(self, OpenFile::Lower(_))
+    }
+
+    /// The upper file, when this is one.
+    pub fn upper_file(&self) -> Option<&File> {
+        match self {
+            OpenFile::Upper(f) | OpenFile::Tail(TailFile { file: f, .. }) => Some(f),
+            OpenFile::Lower(_) => None,
+        }
     }
 }
 
@@ -384,6 +419,7 @@ impl Union {
             lookups: AtomicU64::new(1),
             copy_lock: Mutex::new(()),
             load_lock: Mutex::new(()),
+            tails: AtomicU64::new(0),
             state: RwLock::new(root),
         });
         let mut nodes = IdMap::default();
@@ -447,6 +483,7 @@ impl Union {
             lookups: AtomicU64::new(0),
             copy_lock: Mutex::new(()),
             load_lock: Mutex::new(()),
+            tails: AtomicU64::new(0),
             state: RwLock::new(state),
         });
         self.nodes.write().insert(ino, node.clone());
@@ -682,10 +719,15 @@ impl Union {
         let Ok(up) = self.upper_path(path) else {
             return false;
         };
-        let unflushed = sys::getxattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR))
+        let Some(mark) = sys::getxattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR))
             .ok()
-            .flatten();
-        if unflushed.is_some() && unflushed == self.boot_id {
+            .flatten()
+        else {
+            // A plain metacopy file, maybe with a tail: nothing to settle.
+            return false;
+        };
+        let (boot, filled_size) = parse_unflushed_mark(&mark);
+        if self.boot_id.as_deref() == Some(boot) {
             match sys::open(&up, libc::O_RDONLY, 0).and_then(|f| flush::finish_file(&f)) {
                 Ok(()) => {
                     log::info!("{}: finished the flush of its copy-up", up.display());
@@ -694,16 +736,17 @@ impl Union {
                 Err(e) => log::error!("cannot flush {}: {e}", up.display()),
             }
         }
-        if unflushed.is_some() {
-            let _ = sys::removexattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR));
-        }
-        if lower_size != size {
+        let _ = sys::removexattr(&up, OsStr::new(whiteout::UNFLUSHED_XATTR));
+        // Bytes past the lower size that were there when the data was filled
+        // in (a tail, maybe fsync'ed) stay; later size changes are undone.
+        let keep = size.clamp(lower_size, filled_size.unwrap_or(0).max(lower_size));
+        if keep != size {
             log::warn!(
                 "{}: its copy-up was not flushed before the system went down; \
                  unsynced writes to it are lost and it reads as the lower layer's version",
                 up.display()
             );
-            if let Err(e) = sys::truncate(&up, lower_size) {
+            if let Err(e) = sys::truncate(&up, keep) {
                 log::error!("cannot restore the size of {}: {e}", up.display());
             }
         }
@@ -843,12 +886,12 @@ impl Union {
     /// Attributes of `ino` through an open file of it: right even after the
     /// last name is gone (`fstat` of an unlinked file).
     pub fn getattr_open(&self, ino: u64, file: &OpenFile) -> io::Result<Stat> {
-        match file {
-            OpenFile::Upper(f) => Ok(Stat {
+        match file.upper_file() {
+            Some(f) => Ok(Stat {
                 ino,
                 attr: Attr::from_stat(&sys::fstat(f)?)?,
             }),
-            OpenFile::Lower(_) => self.getattr(ino),
+            None => self.getattr(ino),
         }
     }
 
@@ -874,7 +917,20 @@ impl Union {
             return false;
         };
         let st = node.state.read();
-        writes || (st.upper && !st.metacopy)
+        writes || (st.upper && (!st.metacopy || self.has_tail(&node, &st)))
+    }
+
+    /// Whether metacopy file `node` (state `st`) has or may get bytes past
+    /// its lower file's size (through an [`OpenFile::Tail`]): reading it
+    /// then needs its data filled in.
+    fn has_tail(&self, node: &Node, st: &NodeState) -> bool {
+        if node.tails.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let lower_size = st.lower.as_ref().map_or(0, |l| l.attr.size);
+        self.upper_path(&st.path)
+            .and_then(|p| sys::lstat(&p))
+            .map_or(true, |s| s.st_size as u64 != lower_size)
     }
 
     /// Looks up `name` in directory `parent`; counts a kernel lookup.
@@ -1215,33 +1271,20 @@ impl Union {
     /// layer, so a crash half-way serves the right bytes. With a flusher,
     /// the marker goes once the data is on disk, in the background.
     fn fill_metacopy(&self, node: &Arc<Node>, lower: &LowerRef, data: CopyData) -> io::Result<()> {
-        let path = self.upper_path(&node.state.read().path)?;
+        // The path is only good while no rename or unlink moves it.
+        let ns = self.ns.read();
+        let (path, linked) = {
+            let st = node.state.read();
+            (self.upper_path(&st.path)?, st.linked)
+        };
+        if !linked {
+            return Err(errno(libc::ENOENT));
+        }
         match data {
             CopyData::Full => {
                 let f = sys::open(&path, libc::O_WRONLY, 0)?;
-                let layer = self.lowers[lower.layer].as_ref();
-                if let Some(flusher) = &self.flusher {
-                    let filled = self.copy_file_data(layer, lower, &f, false).and_then(|()| {
-                        match &self.boot_id {
-                            Some(id) => {
-                                sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), id)
-                            }
-                            None => Ok(()),
-                        }
-                    });
-                    if let Err(e) = filled {
-                        // Give back the space (a full disk is the usual
-                        // cause); the marker still sends reads below.
-                        let _ = f.set_len(0).and_then(|()| f.set_len(lower.attr.size));
-                        return Err(e);
-                    }
-                    node.state.write().metacopy = false;
-                    return flusher.push(node.ino, f, path);
-                }
-                self.copy_file_data(layer, lower, &f, self.fsync)?;
-                if self.fsync {
-                    f.sync_data()?;
-                }
+                drop(ns);
+                return self.fill_data(node, lower, f);
             }
             // Empty first: without the marker the placeholder reads as zeros.
             CopyData::Empty => sys::truncate(&path, 0)?,
@@ -1250,6 +1293,45 @@ impl Union {
         sys::removexattr(&path, OsStr::new(whiteout::METACOPY_XATTR))?;
         node.state.write().metacopy = false;
         Ok(())
+    }
+
+    /// Writes the lower file's data into `f`, the metacopy upper file of
+    /// `node`, and drops its marker (now, or with a flusher once the data is
+    /// on disk). Bytes past the lower file's size (a tail) are kept. The
+    /// caller holds the node's copy lock.
+    fn fill_data(&self, node: &Arc<Node>, lower: &LowerRef, f: File) -> io::Result<()> {
+        let layer = self.lowers[lower.layer].as_ref();
+        let durable = self.fsync && self.flusher.is_none();
+        // Filling in is no change of the file's: its times stay.
+        let times = sys::fstat(&f)?;
+        let filled = self
+            .copy_file_data(layer, lower, &f, durable)
+            .and_then(|()| {
+                sys::futimes_from(&f, &times)?;
+                if durable {
+                    return f.sync_data();
+                }
+                match (&self.flusher, &self.boot_id) {
+                    (Some(_), Some(id)) => {
+                        let size = sys::fstat(&f)?.st_size;
+                        let mark = unflushed_mark(id, size as u64);
+                        sys::fsetxattr(&f, OsStr::new(whiteout::UNFLUSHED_XATTR), &mark)
+                    }
+                    _ => Ok(()),
+                }
+            });
+        if let Err(e) = filled {
+            // Give back the space (a full disk is the usual cause); the
+            // marker still sends reads below.
+            let _ = sys::punch_hole(&f, 0, lower.attr.size);
+            return Err(e);
+        }
+        node.state.write().metacopy = false;
+        if let Some(flusher) = &self.flusher {
+            let path = self.upper_path(&node.state.read().path)?;
+            return flusher.push(node.ino, f, path);
+        }
+        sys::fremovexattr(&f, OsStr::new(whiteout::METACOPY_XATTR))
     }
 
     /// chown that a non-privileged server may fail quietly: the entry keeps
@@ -1911,9 +1993,9 @@ impl Union {
             (self.upper_path(&st.path)?, st.kind)
         };
         if let Some(size) = set.size {
-            match fh {
-                Some(OpenFile::Upper(f)) => f.set_len(size)?,
-                _ => sys::truncate(&path, size)?,
+            match fh.and_then(OpenFile::upper_file) {
+                Some(f) => f.set_len(size)?,
+                None => sys::truncate(&path, size)?,
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
@@ -2005,25 +2087,46 @@ impl Union {
 
     // ----- files ---------------------------------------------------------
 
-    /// Opens regular file `ino` with open(2) `flags`.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<OpenFile> {
+    /// Opens regular file `ino` with open(2) `flags`. With `defer_data`, a
+    /// write-only open of a lower file (one that does not truncate it) copies
+    /// no data: it gets an [`OpenFile::Tail`] of a metacopy upper file, and
+    /// the data is copied only if a write lands inside it. Appending to a
+    /// large lower file then costs what appending to an upper one does.
+    pub fn open(&self, ino: u64, flags: i32, defer_data: bool) -> io::Result<OpenFile> {
         let node = self.node(ino)?;
         let acc = flags & libc::O_ACCMODE;
         let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = flags & libc::O_TRUNC != 0 && writes;
+        let tail = defer_data && self.metacopy && acc == libc::O_WRONLY && !trunc;
         if writes || trunc {
             self.copy_up(
                 &node,
                 if trunc {
                     CopyData::Empty
+                } else if tail {
+                    CopyData::Meta
                 } else {
                     CopyData::Full
                 },
             )?;
+        } else {
+            let st = node.state.read();
+            if st.upper && st.metacopy && self.has_tail(&node, &st) {
+                drop(st);
+                self.copy_up(&node, CopyData::Full)?;
+            }
         }
         let st = node.state.read();
         if st.kind != Kind::File {
             return Err(errno(libc::EINVAL));
+        }
+        if tail && st.upper && st.metacopy {
+            let file = sys::open(&self.upper_path(&st.path)?, open_flags(flags), 0)?;
+            node.tails.fetch_add(1, Ordering::Relaxed);
+            return Ok(OpenFile::Tail(TailFile {
+                file,
+                node: node.clone(),
+            }));
         }
         if st.upper && (writes || !st.metacopy) {
             let flags = open_flags(flags);
@@ -2038,6 +2141,31 @@ impl Union {
         }
     }
 
+    /// Writes `data` at `offset` through `file`. A write below the lower file's size through an [`OpenFile::Tail`]
+    /// fills in the file's data first.
+    pub fn write(&self, file: &OpenFile, data: &[u8], offset: u64) -> io::Result<usize> {
+        if let OpenFile::Tail(TailFile { file: f, node }) = file {
+            if node.state.read().metacopy {
+                // Not while the data is being filled in (which keeps the
+                // file's times).
+                let _copy = node.copy_lock.lock();
+                let (metacopy, lower) = {
+                    let st = node.state.read();
+                    (st.metacopy, st.lower.clone())
+                };
+                match lower {
+                    Some(lower) if metacopy && offset < lower.attr.size => {
+                        // Through this handle's own file: its names may be gone.
+                        let own = sys::reopen(f, libc::O_WRONLY)?;
+                        self.fill_data(node, &lower, own)?;
+                    }
+                    _ => return file.write_at(data, offset),
+                }
+            }
+        }
+        file.write_at(data, offset)
+    }
+
     /// `statfs` of the upper dir (or the top layer when read-only).
     pub fn statfs(&self) -> io::Result<libc::statvfs> {
         let path = match &self.upper {
@@ -2050,6 +2178,28 @@ impl Union {
         };
         sys::statvfs(&path)
     }
+}
+
+/// The value of [`whiteout::UNFLUSHED_XATTR`]: the boot id, a space, and the
+/// file's size when its data was filled in.
+fn unflushed_mark(boot_id: &[u8], size: u64) -> Vec<u8> {
+    let mut v = boot_id.to_vec();
+    v.extend_from_slice(format!(" {size}").as_bytes());
+    v
+}
+
+/// The boot id and size of an [`unflushed_mark`] (the size is absent in
+/// marks of a boot id alone).
+fn parse_unflushed_mark(mark: &[u8]) -> (&[u8], Option<u64>) {
+    if let Some(i) = mark.iter().rposition(|&b| b == b' ') {
+        if let Some(n) = std::str::from_utf8(&mark[i + 1..])
+            .ok()
+            .and_then(|t| t.parse().ok())
+        {
+            return (&mark[..i], Some(n));
+        }
+    }
+    (mark, None)
 }
 
 /// open(2) flags to pass on to the host: access mode and the flags that
@@ -2113,6 +2263,7 @@ mod tests {
     use super::*;
     use crate::layer::DirLayer;
     use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     /// Layers under a temp dir: `l0` is the top lower layer.
     struct Fx {
@@ -2185,10 +2336,17 @@ mod tests {
     }
 
     fn read_all(u: &Union, ino: u64) -> String {
-        let f = u.open(ino, libc::O_RDONLY).unwrap();
+        let f = u.open(ino, libc::O_RDONLY, false).unwrap();
+        let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
-        let n = f.read_at(&mut buf, 0).unwrap();
-        String::from_utf8(buf[..n].to_vec()).unwrap()
+        loop {
+            let n = f.read_at(&mut buf, out.len() as u64).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -2239,7 +2397,9 @@ mod tests {
         assert_eq!(f.ino, g.ino);
         assert_eq!(f.attr.nlink, 2);
         // Writing through one name changes what the other shows.
-        let h = u.open(f.ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        let h = u
+            .open(f.ino, libc::O_WRONLY | libc::O_APPEND, false)
+            .unwrap();
         h.write_at(b"+", 4).unwrap();
         assert_eq!(read_all(&u, g.ino), "data+");
         assert_eq!(fs::read_to_string(fx.upper("b/g")).unwrap(), "data+");
@@ -2294,15 +2454,15 @@ mod tests {
         assert_eq!(after.attr.size, 1 << 20);
         let up = sys::lstat(&fx.upper("big")).unwrap();
         assert_eq!(up.st_blocks, 0, "metadata-only copy-up must not copy data");
-        assert_eq!(read_all(&u, before.ino).len(), 1 << 16);
-        let f = u.open(before.ino, libc::O_RDONLY).unwrap();
+        assert_eq!(read_all(&u, before.ino).len(), 1 << 20);
+        let f = u.open(before.ino, libc::O_RDONLY, false).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         assert_eq!(f.read_at(&mut buf, 0).unwrap(), 1 << 20);
         assert!(buf.iter().all(|b| *b == b'x'));
         // A write fills in the data; the marker goes once it is flushed.
-        let w = u.open(before.ino, libc::O_WRONLY).unwrap();
+        let w = u.open(before.ino, libc::O_WRONLY, false).unwrap();
         w.write_at(b"y", 0).unwrap();
-        let r = u.open(before.ino, libc::O_RDONLY).unwrap();
+        let r = u.open(before.ino, libc::O_RDONLY, false).unwrap();
         assert_eq!(r.read_at(&mut buf[..2], 0).unwrap(), 2);
         assert_eq!(&buf[..2], b"yx", "reads see the upper copy at once");
         u.finish_flush(before.ino).unwrap();
@@ -2323,7 +2483,7 @@ mod tests {
         fx.put("l0/f", &"x".repeat(100_000));
         let u = fx.union(1, true);
         let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
-        let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND, false).unwrap();
         assert!(w.is_upper());
         w.write_at(b"tail", 100_000).unwrap();
         // finish_flush waits for a flush the background thread has begun.
@@ -2338,7 +2498,7 @@ mod tests {
         fx.put("l0/g", "gg");
         let u = fx.union(1, false);
         let ino = u.lookup(ROOT_INO, OsStr::new("g")).unwrap().ino;
-        u.open(ino, libc::O_WRONLY).unwrap();
+        u.open(ino, libc::O_WRONLY, false).unwrap();
         assert_eq!(marker(&fx.upper("g")), None);
         assert_eq!(fs::read(fx.upper("g")).unwrap(), b"gg");
     }
@@ -2346,24 +2506,24 @@ mod tests {
     #[test]
     fn crash_before_a_copy_is_flushed_reads_the_lower_file() {
         // What a crash leaves when a copied-up file was appended to and its
-        // data never reached the disk: the placeholder with its marker, the
-        // new size, and whatever blocks made it.
+        // data never reached the disk: the placeholder with its markers (one
+        // of an earlier boot), the new size, and whatever blocks made it.
+        // "t" had a 4-byte tail when its data was filled in, which stays.
         let fx = Fx::new(1);
         fx.put("l0/d/f", &"x".repeat(5000));
         fx.put("upper/d/f", &"\0".repeat(5010));
+        fx.put("l0/d/t", &"x".repeat(5000));
+        fx.put("upper/d/t", &format!("{}TAIL+unsynced", "\0".repeat(5000)));
         fx.put("upper/d/same", "");
         fx.put("l0/d/same", "lower");
-        for (name, size) in [("f", None), ("same", Some(5))] {
+        for (name, size) in [("f", None), ("t", None), ("same", Some(5))] {
             let p = fx.upper(&format!("d/{name}"));
-            sys::setxattr(
-                &p,
-                OsStr::new(whiteout::METACOPY_XATTR),
-                format!("d/{name}").as_bytes(),
-                0,
-            )
-            .unwrap();
-            if let Some(s) = size {
-                sys::truncate(&p, s).unwrap();
+            let x = |n: &str, v: &[u8]| sys::setxattr(&p, OsStr::new(n), v, 0).unwrap();
+            x(whiteout::METACOPY_XATTR, format!("d/{name}").as_bytes());
+            match size {
+                Some(s) => sys::truncate(&p, s).unwrap(),
+                None if name == "t" => x(whiteout::UNFLUSHED_XATTR, b"an-earlier-boot 5004"),
+                None => x(whiteout::UNFLUSHED_XATTR, b"an-earlier-boot 5000"),
             }
         }
         let u = fx.union(1, true);
@@ -2371,13 +2531,91 @@ mod tests {
         let f = u.lookup(d, OsStr::new("f")).unwrap();
         assert_eq!(f.attr.size, 5000, "the size is the lower file's again");
         let mut buf = vec![0u8; 8192];
-        let r = u.open(f.ino, libc::O_RDONLY).unwrap();
+        let r = u.open(f.ino, libc::O_RDONLY, false).unwrap();
         assert_eq!(r.read_at(&mut buf, 0).unwrap(), 5000);
         assert!(buf[..5000].iter().all(|b| *b == b'x'));
         assert_eq!(fs::metadata(fx.upper("d/f")).unwrap().len(), 5000);
+        let t = u.lookup(d, OsStr::new("t")).unwrap().ino;
+        assert_eq!(read_all(&u, t), format!("{}TAIL", "x".repeat(5000)));
         // A chmod-only copy (same size) is a plain metacopy file.
         let same = u.lookup(d, OsStr::new("same")).unwrap().ino;
         assert_eq!(read_all(&u, same), "lower");
+    }
+
+    #[test]
+    fn write_only_open_appends_without_copying_the_data() {
+        let fx = Fx::new(1);
+        let lower = "x".repeat(300_000);
+        for name in ["f", "g", "h", "r"] {
+            fx.put(&format!("l0/{name}"), &lower);
+        }
+        fx.put("l0/k", "kk");
+        let u = fx.union(1, true);
+        let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
+        let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND, true).unwrap();
+        assert!(matches!(w, OpenFile::Tail(_)));
+        u.write(&w, b"tail", 300_000).unwrap();
+        let meta = fs::metadata(fx.upper("f")).unwrap();
+        assert_eq!(meta.len(), 300_004);
+        assert!(
+            meta.blocks() * 512 < 100_000,
+            "no data copied: {} blocks",
+            meta.blocks()
+        );
+        assert!(marker(&fx.upper("f")).is_some());
+        assert_eq!(u.getattr(ino).unwrap().attr.size, 300_004);
+        // The tail is on disk as it is: a new mount reads lower data + tail.
+        let again = fx.union(1, true);
+        let ino2 = again.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
+        assert_eq!(read_all(&again, ino2), format!("{lower}tail"));
+        drop(again);
+        // Opening it for reading fills the data in, keeping the tail.
+        u.write(&w, b"more", 300_004).unwrap();
+        assert_eq!(read_all(&u, ino), format!("{lower}tailmore"));
+        u.finish_flush(ino).unwrap();
+        assert_eq!(marker(&fx.upper("f")), None);
+
+        // A write inside the lower data fills it in first.
+        let g = u.lookup(ROOT_INO, OsStr::new("g")).unwrap().ino;
+        let w = u.open(g, libc::O_WRONLY, true).unwrap();
+        assert!(matches!(w, OpenFile::Tail(_)));
+        u.write(&w, b"end", 300_000).unwrap();
+        u.write(&w, b"AB", 1).unwrap();
+        let mut want = lower.clone().into_bytes();
+        want[1..3].copy_from_slice(b"AB");
+        want.extend_from_slice(b"end");
+        assert_eq!(fs::read(fx.upper("g")).unwrap(), want);
+        assert_eq!(read_all(&u, g).into_bytes(), want);
+        // ... also once its name is gone (through the handle's own file).
+        let h = u.lookup(ROOT_INO, OsStr::new("h")).unwrap().ino;
+        let w = u.open(h, libc::O_WRONLY, true).unwrap();
+        let keep = fs::File::open(fx.upper("h")).unwrap();
+        u.unlink(ROOT_INO, OsStr::new("h")).unwrap();
+        u.write(&w, b"Z", 0).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &keep, &mut got).unwrap();
+        assert_eq!(got.len(), 300_000);
+        assert_eq!(&got[..2], b"Zx");
+        // A reader opened while a tail may still come reads the upper file.
+        let r = u.lookup(ROOT_INO, OsStr::new("r")).unwrap().ino;
+        let w = u.open(r, libc::O_WRONLY | libc::O_APPEND, true).unwrap();
+        let reader = u.open(r, libc::O_RDONLY, false).unwrap();
+        assert!(reader.is_upper(), "a reader of a file with a tail open");
+        u.write(&w, b"new", 300_000).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(reader.read_at(&mut buf, 299_999).unwrap(), 4);
+        assert_eq!(&buf[..4], b"xnew");
+        drop((w, reader));
+        // Without defer_data, or with O_RDWR or O_TRUNC, opens are as before.
+        let k = u.lookup(ROOT_INO, OsStr::new("k")).unwrap().ino;
+        assert!(matches!(
+            u.open(k, libc::O_WRONLY, false).unwrap(),
+            OpenFile::Upper(_)
+        ));
+        assert!(matches!(
+            u.open(k, libc::O_RDWR, true).unwrap(),
+            OpenFile::Upper(_)
+        ));
     }
 
     #[test]
@@ -2417,7 +2655,9 @@ mod tests {
         fx.put("l0/f", "lower data");
         let u = fx.union(1, true);
         let s = u.lookup(ROOT_INO, OsStr::new("f")).unwrap();
-        let f = u.open(s.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        let f = u
+            .open(s.ino, libc::O_WRONLY | libc::O_TRUNC, false)
+            .unwrap();
         assert_eq!(u.getattr(s.ino).unwrap().attr.size, 0);
         f.write_at(b"n", 0).unwrap();
         assert_eq!(fs::read_to_string(fx.upper("f")).unwrap(), "n");

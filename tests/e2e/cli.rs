@@ -192,8 +192,10 @@ fn umount_ends_the_daemon() {
         "no process serving {} found",
         d.mnt.display()
     );
-    // A copy-up whose flush may still be running when the unmount starts.
+    // A copy-up whose flush may still be running when the unmount starts
+    // (read and write: a write-only append would copy no data).
     std::fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .open(d.mnt.join("bottom"))
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n"))

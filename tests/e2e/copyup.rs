@@ -142,9 +142,11 @@ fn metadata_only_copy_up_copies_no_data() {
             "rcfs upper {p}: no user.rcfs.metacopy xattr"
         );
     }
-    // The first write copies the data; reads stay right through it.
+    // The first open for reading and writing copies the data (a write-only
+    // one may not: see write_only_append_copies_no_data); reads stay right
+    // through it.
     fix.check(|c| {
-        if let Ok(fd) = c.open("big", libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
+        if let Ok(fd) = c.open("big", libc::O_RDWR | libc::O_APPEND, 0, "O_RDWR|O_APPEND") {
             c.fwrite(&fd, b"tail").ok();
             // The marker goes once the data is on disk; fsync waits for that.
             c.fsync(&fd).ok();
@@ -174,6 +176,107 @@ fn metadata_only_copy_up_copies_no_data() {
     );
 }
 
+/// A write-only open of a lower file (`>>` in a shell, a log file) copies
+/// no data: appends go into a metacopy upper file past the lower file's
+/// size. Opening the file for reading, or a write inside the lower data,
+/// fills the data in; the file reads right through all of it, also after a
+/// remount and after its server was killed.
+#[test]
+fn write_only_append_copies_no_data() {
+    let bottom = Layer::new()
+        .big_file("log", BIG)
+        .big_file("w", BIG)
+        .big_file("kept", BIG)
+        .big_file("read-too", BIG)
+        .file("odd", "not a page");
+    let mut fix = Fixture::new(&[bottom], &Layer::new());
+    let append = |c: &mut crate::ops::Ops, p: &str, data: &[u8], sync: bool| {
+        if let Ok(fd) = c.open(p, libc::O_WRONLY | libc::O_APPEND, 0, "O_WRONLY|O_APPEND") {
+            c.fwrite(&fd, data).ok();
+            c.fstat(&fd).ok();
+            if sync {
+                c.fsync(&fd).ok();
+            }
+        }
+    };
+    let first = |c: &mut crate::ops::Ops| {
+        append(c, "log", b"line 1\n", false);
+        append(c, "log", b"line 2\n", true);
+        append(c, "kept", b"synced", true);
+        append(c, "odd", b" but a tail", false);
+        c.stat("log").ok();
+        // A reader opened between a write-only open and its first write
+        // sees what is appended.
+        if let Ok(w) = c.open("read-too", libc::O_WRONLY | libc::O_APPEND, 0, "O_WRONLY") {
+            if let Ok(r) = c.open("read-too", libc::O_RDONLY, 0, "O_RDONLY") {
+                c.fwrite(&w, b"appended").ok();
+                c.pread(&r, 64, BIG as i64 - 3).ok();
+                c.fstat(&r).ok();
+            }
+        }
+        if let Ok(fd) = c.open("w", libc::O_WRONLY, 0, "O_WRONLY") {
+            c.pwrite(&fd, b"end", BIG as i64).ok();
+            c.pwrite(&fd, b"past a hole", BIG as i64 + 100_000).ok();
+        }
+    };
+    // The upper dir is looked at before anything reads the files.
+    let (k, s) = (fix.on_kernel(first), fix.on_subject(first));
+    assert_eq!(k, s, "{} results differ from kernel overlayfs", fix.name());
+    if fix.imp.is_rcfs() {
+        for (p, size) in [("log", BIG + 14), ("w", BIG + 100_011), ("kept", BIG + 6)] {
+            let (len, blocks) = upper_blocks(&fix, p);
+            assert_eq!(len, size as u64, "rcfs upper {p}: size");
+            assert!(
+                blocks * 512 <= 64 << 10,
+                "rcfs upper {p}: {blocks} blocks allocated; a write-only append copied data"
+            );
+            assert!(
+                sys::lgetxattr(&fix.subject_upper().join(p), "user.rcfs.metacopy").is_ok(),
+                "rcfs upper {p}: no user.rcfs.metacopy xattr"
+            );
+        }
+    }
+    fix.check_trees();
+    // Readers and writes inside the data, through a write-only fd too.
+    fix.check(|c| {
+        c.read("log").ok();
+        c.read("odd").ok();
+        append(c, "odd", b", and more", false);
+        c.read("odd").ok();
+        if let Ok(fd) = c.open("w", libc::O_WRONLY, 0, "O_WRONLY") {
+            c.pwrite(&fd, b"inside", 4096 * 3 + 5).ok();
+            c.fstat(&fd).ok();
+        }
+        c.read("w").ok();
+    });
+    if fix.imp.is_rcfs() {
+        let (_, blocks) = upper_blocks(&fix, "log");
+        assert!(
+            blocks * 512 >= BIG as u64,
+            "rcfs upper log: data not filled in by a read"
+        );
+    }
+    fix.remount();
+    fix.check(|c| {
+        for p in ["log", "w", "kept", "odd"] {
+            c.stat(p).ok();
+            c.read(p).ok();
+        }
+        append(c, "kept", b", again", false);
+    });
+    // A server killed after an append loses none of it.
+    let servers = crate::mounts::daemons_of(&fix.subject.root);
+    for pid in servers {
+        // SAFETY: plain kill(2) of a process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    fix.remount();
+    fix.check(|c| {
+        c.stat("kept").ok();
+        c.read("kept").ok();
+    });
+}
+
 /// A data copy-up reaches the disk in the background: until then the upper
 /// file keeps its metacopy marker (a crash reads the lower bytes). fsync of
 /// the file, and unmounting, finish the flush and drop the marker.
@@ -188,7 +291,7 @@ fn data_copy_up_is_flushed_by_fsync_and_by_unmount() {
     };
     fix.check(|c| {
         for (p, sync) in [("synced", true), ("unsynced", false)] {
-            if let Ok(fd) = c.open(p, libc::O_WRONLY | libc::O_APPEND, 0, "O_APPEND") {
+            if let Ok(fd) = c.open(p, libc::O_RDWR | libc::O_APPEND, 0, "O_RDWR|O_APPEND") {
                 c.fwrite(&fd, b"tail").ok();
                 if sync {
                     c.fsync(&fd).ok();
@@ -233,6 +336,7 @@ fn appended_copy_up_survives_a_killed_server() {
     let append = |root: &std::path::Path| {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .open(root.join("f"))
             .unwrap();
@@ -284,8 +388,10 @@ fn copy_up_on_a_full_upper_fails_with_enospc_and_loses_nothing() {
     std::fs::create_dir(&upper).unwrap();
     std::fs::create_dir(&work).unwrap();
     let m = Mount::subject(Impl::Rcfs, &[lower], Some((&upper, &work)), &mnt);
+    // Read and write: a write-only append would copy no data.
     let append = || {
         std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .open(mnt.join("big"))
             .and_then(|mut f| f.write_all(b"tail"))

@@ -14,7 +14,8 @@
  *   walk DIR                lstat every entry below DIR (like find -printf '%s %m')
  *   readall DIR             readdir tree, open+read every regular file
  *   seqread FILE            read FILE sequentially with 1 MiB reads
- *   append FILE             open(O_APPEND), write 16 bytes, close
+ *   append FILE             open(O_WRONLY|O_APPEND), write 16 bytes, close
+ *   rwappend FILE           the same with O_RDWR (a data copy-up everywhere)
  *   chmod FILE              chmod(FILE, 0600)
  *   create DIR N SIZE       mkdir DIR, create N files of SIZE bytes each
  */
@@ -193,11 +194,11 @@ static int cmd_seqread(const char *path)
 	return 0;
 }
 
-static int cmd_append(const char *path)
+static int cmd_append(const char *path, int access)
 {
 	static const char data[16] = "appended-bytes!\n";
 	uint64_t t0 = now_ns();
-	int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+	int fd = open(path, access | O_APPEND | O_CLOEXEC);
 	if (fd < 0)
 		die("open %s", path);
 	if (write(fd, data, sizeof data) != sizeof data)
@@ -578,7 +579,7 @@ static int cmd_gen(const char *root)
 int main(int argc, char **argv)
 {
 	if (argc < 3)
-		die("usage: union-helper gen|walk|readall|seqread|append|chmod|create ARGS");
+		die("usage: union-helper gen|walk|readall|seqread|append|rwappend|chmod|create ARGS");
 	const char *c = argv[1];
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!strcmp(c, "gen"))
@@ -590,7 +591,9 @@ int main(int argc, char **argv)
 	if (!strcmp(c, "seqread"))
 		return cmd_seqread(argv[2]);
 	if (!strcmp(c, "append"))
-		return cmd_append(argv[2]);
+		return cmd_append(argv[2], O_WRONLY);
+	if (!strcmp(c, "rwappend"))
+		return cmd_append(argv[2], O_RDWR);
 	if (!strcmp(c, "chmod"))
 		return cmd_chmod(argv[2]);
 	if (!strcmp(c, "create") && argc == 5)

@@ -11,7 +11,7 @@
 # Knobs (environment):
 #   RUNS=5                      runs per case and filesystem (median reported)
 #   FS="rcfs fuse-overlayfs kernel"
-#   CASES="walk2 walk64 rewalk2 rewalk64 readall2 readall64 seqread append chmod create"
+#   CASES="walk2 walk64 rewalk2 rewalk64 readall2 readall64 seqread append rwappend chmod create"
 #                               rewalk*: the walk again on the same mount after
 #                               `echo 2 > drop_caches` (the kernel forgets its
 #                               dentries and inodes; what a filesystem keeps in
@@ -37,7 +37,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=${RUNS:-5}
 FS=${FS:-"rcfs fuse-overlayfs kernel"}
-CASES=${CASES:-"walk2 walk64 rewalk2 rewalk64 readall2 readall64 seqread append chmod create"}
+CASES=${CASES:-"walk2 walk64 rewalk2 rewalk64 readall2 readall64 seqread append rwappend chmod create"}
 CACHE=${CACHE:-"cold warm"}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/rcfs-bench}
 RCFS=${RCFS:-$REPO/target/release/rcfs}
@@ -77,7 +77,7 @@ for fs in $FS; do
 done
 for c in $CASES; do
 	case $c in
-	walk2 | walk64 | rewalk2 | rewalk64 | readall2 | readall64 | seqread | append | chmod | create) ;;
+	walk2 | walk64 | rewalk2 | rewalk64 | readall2 | readall64 | seqread | append | rwappend | chmod | create) ;;
 	*) die "unknown case '$c' in CASES" ;;
 	esac
 done
@@ -245,6 +245,7 @@ timed_op() { # case -> prints "ns check..." (the helper times only the op)
 	readall2 | readall64) args=(readall "$MNT") ;;
 	seqread) args=(seqread "$MNT/$BIG_REL") ;;
 	append) args=(append "$MNT/$BIG_REL") ;;
+	rwappend) args=(rwappend "$MNT/$BIG_REL") ;;
 	chmod) args=(chmod "$MNT/$BIG_REL") ;;
 	create) args=(create "$MNT/bench-new" "$CREATE_N" "$CREATE_SIZE") ;;
 	esac
@@ -395,7 +396,8 @@ desc_of() {
 	readall2) echo "read all files, 2 layers" ;;
 	readall64) echo "read all files, 64 layers" ;;
 	seqread) echo "seq. read 256 MiB lower file" ;;
-	append) echo "append 16 B to 256 MiB lower file (copy-up)" ;;
+	append) echo "append 16 B to 256 MiB lower file, write-only open (copy-up)" ;;
+	rwappend) echo "append 16 B to 256 MiB lower file, read-write open (data copy-up)" ;;
 	chmod) echo "chmod 256 MiB lower file (copy-up)" ;;
 	create) echo "create $CREATE_N × ${CREATE_SIZE} B files" ;;
 	esac

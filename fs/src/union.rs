@@ -16,7 +16,10 @@
 //! 1. `Node::copy_lock` — one copy-up of a node at a time;
 //! 2. `Union::ns` — the shape of the tree: read for anything that resolves
 //!    paths, write for anything that adds, removes or moves names;
-//! 3. `Node::state` — one node's fields, held briefly.
+//! 3. `Node::state` — one node's fields, held briefly; a directory's before
+//!    its children's;
+//! 4. `Union::nodes` — the inode table, held only to find or change entries:
+//!    no node lock is ever taken under it.
 //!
 //! Copy-up prepares its copy in the work dir holding only (1), then takes (2)
 //! for reading to move it into place, so copying a large file never blocks
@@ -533,21 +536,42 @@ impl Union {
     }
 
     /// Subdirectories of `ino` whose merged view is not loaded yet, in
-    /// listing order.
+    /// readdir order; none if `ino` is not loaded.
     pub fn unloaded_subdirs(&self, ino: u64) -> Vec<u64> {
-        let Ok(list) = self.list_dir(ino) else {
+        let Ok(dir) = self.node(ino) else {
             return Vec::new();
         };
-        let nodes = self.nodes.read();
-        list.iter()
-            .filter(|e| e.kind == Kind::Dir)
-            .filter(|e| {
-                nodes
-                    .get(&e.ino)
-                    .is_some_and(|n| n.state.read().children.is_none())
+        let st = dir.state.read();
+        let Some(ch) = st.children.as_ref() else {
+            return Vec::new();
+        };
+        let mut subs: Vec<(u64, u64)> = self
+            .children_nodes(ch)
+            .filter(|(_, n)| {
+                let s = n.state.read();
+                s.kind == Kind::Dir && s.children.is_none()
             })
-            .map(|e| e.ino)
-            .collect()
+            .map(|(name, n)| (cookie(name), n.ino))
+            .collect();
+        subs.sort_unstable();
+        subs.into_iter().map(|(_, ino)| ino).collect()
+    }
+
+    /// The nodes of `ch`'s entries. The node table is not held while they
+    /// are used: taking a node's lock under it could deadlock with a thread
+    /// that holds that node's lock and waits for the table.
+    fn children_nodes<'a>(
+        &self,
+        ch: &'a Children,
+    ) -> impl Iterator<Item = (&'a OsString, Arc<Node>)> + 'a {
+        let nodes = self.nodes.read();
+        let found: Vec<_> = ch
+            .map
+            .iter()
+            .filter_map(|(name, ino)| Some((name, nodes.get(ino)?.clone())))
+            .collect();
+        drop(nodes);
+        found.into_iter()
     }
 
     /// Reads `src`'s upper dir and lower layers into merged children; returns
@@ -1011,18 +1035,13 @@ impl Union {
         }
         let mut st = dir.state.write();
         let ch = st.children.as_mut().ok_or_else(|| errno(libc::EIO))?;
-        let nodes = self.nodes.read();
-        let mut list: Vec<DirEntry> = ch
-            .map
-            .iter()
-            .filter_map(|(name, &ino)| {
-                let kind = nodes.get(&ino)?.state.read().kind;
-                Some(DirEntry {
-                    ino,
-                    kind,
-                    name: name.clone(),
-                    cookie: cookie(name),
-                })
+        let mut list: Vec<DirEntry> = self
+            .children_nodes(ch)
+            .map(|(name, node)| DirEntry {
+                ino: node.ino,
+                kind: node.state.read().kind,
+                name: name.clone(),
+                cookie: cookie(name),
             })
             .collect();
         list.sort_unstable_by_key(|e| e.cookie);
@@ -2735,6 +2754,69 @@ mod tests {
         fx.put("work/rcfs-tmp-1-0", "half a copy");
         let _u = fx.union(1, true);
         assert!(!fx.root.join("work/rcfs-tmp-1-0").exists());
+    }
+
+    #[test]
+    fn listing_and_loading_in_parallel_do_not_deadlock() {
+        // Readdir of a dir and of its subdirs, prefetch scans, and loads
+        // that add nodes, all at once: each takes node locks and the inode
+        // table in its own pattern.
+        let fx = Fx::new(4);
+        for l in 0..4 {
+            for d in 0..12 {
+                for s in 0..12 {
+                    fx.put(&format!("l{l}/d{d}/s{s}/f{l}"), "x");
+                }
+            }
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let u = Arc::new(fx.union(4, true));
+                let dirs: Vec<u64> = u
+                    .list_dir(ROOT_INO)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.ino)
+                    .collect();
+                let workers: Vec<_> = (0..4)
+                    .map(|w| {
+                        let (u, dirs) = (u.clone(), dirs.clone());
+                        std::thread::spawn(move || {
+                            for &d in &dirs {
+                                match w {
+                                    0 | 1 => {
+                                        u.list_dir(d).unwrap();
+                                        u.drop_listing(d);
+                                        u.list_dir(ROOT_INO).unwrap();
+                                        u.drop_listing(ROOT_INO);
+                                    }
+                                    2 => {
+                                        for s in u.unloaded_subdirs(d) {
+                                            u.preload(s);
+                                        }
+                                    }
+                                    _ => {
+                                        u.unloaded_subdirs(ROOT_INO);
+                                        for s in u.list_dir(d).unwrap().iter() {
+                                            u.list_dir(s.ino).unwrap();
+                                            u.drop_listing(s.ino);
+                                        }
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join().unwrap();
+                }
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("deadlock: listing and loading threads stopped making progress");
     }
 
     #[test]

@@ -153,6 +153,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A server left over from an earlier, killed run would be waited for after
+# every unmount, and could answer for the mountpoint: refuse to start.
+stale=$(pgrep -f -- "$MNT" || true)
+[[ -z $stale ]] || die "processes of an earlier run still name $MNT (pids: $(echo $stale)); kill them first (kill -9 $(echo $stale))"
+
 # ---------------------------------------------------------------- helper + data
 mkdir -p "$BENCH_DIR/bin" "$SCRATCH"
 if [[ -n $(ls -A "$TRASH" 2>/dev/null) ]]; then

@@ -921,6 +921,33 @@ impl Filesystem for UnionFs {
         reply_empty(reply, r);
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let t = Instant::now();
+        let r = self.open_handle(fh).and_then(|h| {
+            let file = match h.copied_up.get() {
+                Some(f) => f,
+                None => &h.file,
+            };
+            self.union.fallocate(file, offset, length, mode)
+        });
+        self.trace(
+            "fallocate",
+            || format!("{}, fh {}, {offset}, {length}, {mode:#x}", ino.0, fh.0),
+            t,
+            &r,
+        );
+        reply_empty(reply, r);
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.trace("opendir", || format!("{}", ino.0), Instant::now(), &Ok(()));
         if self.no_opendir.load(Ordering::Relaxed) {

@@ -442,6 +442,16 @@ pub fn fremovexattr(f: &File, name: &OsStr) -> io::Result<()> {
     cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }).map(drop)
 }
 
+/// `fallocate(2)`.
+pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    let (off, len) = (
+        i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+        i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+    );
+    // SAFETY: open fd; plain integer arguments.
+    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) }).map(drop)
+}
+
 /// Frees the blocks of `f` in `[off, off + len)` without changing its size;
 /// where the filesystem cannot punch holes and the range ends at the end of
 /// the file, truncates it away and back instead.

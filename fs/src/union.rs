@@ -2185,6 +2185,23 @@ impl Union {
         file.write_at(data, offset)
     }
 
+    /// `fallocate(2)` through `file` (a write-only open whose data is still
+    /// below gets it first: the range may lie inside it).
+    pub fn fallocate(&self, file: &OpenFile, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        if let OpenFile::Tail(TailFile { file: f, node }) = file {
+            let _copy = node.copy_lock.lock();
+            let (metacopy, lower) = {
+                let st = node.state.read();
+                (st.metacopy, st.lower.clone())
+            };
+            if let (true, Some(lower)) = (metacopy, lower) {
+                self.fill_data(node, &lower, sys::reopen(f, libc::O_WRONLY)?)?;
+            }
+        }
+        let f = file.upper_file().ok_or_else(|| errno(libc::EBADF))?;
+        sys::fallocate(f, mode, offset, len)
+    }
+
     /// `statfs` of the upper dir (or the top layer when read-only).
     pub fn statfs(&self) -> io::Result<libc::statvfs> {
         let path = match &self.upper {

@@ -141,6 +141,37 @@ fn write_at_offsets_and_read_back_through_the_same_fd() {
     });
 }
 
+/// fallocate of lower, upper and both files, through read-write and
+/// write-only (append) fds: extending, keeping the size, punching a hole.
+#[test]
+fn fallocate_extends_reserves_and_punches() {
+    let fix = standard_fixture();
+    fix.check(|c| {
+        for (p, flags) in [
+            ("lf", libc::O_RDWR),
+            ("md/both", libc::O_RDWR),
+            ("ld/f", libc::O_WRONLY | libc::O_APPEND),
+        ] {
+            if let Ok(fd) = c.open(p, flags, 0, "open") {
+                c.fallocate(&fd, 0, 0, 8192).ok();
+                c.fstat(&fd).ok();
+                c.fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 8192, 65536)
+                    .ok();
+                c.fstat(&fd).ok();
+                c.fallocate(
+                    &fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    1,
+                    2,
+                )
+                .ok();
+            }
+            c.read(p).ok();
+            c.stat(p).ok();
+        }
+    });
+}
+
 /// A write through one fd is seen through another opened before it (and
 /// before the copy-up). With passthrough, rcfs refuses the second open
 /// instead: see `inodes::passthrough_refuses_copy_up_of_a_file_open_for_reading`.

@@ -326,6 +326,11 @@ impl Ops {
         self.rec(format!("pwrite @{off} {:?}", Content::of(data)), r)
     }
 
+    pub fn fallocate(&mut self, fd: &OwnedFd, mode: i32, off: i64, len: i64) -> SysResult<()> {
+        let r = sys::fallocate(fd, mode, off, len);
+        self.rec(format!("fallocate {mode:#x} @{off} {len}"), r)
+    }
+
     pub fn pread(&mut self, fd: &OwnedFd, len: usize, off: i64) -> SysResult<Vec<u8>> {
         let r = sys::pread(fd, len, off);
         self.rec_with(format!("pread @{off} {len}"), r, |v| {

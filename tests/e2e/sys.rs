@@ -114,6 +114,11 @@ pub fn ftruncate(fd: &OwnedFd, len: i64) -> SysResult<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
 }
 
+pub fn fallocate(fd: &OwnedFd, mode: i32, off: i64, len: i64) -> SysResult<()> {
+    // SAFETY: plain integer arguments on an open fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off, len) }).map(drop)
+}
+
 pub fn truncate(p: &Path, len: i64) -> SysResult<()> {
     let c = cpath(p);
     // SAFETY: `c` is a valid C string.

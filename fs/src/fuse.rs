@@ -317,13 +317,16 @@ impl UnionFs {
                 true
             }
             Err(e) => {
-                log::info!(
-                    "FUSE passthrough unavailable ({e}); serving reads and writes in userspace"
-                );
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.passthrough_off(&e);
                 false
             }
         }
+    }
+
+    /// Registering a backing file failed (no privilege): serve all I/O here.
+    fn passthrough_off(&self, e: &io::Error) {
+        log::info!("FUSE passthrough unavailable ({e}); serving reads and writes in userspace");
+        self.passthrough.store(false, Ordering::Relaxed);
     }
 
     /// The backing id for `file` of `ino`, shared with other open handles of
@@ -368,10 +371,7 @@ impl UnionFs {
                 Ok(Some(b))
             }
             Err(e) => {
-                log::info!(
-                    "FUSE passthrough unavailable ({e}); serving reads and writes in userspace"
-                );
-                self.passthrough.store(false, Ordering::Relaxed);
+                self.passthrough_off(&e);
                 Ok(None)
             }
         }
@@ -932,13 +932,11 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         let t = Instant::now();
-        let r = self.open_handle(fh).and_then(|h| {
-            let file = match h.copied_up.get() {
-                Some(f) => f,
-                None => &h.file,
-            };
-            self.union.fallocate(file, offset, length, mode)
-        });
+        // The kernel sends this only for files open for writing, never
+        // lower ones, so the handle's own file is the one.
+        let r = self
+            .open_handle(fh)
+            .and_then(|h| self.union.fallocate(&h.file, offset, length, mode));
         self.trace(
             "fallocate",
             || format!("{}, fh {}, {offset}, {length}, {mode:#x}", ino.0, fh.0),

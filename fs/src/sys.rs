@@ -93,14 +93,15 @@ impl DirFd {
 
     /// Every entry but `.` and `..`, with its `d_type`.
     pub fn entries(&self) -> io::Result<Vec<(OsString, u8)>> {
+        const LEN: usize = 32 * 1024;
         thread_local! {
             // One buffer per thread: zeroing a fresh one for every directory
             // showed in profiles of a first walk over many layers.
-            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; LEN]);
         }
         BUF.with(|b| match b.try_borrow_mut() {
             Ok(mut buf) => self.entries_into(&mut buf),
-            Err(_) => self.entries_into(&mut vec![0u8; 32 * 1024]),
+            Err(_) => self.entries_into(&mut vec![0u8; LEN]),
         })
     }
 
@@ -457,9 +458,8 @@ pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
 /// the file, truncates it away and back instead.
 pub fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: open fd; plain integer arguments.
-    match cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }) {
-        Ok(_) => Ok(()),
+    match fallocate(f, mode, off, len) {
+        Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
             let size = fstat(f)?.st_size as u64;
             if off + len < size {

@@ -2160,26 +2160,17 @@ impl Union {
         }
     }
 
-    /// Writes `data` at `offset` through `file`. A write below the lower file's size through an [`OpenFile::Tail`]
-    /// fills in the file's data first.
+    /// Writes `data` at `offset` through `file`. A write below the lower
+    /// file's size through an [`OpenFile::Tail`] fills in the file's data
+    /// first.
     pub fn write(&self, file: &OpenFile, data: &[u8], offset: u64) -> io::Result<usize> {
-        if let OpenFile::Tail(TailFile { file: f, node }) = file {
-            if node.state.read().metacopy {
+        if let OpenFile::Tail(t) = file {
+            if t.node.state.read().metacopy {
                 // Not while the data is being filled in (which keeps the
                 // file's times).
-                let _copy = node.copy_lock.lock();
-                let (metacopy, lower) = {
-                    let st = node.state.read();
-                    (st.metacopy, st.lower.clone())
-                };
-                match lower {
-                    Some(lower) if metacopy && offset < lower.attr.size => {
-                        // Through this handle's own file: its names may be gone.
-                        let own = sys::reopen(f, libc::O_WRONLY)?;
-                        self.fill_data(node, &lower, own)?;
-                    }
-                    _ => return file.write_at(data, offset),
-                }
+                let _copy = t.node.copy_lock.lock();
+                self.fill_tail(t, |l| offset < l.attr.size)?;
+                return file.write_at(data, offset);
             }
         }
         file.write_at(data, offset)
@@ -2188,18 +2179,28 @@ impl Union {
     /// `fallocate(2)` through `file` (a write-only open whose data is still
     /// below gets it first: the range may lie inside it).
     pub fn fallocate(&self, file: &OpenFile, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        if let OpenFile::Tail(TailFile { file: f, node }) = file {
-            let _copy = node.copy_lock.lock();
-            let (metacopy, lower) = {
-                let st = node.state.read();
-                (st.metacopy, st.lower.clone())
-            };
-            if let (true, Some(lower)) = (metacopy, lower) {
-                self.fill_data(node, &lower, sys::reopen(f, libc::O_WRONLY)?)?;
-            }
+        if let OpenFile::Tail(t) = file {
+            let _copy = t.node.copy_lock.lock();
+            self.fill_tail(t, |_| true)?;
         }
         let f = file.upper_file().ok_or_else(|| errno(libc::EBADF))?;
         sys::fallocate(f, mode, offset, len)
+    }
+
+    /// Fills in the data of `t`'s file if it is still below and `needed`
+    /// says so. Through the handle's own file: its names may be gone. The
+    /// caller holds the node's copy lock.
+    fn fill_tail(&self, t: &TailFile, needed: impl FnOnce(&LowerRef) -> bool) -> io::Result<()> {
+        let (metacopy, lower) = {
+            let st = t.node.state.read();
+            (st.metacopy, st.lower.clone())
+        };
+        match lower {
+            Some(l) if metacopy && needed(&l) => {
+                self.fill_data(&t.node, &l, sys::reopen(&t.file, libc::O_WRONLY)?)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `statfs` of the upper dir (or the top layer when read-only).

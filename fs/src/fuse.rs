@@ -119,6 +119,61 @@ impl Prefetch {
     }
 }
 
+/// Reading ahead across files: when a program opens a directory's files one
+/// after another (a build, a container starting, `tar c`, `grep -r`), the
+/// next files' data is asked of the layers in the background, so that on a
+/// cold cache their disk reads overlap the program's work instead of
+/// following it one by one.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// The last file opened for reading that nobody looked at yet.
+    opened: Mutex<Option<u64>>,
+    wake: parking_lot::Condvar,
+}
+
+impl ReadAhead {
+    /// Files read ahead of the one being opened.
+    const FILES: usize = 16;
+
+    fn opened(&self, ino: u64) {
+        *self.opened.lock() = Some(ino);
+        self.wake.notify_one();
+    }
+
+    fn run(&self, union: &Union) {
+        // The directory being read and the cookies of the files read ahead
+        // in it, in readdir order.
+        let mut dir = 0;
+        let mut ahead = std::collections::VecDeque::new();
+        loop {
+            let ino = {
+                let mut o = self.opened.lock();
+                loop {
+                    if let Some(i) = o.take() {
+                        break i;
+                    }
+                    self.wake.wait(&mut o);
+                }
+            };
+            let Some((d, c)) = union.position(ino) else {
+                continue;
+            };
+            if d != dir {
+                dir = d;
+                ahead.clear();
+            }
+            while ahead.front().is_some_and(|&a| a <= c) {
+                ahead.pop_front();
+            }
+            if ahead.len() >= Self::FILES / 2 {
+                continue;
+            }
+            let from = ahead.back().copied().unwrap_or(c);
+            ahead.extend(union.read_ahead(d, from, Self::FILES - ahead.len()));
+        }
+    }
+}
+
 /// An open file and what keeps its passthrough mapping alive.
 #[derive(Debug)]
 struct Handle {
@@ -143,6 +198,8 @@ pub struct UnionFs {
     no_opendir: AtomicBool,
     /// Background loading of subdirectories; `None` when turned off.
     prefetch: Option<Arc<Prefetch>>,
+    /// Background reading ahead across files; `None` when turned off.
+    read_ahead: Option<Arc<ReadAhead>>,
     next_fh: AtomicU64,
     /// Passthrough is on (kernel agreed at init, and no backing open failed
     /// for lack of privilege).
@@ -171,7 +228,17 @@ impl UnionFs {
             }
             (started > 0).then_some(p)
         });
+        let read_ahead = opts.prefetch.then(|| {
+            let r = Arc::new(ReadAhead::default());
+            let (r2, u2) = (r.clone(), union.clone());
+            std::thread::Builder::new()
+                .name("rcfs-readahead".into())
+                .spawn(move || r2.run(&u2))
+                .ok()
+                .map(|_| r)
+        });
         UnionFs {
+            read_ahead: read_ahead.flatten(),
             prefetch: prefetch.flatten(),
             union,
             opts,
@@ -762,6 +829,9 @@ impl Filesystem for UnionFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno_of(e)),
         };
+        if let (Some(ra), OpenFile::Lower(_)) = (&self.read_ahead, &file) {
+            ra.opened(ino.0);
+        }
         if let OpenFile::Tail(_) = file {
             let fh = self.add_handle(ino.0, file, None);
             return reply.opened(

@@ -159,6 +159,9 @@ pub trait Layer: Send + Sync + Debug {
     /// A host path for `path`, for statfs and diagnostics; `None` when the
     /// layer does not live in a host directory.
     fn host_path(&self, path: &Path) -> Option<PathBuf>;
+    /// A hint that the first `len` bytes of regular file `path` will be read
+    /// soon: start fetching them without waiting for them.
+    fn will_need(&self, path: &Path, len: u64) -> io::Result<()>;
 }
 
 /// A layer that is a directory tree on the host.
@@ -258,6 +261,11 @@ impl Layer for DirLayer {
 
     fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
         sys::getxattr(&self.full(path), name)
+    }
+
+    fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = sys::open_at(&self.root_fd, path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        sys::will_need(&f, len)
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {

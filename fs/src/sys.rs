@@ -190,6 +190,19 @@ pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Starts reading the first `len` bytes of `f` into the page cache, without
+/// waiting for them (`posix_fadvise(WILLNEED)`).
+pub fn will_need(f: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an open fd.
+    let r = unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, len as libc::off_t, libc::POSIX_FADV_WILLNEED)
+    };
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// Opens the file `f` is open on anew, with `flags` (through `/proc`, so
 /// it works after the file's last name is gone).
 pub fn reopen(f: &File, flags: i32) -> io::Result<File> {

@@ -49,6 +49,10 @@ use crate::IdMap;
 /// Inode number of the merged root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// How much of each file [`Union::read_ahead`] asks for: small files whole,
+/// and the start of large ones (the kernel reads ahead from there).
+pub const READ_AHEAD_BYTES: u64 = 256 * 1024;
+
 /// Layer index used in hard-link keys for files of the upper dir.
 const UPPER_LAYER: usize = usize::MAX;
 
@@ -555,6 +559,56 @@ impl Union {
             .collect();
         subs.sort_unstable();
         subs.into_iter().map(|(_, ino)| ino).collect()
+    }
+
+    /// Where file `ino` stands for reading ahead: its directory (of its
+    /// primary name) and its readdir cookie there.
+    pub fn position(&self, ino: u64) -> Option<(u64, u64)> {
+        let node = self.node(ino).ok()?;
+        let st = node.state.read();
+        (st.linked && st.kind == Kind::File).then(|| (st.parent, cookie(&st.name)))
+    }
+
+    /// Reads ahead the data of up to `n` regular files that follow cookie
+    /// `after` in directory `dir`'s readdir order, for a program that opens
+    /// a directory's files one after another: the first
+    /// [`READ_AHEAD_BYTES`] of each whose data is in a lower layer are asked
+    /// of the layer ([`Layer::will_need`]). Returns the cookies of the files
+    /// it passed, in order (none at the end of the directory).
+    pub fn read_ahead(&self, dir: u64, after: u64, n: usize) -> Vec<u64> {
+        let Ok(dir) = self.node(dir) else {
+            return Vec::new();
+        };
+        let mut next: Vec<(u64, Arc<Node>)> = {
+            let st = dir.state.read();
+            let Some(ch) = st.children.as_ref() else {
+                return Vec::new();
+            };
+            self.children_nodes(ch)
+                .map(|(name, node)| (cookie(name), node))
+                .filter(|(c, node)| *c > after && node.state.read().kind == Kind::File)
+                .collect()
+        };
+        if next.len() > n {
+            next.select_nth_unstable_by_key(n, |(c, _)| *c);
+            next.truncate(n);
+        }
+        next.sort_unstable_by_key(|(c, _)| *c);
+        for (_, node) in &next {
+            let lower = {
+                let st = node.state.read();
+                match &st.lower {
+                    Some(l) if !st.upper || st.metacopy => Some(l.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(l) = lower {
+                let len = l.attr.size.min(READ_AHEAD_BYTES);
+                // Only a hint: a file that cannot be read ahead is read later.
+                let _ = self.lowers[l.layer].will_need(&l.path, len);
+            }
+        }
+        next.into_iter().map(|(c, _)| c).collect()
     }
 
     /// The nodes of `ch`'s entries. The node table is not held while they
@@ -2871,5 +2925,121 @@ mod tests {
                 .collect()
         };
         assert_eq!(key(&now), key(&again));
+    }
+
+    /// A host directory layer that records what is asked of it ahead.
+    #[derive(Debug)]
+    struct Recording {
+        inner: DirLayer,
+        layer: usize,
+        asked: Arc<Mutex<Vec<(usize, String, u64)>>>,
+    }
+
+    impl Layer for Recording {
+        fn stat(&self, path: &Path) -> io::Result<Attr> {
+            self.inner.stat(path)
+        }
+        fn read_dir(
+            &self,
+            path: &Path,
+            want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
+        ) -> io::Result<layer::Listing> {
+            self.inner.read_dir(path, want_attr)
+        }
+        fn readlink(&self, path: &Path) -> io::Result<OsString> {
+            self.inner.readlink(path)
+        }
+        fn list_xattrs(&self, path: &Path) -> io::Result<Vec<OsString>> {
+            self.inner.list_xattrs(path)
+        }
+        fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+            self.inner.get_xattr(path, name)
+        }
+        fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
+            self.inner.open(path)
+        }
+        fn host_path(&self, path: &Path) -> Option<PathBuf> {
+            self.inner.host_path(path)
+        }
+        fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
+            let p = path.to_string_lossy().into_owned();
+            self.asked.lock().push((self.layer, p, len));
+            self.inner.will_need(path, len)
+        }
+    }
+
+    #[test]
+    fn read_ahead_asks_the_next_files_of_the_directory_in_readdir_order() {
+        let fx = Fx::new(2);
+        for i in 0..20 {
+            fx.put(&format!("l1/d/f{i:02}"), "lower");
+        }
+        fx.put("l0/d/f05", &"x".repeat(300 * 1024)); // hides l1's, is large
+        fs::create_dir_all(fx.root.join("l1/d/sub")).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let lowers: Vec<Arc<dyn Layer>> = (0..2)
+            .map(|i| {
+                Arc::new(Recording {
+                    inner: DirLayer::new(&fx.root.join(format!("l{i}"))).unwrap(),
+                    layer: i,
+                    asked: asked.clone(),
+                }) as Arc<dyn Layer>
+            })
+            .collect();
+        let u = Union::new(Config {
+            lowers,
+            upper: Some(UpperConfig {
+                upper: fx.root.join("upper"),
+                work: fx.root.join("work"),
+            }),
+            metacopy: true,
+            fsync: true,
+        })
+        .unwrap();
+        let d = path_ino(&u, "d");
+        // f07 copied up with its data: nothing left below to read ahead.
+        let f07 = path_ino(&u, "d/f07");
+        drop(u.open(f07, libc::O_RDWR, false).unwrap());
+        // f09 chmod'ed: a metacopy, its data still below.
+        let f09 = path_ino(&u, "d/f09");
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        u.setattr(f09, &chmod, None).unwrap();
+
+        let files: Vec<DirEntry> = u
+            .list_dir(d)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .cloned()
+            .collect();
+        assert_eq!(files.len(), 20);
+        let (dir, c) = u.position(files[0].ino).unwrap();
+        assert_eq!((dir, c), (d, files[0].cookie));
+        assert_eq!(u.position(d), None, "a directory is not read ahead");
+
+        // The 19 files after the first, the subdirectory skipped, in order.
+        let mut got = u.read_ahead(d, c, 12);
+        got.extend(u.read_ahead(d, *got.last().unwrap(), 12));
+        let want: Vec<u64> = files[1..].iter().map(|e| e.cookie).collect();
+        assert_eq!(got, want);
+        assert!(u.read_ahead(d, *want.last().unwrap(), 12).is_empty());
+
+        // Each file whose data is below, once, from the layer that holds it.
+        let mut asked = asked.lock().clone();
+        asked.sort();
+        let mut expect: Vec<(usize, String, u64)> = files[1..]
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .filter(|n| n != "f07")
+            .map(|n| match n.as_str() {
+                "f05" => (0, format!("d/{n}"), READ_AHEAD_BYTES),
+                _ => (1, format!("d/{n}"), 5),
+            })
+            .collect();
+        expect.sort();
+        assert_eq!(asked, expect);
     }
 }

@@ -176,6 +176,11 @@ impl Fixture {
     }
 
     /// The subject's upper dir.
+    /// The subject's lower dir `i` (0 is the top).
+    pub fn subject_lower(&self, i: usize) -> &Path {
+        &self.subject_dirs.lowers[i]
+    }
+
     pub fn subject_upper(&self) -> &Path {
         self.subject
             .upper

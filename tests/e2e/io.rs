@@ -103,3 +103,44 @@ fn exec_files_from_the_mount() {
         }
     });
 }
+
+#[test]
+fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
+    const N: usize = 40;
+    const LEN: usize = 64 * 1024;
+    let mut bottom = Layer::new();
+    for i in 0..N {
+        bottom = bottom.big_file(&format!("d/f{i:02}"), LEN);
+    }
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    let lower = fix.subject_lower(0).join("d");
+    let merged = fix.subject.root.join("d");
+    // Readdir order, as a program that opens the files one by one meets them.
+    let names: Vec<String> = std::fs::read_dir(&merged)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), N);
+    let cached = |n: &str| sys::cached_pages(&lower.join(n)).unwrap();
+    for n in &names {
+        sys::evict(&lower.join(n)).unwrap();
+        assert_eq!(cached(n), 0, "{n} is still in the page cache after eviction");
+    }
+
+    let fd = sys::open(&merged.join(&names[0]), libc::O_RDONLY, 0).unwrap();
+    assert_eq!(sys::read_to_end(&fd).unwrap().len(), LEN);
+    // The read-ahead runs in the background: wait for the first next file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cached(&names[1]) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let ahead: Vec<usize> = names[1..9].iter().map(|n| cached(n)).collect();
+    assert!(
+        ahead.iter().all(|&p| p == LEN / 4096),
+        "pages cached of the 8 files after the one opened: {ahead:?}"
+    );
+    // Only ahead: the files far behind in readdir order are left alone.
+    let far: Vec<usize> = names[N - 10..].iter().map(|n| cached(n)).collect();
+    assert!(far.iter().all(|&p| p == 0), "pages cached of the last 10 files: {far:?}");
+}

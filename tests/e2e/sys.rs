@@ -364,3 +364,45 @@ pub fn with_shared_mapping(
     unmapped?;
     Ok(before)
 }
+
+/// Pages of file `p` in the page cache (`mincore`).
+pub fn cached_pages(p: &Path) -> SysResult<usize> {
+    let fd = open(p, libc::O_RDONLY, 0)?;
+    let len = fstat(&fd)?.st_size as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `addr`/`len` are the mapping above; `vec` has a byte per page.
+    let r = check(unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) });
+    // SAFETY: as above.
+    let unmapped = check(unsafe { libc::munmap(addr, len) });
+    r?;
+    unmapped?;
+    Ok(vec.iter().filter(|b| **b & 1 != 0).count())
+}
+
+/// Writes file `p`'s pages out and drops them from the page cache.
+pub fn evict(p: &Path) -> SysResult<()> {
+    let fd = open(p, libc::O_RDONLY, 0)?;
+    fsync(&fd)?;
+    // SAFETY: plain syscall on an open fd.
+    match unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) } {
+        0 => Ok(()),
+        e => Err(Errno::from_raw(e)),
+    }
+}

@@ -23,10 +23,10 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -1014,6 +1014,75 @@ impl Filesystem for UnionFs {
             &r,
         );
         reply_empty(reply, r);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let t = Instant::now();
+        // The reply counts bytes in 32 bits.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let r = self.open_handle(fh_in).and_then(|src| {
+            let dst = self.open_handle(fh_out)?;
+            let from = self.current_file(&src)?;
+            self.union
+                .copy_range(from, offset_in, &dst.file, offset_out, len)
+        });
+        self.trace(
+            "copy_file_range",
+            || {
+                format!(
+                    "{}, fh {}, {offset_in}, {}, fh {}, {offset_out}, {len}",
+                    ino_in.0, fh_in.0, ino_out.0, fh_out.0
+                )
+            },
+            t,
+            &r,
+        );
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno_of(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // Only SEEK_DATA and SEEK_HOLE come here; the kernel does the rest.
+        let t = Instant::now();
+        let r = match u64::try_from(offset) {
+            Ok(off) => self.open_handle(fh).and_then(|h| {
+                let f = self.current_file(&h)?;
+                self.union.seek_data(ino.0, f, off, whence)
+            }),
+            Err(_) => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+        };
+        self.trace(
+            "lseek",
+            || format!("{}, fh {}, {offset}, {whence}", ino.0, fh.0),
+            t,
+            &r,
+        );
+        match r {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno_of(e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -2239,6 +2240,71 @@ impl Union {
         }
         let f = file.upper_file().ok_or_else(|| errno(libc::EBADF))?;
         sys::fallocate(f, mode, offset, len)
+    }
+
+    /// `copy_file_range(2)` of up to `len` bytes from `src` at `off_in` to
+    /// `dst` (open for writing) at `off_out`, done by the host kernel: no
+    /// data passes through here. A write-only open whose data is still below
+    /// gets it first when the range starts inside it, as for
+    /// [`Self::write`]. Returns the bytes copied.
+    pub fn copy_range(
+        &self,
+        src: &OpenFile,
+        off_in: u64,
+        dst: &OpenFile,
+        off_out: u64,
+        len: u64,
+    ) -> io::Result<usize> {
+        let copy = || -> io::Result<usize> {
+            let to = dst.upper_file().ok_or_else(|| errno(libc::EBADF))?;
+            if let Some(from) = src.host_fd() {
+                return sys::copy_file_range(&from, off_in, to, off_out, len);
+            }
+            let mut buf = vec![0u8; len.min(1 << 20) as usize];
+            let n = src.read_at(&mut buf, off_in)?;
+            to.write_all_at(&buf[..n], off_out)?;
+            Ok(n)
+        };
+        if let OpenFile::Tail(t) = dst {
+            if t.node.state.read().metacopy {
+                let _copy = t.node.copy_lock.lock();
+                self.fill_tail(t, |l| off_out < l.attr.size)?;
+                return copy();
+            }
+        }
+        copy()
+    }
+
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (`whence`) from `offset` in
+    /// `file`, an open file of `ino`: asked of the host file that holds the
+    /// data. A file whose data has no host file to ask (a write-only open
+    /// whose data is still below, a layer without host files) is all data,
+    /// which POSIX allows.
+    pub fn seek_data(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        offset: u64,
+        whence: i32,
+    ) -> io::Result<u64> {
+        let host = match file {
+            OpenFile::Tail(t) if t.node.state.read().metacopy => None,
+            OpenFile::Tail(t) => Some(t.file.as_fd()),
+            f => f.host_fd(),
+        };
+        if let Some(fd) = host {
+            return sys::seek(&fd, offset, whence);
+        }
+        let size = match file {
+            OpenFile::Tail(t) => sys::fstat(&t.file)?.st_size as u64,
+            _ => self.getattr(ino)?.attr.size,
+        };
+        match whence {
+            _ if offset >= size => Err(errno(libc::ENXIO)),
+            libc::SEEK_DATA => Ok(offset),
+            libc::SEEK_HOLE => Ok(size),
+            _ => Err(errno(libc::EINVAL)),
+        }
     }
 
     /// Fills in the data of `t`'s file if it is still below and `needed`

@@ -97,6 +97,78 @@ fn upper_blocks(fix: &Fixture, p: &str) -> (u64, u64) {
     (m.len(), m.blocks())
 }
 
+/// A sparse lower file keeps its holes: SEEK_DATA/SEEK_HOLE find them
+/// through the mount as on kernel overlayfs, and copy-up allocates only the
+/// data (kernel overlayfs skips holes too, in 1 MiB pieces, so the holes of
+/// its copies are coarser and their offsets are not compared).
+#[test]
+fn sparse_files_keep_their_holes() {
+    const LEN: u64 = 16 << 20;
+    let extents: &[(u64, &[u8])] = &[(0, b"head"), (5 << 20, b"middle"), (9 << 20, b"more")];
+    let bottom = Layer::new()
+        .sparse_file("ro", LEN, extents)
+        .sparse_file("rw", LEN, extents)
+        .sparse_file("chmod", LEN, extents);
+    let fix = Fixture::new(&[bottom], &Layer::new());
+    fix.check(|c| {
+        if let Ok(fd) = c.open("ro", libc::O_RDONLY, 0, "O_RDONLY") {
+            for off in [
+                0,
+                1,
+                4096,
+                3 << 20,
+                (5 << 20) + 3,
+                6 << 20,
+                10 << 20,
+                LEN - 1,
+                LEN,
+            ] {
+                c.lseek(&fd, off as i64, libc::SEEK_DATA).ok();
+                c.lseek(&fd, off as i64, libc::SEEK_HOLE).ok();
+            }
+        }
+        // A data copy-up, then a write into a hole.
+        if let Ok(fd) = c.open("rw", libc::O_RDWR, 0, "O_RDWR") {
+            c.pwrite(&fd, b"new", 12 << 20).ok();
+            c.fsync(&fd).ok();
+        }
+        // A metadata-only copy-up.
+        c.chmod("chmod", 0o600).ok();
+    });
+    let root = &fix.subject.root;
+    for (p, data) in [
+        ("rw", vec![0, 5 << 20, 9 << 20, 12 << 20]),
+        ("chmod", vec![0, 5 << 20, 9 << 20]),
+    ] {
+        let fd = sys::open(&root.join(p), libc::O_RDONLY, 0).unwrap();
+        // Every run of data is found where it starts, and a hole follows it.
+        for &x in &data {
+            assert_eq!(
+                sys::lseek(&fd, x, libc::SEEK_DATA),
+                Ok(x),
+                "{p}: SEEK_DATA {x}"
+            );
+            let hole = sys::lseek(&fd, x, libc::SEEK_HOLE).unwrap();
+            assert!(
+                hole > x && hole < x + (1 << 20),
+                "{p}: SEEK_HOLE {x} = {hole}"
+            );
+        }
+        assert_eq!(
+            sys::lseek(&fd, (10 << 20) + 1, libc::SEEK_HOLE),
+            Ok((10 << 20) + 1)
+        );
+        let (len, blocks) = upper_blocks(&fix, p);
+        assert_eq!(len, LEN);
+        assert!(
+            blocks * 512 <= 1 << 20,
+            "the copy of sparse {p} allocates {} KiB of its {} KiB",
+            blocks / 2,
+            LEN >> 10
+        );
+    }
+}
+
 /// chmod/chown/utimens/setxattr of a big lower file copy no data: the upper
 /// file is sparse (st_blocks ~0) and marked `user.rcfs.metacopy`, yet reads
 /// through the mount give the lower bytes; a later write copies the data.

@@ -2,6 +2,7 @@
 //! of path of the standard layers (see `harness::standard`).
 
 use crate::harness::{standard, standard_fixture, Fixture};
+use crate::layers::Layer;
 
 const CREATE: libc::c_int = libc::O_WRONLY | libc::O_CREAT;
 
@@ -175,6 +176,66 @@ fn fallocate_extends_reserves_and_punches() {
 /// A write through one fd is seen through another opened before it (and
 /// before the copy-up). With passthrough, rcfs refuses the second open
 /// instead: see `inodes::passthrough_refuses_copy_up_of_a_file_open_for_reading`.
+/// copy_file_range between lower, upper and new files, into a write-only
+/// open of a lower file (inside its data and past it), within one file,
+/// and onto an append-only fd, as on kernel overlayfs.
+#[test]
+fn copy_file_range_everywhere() {
+    const BIG: usize = (3 << 20) + 123;
+    let bottom = Layer::new()
+        .big_file("src", BIG)
+        .big_file("target", 1 << 20)
+        .big_file("wo", 1 << 20)
+        .big_file("wo-end", 5000)
+        .file("short", "short file");
+    let upper = Layer::new().big_file("up", 100_000);
+    let fix = Fixture::new(&[bottom], &upper);
+    fix.check(|c| {
+        let Ok(src) = c.open("src", libc::O_RDONLY, 0, "O_RDONLY") else {
+            return;
+        };
+        // Lower to a new file, all of it, and past the end of the source.
+        if let Ok(dst) = c.open(
+            "new",
+            libc::O_WRONLY | libc::O_CREAT,
+            0o644,
+            "O_WRONLY|O_CREAT",
+        ) {
+            c.copy_file_range(&src, 0, &dst, 0, BIG + 1000).ok();
+            c.fstat(&dst).ok();
+        }
+        // Lower to a lower file opened read-write (copied up), and upper to it.
+        if let Ok(dst) = c.open("target", libc::O_RDWR, 0, "O_RDWR") {
+            c.copy_file_range(&src, 1 << 20, &dst, 4096, 300_000).ok();
+            if let Ok(up) = c.open("up", libc::O_RDONLY, 0, "O_RDONLY") {
+                c.copy_file_range(&up, 10, &dst, (1 << 20) + 50, 100_000)
+                    .ok();
+            }
+            c.pread(&dst, 64, 4090).ok();
+        }
+        // Into a write-only open of a lower file: inside its data, then past it.
+        if let Ok(dst) = c.open("wo", libc::O_WRONLY, 0, "O_WRONLY") {
+            c.copy_file_range(&src, 7, &dst, 100, 5000).ok();
+            c.copy_file_range(&src, 0, &dst, (1 << 20) + 10, 5000).ok();
+        }
+        if let Ok(dst) = c.open("wo-end", libc::O_WRONLY, 0, "O_WRONLY") {
+            c.copy_file_range(&src, 0, &dst, 5000, 3000).ok();
+        }
+        // Within one file, and onto an append-only fd (EBADF).
+        if let Ok(f) = c.open("up", libc::O_RDWR, 0, "O_RDWR") {
+            c.copy_file_range(&f, 0, &f, 50_000, 20_000).ok();
+        }
+        if let Ok(dst) = c.open(
+            "short",
+            libc::O_WRONLY | libc::O_APPEND,
+            0,
+            "O_WRONLY|O_APPEND",
+        ) {
+            c.copy_file_range(&src, 0, &dst, 0, 100).ok();
+        }
+    });
+}
+
 #[test]
 fn write_is_seen_through_an_fd_opened_before_copy_up() {
     let (lowers, upper) = standard();
@@ -400,7 +461,7 @@ fn lower_entries_with_longest_names() {
     let long_f = "f".repeat(255);
     let long_d = "d".repeat(255);
     let long_r = "r".repeat(255);
-    let bottom = crate::layers::Layer::new()
+    let bottom = Layer::new()
         .file(&long_f, "long name")
         .file(&format!("{long_d}/x"), "x")
         .file(&long_r, "to rename")

@@ -124,7 +124,11 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
     let cached = |n: &str| sys::cached_pages(&lower.join(n)).unwrap();
     for n in &names {
         sys::evict(&lower.join(n)).unwrap();
-        assert_eq!(cached(n), 0, "{n} is still in the page cache after eviction");
+        assert_eq!(
+            cached(n),
+            0,
+            "{n} is still in the page cache after eviction"
+        );
     }
 
     let fd = sys::open(&merged.join(&names[0]), libc::O_RDONLY, 0).unwrap();
@@ -142,5 +146,8 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
     );
     // Only ahead: the files far behind in readdir order are left alone.
     let far: Vec<usize> = names[N - 10..].iter().map(|n| cached(n)).collect();
-    assert!(far.iter().all(|&p| p == 0), "pages cached of the last 10 files: {far:?}");
+    assert!(
+        far.iter().all(|&p| p == 0),
+        "pages cached of the last 10 files: {far:?}"
+    );
 }

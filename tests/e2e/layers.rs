@@ -82,6 +82,11 @@ enum Item {
         data: Vec<u8>,
         mode: u32,
     },
+    Sparse {
+        path: String,
+        len: u64,
+        extents: Vec<(u64, Vec<u8>)>,
+    },
     Symlink {
         path: String,
         target: String,
@@ -153,6 +158,17 @@ impl Layer {
     /// A file of `len` bytes of a position-dependent pattern (no zero runs).
     pub fn big_file(self, path: &str, len: usize) -> Layer {
         self.file(path, pattern(len, path.len() as u8))
+    }
+
+    /// A sparse file `len` bytes long: `extents` (offset, bytes) hold data,
+    /// the rest is holes.
+    pub fn sparse_file(mut self, path: &str, len: u64, extents: &[(u64, &[u8])]) -> Layer {
+        self.items.push(Item::Sparse {
+            path: path.into(),
+            len,
+            extents: extents.iter().map(|(o, d)| (*o, d.to_vec())).collect(),
+        });
+        self
     }
 
     pub fn symlink(mut self, path: &str, target: &str) -> Layer {
@@ -271,6 +287,16 @@ fn write_item(root: &Path, item: &Item, reader: Reader) {
             std::fs::write(&full, data)
                 .unwrap_or_else(|e| panic!("writing {}: {e}", full.display()));
             ok("chmod", &full, sys::chmod(&full, *mode));
+        }
+        Item::Sparse { path, len, extents } => {
+            use std::os::unix::fs::FileExt;
+            let full = parent_dirs(root, path);
+            let f = std::fs::File::create(&full)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", full.display()));
+            f.set_len(*len).unwrap();
+            for (off, data) in extents {
+                f.write_all_at(data, *off).unwrap();
+            }
         }
         Item::Symlink { path, target } => {
             let full = parent_dirs(root, path);

@@ -326,6 +326,19 @@ impl Ops {
         self.rec(format!("pwrite @{off} {:?}", Content::of(data)), r)
     }
 
+    /// `copy_file_range` of `len` bytes (in as many calls as it takes).
+    pub fn copy_file_range(
+        &mut self,
+        src: &OwnedFd,
+        off_in: i64,
+        dst: &OwnedFd,
+        off_out: i64,
+        len: usize,
+    ) -> SysResult<usize> {
+        let r = sys::copy_file_range(src, off_in, dst, off_out, len);
+        self.rec(format!("copy_file_range @{off_in} -> @{off_out} {len}"), r)
+    }
+
     pub fn fallocate(&mut self, fd: &OwnedFd, mode: i32, off: i64, len: i64) -> SysResult<()> {
         let r = sys::fallocate(fd, mode, off, len);
         self.rec(format!("fallocate {mode:#x} @{off} {len}"), r)

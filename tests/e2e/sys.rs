@@ -84,6 +84,36 @@ pub fn pread(fd: &OwnedFd, len: usize, off: i64) -> SysResult<Vec<u8>> {
     Ok(buf)
 }
 
+/// `copy_file_range(2)` until `len` bytes are copied or the source ends;
+/// returns the bytes copied.
+pub fn copy_file_range(
+    src: &OwnedFd,
+    off_in: i64,
+    dst: &OwnedFd,
+    off_out: i64,
+    len: usize,
+) -> SysResult<usize> {
+    let (mut i, mut o, mut done) = (off_in, off_out, 0);
+    while done < len {
+        // SAFETY: both fds are open; offsets point at live locals.
+        let n = check_size(unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut i,
+                dst.as_raw_fd(),
+                &mut o,
+                len - done,
+                0,
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 /// Reads from the current offset to end of file.
 pub fn read_to_end(fd: &OwnedFd) -> SysResult<Vec<u8>> {
     let mut out = Vec::new();

@@ -126,17 +126,29 @@ impl Prefetch {
 /// following it one by one.
 #[derive(Debug, Default)]
 struct ReadAhead {
-    /// The last file opened for reading that nobody looked at yet.
-    opened: Mutex<Option<u64>>,
+    /// Where the last file opened for reading stands (directory, cookie),
+    /// when nobody looked at it yet.
+    opened: Mutex<Option<(u64, u64)>>,
     wake: parking_lot::Condvar,
+    /// Opens in this directory before this cookie need no reading ahead:
+    /// enough is under way. Checked on the open path, so that most opens
+    /// wake nothing.
+    enough_before: Mutex<(u64, u64)>,
 }
 
 impl ReadAhead {
     /// Files read ahead of the one being opened.
     const FILES: usize = 16;
 
-    fn opened(&self, ino: u64) {
-        *self.opened.lock() = Some(ino);
+    fn opened(&self, union: &Union, ino: u64) {
+        let Some((dir, cookie)) = union.position(ino) else {
+            return;
+        };
+        let (d, before) = *self.enough_before.lock();
+        if d == dir && cookie < before {
+            return;
+        }
+        *self.opened.lock() = Some((dir, cookie));
         self.wake.notify_one();
     }
 
@@ -146,17 +158,14 @@ impl ReadAhead {
         let mut dir = 0;
         let mut ahead = std::collections::VecDeque::new();
         loop {
-            let ino = {
+            let (d, c) = {
                 let mut o = self.opened.lock();
                 loop {
-                    if let Some(i) = o.take() {
-                        break i;
+                    if let Some(p) = o.take() {
+                        break p;
                     }
                     self.wake.wait(&mut o);
                 }
-            };
-            let Some((d, c)) = union.position(ino) else {
-                continue;
             };
             if d != dir {
                 dir = d;
@@ -165,11 +174,22 @@ impl ReadAhead {
             while ahead.front().is_some_and(|&a| a <= c) {
                 ahead.pop_front();
             }
-            if ahead.len() >= Self::FILES / 2 {
-                continue;
+            if ahead.len() < Self::FILES / 2 {
+                let from = ahead.back().copied().unwrap_or(c);
+                let want = Self::FILES - ahead.len();
+                let got = union.read_ahead(d, from, want);
+                let at_end = got.len() < want;
+                ahead.extend(got);
+                // Come back once the program has opened the files up to
+                // the one that leaves half of them ahead; never again in
+                // this directory once its end is read ahead.
+                let before = if at_end {
+                    u64::MAX
+                } else {
+                    ahead[ahead.len() - Self::FILES / 2]
+                };
+                *self.enough_before.lock() = (d, before);
             }
-            let from = ahead.back().copied().unwrap_or(c);
-            ahead.extend(union.read_ahead(d, from, Self::FILES - ahead.len()));
         }
     }
 }
@@ -830,7 +850,7 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(errno_of(e)),
         };
         if let (Some(ra), OpenFile::Lower(_)) = (&self.read_ahead, &file) {
-            ra.opened(ino.0);
+            ra.opened(&self.union, ino.0);
         }
         if let OpenFile::Tail(_) = file {
             let fh = self.add_handle(ino.0, file, None);

@@ -570,39 +570,44 @@ impl Union {
         (st.linked && st.kind == Kind::File).then(|| (st.parent, cookie(&st.name)))
     }
 
-    /// Reads ahead the data of up to `n` regular files that follow cookie
-    /// `after` in directory `dir`'s readdir order, for a program that opens
-    /// a directory's files one after another: the first
-    /// [`READ_AHEAD_BYTES`] of each whose data is in a lower layer are asked
-    /// of the layer ([`Layer::will_need`]). Returns the cookies of the files
-    /// it passed, in order (none at the end of the directory).
+    /// Reads ahead for a program that opens a directory's files one after
+    /// another: of the `n` entries that follow cookie `after` in directory
+    /// `dir`'s readdir order, the regular files whose data is in a lower
+    /// layer have their first [`READ_AHEAD_BYTES`] asked of the layer
+    /// ([`Layer::will_need`]). Returns the cookies of the entries it passed,
+    /// in order (fewer than `n` at the end of the directory).
     pub fn read_ahead(&self, dir: u64, after: u64, n: usize) -> Vec<u64> {
         let Ok(dir) = self.node(dir) else {
             return Vec::new();
         };
-        let mut next: Vec<(u64, Arc<Node>)> = {
+        // Only names and inode numbers here: a large directory is passed
+        // through many times, and only `n` of its entries are wanted.
+        let mut next: Vec<(u64, u64)> = {
             let st = dir.state.read();
             let Some(ch) = st.children.as_ref() else {
                 return Vec::new();
             };
-            self.children_nodes(ch)
-                .map(|(name, node)| (cookie(name), node))
-                .filter(|(c, node)| *c > after && node.state.read().kind == Kind::File)
+            ch.map
+                .iter()
+                .map(|(name, ino)| (cookie(name), *ino))
+                .filter(|(c, _)| *c > after)
                 .collect()
         };
         if next.len() > n {
-            next.select_nth_unstable_by_key(n, |(c, _)| *c);
+            next.select_nth_unstable(n);
             next.truncate(n);
         }
-        next.sort_unstable_by_key(|(c, _)| *c);
-        for (_, node) in &next {
-            let lower = {
+        next.sort_unstable();
+        for &(_, ino) in &next {
+            let lower = self.node(ino).ok().and_then(|node| {
                 let st = node.state.read();
                 match &st.lower {
-                    Some(l) if !st.upper || st.metacopy => Some(l.clone()),
+                    Some(l) if st.kind == Kind::File && (!st.upper || st.metacopy) => {
+                        Some(l.clone())
+                    }
                     _ => None,
                 }
-            };
+            });
             if let Some(l) = lower {
                 let len = l.attr.size.min(READ_AHEAD_BYTES);
                 // Only a hint: a file that cannot be read ahead is read later.
@@ -3074,9 +3079,8 @@ mod tests {
         };
         u.setattr(f09, &chmod, None).unwrap();
 
-        let files: Vec<DirEntry> = u
-            .list_dir(d)
-            .unwrap()
+        let all = u.list_dir(d).unwrap();
+        let files: Vec<DirEntry> = all
             .iter()
             .filter(|e| e.kind == Kind::File)
             .cloned()
@@ -3084,12 +3088,15 @@ mod tests {
         assert_eq!(files.len(), 20);
         let (dir, c) = u.position(files[0].ino).unwrap();
         assert_eq!((dir, c), (d, files[0].cookie));
-        assert_eq!(u.position(d), None, "a directory is not read ahead");
+        let sub = all.iter().find(|e| e.kind == Kind::Dir).unwrap();
+        assert_eq!(u.position(sub.ino), None, "a directory is not read ahead");
 
-        // The 19 files after the first, the subdirectory skipped, in order.
+        // The 20 entries after the first file, in readdir order, 12 at most
+        // per call.
         let mut got = u.read_ahead(d, c, 12);
+        assert_eq!(got.len(), 12);
         got.extend(u.read_ahead(d, *got.last().unwrap(), 12));
-        let want: Vec<u64> = files[1..].iter().map(|e| e.cookie).collect();
+        let want: Vec<u64> = all.iter().map(|e| e.cookie).filter(|&x| x > c).collect();
         assert_eq!(got, want);
         assert!(u.read_ahead(d, *want.last().unwrap(), 12).is_empty());
 

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -220,6 +221,13 @@ pub struct UnionFs {
     prefetch: Option<Arc<Prefetch>>,
     /// Background reading ahead across files; `None` when turned off.
     read_ahead: Option<Arc<ReadAhead>>,
+    /// The session's notifier, once the session exists: small lower files
+    /// opened without passthrough are put in the kernel's page cache with
+    /// their OPEN (see [`UnionFs::store_small`]).
+    notifier: Arc<std::sync::OnceLock<Notifier>>,
+    /// Files whose data [`UnionFs::store_small`] put in the page cache
+    /// since the kernel last forgot them.
+    stored: Mutex<std::collections::HashSet<u64, std::hash::BuildHasherDefault<crate::IdHasher>>>,
     next_fh: AtomicU64,
     /// Passthrough is on (kernel agreed at init, and no backing open failed
     /// for lack of privilege).
@@ -259,6 +267,8 @@ impl UnionFs {
         });
         UnionFs {
             read_ahead: read_ahead.flatten(),
+            notifier: Arc::default(),
+            stored: Mutex::default(),
             prefetch: prefetch.flatten(),
             union,
             opts,
@@ -365,6 +375,41 @@ impl UnionFs {
             }),
         );
         fh
+    }
+
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Without passthrough, every read of a file costs a READ round trip
+    /// after its OPEN. A small lower file opened for reading is instead put
+    /// whole into the kernel's page cache (FUSE_NOTIFY_STORE) before the
+    /// OPEN is answered, so that reading it takes no further request; the
+    /// open keeps the cache (FOPEN_KEEP_CACHE), and later opens find it
+    /// there. Only a hint: a failure leaves reads to READ.
+    fn store_small(&self, ino: u64, file: &OpenFile, flags: i32) {
+        /// Largest file stored: most files of an image are far smaller.
+        const MAX: u64 = 64 * 1024;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || !matches!(file, OpenFile::Lower(_)) {
+            return;
+        }
+        let Some(notifier) = self.notifier.get() else {
+            return;
+        };
+        if self.stored.lock().contains(&ino) {
+            return;
+        }
+        let stored = self
+            .union
+            .with_lower_data(ino, file, MAX, |data| notifier.store(INodeNo(ino), 0, data));
+        match stored {
+            Ok(true) => {
+                self.stored.lock().insert(ino);
+            }
+            Ok(false) => {}
+            Err(e) => log::debug!("storing {ino} in the page cache: {e}"),
+        }
     }
 
     /// True while `ino` passes through to its lower file: the kernel then takes
@@ -614,6 +659,8 @@ impl Filesystem for UnionFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let t = Instant::now();
         self.union.forget(ino.0, nlookup);
+        // The kernel's pages of the file may be gone with its inode.
+        self.stored.lock().remove(&ino.0);
         self.trace("forget", || format!("{}, {nlookup}", ino.0), t, &Ok(()));
     }
 
@@ -870,6 +917,7 @@ impl Filesystem for UnionFs {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);
             }
             Ok(None) => {
+                self.store_small(ino.0, &file, flags.0);
                 let fh = self.add_handle(ino.0, file, None);
                 reply.opened(
                     FileHandle(fh),

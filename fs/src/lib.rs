@@ -97,5 +97,8 @@ pub fn mount(
     };
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    Session::new(fs, mountpoint, &config)
+    let notifier = fs.notifier_slot();
+    let session = Session::new(fs, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
+    Ok(session)
 }

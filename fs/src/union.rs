@@ -2247,6 +2247,38 @@ impl Union {
         sys::fallocate(f, mode, offset, len)
     }
 
+    /// Calls `f` with the whole data of `file`, an open lower file of `ino`
+    /// no larger than `max` bytes (and not empty), while nothing can copy
+    /// the file up: a write after a copy-up can then not be overtaken by
+    /// what `f` does with the older bytes. False, without calling `f`, when
+    /// the file is larger or is no longer only below.
+    pub fn with_lower_data(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        max: u64,
+        f: impl FnOnce(&[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        let node = self.node(ino)?;
+        let _copy = node.copy_lock.lock();
+        let size = {
+            let st = node.state.read();
+            match &st.lower {
+                Some(l) if !st.upper && st.kind == Kind::File => l.attr.size,
+                _ => return Ok(false),
+            }
+        };
+        if size == 0 || size > max {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; size as usize];
+        if file.read_at(&mut buf, 0)? != buf.len() {
+            return Ok(false); // changed under us: leave it to READ
+        }
+        f(&buf)?;
+        Ok(true)
+    }
+
     /// `copy_file_range(2)` of up to `len` bytes from `src` at `off_in` to
     /// `dst` (open for writing) at `off_out`, done by the host kernel: no
     /// data passes through here. A write-only open whose data is still below

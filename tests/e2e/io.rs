@@ -151,3 +151,35 @@ fn opening_a_file_reads_the_next_files_of_its_directory_ahead() {
         "pages cached of the last 10 files: {far:?}"
     );
 }
+
+/// Without passthrough, a small lower file opened for reading comes into
+/// the page cache with its OPEN (no READ needed); a large one does not.
+/// What is read stays right across a copy-up and writes.
+#[test]
+fn small_files_come_with_their_open_without_passthrough() {
+    let bottom = Layer::new()
+        .file("small", "x".repeat(10_000))
+        .big_file("big", 200_000)
+        .file("empty", "");
+    let fix = Fixture::without_passthrough(&[bottom], &Layer::new());
+    let m = &fix.subject.root;
+    // cached_pages opens the file, then maps it: no read has happened.
+    assert_eq!(sys::cached_pages(&m.join("small")).unwrap(), 3);
+    assert_eq!(sys::cached_pages(&m.join("big")).unwrap(), 0);
+    assert_eq!(sys::cached_pages(&m.join("empty")).unwrap(), 0);
+    fix.check(|c| {
+        let Ok(r) = c.open("small", libc::O_RDONLY, 0, "O_RDONLY") else {
+            return;
+        };
+        c.pread(&r, 20, 0).ok();
+        if let Ok(w) = c.open("small", libc::O_RDWR, 0, "O_RDWR") {
+            c.pwrite(&w, b"yyy", 5).ok();
+            c.pwrite(&w, b"tail", 10_000).ok();
+        }
+        c.pread(&r, 20, 0).ok();
+        c.pread(&r, 20, 9_995).ok();
+        if let Ok(again) = c.open("small", libc::O_RDONLY, 0, "O_RDONLY") {
+            c.pread(&again, 20, 0).ok();
+        }
+    });
+}

@@ -225,8 +225,8 @@ pub struct UnionFs {
     /// opened without passthrough are put in the kernel's page cache with
     /// their OPEN (see [`UnionFs::store_small`]).
     notifier: Arc<std::sync::OnceLock<Notifier>>,
-    /// Files whose data [`UnionFs::store_small`] put in the page cache
-    /// since the kernel last forgot them.
+    /// Files [`UnionFs::store_small`] has stored (or tried to) since the
+    /// kernel last forgot them.
     stored: Mutex<std::collections::HashSet<u64, std::hash::BuildHasherDefault<crate::IdHasher>>>,
     next_fh: AtomicU64,
     /// Passthrough is on (kernel agreed at init, and no backing open failed
@@ -388,6 +388,12 @@ impl UnionFs {
     /// OPEN is answered, so that reading it takes no further request; the
     /// open keeps the cache (FOPEN_KEEP_CACHE), and later opens find it
     /// there. Only a hint: a failure leaves reads to READ.
+    ///
+    /// A store waits for any page of the file that a READ is filling, and
+    /// that READ needs a free server thread. So a file is stored once per
+    /// kernel inode, by its first open, and concurrent opens wait for that
+    /// store (the node's copy lock): no fd of the file can be reading while
+    /// it is stored.
     fn store_small(&self, ino: u64, file: &OpenFile, flags: i32) {
         /// Largest file stored: most files of an image are far smaller.
         const MAX: u64 = 64 * 1024;
@@ -397,18 +403,10 @@ impl UnionFs {
         let Some(notifier) = self.notifier.get() else {
             return;
         };
-        if self.stored.lock().contains(&ino) {
-            return;
-        }
-        let stored = self
-            .union
-            .with_lower_data(ino, file, MAX, |data| notifier.store(INodeNo(ino), 0, data));
-        match stored {
-            Ok(true) => {
-                self.stored.lock().insert(ino);
-            }
-            Ok(false) => {}
-            Err(e) => log::debug!("storing {ino} in the page cache: {e}"),
+        let first = || self.stored.lock().insert(ino);
+        let store = |data: &[u8]| notifier.store(INodeNo(ino), 0, data);
+        if let Err(e) = self.union.with_lower_data(ino, file, MAX, first, store) {
+            log::debug!("storing {ino} in the page cache: {e}");
         }
     }
 
@@ -658,9 +656,10 @@ impl Filesystem for UnionFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let t = Instant::now();
-        self.union.forget(ino.0, nlookup);
-        // The kernel's pages of the file may be gone with its inode.
-        self.stored.lock().remove(&ino.0);
+        if self.union.forget(ino.0, nlookup) {
+            // The kernel's inode, and its pages, are gone.
+            self.stored.lock().remove(&ino.0);
+        }
         self.trace("forget", || format!("{}, {nlookup}", ino.0), t, &Ok(()));
     }
 

@@ -1042,16 +1042,19 @@ impl Union {
         }
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `ino`. True when it holds none any
+    /// more: its inode, with its cached pages, is gone.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         let Some(node) = self.nodes.read().get(&ino).cloned() else {
-            return;
+            return true;
         };
         let prev = node.lookups.fetch_sub(n, Ordering::Relaxed);
         if prev <= n && ino != ROOT_INO {
             node.lookups.store(0, Ordering::Relaxed);
             self.drop_if_dead(&node);
+            return true;
         }
+        false
     }
 
     fn drop_if_dead(&self, node: &Node) {
@@ -2248,15 +2251,17 @@ impl Union {
     }
 
     /// Calls `f` with the whole data of `file`, an open lower file of `ino`
-    /// no larger than `max` bytes (and not empty), while nothing can copy
-    /// the file up: a write after a copy-up can then not be overtaken by
-    /// what `f` does with the older bytes. False, without calling `f`, when
-    /// the file is larger or is no longer only below.
+    /// no larger than `max` bytes (and not empty), if `wanted()` says so,
+    /// under the node's copy lock: a write after a copy-up can then not be
+    /// overtaken by what `f` does with the older bytes, and other callers
+    /// for the node wait until `f` is done. False, without calling `f`,
+    /// when the file is larger, is no longer only below, or is not wanted.
     pub fn with_lower_data(
         &self,
         ino: u64,
         file: &OpenFile,
         max: u64,
+        wanted: impl FnOnce() -> bool,
         f: impl FnOnce(&[u8]) -> io::Result<()>,
     ) -> io::Result<bool> {
         let node = self.node(ino)?;
@@ -2268,7 +2273,7 @@ impl Union {
                 _ => return Ok(false),
             }
         };
-        if size == 0 || size > max {
+        if size == 0 || size > max || !wanted() {
             return Ok(false);
         }
         let mut buf = vec![0u8; size as usize];

@@ -103,20 +103,27 @@ impl Prefetch {
 
     fn run(&self, union: &Union) {
         loop {
-            let (ino, depth) = {
-                let mut st = self.stack.lock();
-                loop {
-                    if let Some(i) = st.pop() {
-                        break i;
-                    }
-                    self.wake.wait(&mut st);
-                }
-            };
+            let (ino, depth) = wait_for(&self.stack, &self.wake, Vec::pop);
             union.preload(ino);
             if depth > 1 {
                 self.push(union.unloaded_subdirs(ino), depth - 1);
             }
         }
+    }
+}
+
+/// Waits on `wake` until `take` gets something out of what `m` guards.
+fn wait_for<T, R>(
+    m: &Mutex<T>,
+    wake: &parking_lot::Condvar,
+    mut take: impl FnMut(&mut T) -> Option<R>,
+) -> R {
+    let mut guard = m.lock();
+    loop {
+        if let Some(r) = take(&mut guard) {
+            return r;
+        }
+        wake.wait(&mut guard);
     }
 }
 
@@ -159,15 +166,7 @@ impl ReadAhead {
         let mut dir = 0;
         let mut ahead = std::collections::VecDeque::new();
         loop {
-            let (d, c) = {
-                let mut o = self.opened.lock();
-                loop {
-                    if let Some(p) = o.take() {
-                        break p;
-                    }
-                    self.wake.wait(&mut o);
-                }
-            };
+            let (d, c) = wait_for(&self.opened, &self.wake, Option::take);
             if d != dir {
                 dir = d;
                 ahead.clear();

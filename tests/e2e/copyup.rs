@@ -338,10 +338,7 @@ fn write_only_append_copies_no_data() {
     });
     // A server killed after an append loses none of it.
     let servers = crate::mounts::daemons_of(&fix.subject.root);
-    for pid in servers {
-        // SAFETY: plain kill(2) of a process this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    crate::mounts::kill_hard(&servers);
     fix.remount();
     fix.check(|c| {
         c.stat("kept").ok();
@@ -417,10 +414,7 @@ fn appended_copy_up_survives_a_killed_server() {
     append(&fix.kernel.root);
     // Kill at once: flushing 64 MiB takes far longer than this.
     append(&fix.subject.root);
-    for pid in servers {
-        // SAFETY: plain kill(2) of a process this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    crate::mounts::kill_hard(&servers);
     fix.remount();
     fix.check(|c| {
         c.stat("f").ok();

@@ -193,6 +193,17 @@ pub fn is_mountpoint(path: &Path) -> bool {
 /// Pids of processes (other than us) with an argument equal to `mnt`: the
 /// daemon serving that mount point. Mount points are unique temp paths, so
 /// these are processes this test started.
+/// SIGKILLs `pids` (servers this test started), as a crash or the OOM
+/// killer would.
+pub fn kill_hard(pids: &[i32]) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 pub fn daemons_of(mnt: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut pids = Vec::new();

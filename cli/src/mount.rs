@@ -36,6 +36,10 @@ pub struct MountRequest {
     pub passthrough: bool,
     pub ttl: Duration,
     pub fsname: String,
+    /// The mount's type is `fuse.SUBTYPE` (`fuse.rcfs`, `fuse.rcfs-overlay`).
+    pub subtype: String,
+    /// Do not update access times (fuse-overlayfs's default).
+    pub noatime: bool,
     pub threads: usize,
     /// Where a background server writes its log (warnings, errors; with
     /// `debug`, every operation); `None`: nowhere.
@@ -63,18 +67,39 @@ impl MountRequest {
             passthrough: true,
             ttl: Duration::from_secs(86400),
             fsname: "rcfs".into(),
+            subtype: "rcfs".into(),
+            noatime: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             log: None,
         }
     }
 }
 
-/// Splits a `A:B:C` list of lower dirs.
+/// Splits a `A:B:C` list of lower dirs (an empty one stays, for
+/// [`check`] to refuse).
 pub fn split_lowers(s: &str) -> Vec<PathBuf> {
-    s.split(':')
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect()
+    s.split(':').map(PathBuf::from).collect()
+}
+
+/// Most request-serving threads: each holds a /dev/fuse queue and a 1 MiB
+/// buffer; past a few per CPU they only wait.
+pub const MAX_THREADS: usize = 64;
+
+/// Parses a cache timeout in seconds (`--timeout`, `-o timeout=`).
+pub fn parse_timeout(v: &str) -> Result<Duration> {
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .with_context(|| format!("timeout {v} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        bail!("timeout {v} must be a number of seconds, 0 or more");
+    }
+    // The kernel keeps a timeout in 64-bit jiffies: a century is forever.
+    const MAX: f64 = 100.0 * 365.0 * 86400.0;
+    if secs > MAX {
+        bail!("timeout {v} is too large: at most {MAX} seconds (a century)");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn abs(p: &Path) -> Result<PathBuf> {
@@ -87,14 +112,23 @@ fn check(req: &mut MountRequest) -> Result<()> {
     if req.lowers.is_empty() && req.upper.is_none() {
         bail!("no layers given: pass at least one lower dir (--lower A:B or -o lowerdir=A:B)");
     }
+    if req.threads == 0 || req.threads > MAX_THREADS {
+        bail!(
+            "{} request-serving threads asked for: give 1 to {MAX_THREADS}",
+            req.threads
+        );
+    }
     for l in req.lowers.iter_mut() {
+        if l.as_os_str().is_empty() {
+            bail!("an empty lower dir was given (as in --lower '' or lowerdir=a::b): name each lower dir");
+        }
         let p = abs(l)?;
         match std::fs::metadata(&p) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => bail!("lower dir {} is not a directory", p.display()),
             Err(e) => bail!("lower dir {} cannot be used: {e}", p.display()),
         }
-        *l = p;
+        *l = p.canonicalize()?;
     }
     match (&req.upper, &req.work) {
         (Some(_), None) => {
@@ -160,6 +194,7 @@ fn check(req: &mut MountRequest) -> Result<()> {
         );
     }
     req.mountpoint = mp;
+    check_overlaps(req)?;
     if let Some(log) = &req.log {
         let p = abs(log)?;
         std::fs::OpenOptions::new()
@@ -170,6 +205,55 @@ fn check(req: &mut MountRequest) -> Result<()> {
         req.log = Some(p);
     }
     check_fuse_device()?;
+    Ok(())
+}
+
+/// Refuses layers that overlap each other or the mountpoint (all paths
+/// canonical). A mountpoint inside a layer would have the server serve its
+/// own mount and hang on it; an upper or work dir inside a lower one (or
+/// the reverse) would have writes change a read-only layer. Kernel
+/// overlayfs refuses the same (ELOOP).
+fn check_overlaps(req: &MountRequest) -> Result<()> {
+    let mut dirs: Vec<(&str, &Path)> = Vec::new();
+    if let (Some(u), Some(w)) = (&req.upper, &req.work) {
+        dirs.push(("upper dir", u));
+        dirs.push(("work dir", w));
+    }
+    for l in &req.lowers {
+        dirs.push(("lower dir", l));
+    }
+    let mp = &req.mountpoint;
+    for (what, d) in &dirs {
+        if mp.starts_with(d) {
+            bail!(
+                "the mountpoint {} is {} the {what} {}: the union would contain itself \
+                 and its server would hang on its own mount; mount it somewhere outside its layers",
+                mp.display(),
+                if mp == d { "also" } else { "inside" },
+                d.display()
+            );
+        }
+        if d.starts_with(mp) {
+            bail!(
+                "the {what} {} is inside the mountpoint {}: the mount would hide it; \
+                 mount it somewhere outside its layers",
+                d.display(),
+                mp.display()
+            );
+        }
+    }
+    for (what, d) in dirs.iter().filter(|(w, _)| *w != "lower dir") {
+        for l in &req.lowers {
+            if d.starts_with(l) || l.starts_with(d) {
+                bail!(
+                    "the {what} {} and the lower dir {} overlap: changes would be written into \
+                     a read-only layer; use separate directories",
+                    d.display(),
+                    l.display()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -442,8 +526,11 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         let cfg = MountConfig {
             allow_other: req.allow_other,
             fsname: req.fsname.clone(),
+            subtype: req.subtype.clone(),
             threads: req.threads,
             read_only: req.upper.is_none(),
+            noatime: req.noatime,
+            ..MountConfig::default()
         };
         let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
             .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;

@@ -8,16 +8,15 @@
 //! fuse-overlayfs does; generic mount flags (`rw`, `nodev`, ...) silently.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::mount::{split_lowers, MountRequest};
+use crate::mount::{parse_timeout, split_lowers, MountRequest};
 
 /// A parsed command line: a mount, or a request for help/version.
 #[derive(Debug)]
 pub enum Parsed {
-    Mount(MountRequest, Vec<String>),
+    Mount(Box<MountRequest>, Vec<String>),
     Help,
     Version,
 }
@@ -32,11 +31,7 @@ const GENERIC: &[&str] = &[
     "nosuid",
     "exec",
     "noexec",
-    "atime",
-    "noatime",
-    "relatime",
     "norelatime",
-    "strictatime",
     "diratime",
     "nodiratime",
     "async",
@@ -85,6 +80,14 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
     // tree, so data is always copied up here unless asked otherwise.
     req.metacopy = false;
     req.fsname = "rcfs-overlay".into();
+    req.subtype = "rcfs-overlay".into();
+    // fuse-overlayfs's defaults: `default_permissions,noatime`, and as root
+    // also `allow_other,suid` (a container's other uids must get in, and
+    // its setuid programs work).
+    req.noatime = true;
+    if nix::unistd::geteuid().is_root() {
+        req.allow_other = true;
+    }
     let mut warnings = Vec::new();
     for opt in opts.iter().flat_map(|o| split_options(o)) {
         let (key, val) = match opt.split_once('=') {
@@ -97,12 +100,9 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
             ("workdir", Some(v)) => req.work = Some(PathBuf::from(v)),
             ("allow_other", None) | ("allow_root", None) => req.allow_other = true,
             ("fsname", Some(v)) => req.fsname = v.to_string(),
-            ("timeout", Some(v)) => {
-                let secs: f64 = v
-                    .parse()
-                    .with_context(|| format!("timeout={v} is not a number of seconds"))?;
-                req.ttl = Duration::from_secs_f64(secs.max(0.0));
-            }
+            ("timeout", Some(v)) => req.ttl = parse_timeout(v)?,
+            ("atime", None) | ("relatime", None) | ("strictatime", None) => req.noatime = false,
+            ("noatime", None) => req.noatime = true,
             ("metacopy", Some("on")) => req.metacopy = true,
             ("metacopy", Some("off")) => req.metacopy = false,
             ("passthrough", Some("off")) => req.passthrough = false,
@@ -118,7 +118,7 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
     }
     req.foreground = foreground || debug;
     req.debug = debug;
-    Ok(Parsed::Mount(req, warnings))
+    Ok(Parsed::Mount(Box::new(req), warnings))
 }
 
 /// Splits a comma-separated option string; a backslash escapes a comma.
@@ -144,6 +144,7 @@ fn split_options(s: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn args(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
@@ -151,7 +152,7 @@ mod tests {
 
     fn mount(s: &[&str]) -> (MountRequest, Vec<String>) {
         match parse(&args(s)).unwrap() {
-            Parsed::Mount(r, w) => (r, w),
+            Parsed::Mount(r, w) => (*r, w),
             p => panic!("not a mount: {p:?}"),
         }
     }

@@ -22,19 +22,19 @@ use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use parking_lot::{Condvar, Mutex};
-
+use crate::lock::{Condvar, Mutex, Rank};
 use crate::{sys, whiteout, IdMap};
 
 /// One copy whose data may not be on disk yet.
 #[derive(Debug)]
 struct Pending {
     file: File,
-    /// For messages only: where the file was when it was copied up.
-    path: PathBuf,
+    /// For messages only: the lower file the data came from.
+    what: String,
     /// Set once flushed and unmarked; the lock serialises the two callers
     /// (the background thread and an fsync).
     done: Mutex<bool>,
@@ -61,7 +61,7 @@ impl Pending {
 pub(crate) fn finish_file(file: &File) -> io::Result<()> {
     file.sync_data()?;
     for x in [whiteout::METACOPY_XATTR, whiteout::UNFLUSHED_XATTR] {
-        match sys::fremovexattr(file, OsStr::new(x)) {
+        match sys::xattr::fremove(file.as_fd(), OsStr::new(x)) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
             _ => {}
         }
@@ -77,100 +77,149 @@ pub(crate) fn boot_id() -> Option<Vec<u8>> {
         .filter(|b| !b.is_empty())
 }
 
+/// The value of [`whiteout::UNFLUSHED_XATTR`]: the boot id, a space, and the
+/// file's size when its data was filled in.
+pub(crate) fn unflushed_mark(boot_id: &[u8], size: u64) -> Vec<u8> {
+    let mut v = boot_id.to_vec();
+    v.extend_from_slice(format!(" {size}").as_bytes());
+    v
+}
+
+/// The boot id and size of an [`unflushed_mark`] (the size is absent in
+/// marks of a boot id alone).
+pub(crate) fn parse_unflushed_mark(mark: &[u8]) -> (&[u8], Option<u64>) {
+    if let Some(i) = mark.iter().rposition(|&b| b == b' ') {
+        if let Some(n) = std::str::from_utf8(&mark[i + 1..])
+            .ok()
+            .and_then(|t| t.parse().ok())
+        {
+            return (&mark[..i], Some(n));
+        }
+    }
+    (mark, None)
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     order: VecDeque<u64>,
-    by_ino: IdMap<Arc<Pending>>,
+    by_node: IdMap<Arc<Pending>>,
+    /// Set when the union goes: the thread ends.
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
 }
 
 /// The copies waiting for their flush, and the thread that does them.
 /// Each holds an open file, so their number is bounded: past
 /// [`Flusher::MAX_PENDING`] the caller flushes in line ([`Flusher::push`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Flusher {
-    queue: Mutex<Queue>,
-    wake: Condvar,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Flusher {
     /// A flusher with its background thread.
-    pub(crate) fn start() -> io::Result<Arc<Flusher>> {
-        let f = Arc::new(Flusher::default());
-        let f2 = f.clone();
-        std::thread::Builder::new()
+    pub(crate) fn start() -> io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Rank::FlushQueue, Queue::default()),
+            wake: Condvar::default(),
+        });
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
             .name("rcfs-flush".into())
-            .spawn(move || f2.run())?;
-        Ok(f)
+            .spawn(move || run(&s2))?;
+        Ok(Flusher {
+            shared,
+            thread: Mutex::new(Rank::Stop, Some(thread)),
+        })
     }
 
     /// Most copies waiting for the background thread.
     const MAX_PENDING: usize = 256;
 
-    /// Queues the flush of inode `ino`'s upper `file`, whose marker is still
+    /// Queues the flush of node `id`'s upper `file`, whose marker is still
     /// on disk; when too many are waiting, flushes it here instead.
-    pub(crate) fn push(&self, ino: u64, file: File, path: PathBuf) -> io::Result<()> {
-        let mut q = self.queue.lock();
-        if q.by_ino.len() >= Self::MAX_PENDING {
+    pub(crate) fn push(&self, id: u64, file: File, what: String) -> io::Result<()> {
+        let mut q = self.shared.queue.lock();
+        if q.by_node.len() >= Self::MAX_PENDING || q.stop {
             drop(q);
             return finish_file(&file);
         }
         let p = Arc::new(Pending {
             file,
-            path,
-            done: Mutex::new(false),
+            what,
+            done: Mutex::new(Rank::FlushDone, false),
         });
-        q.by_ino.insert(ino, p);
-        q.order.push_back(ino);
-        self.wake.notify_one();
+        q.by_node.insert(id, p);
+        q.order.push_back(id);
+        self.shared.wake.notify_one();
         Ok(())
     }
 
-    /// Finishes the pending flush of `ino`, if any, before returning.
-    pub(crate) fn finish(&self, ino: u64) -> io::Result<()> {
-        let p = self.queue.lock().by_ino.get(&ino).cloned();
+    /// Finishes the pending flush of node `id`, if any, before returning.
+    pub(crate) fn finish(&self, id: u64) -> io::Result<()> {
+        let p = self.shared.queue.lock().by_node.get(&id).cloned();
         let Some(p) = p else {
             return Ok(());
         };
         p.finish()?;
-        self.forget(ino, &p);
+        forget(&self.shared, id, &p);
         Ok(())
     }
 
     /// Finishes every pending flush, one try each (unmount).
     pub(crate) fn finish_all(&self) {
-        let all = std::mem::take(&mut self.queue.lock().by_ino);
+        let all = std::mem::take(&mut self.shared.queue.lock().by_node);
         for p in all.values() {
             report(p, p.finish());
         }
     }
 
-    fn forget(&self, ino: u64, p: &Arc<Pending>) {
-        let mut q = self.queue.lock();
-        if q.by_ino.get(&ino).is_some_and(|cur| Arc::ptr_eq(cur, p)) {
-            q.by_ino.remove(&ino);
+    /// Finishes every pending flush and ends the thread.
+    pub(crate) fn stop(&self) {
+        self.finish_all();
+        self.shared.queue.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
         }
     }
+}
 
-    fn run(&self) {
-        loop {
-            let (ino, p) = {
-                let mut q = self.queue.lock();
-                loop {
-                    match q.order.pop_front() {
-                        Some(i) => {
-                            if let Some(p) = q.by_ino.get(&i) {
-                                break (i, p.clone());
-                            }
-                        }
-                        None => self.wake.wait(&mut q),
-                    }
+fn forget(shared: &Shared, id: u64, p: &Arc<Pending>) {
+    let mut q = shared.queue.lock();
+    if q.by_node.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, p)) {
+        q.by_node.remove(&id);
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let (id, p) = {
+            let mut q = shared.queue.lock();
+            loop {
+                if q.stop {
+                    return;
                 }
-            };
-            match p.finish() {
-                Ok(()) => self.forget(ino, &p),
-                // Left for the file's next fsync (or the unmount) to retry.
-                Err(e) => report(&p, Err(e)),
+                match q.order.pop_front() {
+                    Some(i) => {
+                        if let Some(p) = q.by_node.get(&i) {
+                            break (i, p.clone());
+                        }
+                    }
+                    None => shared.wake.wait(&mut q),
+                }
             }
+        };
+        match p.finish() {
+            Ok(()) => forget(shared, id, &p),
+            // Left for the file's next fsync (or the unmount) to retry.
+            Err(e) => report(&p, Err(e)),
         }
     }
 }
@@ -180,7 +229,7 @@ fn report(p: &Pending, r: io::Result<()>) {
         log::error!(
             "cannot flush the copy-up of {} ({e}); it keeps its metacopy marker, so \
              after a crash it reads as the lower layer's version; an fsync of it tries again",
-            p.path.display()
+            p.what
         );
     }
 }

@@ -5,14 +5,22 @@
 //! * [`whiteout`] — the spellings of deletions and opaque directories.
 //! * [`union`] — the merged tree, copy-up and every filesystem operation,
 //!   callable without a mount.
+//! * `upper` — the upper and work dirs, reached only through fds.
 //! * [`fuse`] — the FUSE server over a union.
-//! * [`mount`] — mounting it.
+//! * `flush` — copied-up data on its way to disk.
+//! * [`sys`] — what the kernel offers that `std` and `nix` lack.
+//! * `lock` — every lock, and the one order they are taken in.
+//! * [`error`] — errors that keep their cause.
+//! * [`mount()`] — mounting it.
 
+pub mod error;
 mod flush;
 pub mod fuse;
 pub mod layer;
-mod sys;
+mod lock;
+pub mod sys;
 pub mod union;
+mod upper;
 pub mod whiteout;
 
 use std::io;
@@ -52,10 +60,17 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
+    /// The type shown in /proc/mounts is `fuse.SUBTYPE`.
+    pub subtype: String,
     /// Request-serving threads.
     pub threads: usize,
     /// Mount read-only (a union without an upper dir).
     pub read_only: bool,
+    /// Honour setuid/setgid bits and device nodes (a container's root
+    /// needs them); only root may ask for them.
+    pub suid_dev: bool,
+    /// Do not update access times.
+    pub noatime: bool,
 }
 
 impl Default for MountConfig {
@@ -63,8 +78,11 @@ impl Default for MountConfig {
         MountConfig {
             allow_other: false,
             fsname: "rcfs".into(),
+            subtype: "rcfs".into(),
             threads: 4,
             read_only: false,
+            suid_dev: nix::unistd::geteuid().is_root(),
+            noatime: false,
         }
     }
 }
@@ -78,13 +96,24 @@ pub fn mount(
     let mut config = fuser::Config::default();
     let mut opts = vec![
         fuser::MountOption::FSName(cfg.fsname.clone()),
-        fuser::MountOption::Subtype("rcfs".into()),
+        fuser::MountOption::Subtype(cfg.subtype.clone()),
         fuser::MountOption::DefaultPermissions,
     ];
     if nix::unistd::geteuid().is_root() {
-        // Container roots need device nodes and setuid binaries to work.
+        // fuser mounts as root with mount(2) and type "fuse", which drops
+        // the subtype; the kernel takes it as an option (`fuse.SUBTYPE` in
+        // /proc/mounts, as mount.fuse3 would show it).
+        opts.push(fuser::MountOption::CUSTOM(format!(
+            "subtype={}",
+            cfg.subtype
+        )));
+    }
+    if cfg.suid_dev {
         opts.push(fuser::MountOption::Dev);
         opts.push(fuser::MountOption::Suid);
+    }
+    if cfg.noatime {
+        opts.push(fuser::MountOption::NoAtime);
     }
     if cfg.read_only {
         opts.push(fuser::MountOption::RO);

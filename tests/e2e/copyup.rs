@@ -298,9 +298,16 @@ fn write_only_append_copies_no_data() {
         for (p, size) in [("log", BIG + 14), ("w", BIG + 100_011), ("kept", BIG + 6)] {
             let (len, blocks) = upper_blocks(&fix, p);
             assert_eq!(len, size as u64, "rcfs upper {p}: size");
+            let data = std::fs::read(fix.subject_upper().join(p)).unwrap();
             assert!(
-                blocks * 512 <= 64 << 10,
-                "rcfs upper {p}: {blocks} blocks allocated; a write-only append copied data"
+                data[..BIG].iter().all(|b| *b == 0),
+                "rcfs upper {p}: a write-only append copied the lower data"
+            );
+            // The space the data needs is reserved when the file is opened,
+            // so that filling it in later cannot fail for lack of space.
+            assert!(
+                blocks * 512 >= BIG as u64,
+                "rcfs upper {p}: only {blocks} blocks allocated; the data's space is not reserved"
             );
             assert!(
                 sys::lgetxattr(&fix.subject_upper().join(p), "user.rcfs.metacopy").is_ok(),

@@ -35,7 +35,7 @@ fn run() -> Result<()> {
             for w in warnings {
                 eprintln!("{w}");
             }
-            rcfs::mount::run(req)?;
+            rcfs::mount::run(*req)?;
         }
     }
     Ok(())

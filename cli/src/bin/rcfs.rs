@@ -65,13 +65,13 @@ struct MountArgs {
     #[arg(long)]
     no_passthrough: bool,
     /// Seconds the kernel may cache entries and attributes.
-    #[arg(long, default_value_t = 86400.0)]
-    timeout: f64,
+    #[arg(long, default_value = "86400", value_parser = mount::parse_timeout)]
+    timeout: Duration,
     /// Append the background server's log here (warnings and errors; every
     /// operation with --debug --log FILE).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
-    /// Request-serving threads (default: one per CPU, 2 to 8).
+    /// Request-serving threads, 1 to 64 (default: one per CPU, 2 to 8).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -89,7 +89,7 @@ fn run() -> Result<()> {
             req.metacopy = !a.no_metacopy;
             req.passthrough = !a.no_passthrough;
             req.fsync = !a.volatile;
-            req.ttl = Duration::from_secs_f64(a.timeout.max(0.0));
+            req.ttl = a.timeout;
             if let Some(t) = a.threads {
                 req.threads = t;
             }

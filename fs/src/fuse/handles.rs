@@ -1,0 +1,252 @@
+//! Open files (the handle table) and FUSE passthrough: which backing file
+//! the kernel reads and writes an inode through.
+//!
+//! The kernel allows one backing file per inode at a time, and while an
+//! inode passes through, every open of it must pass through too (to that
+//! same file). A lower file open for reading pins its inode to the lower
+//! file; an open that needs the upper file (a write, or a read after a
+//! copy-up) must then reach another kernel inode: the union gives the node a
+//! new inode number ([`Union::reincarnate`]) and the open answers ESTALE,
+//! on which the kernel looks the name up again and opens the new inode.
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use fuser::{BackingId, Errno, FileHandle};
+
+use crate::lock::{Condvar, Mutex, Rank, RwLock};
+use crate::union::{OpenFile, Union};
+use crate::IdMap;
+
+/// An open file and what keeps its passthrough mapping alive.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) ino: u64,
+    pub(crate) file: OpenFile,
+    /// For a handle on a lower file served here: the upper file, once the
+    /// file has been copied up; reads then go there.
+    copied_up: OnceLock<OpenFile>,
+    /// Held while this handle is open; the kernel needs the backing file for
+    /// as long as any handle uses it.
+    _backing: Option<Arc<BackingId>>,
+}
+
+impl Handle {
+    /// The file a handle reads now: a lower file gives way to its upper copy.
+    pub(crate) fn current_file(&self, union: &Union) -> std::io::Result<&OpenFile> {
+        if let Some(f) = self.copied_up.get() {
+            return Ok(f);
+        }
+        if !self.file.is_upper() {
+            if let Some(f) = union.reopen_if_copied_up(self.ino)? {
+                return Ok(self.copied_up.get_or_init(|| f));
+            }
+        }
+        Ok(&self.file)
+    }
+
+    /// The upper file this handle writes or reads, if any (fsync).
+    pub(crate) fn upper_file(&self) -> Option<&std::fs::File> {
+        self.file
+            .upper_file()
+            .or(self.copied_up.get().and_then(OpenFile::upper_file))
+    }
+}
+
+/// The open files, and the passthrough state of their inodes.
+#[derive(Debug)]
+pub(crate) struct Handles {
+    /// Open files by handle; handles are never reused.
+    files: RwLock<IdMap<Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// Passthrough is on (the kernel agreed at init, and no backing open
+    /// failed for lack of privilege).
+    passthrough: AtomicBool,
+    /// A backing file has been registered: passthrough really works here.
+    passthrough_works: AtomicBool,
+    /// Per kernel inode: the backing file in use and whether it is the
+    /// upper file.
+    backing: Mutex<IdMap<(Weak<BackingId>, bool)>>,
+    /// Signalled (with `backing`) when a handle is released.
+    released: Condvar,
+}
+
+/// What [`Handles::backing_for`] found.
+pub(crate) enum Backing {
+    /// Pass through to this backing file.
+    Through(Arc<BackingId>),
+    /// Serve this open here.
+    Here,
+    /// The inode passes through to another file (its lower file), which
+    /// the kernel does not allow to change while it is open.
+    Pinned,
+}
+
+impl Handles {
+    pub(crate) fn new() -> Handles {
+        Handles {
+            files: RwLock::new(Rank::Handles, IdMap::default()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+            passthrough_works: AtomicBool::new(false),
+            backing: Mutex::new(Rank::Backing, IdMap::default()),
+            released: Condvar::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.files.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// A handle of `ino`, any (the kernel does not always say which open
+    /// file an fstat is for).
+    pub(crate) fn any_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.files.read().values().find(|h| h.ino == ino).cloned()
+    }
+
+    pub(crate) fn add(
+        &self,
+        ino: u64,
+        file: OpenFile,
+        backing: Option<Arc<BackingId>>,
+    ) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.write().insert(
+            fh,
+            Arc::new(Handle {
+                ino,
+                file,
+                copied_up: OnceLock::new(),
+                _backing: backing,
+            }),
+        );
+        FileHandle(fh)
+    }
+
+    /// Closes handle `fh` of `ino` (the backing file, an ioctl, is closed
+    /// outside the table lock).
+    pub(crate) fn release(&self, ino: u64, fh: FileHandle) {
+        let handle = self.files.write().remove(&fh.0);
+        drop(handle);
+        let mut map = self.backing.lock();
+        if map.get(&ino).is_some_and(|(w, _)| w.strong_count() == 0) {
+            map.remove(&ino);
+        }
+        drop(map);
+        self.released.notify_all();
+    }
+
+    /// Turns passthrough on (the kernel agreed at init).
+    pub(crate) fn enable_passthrough(&self) {
+        self.passthrough.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// True while `ino` passes through to its lower file.
+    pub(crate) fn lower_backed(&self, ino: u64) -> bool {
+        lower_backed_in(&self.backing.lock(), ino)
+    }
+
+    /// Waits a little for `ino`'s lower backing file to be let go. close()
+    /// returns before its RELEASE reaches the server, so a program that
+    /// closes a file and at once opens it for writing must not find it
+    /// still open here. False if a reader really still holds it.
+    pub(crate) fn lower_let_go(&self, ino: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut map = self.backing.lock();
+        while lower_backed_in(&map, ino) {
+            if self.released.wait_until(&mut map, deadline) {
+                return !lower_backed_in(&map, ino);
+            }
+        }
+        true
+    }
+
+    /// Whether passthrough works, found out (once) by registering `f` as a
+    /// backing file with `open`; turns passthrough off if it does not.
+    pub(crate) fn passthrough_proven(
+        &self,
+        f: &OpenFile,
+        open: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> bool {
+        if self.passthrough_works.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(f) = f.upper_file() else {
+            return false;
+        };
+        match open(std::os::fd::AsFd::as_fd(f)) {
+            Ok(_probe) => {
+                self.passthrough_works.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.passthrough_off(&e);
+                false
+            }
+        }
+    }
+
+    /// Registering a backing file failed (no privilege): serve all I/O here.
+    fn passthrough_off(&self, e: &std::io::Error) {
+        log::info!("FUSE passthrough unavailable ({e}); serving reads and writes in userspace");
+        self.passthrough.store(false, Ordering::Relaxed);
+    }
+
+    /// The backing file for `file` of `ino`, shared with other open handles
+    /// of the same inode; `open` registers a new one.
+    pub(crate) fn backing_for(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        open: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Backing {
+        if !self.passthrough() {
+            return Backing::Here;
+        }
+        let Some(fd) = file.host_fd() else {
+            return Backing::Here;
+        };
+        let existing = |map: &IdMap<(Weak<BackingId>, bool)>| {
+            let (weak, is_upper) = map.get(&ino)?;
+            let b = weak.upgrade()?;
+            Some(if *is_upper == file.is_upper() {
+                Backing::Through(b)
+            } else {
+                Backing::Pinned
+            })
+        };
+        if let Some(r) = existing(&self.backing.lock()) {
+            return r;
+        }
+        // The ioctl runs without the lock, so other opens do not wait on it.
+        let created = open(fd);
+        let mut map = self.backing.lock();
+        if let Some(r) = existing(&map) {
+            return r; // another open won the race; ours is dropped (closed)
+        }
+        match created {
+            Ok(b) => {
+                self.passthrough_works.store(true, Ordering::Relaxed);
+                let b = Arc::new(b);
+                map.insert(ino, (Arc::downgrade(&b), file.is_upper()));
+                Backing::Through(b)
+            }
+            Err(e) => {
+                self.passthrough_off(&e);
+                Backing::Here
+            }
+        }
+    }
+}
+
+/// Whether `ino` passes through to its lower file in `map`.
+fn lower_backed_in(map: &IdMap<(Weak<BackingId>, bool)>, ino: u64) -> bool {
+    map.get(&ino)
+        .is_some_and(|(w, upper)| !upper && w.strong_count() > 0)
+}

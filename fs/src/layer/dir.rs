@@ -1,0 +1,230 @@
+//! [`DirLayer`]: a layer that is a directory tree on the host (an unpacked
+//! layer, a fuse-overlayfs `lowerdir`).
+//!
+//! Its tree may be writable by someone other than the server (a user's own
+//! layers under a root server with `allow_other`), so every path is
+//! resolved beneath the layer's root fd and no symlink is followed in any
+//! component ([`sys::open_beneath`]): a symlink planted in a lower dir can
+//! never make the server read a host file outside the layer.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Attr, Entry, FsStats, Kind, Layer, Listing, LowerFile};
+use crate::sys::{self, DirFd};
+
+/// A layer over a host directory.
+#[derive(Debug)]
+pub struct DirLayer {
+    /// The root as given, made absolute: the layer's id and what messages
+    /// name.
+    root: PathBuf,
+    id: String,
+    /// The root, open (`O_PATH`): every access starts here.
+    root_fd: OwnedFd,
+}
+
+impl DirLayer {
+    /// A layer over the directory `root`, which must exist.
+    pub fn new(root: &Path) -> io::Result<DirLayer> {
+        let root = root.canonicalize()?;
+        let root_fd = sys::open_at(
+            nix::fcntl::AT_FDCWD,
+            root.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(DirLayer {
+            id: root.to_string_lossy().into_owned(),
+            root,
+            root_fd,
+        })
+    }
+
+    /// The host directory this layer is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn open_fd(&self, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+        sys::open_beneath(self.root_fd.as_fd(), path, flags, 0)
+    }
+
+    /// The parent directory of `path`, open, and `path`'s last name (`"."`
+    /// for the root).
+    fn parent_of<'p>(&self, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => {
+                Ok((self.open_fd(dir, libc::O_PATH | libc::O_DIRECTORY)?, name))
+            }
+            _ => Ok((
+                self.open_fd(Path::new(""), libc::O_PATH | libc::O_DIRECTORY)?,
+                OsStr::new("."),
+            )),
+        }
+    }
+}
+
+/// An open file of a host layer.
+#[derive(Debug)]
+struct HostFile(File);
+
+impl LowerFile for HostFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        sys::pread_full(&self.0, buf, offset)
+    }
+
+    fn host_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.0.as_fd())
+    }
+
+    fn copy_to(&self, dst: &File, len: u64, durable: bool) -> io::Result<()> {
+        sys::copy_data(&self.0, dst, len, durable)
+    }
+
+    fn seek_data(&self, offset: u64, whence: i32) -> Option<io::Result<u64>> {
+        Some(sys::seek(&self.0, offset, whence))
+    }
+}
+
+impl Layer for DirLayer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn stat(&self, path: &Path) -> io::Result<Attr> {
+        let fd = self.open_fd(path, libc::O_PATH)?;
+        Attr::from_stat(&sys::stat_at(
+            fd.as_fd(),
+            OsStr::new(""),
+            libc::AT_EMPTY_PATH,
+        )?)
+    }
+
+    fn read_dir(
+        &self,
+        path: &Path,
+        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
+    ) -> io::Result<Listing> {
+        let dir = DirFd::from_fd(self.open_fd(path, libc::O_RDONLY | libc::O_DIRECTORY)?);
+        let mut entries = Vec::new();
+        for (name, d_type) in dir.entries()? {
+            // Without a d_type the filesystem does not say: ask stat.
+            let kind = Kind::from_d_type(d_type);
+            let attr = match kind {
+                Some(k) if !want_attr(&name, k) => None,
+                _ => match dir.stat(&name) {
+                    Ok(st) => Attr::from_stat(&st).ok(),
+                    // Vanished since the listing: the layer is being changed
+                    // under us, which we tolerate by skipping the entry.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let Some(kind) = kind.or(attr.as_ref().map(|a| a.kind)) else {
+                continue;
+            };
+            entries.push(Entry { name, kind, attr });
+        }
+        Ok(Listing {
+            entries,
+            xattr_names: dir.xattr_names()?,
+        })
+    }
+
+    fn readlink(&self, path: &Path) -> io::Result<OsString> {
+        let fd = self.open_fd(path, libc::O_PATH)?;
+        Ok(nix::fcntl::readlinkat(fd.as_fd(), "")?)
+    }
+
+    fn list_xattrs(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let (dir, name) = self.parent_of(path)?;
+        sys::xattr::list(dir.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        let (dir, entry) = self.parent_of(path)?;
+        sys::xattr::get(dir.as_fd(), entry, libc::AT_SYMLINK_NOFOLLOW, name)
+    }
+
+    fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
+        let f = File::from(self.open_fd(path, libc::O_RDONLY | libc::O_NONBLOCK)?);
+        sys::will_need(&f, len)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
+        let f = File::from(self.open_fd(path, libc::O_RDONLY)?);
+        Ok(Arc::new(HostFile(f)))
+    }
+
+    fn statfs(&self) -> io::Result<FsStats> {
+        Ok(FsStats::from_statvfs(&nix::sys::statvfs::fstatvfs(
+            &self.root_fd,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_layer_lists_raw_entries_and_reads() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/f"), b"hello").unwrap();
+        std::fs::write(t.path().join("d/.wh.gone"), b"").unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("d/l")).unwrap();
+        let l: &dyn Layer = &DirLayer::new(t.path()).unwrap();
+        let listing = l.read_dir(Path::new("d"), &mut |n, _| n == "f").unwrap();
+        assert!(listing
+            .entries
+            .iter()
+            .all(|e| e.attr.is_some() == (e.name == "f")));
+        let mut names: Vec<_> = listing.entries.into_iter().map(|e| e.name).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![OsString::from(".wh.gone"), "f".into(), "l".into()]
+        );
+        assert_eq!(l.stat(Path::new("d/l")).unwrap().kind, Kind::Symlink);
+        assert_eq!(l.readlink(Path::new("d/l")).unwrap(), OsString::from("f"));
+        let f = l.open(Path::new("d/f")).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(f.read_at(&mut buf, 1).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ello");
+        assert!(l.stat(Path::new("missing")).is_err());
+        assert_eq!(l.stat(Path::new("")).unwrap().kind, Kind::Dir);
+        assert!(l.statfs().unwrap().blocks > 0);
+    }
+
+    #[test]
+    fn symlinks_inside_the_layer_never_lead_out_of_it() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("secret"), b"host file").unwrap();
+        std::fs::write(outside.join("sub/secret"), b"host file").unwrap();
+        let root = t.path().join("layer");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("file")).unwrap();
+        let l: &dyn Layer = &DirLayer::new(&root).unwrap();
+        // An intermediate symlink is never followed, whatever the call.
+        let through = Path::new("dir/secret");
+        assert!(l.open(through).is_err());
+        assert!(l.stat(through).is_err());
+        assert!(l.read_dir(Path::new("dir"), &mut |_, _| true).is_err());
+        assert!(l.readlink(Path::new("dir/sub")).is_err());
+        assert!(l.get_xattr(through, OsStr::new("user.x")).is_err());
+        assert!(l.list_xattrs(through).is_err());
+        assert!(l.will_need(through, 1).is_err());
+        // A final symlink is itself, and is not opened as a file.
+        assert_eq!(l.stat(Path::new("file")).unwrap().kind, Kind::Symlink);
+        assert!(l.open(Path::new("file")).is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! Loading a directory: its upper entries and the lower layers' entries,
+//! merged top first with whiteouts and opaque directories applied, become
+//! the directory's children, each a node with a stable inode number. Hard
+//! links of one file (in one layer, or in the upper dir) share a node.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::io::Result;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::node::{self, Child, Children, DirState, LowerRef, Node, NodeState};
+use super::{Union, UPPER_LAYER};
+use crate::error::errno;
+use crate::flush;
+use crate::layer::{self, Attr, Kind};
+use crate::upper::Loc;
+use crate::whiteout;
+
+/// What loading a directory reads: a snapshot of its node's state.
+struct DirSource {
+    upper: bool,
+    lower_path: PathBuf,
+    lower_dirs: Vec<u32>,
+}
+
+impl Union {
+    /// Makes sure `dir`'s merged children are in memory.
+    pub(crate) fn ensure_loaded(&self, dir: &Arc<Node>) -> Result<()> {
+        if dir.kind != Kind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if dir.state.read().children().is_some() {
+            return Ok(());
+        }
+        // Loading holds only `load_lock`, so the directory's attributes stay
+        // readable meanwhile (a listing of its parent is not held up).
+        let _load = dir.load_lock.lock();
+        let src = {
+            let st = dir.state.read();
+            let Some(d) = st.dir.as_ref() else {
+                return Err(errno(libc::ENOTDIR));
+            };
+            if d.children.is_some() {
+                return Ok(());
+            }
+            DirSource {
+                upper: st.upper,
+                lower_path: st
+                    .lower
+                    .as_ref()
+                    .map_or_else(PathBuf::new, |l| l.path.to_path_buf()),
+                lower_dirs: d.lower_dirs.clone(),
+            }
+        };
+        let (children, used) = self.load_dir(dir, &src)?;
+        let mut st = dir.state.write();
+        let d = st.dir.get_or_insert_with(Default::default);
+        d.lower_dirs = used;
+        d.children = Some(children);
+        Ok(())
+    }
+
+    /// Loads directory `ino` if it is not loaded yet (prefetching).
+    pub fn preload(&self, ino: u64) {
+        if let Ok(node) = self.node(ino) {
+            if node.kind == Kind::Dir {
+                let _ = self.ensure_loaded(&node);
+            }
+        }
+    }
+
+    /// Subdirectories of `ino` whose merged view is not loaded yet, in
+    /// readdir order; none if `ino` is not loaded.
+    pub fn unloaded_subdirs(&self, ino: u64) -> Vec<u64> {
+        let Ok(dir) = self.node(ino) else {
+            return Vec::new();
+        };
+        let subs: Vec<(u64, u64)> = {
+            let st = dir.state.read();
+            let Some(ch) = st.children() else {
+                return Vec::new();
+            };
+            ch.map
+                .iter()
+                .filter(|(_, c)| c.kind == Kind::Dir)
+                .map(|(name, c)| (node::cookie(name), c.id))
+                .collect()
+        };
+        let mut subs: Vec<(u64, u64)> = subs
+            .into_iter()
+            .filter(|&(_, id)| {
+                self.node_by_id(id)
+                    .is_ok_and(|n| n.state.read().children().is_none())
+            })
+            .collect();
+        subs.sort_unstable();
+        subs.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Reads `src`'s upper dir and lower layers into merged children; returns
+    /// them and the lower layers that contributed.
+    fn load_dir(&self, dir: &Node, src: &DirSource) -> Result<(Children, Vec<u32>)> {
+        let mut ch = Children::default();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        let mut opaque = false;
+        let mut used = Vec::new();
+        if src.upper {
+            // The fd follows the directory whatever happens to its names;
+            // nothing else changes its entries before it is loaded.
+            let (loc, _) = {
+                let tree = self.read_tree();
+                self.loc_of(dir, &tree)?
+            };
+            let Loc::Dir(fd) = loc else {
+                return Err(errno(libc::EIO));
+            };
+            let upper = self.upper()?;
+            let names = Loc::Dir(fd.clone()).list_xattrs().unwrap_or_default();
+            opaque = whiteout::is_opaque_dir(&names, |x| {
+                Loc::Dir(fd.clone()).get_xattr(x).ok().flatten()
+            });
+            let mut entries = Vec::new();
+            for (name, s) in upper.read_dir(fd.as_fd())? {
+                let Ok(attr) = Attr::from_stat(&s) else {
+                    continue;
+                };
+                match whiteout::classify(&name, attr.is_whiteout_device()) {
+                    whiteout::Kind::Opaque => opaque = true,
+                    whiteout::Kind::Whiteout(n) => {
+                        // Whited out here: a later entry of that name must
+                        // remove the whiteout (and hide lower layers).
+                        ch.lower_names.insert(n);
+                        hidden.insert(n.to_owned());
+                    }
+                    whiteout::Kind::Entry => entries.push((name, attr)),
+                }
+            }
+            for (name, attr) in entries {
+                let entry = Loc::Entry {
+                    dir: fd.clone(),
+                    name: name.clone(),
+                };
+                let kind = attr.kind;
+                let id = self.upper_child(dir.id, &name, attr, &entry);
+                hidden.remove(&name);
+                ch.map.insert(node::shared(&name), Child { id, kind });
+            }
+        }
+        if !opaque {
+            let lower_path = &src.lower_path;
+            for &li in &src.lower_dirs {
+                used.push(li);
+                let layer = &self.lowers[li as usize];
+                let listing = layer.read_dir(lower_path, &mut |name, kind| {
+                    kind == Kind::CharDev
+                        || (whiteout::classify(name, false) == whiteout::Kind::Entry
+                            && !ch.map.contains_key(name)
+                            && !hidden.contains(name))
+                })?;
+                let mut layer_opaque = whiteout::is_opaque_dir(&listing.xattr_names, |x| {
+                    layer.get_xattr(lower_path, x).ok().flatten()
+                });
+                let mut layer_hidden = Vec::new();
+                let mut entries = Vec::new();
+                for e in listing.entries {
+                    let dev00 = e.attr.as_ref().is_some_and(Attr::is_whiteout_device);
+                    match whiteout::classify(&e.name, dev00) {
+                        whiteout::Kind::Opaque => layer_opaque = true,
+                        whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
+                        whiteout::Kind::Entry => entries.push(e),
+                    }
+                }
+                for e in entries {
+                    ch.lower_names.insert(&e.name);
+                    if hidden.contains(&e.name) {
+                        continue;
+                    }
+                    let child_lower = layer::join(lower_path, &e.name);
+                    match ch.map.get(e.name.as_os_str()).copied() {
+                        None => {
+                            let attr = match e.attr {
+                                Some(a) => a,
+                                None => layer.stat(&child_lower)?,
+                            };
+                            let kind = attr.kind;
+                            let id = self.lower_child(dir.id, &e.name, li, child_lower, attr);
+                            ch.map.insert(node::shared(&e.name), Child { id, kind });
+                        }
+                        Some(c) => {
+                            // A directory above merges with a directory here.
+                            if e.kind != Kind::Dir || c.kind != Kind::Dir {
+                                continue;
+                            }
+                            let node = self.node_by_id(c.id)?;
+                            let mut cs = node.state.write();
+                            if cs.children().is_some() {
+                                continue;
+                            }
+                            if cs.lower.is_none() {
+                                let attr = match e.attr {
+                                    Some(a) => a,
+                                    None => layer.stat(&child_lower)?,
+                                };
+                                cs.lower = Some(LowerRef {
+                                    layer: li,
+                                    path: child_lower.into(),
+                                    attr,
+                                });
+                            }
+                            cs.dir
+                                .get_or_insert_with(Default::default)
+                                .lower_dirs
+                                .push(li);
+                        }
+                    }
+                }
+                for n in layer_hidden {
+                    ch.lower_names.insert(&n);
+                    hidden.insert(n);
+                }
+                if layer_opaque {
+                    break;
+                }
+            }
+        }
+        Ok((ch, used))
+    }
+
+    /// A node for the entry `name` found in the upper dir at `entry`.
+    fn upper_child(&self, parent: u64, name: &OsStr, attr: Attr, entry: &Loc) -> u64 {
+        let hard_linked = attr.kind != Kind::Dir && attr.nlink > 1;
+        if hard_linked {
+            if let Some(id) = self.join_link_group((UPPER_LAYER, attr.file_id), parent, name) {
+                return id;
+            }
+        }
+        let mut st = NodeState::new(parent, node::shared(name));
+        st.upper = true;
+        if attr.kind == Kind::Dir {
+            st.dir = Some(Box::default());
+        }
+        if attr.kind == Kind::File && self.metacopy {
+            if let Ok(Some(origin)) = entry.get_xattr(OsStr::new(whiteout::METACOPY_XATTR)) {
+                st.lower = self.find_lower(&origin);
+                if let Some(l) = &st.lower {
+                    if self.settle_unflushed(entry, l.attr.size, attr.size) {
+                        st.lower = None;
+                    }
+                }
+                st.metacopy = st.lower.is_some();
+            }
+        }
+        let node = self.new_node(attr.kind, st);
+        if hard_linked {
+            self.links
+                .lock()
+                .insert((UPPER_LAYER, attr.file_id), node.id);
+        }
+        node.id
+    }
+
+    /// Settles a metacopy upper file at `entry` (size `size`, origin size
+    /// `lower_size`) that a copy-up may have left unflushed (see
+    /// [`crate::flush`]); returns true when it now is a complete upper file.
+    ///
+    /// Filled in during this boot: the server died, not the system, so the
+    /// data is all there; finish the flush. Otherwise its reads come from
+    /// the lower layer again, and a size the unflushed writes changed must
+    /// be the lower file's too.
+    fn settle_unflushed(&self, entry: &Loc, lower_size: u64, size: u64) -> bool {
+        let Some(mark) = entry
+            .get_xattr(OsStr::new(whiteout::UNFLUSHED_XATTR))
+            .ok()
+            .flatten()
+        else {
+            // A plain metacopy file, maybe with a tail: nothing to settle.
+            return false;
+        };
+        let what = match entry {
+            Loc::Entry { name, .. } => format!("{name:?} in the upper dir"),
+            _ => "an upper file".to_string(),
+        };
+        let (boot, filled_size) = flush::parse_unflushed_mark(&mark);
+        if self.boot_id.as_deref() == Some(boot) {
+            match entry
+                .open(libc::O_RDONLY)
+                .and_then(|f| flush::finish_file(&f))
+            {
+                Ok(()) => {
+                    log::info!("{what}: finished the flush of its copy-up");
+                    return true;
+                }
+                Err(e) => log::error!("cannot flush {what}: {e}"),
+            }
+        }
+        let _ = entry.remove_xattr(OsStr::new(whiteout::UNFLUSHED_XATTR));
+        // Bytes past the lower size that were there when the data was filled
+        // in (a tail, maybe fsync'ed) stay; later size changes are undone.
+        let keep = size.clamp(lower_size, filled_size.unwrap_or(0).max(lower_size));
+        if keep != size {
+            log::warn!(
+                "{what}: its copy-up was not flushed before the system went down; \
+                 unsynced writes to it are lost and it reads as the lower layer's version"
+            );
+            if let Err(e) = entry.truncate(keep) {
+                log::error!("cannot restore the size of {what}: {e}");
+            }
+        }
+        false
+    }
+
+    /// The lower regular file a metacopy origin (the value of
+    /// [`whiteout::METACOPY_XATTR`]) names: 16 hex digits of the layer's
+    /// [`layer_key`], a NUL, and the path in that layer. An origin of a
+    /// path alone (written by rcfs before origins named their layer) is
+    /// looked for in every layer, top first.
+    pub(crate) fn find_lower(&self, origin: &[u8]) -> Option<LowerRef> {
+        let (key, path) = match origin.get(16) {
+            Some(0) => (
+                std::str::from_utf8(&origin[..16])
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok()),
+                &origin[17..],
+            ),
+            _ => (None, origin),
+        };
+        let path = Path::new(OsStr::from_bytes(path));
+        // The value comes from a file on disk: never let it leave the layers.
+        if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+            log::warn!("ignoring metacopy origin {path:?} (not a plain relative path)");
+            return None;
+        }
+        let found = self.lowers.iter().enumerate().find_map(|(i, l)| {
+            if key.is_some_and(|k| k != layer_key(l.id())) {
+                return None;
+            }
+            let attr = l.stat(path).ok()?;
+            (attr.kind == Kind::File).then(|| LowerRef {
+                layer: i as u32,
+                path: path.into(),
+                attr,
+            })
+        });
+        if found.is_none() {
+            log::warn!(
+                "the metacopy origin {path:?} is not in the lower layer it names; \
+                 the upper file is served as it is"
+            );
+        }
+        found
+    }
+
+    /// The metacopy origin value for `lower` (see [`Self::find_lower`]).
+    pub(crate) fn origin_of(&self, lower: &LowerRef) -> Vec<u8> {
+        let id = self.lowers[lower.layer as usize].id();
+        let mut v = format!("{:016x}", layer_key(id)).into_bytes();
+        v.push(0);
+        v.extend_from_slice(lower.path.as_os_str().as_bytes());
+        v
+    }
+
+    /// A node for an entry found in lower layer `layer`.
+    fn lower_child(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        layer: u32,
+        lower_path: PathBuf,
+        attr: Attr,
+    ) -> u64 {
+        let key = (layer, attr.file_id);
+        let hard_linked = attr.kind != Kind::Dir && attr.nlink > 1;
+        if hard_linked {
+            if let Some(id) = self.join_link_group(key, parent, name) {
+                return id;
+            }
+        }
+        let kind = attr.kind;
+        let mut st = NodeState::new(parent, node::shared(name));
+        if kind == Kind::Dir {
+            st.dir = Some(Box::new(DirState {
+                lower_dirs: vec![layer],
+                children: None,
+            }));
+        }
+        st.lower = Some(LowerRef {
+            layer,
+            path: lower_path.into(),
+            attr,
+        });
+        let node = self.new_node(kind, st);
+        if hard_linked {
+            self.links.lock().insert(key, node.id);
+        }
+        node.id
+    }
+
+    /// Adds (parent, name) as a further name of the hard-link group `key`, if
+    /// the group already has a live node. A group member that was copied up is
+    /// linked into the upper dir under the new name too, so all names keep
+    /// sharing one file.
+    fn join_link_group(&self, key: (u32, u64), parent: u64, name: &OsStr) -> Option<u64> {
+        let id = *self.links.lock().get(&key)?;
+        let node = self.node_by_id(id).ok()?;
+        if !node.is_linked() {
+            return None;
+        }
+        let mut st = node.state.write();
+        if key.0 != UPPER_LAYER && st.upper {
+            // Copied up before this name was seen: the name keeps showing the
+            // lower file as a node of its own (the link is broken, as on
+            // overlayfs without its inode index).
+            return None;
+        }
+        st.aliases.push((parent, node::shared(name)));
+        Some(id)
+    }
+}
+
+/// A layer's id as 64 bits (FNV-1a, the same in every build): what upper
+/// files record of the layer they refer to. Short, as xattr space is.
+pub(crate) fn layer_key(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

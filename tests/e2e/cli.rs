@@ -377,3 +377,201 @@ fn server_holds_more_open_files_than_the_default_limit() {
     drop(files);
     run(cmd(RCFS, ["umount"]).arg(&d.mnt), COMMAND_TIMEOUT).expect_ok("rcfs umount");
 }
+
+/// Refused before anything is mounted, with a message that names the
+/// problem: a mountpoint inside or equal to a layer (the server would hang
+/// serving its own mount), layers that overlap (writes would change a
+/// read-only layer), empty layer names, and numbers out of range. Nothing
+/// is mounted and no server is left behind.
+#[test]
+fn bad_setups_are_refused_with_a_clear_error() {
+    let d = dirs();
+    let lowers = lower_arg(&d.lowers);
+    let inside_upper = d.upper.join("mnt");
+    let inside_lower = d.lowers[0].join("mnt");
+    std::fs::create_dir(&inside_upper).unwrap();
+    std::fs::create_dir(&inside_lower).unwrap();
+    let (u, w, m) = (&d.upper, &d.work, &d.mnt);
+    let s = |p: &Path| p.display().to_string();
+    let upper_in_lower = d.lowers[1].join("upper");
+    std::fs::create_dir(&upper_in_lower).unwrap();
+    let cases: Vec<(Vec<String>, &Path, &str)> = vec![
+        // (arguments after `rcfs mount`, mountpoint to check, expected words)
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(u),
+                "--work".into(),
+                s(w),
+                s(u),
+            ],
+            u,
+            "mountpoint",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(u),
+                "--work".into(),
+                s(w),
+                s(&inside_upper),
+            ],
+            &inside_upper,
+            "inside",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(u),
+                "--work".into(),
+                s(w),
+                s(&d.lowers[1]),
+            ],
+            &d.lowers[1],
+            "mountpoint",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(u),
+                "--work".into(),
+                s(w),
+                s(&inside_lower),
+            ],
+            &inside_lower,
+            "inside",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(&d.lowers[0]),
+                "--work".into(),
+                s(w),
+                s(m),
+            ],
+            m,
+            "overlap",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--upper".into(),
+                s(&upper_in_lower),
+                "--work".into(),
+                s(w),
+                s(m),
+            ],
+            m,
+            "overlap",
+        ),
+        (vec!["--lower".into(), "".into(), s(m)], m, "empty lower"),
+        (
+            vec![
+                "--lower".into(),
+                format!("{}::{}", s(&d.lowers[0]), s(&d.lowers[1])),
+                s(m),
+            ],
+            m,
+            "empty lower",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--timeout".into(),
+                "99999999999999999999".into(),
+                s(m),
+            ],
+            m,
+            "timeout",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--timeout=-1".into(),
+                s(m),
+            ],
+            m,
+            "timeout",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--timeout".into(),
+                "NaN".into(),
+                s(m),
+            ],
+            m,
+            "timeout",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--threads".into(),
+                "100000".into(),
+                s(m),
+            ],
+            m,
+            "threads",
+        ),
+        (
+            vec![
+                "--lower".into(),
+                lowers.clone(),
+                "--threads".into(),
+                "0".into(),
+                s(m),
+            ],
+            m,
+            "threads",
+        ),
+    ];
+    for (args, mp, words) in cases {
+        let _g = guard(mp);
+        let r = run(Command::new(RCFS).arg("mount").args(&args), COMMAND_TIMEOUT);
+        assert!(!r.success(), "rcfs mount {args:?} exited 0");
+        assert!(
+            r.stderr.to_lowercase().contains(words),
+            "rcfs mount {args:?}: the error does not say {words:?}: {:?}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "rcfs mount {args:?} panicked: {}",
+            r.stderr
+        );
+        assert!(
+            !is_mountpoint(mp),
+            "rcfs mount {args:?} failed but left a mount"
+        );
+    }
+    // rcfs-overlay refuses the same through its own options.
+    let r = run(
+        Command::new(mounts::RCFS_OVERLAY)
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={lowers},upperdir={},workdir={}",
+                s(u),
+                s(w)
+            ))
+            .arg(u),
+        COMMAND_TIMEOUT,
+    );
+    let _g = guard(u);
+    assert!(!r.success() && r.stderr.contains("mountpoint"), "{r:?}");
+    assert!(!is_mountpoint(u));
+}

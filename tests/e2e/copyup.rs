@@ -460,7 +460,34 @@ fn copy_up_on_a_full_upper_fails_with_enospc_and_loses_nothing() {
     let (upper, work) = (small.join("upper"), small.join("work"));
     std::fs::create_dir(&upper).unwrap();
     std::fs::create_dir(&work).unwrap();
-    let m = Mount::subject(Impl::Rcfs, &[lower], Some((&upper, &work)), &mnt);
+    let mut m = Mount::subject(
+        Impl::Rcfs,
+        std::slice::from_ref(&lower),
+        Some((&upper, &work)),
+        &mnt,
+    );
+    // A write-only append copies no data at once (passthrough), but the
+    // space the data needs is reserved first: on a full upper it fails as
+    // a copy-up would, and the file stays readable, also after a remount.
+    let append_only = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("big"))
+            .and_then(|mut f| f.write_all(b"x\n"))
+    };
+    let e = append_only().expect_err("a write-only append needing 16 MiB in 8 MiB succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "append error: {e}");
+    assert!(
+        std::fs::read(mnt.join("big")).unwrap() == data,
+        "the file changed (or cannot be read) after a failed append"
+    );
+    m.unmount().expect_ok("rcfs umount");
+    std::mem::forget(m);
+    m = Mount::subject(Impl::Rcfs, &[lower], Some((&upper, &work)), &mnt);
+    assert!(
+        std::fs::read(mnt.join("big")).unwrap() == data,
+        "after a remount the file cannot be read as it was"
+    );
     // Read and write: a write-only append would copy no data.
     let append = || {
         std::fs::OpenOptions::new()

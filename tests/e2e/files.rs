@@ -3,6 +3,7 @@
 
 use crate::harness::{standard, standard_fixture, Fixture};
 use crate::layers::Layer;
+use crate::sys;
 
 const CREATE: libc::c_int = libc::O_WRONLY | libc::O_CREAT;
 
@@ -480,4 +481,86 @@ fn lower_entries_with_longest_names() {
         c.write_file(&"n".repeat(256), "too long").ok();
         c.readdir("").ok();
     });
+}
+
+/// `open(O_RDONLY | O_TRUNC)` truncates on Linux whatever the access mode;
+/// a lower file too (the unionmount-testsuite's open-trunc cases).
+#[test]
+fn read_only_open_with_o_trunc_truncates() {
+    let (lowers, upper) = standard();
+    let fix = Fixture::new(&lowers, &upper);
+    fix.check(|c| {
+        for p in ["lf", "uf", "both", "md/lf"] {
+            c.open(p, libc::O_RDONLY | libc::O_TRUNC, 0, "O_RDONLY|O_TRUNC")
+                .ok();
+            c.stat(p).ok();
+        }
+        // Through a symlink to a lower file.
+        c.open(
+            "lsym",
+            libc::O_RDONLY | libc::O_TRUNC,
+            0,
+            "O_RDONLY|O_TRUNC",
+        )
+        .ok();
+        c.read("lf").ok();
+    });
+}
+
+/// A character device 0/0 is how overlayfs spells a whiteout: creating one
+/// is refused (EPERM), as kernel overlayfs does, rather than accepted and
+/// lost at the next mount.
+#[test]
+fn mknod_of_a_0_0_char_device_is_refused() {
+    let lower = Layer::new().file("lf", "lower file\n").file("ld/f", "f");
+    let mut fix = Fixture::new(&[lower], &Layer::new().file("uf", "upper"));
+    fix.check(|c| {
+        c.mknod("dev00", libc::S_IFCHR | 0o644, 0).ok();
+        c.mknod("ld/dev00", libc::S_IFCHR | 0o644, 0).ok();
+        c.mknod("lf", libc::S_IFCHR | 0o644, 0).ok();
+        c.mknod("dev11", libc::S_IFCHR | 0o644, sys::makedev(1, 1))
+            .ok();
+        c.readdir("").ok();
+    });
+    fix.remount();
+    fix.check_trees();
+}
+
+/// A running program cannot be truncated by an open (ETXTBSY), and nothing
+/// of it is lost: the kernel checks this only after the open, so rcfs must
+/// refuse before it truncates.
+#[test]
+fn truncating_open_of_a_running_program_is_refused() {
+    let (lowers, upper) = standard();
+    let fix = Fixture::new(&lowers, &upper);
+    let sleep = std::fs::read("/bin/sleep").unwrap();
+    for root in [&fix.kernel.root, &fix.subject.root] {
+        let prog = root.join("prog");
+        std::fs::write(&prog, &sleep).unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut child = std::process::Command::new(&prog).arg("10").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for flags in [
+            libc::O_RDONLY | libc::O_TRUNC,
+            libc::O_WRONLY | libc::O_TRUNC,
+            libc::O_RDWR,
+        ] {
+            let r = sys::open(&prog, flags, 0);
+            assert_eq!(
+                r.err(),
+                Some(sys::Errno::ETXTBSY),
+                "{}: open({flags:#o}) of a running program",
+                root.display()
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            std::fs::read(&prog).unwrap(),
+            sleep,
+            "{}: the running program lost its data",
+            root.display()
+        );
+    }
 }

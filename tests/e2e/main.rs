@@ -47,6 +47,7 @@ mod cli;
 mod concurrency;
 mod copyup;
 mod dirs;
+mod escape;
 mod files;
 mod inodes;
 mod io;

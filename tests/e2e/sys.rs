@@ -436,3 +436,159 @@ pub fn evict(p: &Path) -> SysResult<()> {
         e => Err(Errno::from_raw(e)),
     }
 }
+
+/// One step of a [`run_as`] script: a raw syscall on paths or on fds the
+/// script opened before (by the index of the step that opened them).
+#[derive(Debug, Clone)]
+pub enum Step {
+    Open(CString, libc::c_int, libc::mode_t),
+    /// `open(O_PATH | O_NOFOLLOW)`: no FUSE open, but chown and /proc
+    /// chmod work through it.
+    OpenPath(CString),
+    Unlink(CString),
+    Mkdir(CString, libc::mode_t),
+    Rmdir(CString),
+    Symlink(CString, CString),
+    Fchmod(usize, libc::mode_t),
+    /// chmod of `/proc/self/fd/N` of a step's fd (works on O_PATH fds).
+    ProcChmod(usize, libc::mode_t),
+    Fsetxattr(usize, CString, Vec<u8>),
+    Futimens(usize, i64),
+    Ftruncate(usize, i64),
+    /// Reports the fd's `st_mode` (or -errno).
+    FstatMode(usize),
+}
+
+impl Step {
+    pub fn path(p: &Path) -> CString {
+        cpath(p)
+    }
+    pub fn name(s: &str) -> CString {
+        cstr(s)
+    }
+}
+
+/// Runs `steps` in a child process as uid and gid `id` (no supplementary
+/// groups) and returns each step's result: 0 or `-errno` (`FstatMode`:
+/// the mode), `-1000` for steps after the child died. The child only makes
+/// syscalls: everything is prepared before it forks, as a child of a
+/// threaded process may not allocate.
+pub fn run_as(id: u32, steps: &[Step]) -> Vec<i64> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is writable for two ints.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let mut opened = vec![-1 as libc::c_int; steps.len()];
+    let proc_paths: Vec<[u8; 64]> = vec![[0u8; 64]; steps.len()];
+    // SAFETY: the child makes only syscalls on memory prepared above and
+    // leaves with _exit; the parent only waits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: see above; no allocation, no unwinding in the child.
+        unsafe {
+            libc::close(fds[0]);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(id, id, id) != 0
+                || libc::setresuid(id, id, id) != 0
+            {
+                libc::_exit(99);
+            }
+            let err = || -i64::from(*libc::__errno_location());
+            let ok = |r: libc::c_int| if r < 0 { err() } else { 0 };
+            let mut proc_paths = proc_paths;
+            for (i, s) in steps.iter().enumerate() {
+                let fd = |j: usize| opened[j];
+                let r: i64 = match s {
+                    Step::Open(p, fl, m) => {
+                        let r = libc::open(p.as_ptr(), *fl, *m as libc::c_uint);
+                        opened[i] = r;
+                        ok(r)
+                    }
+                    Step::OpenPath(p) => {
+                        let r = libc::open(p.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW);
+                        opened[i] = r;
+                        ok(r)
+                    }
+                    Step::Unlink(p) => ok(libc::unlink(p.as_ptr())),
+                    Step::Mkdir(p, m) => ok(libc::mkdir(p.as_ptr(), *m)),
+                    Step::Rmdir(p) => ok(libc::rmdir(p.as_ptr())),
+                    Step::Symlink(t, l) => ok(libc::symlink(t.as_ptr(), l.as_ptr())),
+                    Step::Fchmod(j, m) => ok(libc::fchmod(fd(*j), *m)),
+                    Step::ProcChmod(j, m) => {
+                        // "/proc/self/fd/N" written by hand: no formatting.
+                        let buf = &mut proc_paths[i];
+                        let prefix = b"/proc/self/fd/";
+                        buf[..prefix.len()].copy_from_slice(prefix);
+                        let mut n = fd(*j).max(0) as u32;
+                        let mut digits = [0u8; 10];
+                        let mut k = 0;
+                        loop {
+                            digits[k] = b'0' + (n % 10) as u8;
+                            k += 1;
+                            n /= 10;
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                        for d in 0..k {
+                            buf[prefix.len() + d] = digits[k - 1 - d];
+                        }
+                        buf[prefix.len() + k] = 0;
+                        ok(libc::chmod(buf.as_ptr().cast(), *m))
+                    }
+                    Step::Fsetxattr(j, n, v) => ok(libc::fsetxattr(
+                        fd(*j),
+                        n.as_ptr(),
+                        v.as_ptr().cast(),
+                        v.len(),
+                        0,
+                    )),
+                    Step::Futimens(j, sec) => {
+                        let t = [
+                            libc::timespec {
+                                tv_sec: *sec,
+                                tv_nsec: 0,
+                            },
+                            libc::timespec {
+                                tv_sec: *sec,
+                                tv_nsec: 0,
+                            },
+                        ];
+                        ok(libc::futimens(fd(*j), t.as_ptr()))
+                    }
+                    Step::Ftruncate(j, len) => ok(libc::ftruncate(fd(*j), *len)),
+                    Step::FstatMode(j) => {
+                        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                        if libc::fstat(fd(*j), st.as_mut_ptr()) < 0 {
+                            err()
+                        } else {
+                            i64::from(st.assume_init().st_mode)
+                        }
+                    }
+                };
+                let bytes = r.to_ne_bytes();
+                libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: the read end is ours from here on.
+    let mut reader = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).unwrap();
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child running as uid {id} failed: status {status:#x}"
+    );
+    let mut results: Vec<i64> = out
+        .chunks_exact(8)
+        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    results.resize(steps.len(), -1000);
+    results
+}

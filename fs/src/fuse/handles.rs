@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fuser::{BackingId, Errno, FileHandle};
 
 use crate::lock::{Condvar, Mutex, Rank, RwLock};
-use crate::union::{OpenFile, Union};
+use crate::union::{ExecGuard, OpenFile, Union};
 use crate::IdMap;
 
 /// An open file and what keeps its passthrough mapping alive.
@@ -31,6 +31,8 @@ pub(crate) struct Handle {
     /// Held while this handle is open; the kernel needs the backing file for
     /// as long as any handle uses it.
     _backing: Option<Arc<BackingId>>,
+    /// For a handle that executes the file: keeps opens from truncating it.
+    _exec: Option<ExecGuard>,
 }
 
 impl Handle {
@@ -111,6 +113,7 @@ impl Handles {
         ino: u64,
         file: OpenFile,
         backing: Option<Arc<BackingId>>,
+        exec: Option<ExecGuard>,
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.write().insert(
@@ -120,6 +123,7 @@ impl Handles {
                 file,
                 copied_up: OnceLock::new(),
                 _backing: backing,
+                _exec: exec,
             }),
         );
         FileHandle(fh)

@@ -206,8 +206,9 @@ impl UnionFs {
         if let (Some(ra), OpenFile::Lower(_)) = (&self.background.read_ahead, &file) {
             ra.opened(&self.union, ino);
         }
+        let exec = self.union.exec_guard(ino, flags);
         if let OpenFile::Tail(_) = file {
-            let fh = self.handles.add(ino, file, None);
+            let fh = self.handles.add(ino, file, None, exec);
             return Ok((
                 fh,
                 FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
@@ -221,12 +222,12 @@ impl UnionFs {
         }
         match backing {
             Backing::Through(b) => {
-                let fh = self.handles.add(ino, file, Some(b.clone()));
+                let fh = self.handles.add(ino, file, Some(b.clone()), exec);
                 Ok((fh, FopenFlags::FOPEN_NOFLUSH, Some(b)))
             }
             Backing::Here => {
                 self.cache.store_small(&self.union, ino, &file, flags);
-                let fh = self.handles.add(ino, file, None);
+                let fh = self.handles.add(ino, file, None, exec);
                 Ok((
                     fh,
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
@@ -1066,7 +1067,7 @@ impl Filesystem for UnionFs {
             .backing_for(stat.ino, &file, |fd| reply.open_backing(fd))
         {
             Backing::Through(b) => {
-                let fh = self.handles.add(stat.ino, file, Some(b.clone()));
+                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None);
                 reply.created_passthrough(
                     &self.opts.ttl,
                     &attr,
@@ -1077,7 +1078,7 @@ impl Filesystem for UnionFs {
                 );
             }
             Backing::Here | Backing::Pinned => {
-                let fh = self.handles.add(stat.ino, file, None);
+                let fh = self.handles.add(stat.ino, file, None, None);
                 reply.created(
                     &self.opts.ttl,
                     &attr,

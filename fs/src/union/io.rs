@@ -90,6 +90,20 @@ impl OpenFile {
     }
 }
 
+/// The open flag the kernel sets when it opens a file to execute it
+/// (`__FMODE_EXEC`).
+pub const FMODE_EXEC: i32 = 0o40;
+
+/// Held by a handle that executes a file: see [`Union::exec_guard`].
+#[derive(Debug)]
+pub struct ExecGuard(Arc<Node>);
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        self.0.execs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// open(2) flags to pass on to the host: access mode and the flags that
 /// change I/O, never the creation flags (handled by the union).
 pub(crate) fn open_flags(flags: i32) -> i32 {
@@ -128,6 +142,11 @@ impl Union {
         let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         // O_TRUNC truncates whatever the access mode (Linux).
         let trunc = flags & libc::O_TRUNC != 0;
+        if trunc && node.execs.load(Ordering::SeqCst) > 0 {
+            // The kernel checks this only after the open has truncated
+            // (FUSE_ATOMIC_O_TRUNC): refuse first, and lose nothing.
+            return Err(errno(libc::ETXTBSY));
+        }
         let tail = defer_data && self.metacopy && acc == libc::O_WRONLY && !trunc;
         if writes || trunc {
             self.copy_up(
@@ -179,6 +198,18 @@ impl Union {
         Ok(OpenFile::Lower(
             self.lowers[l.layer as usize].open(&l.path)?,
         ))
+    }
+
+    /// For an open of `ino` that executes it (`flags` has [`FMODE_EXEC`]):
+    /// a guard that keeps the file from being truncated by an open while
+    /// the handle lives.
+    pub fn exec_guard(&self, ino: u64, flags: i32) -> Option<ExecGuard> {
+        if flags & FMODE_EXEC == 0 {
+            return None;
+        }
+        let node = self.node(ino).ok()?;
+        node.execs.fetch_add(1, Ordering::SeqCst);
+        Some(ExecGuard(node))
     }
 
     /// Whether metacopy file `node` has or may get bytes past its lower

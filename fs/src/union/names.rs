@@ -16,9 +16,16 @@ use crate::layer::{self, Attr, Kind};
 use crate::upper::{self, Loc, Upper};
 use crate::whiteout;
 
+/// Longest name an entry can have (what the host filesystems take).
+const NAME_MAX: usize = 255;
+
 impl Union {
     /// Looks up `name` in directory `parent`; counts a kernel lookup.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Stat> {
+        if name.len() > NAME_MAX {
+            // The kernel passes names up to 1024 bytes to FUSE.
+            return Err(errno(libc::ENAMETOOLONG));
+        }
         let dir = self.node(parent)?;
         self.ensure_loaded(&dir)?;
         let tree = self.read_tree();
@@ -133,7 +140,7 @@ impl Union {
         if !layer::is_plain_name(name) {
             return Err(errno(libc::EINVAL));
         }
-        if name.len() > 255 {
+        if name.len() > NAME_MAX {
             return Err(errno(libc::ENAMETOOLONG));
         }
         if whiteout::is_reserved_name(name) {

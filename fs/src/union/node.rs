@@ -40,6 +40,10 @@ pub(crate) struct Node {
     /// ([`super::io::OpenFile::Tail`]): while there are any, the upper file
     /// may grow at any time, so readers must not be given the lower file.
     pub(crate) tails: AtomicU32,
+    /// Open handles that execute this file (`__FMODE_EXEC`): while there
+    /// are any, an open may not truncate it (ETXTBSY), as the kernel
+    /// refuses writes to a running program.
+    pub(crate) execs: AtomicU32,
     /// A copy-up moved this node's upper entry into its parent and the
     /// parent dir has not been flushed since: an `fsync` of the file must
     /// flush it too.
@@ -59,6 +63,7 @@ impl Node {
             copy_lock: Mutex::new(Rank::CopyUp, ()),
             load_lock: Mutex::new(Rank::Load, ()),
             tails: AtomicU32::new(0),
+            execs: AtomicU32::new(0),
             dir_unsynced: AtomicBool::new(false),
             state: RwLock::new(Rank::NodeState, state),
         }

@@ -8,6 +8,7 @@
 use crate::harness::{standard, standard_fixture, Fixture};
 use crate::layers::Layer;
 use crate::ops::Ops;
+use crate::sys;
 
 fn ino(c: &Ops, p: &str) -> Option<u64> {
     c.raw_stat(p).ok().map(|st| st.st_ino)
@@ -219,4 +220,49 @@ fn write_right_after_closing_a_reader_is_not_refused() {
         }
     }
     fix.check_trees();
+}
+
+/// A lower file with 1,501 hard links in 50 directories: a write through
+/// one name is seen through every name, whether its directory was looked
+/// at before the write or not, and all names stay one inode, also after a
+/// remount. (Kernel overlayfs without its inode index answers otherwise,
+/// just as consistently: the written name becomes a file of its own.)
+#[test]
+fn a_file_with_many_hard_links_stays_one_file() {
+    const N: usize = 1501;
+    let name = |i: usize| format!("d{}/f{i}", i % 50);
+    let mut bottom = Layer::new().file(&name(0), "v1");
+    for i in 1..N {
+        bottom = bottom.hardlink(&name(i), &name(0));
+    }
+    let mut fix = Fixture::new(&[bottom], &Layer::new());
+    if !fix.imp.is_rcfs() {
+        return;
+    }
+    let root = fix.subject.root.clone();
+    // Two directories are looked at before the write, the rest after.
+    let before = ino_at(&root.join(name(0)));
+    assert_eq!(ino_at(&root.join(name(51))), before);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join(name(1)))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+        .unwrap();
+    let check = |root: &std::path::Path, when: &str| {
+        let ino = ino_at(&root.join(name(0)));
+        for i in 0..N {
+            let p = root.join(name(i));
+            assert_eq!(std::fs::read(&p).unwrap(), b"v1+", "{when}: {}", name(i));
+            assert_eq!(ino_at(&p), ino, "{when}: {} is another inode", name(i));
+        }
+        let st = sys::lstat(&root.join(name(7))).unwrap();
+        assert_eq!(st.st_nlink as usize, N, "{when}: nlink");
+    };
+    check(&root, "after the write");
+    fix.remount();
+    check(&fix.subject.root.clone(), "after a remount");
+}
+
+fn ino_at(p: &std::path::Path) -> u64 {
+    sys::lstat(p).unwrap().st_ino
 }

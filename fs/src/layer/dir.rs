@@ -7,12 +7,13 @@
 //! component ([`sys::open_beneath`]): a symlink planted in a lower dir can
 //! never make the server read a host file outside the layer.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{Attr, Entry, FsStats, Kind, Layer, Listing, LowerFile};
 use crate::sys::{self, DirFd};
@@ -26,6 +27,9 @@ pub struct DirLayer {
     id: String,
     /// The root, open (`O_PATH`): every access starts here.
     root_fd: OwnedFd,
+    /// Inode → paths of every regular file with more than one link, made
+    /// by one scan of the layer the first time a hard link is copied up.
+    links: OnceLock<HashMap<u64, Vec<PathBuf>>>,
 }
 
 impl DirLayer {
@@ -42,6 +46,7 @@ impl DirLayer {
             id: root.to_string_lossy().into_owned(),
             root,
             root_fd,
+            links: OnceLock::new(),
         })
     }
 
@@ -52,6 +57,35 @@ impl DirLayer {
 
     fn open_fd(&self, path: &Path, flags: i32) -> io::Result<OwnedFd> {
         sys::open_beneath(self.root_fd.as_fd(), path, flags, 0)
+    }
+
+    /// The hard-linked files of the layer (see [`DirLayer::links`]): a walk
+    /// of the whole tree through directory fds.
+    fn scan_links(&self) -> io::Result<HashMap<u64, Vec<PathBuf>>> {
+        let mut out: HashMap<u64, Vec<PathBuf>> = HashMap::new();
+        let mut stack = vec![(
+            DirFd::from_fd(self.open_fd(Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY)?),
+            PathBuf::new(),
+        )];
+        while let Some((dir, path)) = stack.pop() {
+            for (name, d_type) in dir.entries()? {
+                match Kind::from_d_type(d_type) {
+                    Some(Kind::Dir) => {
+                        if let Ok(d) = DirFd::open(dir.as_fd(), &name) {
+                            stack.push((d, path.join(&name)));
+                        }
+                    }
+                    Some(Kind::File) | None => {
+                        let Ok(st) = dir.stat(&name) else { continue };
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+                            out.entry(st.st_ino).or_default().push(path.join(&name));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The parent directory of `path`, open, and `path`'s last name (`"."`
@@ -159,6 +193,19 @@ impl Layer for DirLayer {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
         let f = File::from(self.open_fd(path, libc::O_RDONLY)?);
         Ok(Arc::new(HostFile(f)))
+    }
+
+    fn links_of(&self, file_id: u64) -> io::Result<Vec<PathBuf>> {
+        if self.links.get().is_none() {
+            let scanned = self.scan_links()?;
+            let _ = self.links.set(scanned);
+        }
+        Ok(self
+            .links
+            .get()
+            .and_then(|m| m.get(&file_id))
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn statfs(&self) -> io::Result<FsStats> {

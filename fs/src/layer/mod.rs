@@ -300,6 +300,11 @@ pub trait Layer: Send + Sync + Debug {
     /// A hint that the first `len` bytes of regular file `path` will be read
     /// soon: start fetching them without waiting for them.
     fn will_need(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Every path of the file with id `file_id` (its hard links), in any
+    /// order. Asked only for files with more than one link, when one of
+    /// them is copied up. May take a while the first time (a host layer
+    /// scans itself once), never waits on a network.
+    fn links_of(&self, file_id: u64) -> io::Result<Vec<PathBuf>>;
     /// Capacity and usage of where the layer lives (a read-only union's
     /// `statfs`).
     fn statfs(&self) -> io::Result<FsStats>;

@@ -103,6 +103,7 @@ impl Union {
     pub(crate) fn copy_up(&self, node: &Arc<Node>, data: CopyData) -> Result<()> {
         let done = |st: &NodeState| st.upper && (!st.metacopy || data == CopyData::Meta);
         let upper = self.upper()?;
+        self.gather_links(node)?;
         let Some(copy) = self.lock_for_copy(node, done)? else {
             return Ok(());
         };
@@ -196,6 +197,48 @@ impl Union {
             match upper.link(sdir.as_fd(), sname, pfd.as_fd(), &name) {
                 Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a lower file with hard links is copied up: loads every
+    /// directory that holds one of its names, so that each name still
+    /// visible joins the node (see `load`) and is linked to the copy. A
+    /// write through one name is then seen through all of them, whether
+    /// their directories were looked at before or after, and after a
+    /// remount they are still one file.
+    fn gather_links(&self, node: &Arc<Node>) -> Result<()> {
+        let lower = {
+            let st = node.state.read();
+            match &st.lower {
+                Some(l) if !st.upper && node.kind == Kind::File && l.attr.nlink > 1 => l.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let paths = self.lowers[lower.layer as usize].links_of(lower.attr.file_id)?;
+        for p in paths {
+            // Down the merged tree to the name's directory; a name whose
+            // path is hidden or shadowed is no longer one of the file's.
+            let mut dir = self.node_by_id(super::ROOT_INO)?;
+            let mut reached = true;
+            for c in p.parent().into_iter().flat_map(|d| d.components()) {
+                self.ensure_loaded(&dir)?;
+                let child = dir
+                    .state
+                    .read()
+                    .children()
+                    .and_then(|ch| ch.get(c.as_os_str()));
+                match child {
+                    Some(c) if c.kind == Kind::Dir => dir = self.node_by_id(c.id)?,
+                    _ => {
+                        reached = false;
+                        break;
+                    }
+                }
+            }
+            if reached {
+                self.ensure_loaded(&dir)?;
             }
         }
         Ok(())

@@ -178,6 +178,44 @@ fn hard_links_in_a_layer_share_an_inode() {
 }
 
 #[test]
+fn a_write_through_one_hard_link_is_seen_through_all_of_them() {
+    // Names in directories nobody has looked at yet, one of them hidden
+    // by a whiteout in the layer above.
+    let fx = Fx::new(2);
+    fx.put("l1/a/f", "data");
+    for d in ["b", "c/d", "e"] {
+        fs::create_dir_all(fx.root.join("l1").join(d)).unwrap();
+        fs::hard_link(fx.root.join("l1/a/f"), fx.root.join("l1").join(d).join("g")).unwrap();
+    }
+    fx.put("l0/e/.wh.g", "");
+    let u = fx.union(2, true);
+    let f = u.lookup(path_ino(&u, "a"), OsStr::new("f")).unwrap();
+    assert_eq!(f.attr.nlink, 4);
+    let h = u
+        .open(f.ino, libc::O_WRONLY | libc::O_APPEND, false)
+        .unwrap();
+    u.write(&h, b"+", 4).unwrap();
+    for p in ["a/f", "b/g", "c/d/g"] {
+        let s = u.getattr(path_ino(&u, p)).unwrap();
+        assert_eq!(s.ino, f.ino, "{p}: another inode");
+        assert_eq!(read_all(&u, s.ino), "data+", "{p}");
+        assert_eq!(
+            fs::read_to_string(fx.upper(p)).unwrap(),
+            "data+",
+            "upper {p}"
+        );
+    }
+    assert_eq!(u.getattr(f.ino).unwrap().attr.nlink, 3);
+    assert!(u.lookup(path_ino(&u, "e"), OsStr::new("g")).is_err());
+    // After a remount they are still one file.
+    let u2 = fx.union(2, true);
+    let ino = path_ino(&u2, "a/f");
+    for p in ["b/g", "c/d/g"] {
+        assert_eq!(path_ino(&u2, p), ino, "{p} after a remount");
+    }
+}
+
+#[test]
 fn unlink_of_lower_file_leaves_whiteout_and_name_can_come_back() {
     let fx = Fx::new(1);
     fx.put("l0/f", "lower");
@@ -656,6 +694,9 @@ impl Layer for Recording {
     }
     fn statfs(&self) -> io::Result<layer::FsStats> {
         self.inner.statfs()
+    }
+    fn links_of(&self, file_id: u64) -> io::Result<Vec<PathBuf>> {
+        self.inner.links_of(file_id)
     }
     fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
         let p = path.to_string_lossy().into_owned();

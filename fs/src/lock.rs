@@ -33,7 +33,8 @@
 //! | [`Rank::Prefetch`] | `Prefetch::stack` | directories to load ahead are queued |
 //! | [`Rank::ReadAhead`] | `ReadAhead::opened` | the last file opened is noted |
 //! | [`Rank::ReadAheadMark`] | `ReadAhead::enough_before` | how far reading ahead got is noted |
-//! | [`Rank::Stop`] | `Background::stop` | background threads are told to end |
+//! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
+//! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
 //!
 //! The cli crate holds no locks of its own.
 
@@ -60,6 +61,7 @@ pub(crate) enum Rank {
     ReadAhead,
     ReadAheadMark,
     Stop,
+    LayerDirs,
 }
 
 #[cfg(debug_assertions)]
@@ -99,6 +101,30 @@ mod check {
     }
 }
 
+/// The rank of a lock: its own in debug builds; in release builds none is
+/// kept, and none is needed.
+trait Ranked {
+    fn rank(&self) -> Rank;
+}
+
+impl<T> Ranked for Mutex<T> {
+    fn rank(&self) -> Rank {
+        #[cfg(debug_assertions)]
+        return self.rank;
+        #[cfg(not(debug_assertions))]
+        Rank::CopyUp
+    }
+}
+
+impl<T> Ranked for RwLock<T> {
+    fn rank(&self) -> Rank {
+        #[cfg(debug_assertions)]
+        return self.rank;
+        #[cfg(not(debug_assertions))]
+        Rank::CopyUp
+    }
+}
+
 /// Proof that this thread holds a lock of some rank (debug builds).
 #[derive(Debug)]
 struct Held(#[cfg(debug_assertions)] Rank);
@@ -123,9 +149,11 @@ impl Drop for Held {
     }
 }
 
-/// A mutex with a rank.
+/// A mutex with a rank (kept in debug builds only: the union holds a few
+/// locks per node, and every byte of a node counts).
 #[derive(Debug)]
 pub(crate) struct Mutex<T> {
+    #[cfg(debug_assertions)]
     rank: Rank,
     inner: parking_lot::Mutex<T>,
 }
@@ -137,15 +165,17 @@ pub(crate) struct MutexGuard<'a, T> {
 }
 
 impl<T> Mutex<T> {
+    #[cfg_attr(not(debug_assertions), allow(unused_variables))]
     pub(crate) const fn new(rank: Rank, value: T) -> Mutex<T> {
         Mutex {
+            #[cfg(debug_assertions)]
             rank,
             inner: parking_lot::Mutex::new(value),
         }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        let held = Held::take(self.rank);
+        let held = Held::take(self.rank());
         MutexGuard {
             inner: self.inner.lock(),
             _held: held,
@@ -170,6 +200,7 @@ impl<T> DerefMut for MutexGuard<'_, T> {
 /// readers, so a thread must never take one it already holds for reading).
 #[derive(Debug)]
 pub(crate) struct RwLock<T> {
+    #[cfg(debug_assertions)]
     rank: Rank,
     inner: parking_lot::RwLock<T>,
 }
@@ -185,15 +216,17 @@ pub(crate) struct WriteGuard<'a, T> {
 }
 
 impl<T> RwLock<T> {
+    #[cfg_attr(not(debug_assertions), allow(unused_variables))]
     pub(crate) const fn new(rank: Rank, value: T) -> RwLock<T> {
         RwLock {
+            #[cfg(debug_assertions)]
             rank,
             inner: parking_lot::RwLock::new(value),
         }
     }
 
     pub(crate) fn read(&self) -> ReadGuard<'_, T> {
-        let held = Held::take(self.rank);
+        let held = Held::take(self.rank());
         ReadGuard {
             inner: self.inner.read(),
             _held: held,
@@ -201,7 +234,7 @@ impl<T> RwLock<T> {
     }
 
     pub(crate) fn write(&self) -> WriteGuard<'_, T> {
-        let held = Held::take(self.rank);
+        let held = Held::take(self.rank());
         WriteGuard {
             inner: self.inner.write(),
             _held: held,

@@ -251,19 +251,19 @@ impl Upper {
         )?))
     }
 
-    /// The entries of directory `dir` (not `.`/`..`), each with its lstat.
-    /// Entries that vanish meanwhile are skipped.
-    pub(crate) fn read_dir(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, libc::stat)>> {
+    /// Calls `f` with each entry of directory `dir` (not `.`/`..`) and its
+    /// lstat. Entries that vanish meanwhile are skipped.
+    pub(crate) fn each_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        mut f: impl FnMut(&OsStr, &libc::stat) -> io::Result<()>,
+    ) -> io::Result<()> {
         let d = DirFd::open(dir, OsStr::new("."))?;
-        let mut out = Vec::new();
-        for (name, _) in d.entries()? {
-            match d.stat(&name) {
-                Ok(st) => out.push((name, st)),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        d.each(|name, _| match d.stat(name) {
+            Ok(st) => f(name, &st),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+        })
     }
 
     pub(crate) fn mkdir(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
@@ -366,6 +366,18 @@ impl Upper {
     pub(crate) fn fsync_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
         let d = sys::open_at(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         Ok(nix::unistd::fsync(d)?)
+    }
+
+    /// Flushes the upper dir's whole filesystem (`syncfs`, which needs an
+    /// fd that is not `O_PATH`).
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        let d = sys::open_at(
+            self.root.as_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(nix::unistd::syncfs(d)?)
     }
 
     pub(crate) fn statfs(&self) -> io::Result<FsStats> {

@@ -144,6 +144,11 @@ impl Fixture {
     /// subject with [`Mount::subject`]): what was written must read back the
     /// same from the upper dir alone.
     pub fn remount(&mut self) {
+        self.remount_with(false)
+    }
+
+    /// [`Fixture::remount`], the subject with `allow_other` if asked.
+    pub fn remount_with(&mut self, allow_other: bool) {
         self.kernel
             .unmount()
             .expect_ok("unmounting kernel overlayfs");
@@ -162,11 +167,12 @@ impl Fixture {
             "{} daemon still running 5 s after unmount",
             self.name()
         );
-        let subject = Mount::subject(
+        let subject = Mount::subject_with(
             self.imp,
             &self.subject_dirs.lowers,
             self.subject_dirs.upper_work(),
             &self.subject.root,
+            allow_other,
         );
         std::mem::forget(std::mem::replace(&mut self.subject, subject));
     }
@@ -175,12 +181,17 @@ impl Fixture {
         format!("{:?}", self.imp)
     }
 
-    /// The subject's upper dir.
     /// The subject's lower dir `i` (0 is the top).
     pub fn subject_lower(&self, i: usize) -> &Path {
         &self.subject_dirs.lowers[i]
     }
 
+    /// The kernel mount's lower dir `i` (0 is the top).
+    pub fn kernel_lower(&self, i: usize) -> &Path {
+        &self.kernel_dirs.lowers[i]
+    }
+
+    /// The subject's upper dir.
     pub fn subject_upper(&self) -> &Path {
         self.subject
             .upper

@@ -98,3 +98,63 @@ fn kernel_checks_permissions_for_other_users() {
     );
     fix.check_trees();
 }
+
+/// POSIX ACLs are enforced by the kernel on rcfs as on kernel overlayfs: a
+/// user named in a file's ACL may read it though its mode says no, in a
+/// lower file and after the ACL is changed through the mount (a copy-up),
+/// also after a remount.
+#[test]
+fn posix_acls_are_enforced() {
+    let (mut lowers, upper) = standard();
+    lowers[1] = lowers[1]
+        .clone()
+        .file_mode("acl-lower", "acl\n", 0o600)
+        .file_mode("acl-set", "set through the mount\n", 0o600);
+    let imp = Impl::from_env();
+    let mut fix = Fixture::with_subject(&lowers, Some(&upper), |l, uw, m| {
+        Mount::subject_with(imp, l, uw, m, true)
+    });
+    std::fs::set_permissions(fix.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An ACL in the lower layer, set on both copies of it before use.
+    for l in [fix.kernel_lower(1), fix.subject_lower(1)] {
+        setfacl(&l.join("acl-lower"), "u:65534:r");
+    }
+    for root in [fix.kernel.root.clone(), fix.subject.root.clone()] {
+        setfacl(&root.join("acl-set"), "u:65534:r");
+    }
+    let commands = ["cat acl-lower", "cat acl-set", "cat lf"];
+    let k = as_nobody(&fix.kernel.root, &commands);
+    let s = as_nobody(&fix.subject.root, &commands);
+    assert_eq!(
+        s,
+        k,
+        "{} ACL results differ from kernel overlayfs",
+        fix.name()
+    );
+    assert!(
+        k.contains("cat acl-lower => 0") && k.contains("cat acl-set => 0"),
+        "{k}"
+    );
+    // Taking the grant away through the mount denies it.
+    for root in [fix.kernel.root.clone(), fix.subject.root.clone()] {
+        setfacl(&root.join("acl-lower"), "u:65534:-");
+    }
+    let k = as_nobody(&fix.kernel.root, &commands);
+    let s = as_nobody(&fix.subject.root, &commands);
+    assert_eq!(s, k, "{} after setfacl", fix.name());
+    assert!(k.contains("cat acl-lower => 1"), "{k}");
+    fix.remount_with(true);
+    let k = as_nobody(&fix.kernel.root, &commands);
+    let s = as_nobody(&fix.subject.root, &commands);
+    assert_eq!(s, k, "{} after a remount", fix.name());
+}
+
+fn setfacl(p: &std::path::Path, spec: &str) {
+    let r = run(
+        std::process::Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(p),
+        COMMAND_TIMEOUT,
+    );
+    assert!(r.success(), "setfacl -m {spec} {}: {r:?}", p.display());
+}

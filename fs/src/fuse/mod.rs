@@ -349,11 +349,15 @@ impl Filesystem for UnionFs {
             caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
             Ordering::Relaxed,
         );
+        // POSIX ACLs: the kernel checks them (as kernel overlayfs does) and
+        // keeps each inode's, where without it every `ls -l` asks for
+        // `system.posix_acl_access` of every file again.
         let want = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_ACL;
         let _ = config.add_capabilities(want & caps);
         let _ = config
             .set_max_readahead(1 << 20)

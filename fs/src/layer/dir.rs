@@ -11,12 +11,20 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use super::{Attr, Entry, FsStats, Kind, Layer, Listing, LowerFile};
+use lru::LruCache;
+
+use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
+use crate::lock::{Mutex, Rank};
 use crate::sys::{self, DirFd};
+
+/// How many directory fds a layer keeps open: the directories a workload
+/// is busy in.
+const CACHED_DIRS: usize = 256;
 
 /// A layer over a host directory.
 #[derive(Debug)]
@@ -30,6 +38,10 @@ pub struct DirLayer {
     /// Inode → paths of every regular file with more than one link, made
     /// by one scan of the layer the first time a hard link is copied up.
     links: OnceLock<HashMap<u64, Vec<PathBuf>>>,
+    /// `O_PATH` fds of directories by path, resolved once beneath the
+    /// root: a call on an entry is then one syscall on its directory's fd
+    /// and its name (every file of a large directory shares one).
+    dirs: Mutex<LruCache<PathBuf, Arc<OwnedFd>>>,
 }
 
 impl DirLayer {
@@ -47,6 +59,10 @@ impl DirLayer {
             root,
             root_fd,
             links: OnceLock::new(),
+            dirs: Mutex::new(
+                Rank::LayerDirs,
+                LruCache::new(NonZeroUsize::new(CACHED_DIRS).expect("non-zero")),
+            ),
         })
     }
 
@@ -88,18 +104,29 @@ impl DirLayer {
         Ok(out)
     }
 
+    /// The directory `dir` of the layer, open (`O_PATH`), from the cache.
+    fn dir(&self, dir: &Path) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dirs.lock().get(dir) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_fd(dir, libc::O_PATH | libc::O_DIRECTORY)?);
+        self.dirs.lock().put(dir.to_owned(), fd.clone());
+        Ok(fd)
+    }
+
     /// The parent directory of `path`, open, and `path`'s last name (`"."`
     /// for the root).
-    fn parent_of<'p>(&self, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+    fn parent_of<'p>(&self, path: &'p Path) -> io::Result<(Arc<OwnedFd>, &'p OsStr)> {
         match (path.parent(), path.file_name()) {
-            (Some(dir), Some(name)) => {
-                Ok((self.open_fd(dir, libc::O_PATH | libc::O_DIRECTORY)?, name))
-            }
-            _ => Ok((
-                self.open_fd(Path::new(""), libc::O_PATH | libc::O_DIRECTORY)?,
-                OsStr::new("."),
-            )),
+            (Some(dir), Some(name)) => Ok((self.dir(dir)?, name)),
+            _ => Ok((self.dir(Path::new(""))?, OsStr::new("."))),
         }
+    }
+
+    /// Opens `path` with `flags` (its last component not followed).
+    fn open_entry(&self, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+        let (dir, name) = self.parent_of(path)?;
+        sys::open_at(dir.as_fd(), name, flags, 0)
     }
 }
 
@@ -139,40 +166,27 @@ impl Layer for DirLayer {
         )?)
     }
 
-    fn read_dir(
-        &self,
-        path: &Path,
-        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
-    ) -> io::Result<Listing> {
-        let dir = DirFd::from_fd(self.open_fd(path, libc::O_RDONLY | libc::O_DIRECTORY)?);
-        let mut entries = Vec::new();
-        for (name, d_type) in dir.entries()? {
-            // Without a d_type the filesystem does not say: ask stat.
-            let kind = Kind::from_d_type(d_type);
-            let attr = match kind {
-                Some(k) if !want_attr(&name, k) => None,
-                _ => match dir.stat(&name) {
-                    Ok(st) => Attr::from_stat(&st).ok(),
-                    // Vanished since the listing: the layer is being changed
-                    // under us, which we tolerate by skipping the entry.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(e) => return Err(e),
+    fn read_dir(&self, path: &Path, each: &mut EntryVisitor<'_>) -> io::Result<Vec<OsString>> {
+        let dir = DirFd::from_fd(self.open_entry(path, libc::O_RDONLY | libc::O_DIRECTORY)?);
+        dir.each(|name, d_type| {
+            let mut stat = || Attr::from_stat(&dir.stat(name)?);
+            match Kind::from_d_type(d_type) {
+                Some(kind) => each(name, kind, &mut stat),
+                // The filesystem does not say: ask stat.
+                None => match stat() {
+                    Ok(a) => each(name, a.kind, &mut || Ok(a.clone())),
+                    // Gone since the listing: skipped.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                    Err(e) => Err(e),
                 },
-            };
-            let Some(kind) = kind.or(attr.as_ref().map(|a| a.kind)) else {
-                continue;
-            };
-            entries.push(Entry { name, kind, attr });
-        }
-        Ok(Listing {
-            entries,
-            xattr_names: dir.xattr_names()?,
-        })
+            }
+        })?;
+        dir.xattr_names()
     }
 
     fn readlink(&self, path: &Path) -> io::Result<OsString> {
-        let fd = self.open_fd(path, libc::O_PATH)?;
-        Ok(nix::fcntl::readlinkat(fd.as_fd(), "")?)
+        let (dir, name) = self.parent_of(path)?;
+        Ok(nix::fcntl::readlinkat(dir.as_fd(), name)?)
     }
 
     fn list_xattrs(&self, path: &Path) -> io::Result<Vec<OsString>> {
@@ -186,12 +200,12 @@ impl Layer for DirLayer {
     }
 
     fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
-        let f = File::from(self.open_fd(path, libc::O_RDONLY | libc::O_NONBLOCK)?);
+        let f = File::from(self.open_entry(path, libc::O_RDONLY | libc::O_NONBLOCK)?);
         sys::will_need(&f, len)
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
-        let f = File::from(self.open_fd(path, libc::O_RDONLY)?);
+        let f = File::from(self.open_entry(path, libc::O_RDONLY)?);
         Ok(Arc::new(HostFile(f)))
     }
 
@@ -227,12 +241,16 @@ mod tests {
         std::fs::write(t.path().join("d/.wh.gone"), b"").unwrap();
         std::os::unix::fs::symlink("f", t.path().join("d/l")).unwrap();
         let l: &dyn Layer = &DirLayer::new(t.path()).unwrap();
-        let listing = l.read_dir(Path::new("d"), &mut |n, _| n == "f").unwrap();
-        assert!(listing
-            .entries
-            .iter()
-            .all(|e| e.attr.is_some() == (e.name == "f")));
-        let mut names: Vec<_> = listing.entries.into_iter().map(|e| e.name).collect();
+        let mut names = Vec::new();
+        l.read_dir(Path::new("d"), &mut |n, kind, attr| {
+            if n == "f" {
+                assert_eq!(attr()?.size, 5);
+                assert_eq!(kind, Kind::File);
+            }
+            names.push(n.to_owned());
+            Ok(())
+        })
+        .unwrap();
         names.sort();
         assert_eq!(
             names,
@@ -265,7 +283,7 @@ mod tests {
         let through = Path::new("dir/secret");
         assert!(l.open(through).is_err());
         assert!(l.stat(through).is_err());
-        assert!(l.read_dir(Path::new("dir"), &mut |_, _| true).is_err());
+        assert!(l.read_dir(Path::new("dir"), &mut |_, _, _| Ok(())).is_err());
         assert!(l.readlink(Path::new("dir/sub")).is_err());
         assert!(l.get_xattr(through, OsStr::new("user.x")).is_err());
         assert!(l.list_xattrs(through).is_err());

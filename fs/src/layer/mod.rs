@@ -181,23 +181,14 @@ impl Attr {
     }
 }
 
-/// One raw entry of a layer directory.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub name: OsString,
-    pub kind: Kind,
-    /// Present when the caller asked for it (see [`Layer::read_dir`]).
-    pub attr: Option<Attr>,
-}
-
-/// A raw directory listing.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
-    pub entries: Vec<Entry>,
-    /// Names of the directory's own xattrs (values through
-    /// [`Layer::get_xattr`]).
-    pub xattr_names: Vec<OsString>,
-}
+/// What [`Layer::read_dir`] calls for each raw entry: with its name, its
+/// kind, and a function that returns its attributes when asked (a host
+/// layer stats the entry only then: a union needs attributes only for the
+/// entries it shows, and stat calls are most of what listing a host
+/// directory costs). An entry whose attributes cannot be had because it is
+/// gone meanwhile (ENOENT) is to be skipped.
+pub type EntryVisitor<'v> =
+    dyn FnMut(&OsStr, Kind, &mut dyn FnMut() -> io::Result<Attr>) -> io::Result<()> + 'v;
 
 /// What `statfs` says of the filesystem a layer lives on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -280,15 +271,10 @@ pub trait Layer: Send + Sync + Debug {
     fn id(&self) -> &str;
     /// Attributes of `path`, without following a final symlink.
     fn stat(&self, path: &Path) -> io::Result<Attr>;
-    /// The raw entries of directory `path` (no `.` or `..`) and its xattr
-    /// names. An entry's attributes are filled in when `want_attr(name, kind)`
-    /// says so: a union needs them only for entries it shows, and stat calls
-    /// are most of what listing a host directory costs.
-    fn read_dir(
-        &self,
-        path: &Path,
-        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
-    ) -> io::Result<Listing>;
+    /// Calls `each` with every raw entry of directory `path` (no `.` or
+    /// `..`), in no particular order, and returns the directory's own xattr
+    /// names (values through [`Layer::get_xattr`]).
+    fn read_dir(&self, path: &Path, each: &mut EntryVisitor<'_>) -> io::Result<Vec<OsString>>;
     /// The target of symlink `path`.
     fn readlink(&self, path: &Path) -> io::Result<OsString>;
     /// Names of the xattrs of `path`.

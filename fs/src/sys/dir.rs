@@ -30,6 +30,18 @@ impl DirFd {
 
     /// Every entry but `.` and `..`, with its `d_type`.
     pub fn entries(&self) -> io::Result<Vec<(OsString, u8)>> {
+        let mut out = Vec::new();
+        self.each(|name, d_type| {
+            out.push((name.to_owned(), d_type));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every entry but `.` and `..` and its `d_type`, as
+    /// `getdents64` returns them: a large directory costs no memory per
+    /// entry here.
+    pub fn each(&self, mut f: impl FnMut(&OsStr, u8) -> io::Result<()>) -> io::Result<()> {
         const LEN: usize = 32 * 1024;
         thread_local! {
             // One buffer per thread: zeroing a fresh one for every directory
@@ -37,13 +49,17 @@ impl DirFd {
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; LEN]);
         }
         BUF.with(|b| match b.try_borrow_mut() {
-            Ok(mut buf) => self.entries_into(&mut buf),
-            Err(_) => self.entries_into(&mut vec![0u8; LEN]),
+            Ok(mut buf) => self.each_in(&mut buf, &mut f),
+            // In use further up this thread's stack (a walk into a subdir).
+            Err(_) => self.each_in(&mut vec![0u8; LEN], &mut f),
         })
     }
 
-    fn entries_into(&self, buf: &mut [u8]) -> io::Result<Vec<(OsString, u8)>> {
-        let mut out = Vec::new();
+    fn each_in(
+        &self,
+        buf: &mut [u8],
+        f: &mut dyn FnMut(&OsStr, u8) -> io::Result<()>,
+    ) -> io::Result<()> {
         loop {
             // SAFETY: `buf` is writable for its length; the fd is an open directory.
             let n = unsafe {
@@ -58,7 +74,7 @@ impl DirFd {
                 return Err(io::Error::last_os_error());
             }
             if n == 0 {
-                return Ok(out);
+                return Ok(());
             }
             let mut off = 0usize;
             while off < n as usize {
@@ -68,7 +84,7 @@ impl DirFd {
                 let name = &buf[off + 19..off + reclen];
                 let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
                 if name != b"." && name != b".." {
-                    out.push((OsStr::from_bytes(name).to_owned(), d_type));
+                    f(OsStr::from_bytes(name), d_type)?;
                 }
                 off += reclen;
             }

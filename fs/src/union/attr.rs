@@ -9,8 +9,12 @@ use std::os::fd::AsFd;
 use super::copyup::CopyData;
 use super::{OpenFile, SetAttr, Stat, TimeSet, Union};
 use crate::error::errno;
-use crate::layer::{Attr, FsStats, Kind, Time};
+use std::path::Path;
+
+use super::node::Node;
+use crate::layer::{Attr, FsStats, Kind, Layer, Time};
 use crate::sys;
+use crate::upper::Loc;
 use crate::whiteout;
 
 impl Union {
@@ -26,7 +30,7 @@ impl Union {
     pub fn getattr_open(&self, ino: u64, file: &OpenFile) -> Result<Stat> {
         match file.upper_file() {
             Some(f) => Ok(Stat {
-                ino: self.node(ino).map_or(ino, |n| n.ino()),
+                ino: self.node(ino).map_or(ino, |n| self.ino_of(&n)),
                 attr: Attr::from_stat(&sys::fstat(f)?)?,
             }),
             None => self.getattr(ino),
@@ -75,23 +79,35 @@ impl Union {
         self.stat_node(&node, &tree)
     }
 
+    /// Reads `node`'s metadata where it lives: `upper` on its upper entry
+    /// (with the tree lock held, so the entry is the node's), else `lower`
+    /// on its lower entry.
+    fn read_meta<T>(
+        &self,
+        node: &Node,
+        upper: impl FnOnce(&Loc) -> Result<T>,
+        lower: impl FnOnce(&dyn Layer, &Path) -> Result<T>,
+    ) -> Result<T> {
+        let tree = self.read_tree();
+        let in_upper = {
+            let st = node.state.read();
+            st.upper || st.orphan().is_some()
+        };
+        if in_upper {
+            return upper(&self.loc_of(node, &tree)?.0);
+        }
+        drop(tree);
+        let l = self.lower_of(node).ok_or_else(|| errno(libc::EIO))?;
+        lower(self.lowers[l.layer as usize].as_ref(), &l.path)
+    }
+
     /// Target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> Result<OsString> {
         let node = self.node(ino)?;
         if node.kind != Kind::Symlink {
             return Err(errno(libc::EINVAL));
         }
-        let tree = self.read_tree();
-        let (upper, lower) = {
-            let st = node.state.read();
-            (st.upper || st.orphan.is_some(), st.lower.clone())
-        };
-        if upper {
-            return self.loc_of(&node, &tree)?.0.readlink();
-        }
-        drop(tree);
-        let l = lower.ok_or_else(|| errno(libc::EIO))?;
-        self.lowers[l.layer as usize].readlink(&l.path)
+        self.read_meta(&node, Loc::readlink, |l, p| l.readlink(p))
     }
 
     /// Value of xattr `name` of `ino`.
@@ -100,36 +116,14 @@ impl Union {
             return Err(errno(libc::ENODATA));
         }
         let node = self.node(ino)?;
-        let tree = self.read_tree();
-        let (upper, lower) = {
-            let st = node.state.read();
-            (st.upper || st.orphan.is_some(), st.lower.clone())
-        };
-        let v = if upper {
-            self.loc_of(&node, &tree)?.0.get_xattr(name)?
-        } else {
-            drop(tree);
-            let l = lower.ok_or_else(|| errno(libc::EIO))?;
-            self.lowers[l.layer as usize].get_xattr(&l.path, name)?
-        };
-        v.ok_or_else(|| errno(libc::ENODATA))
+        self.read_meta(&node, |u| u.get_xattr(name), |l, p| l.get_xattr(p, name))?
+            .ok_or_else(|| errno(libc::ENODATA))
     }
 
     /// Names of the xattrs of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<OsString>> {
         let node = self.node(ino)?;
-        let tree = self.read_tree();
-        let (upper, lower) = {
-            let st = node.state.read();
-            (st.upper || st.orphan.is_some(), st.lower.clone())
-        };
-        let names = if upper {
-            self.loc_of(&node, &tree)?.0.list_xattrs()?
-        } else {
-            drop(tree);
-            let l = lower.ok_or_else(|| errno(libc::EIO))?;
-            self.lowers[l.layer as usize].list_xattrs(&l.path)?
-        };
+        let names = self.read_meta(&node, Loc::list_xattrs, |l, p| l.list_xattrs(p))?;
         Ok(names
             .into_iter()
             .filter(|n| !whiteout::is_private_xattr(n))

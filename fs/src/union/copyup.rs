@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::node::{LowerRef, Node, NodeState};
+use super::node::{Lower, Node, NodeState};
 use super::Union;
 use crate::error::errno;
 use crate::layer::Kind;
@@ -107,11 +107,11 @@ impl Union {
         let Some(copy) = self.lock_for_copy(node, done)? else {
             return Ok(());
         };
-        let (parent, lower, is_upper, aliases) = {
+        let (parent, is_upper, aliases) = {
             let st = node.state.read();
-            (st.parent, st.lower.clone(), st.upper, st.aliases.clone())
+            (st.parent, st.upper, st.aliases().to_vec())
         };
-        let lower = lower.ok_or_else(|| errno(libc::EIO))?;
+        let lower = self.lower_of(node).ok_or_else(|| errno(libc::EIO))?;
         if is_upper {
             // A metacopy file that now needs its data.
             return self.fill_metacopy(node, &lower, data);
@@ -212,11 +212,13 @@ impl Union {
         let lower = {
             let st = node.state.read();
             match &st.lower {
-                Some(l) if !st.upper && node.kind == Kind::File && l.attr.nlink > 1 => l.clone(),
+                Some(l) if !st.upper && node.kind == Kind::File && l.attr.nlink > 1 => {
+                    (l.layer, l.attr.file_id)
+                }
                 _ => return Ok(()),
             }
         };
-        let paths = self.lowers[lower.layer as usize].links_of(lower.attr.file_id)?;
+        let paths = self.lowers[lower.0 as usize].links_of(lower.1)?;
         for p in paths {
             // Down the merged tree to the name's directory; a name whose
             // path is hidden or shadowed is no longer one of the file's.
@@ -230,7 +232,7 @@ impl Union {
                     .children()
                     .and_then(|ch| ch.get(c.as_os_str()));
                 match child {
-                    Some(c) if c.kind == Kind::Dir => dir = self.node_by_id(c.id)?,
+                    Some(c) if c.kind() == Kind::Dir => dir = self.node_by_id(c.id())?,
                     _ => {
                         reached = false;
                         break;
@@ -251,7 +253,7 @@ impl Union {
         tmp: &Loc,
         tmp_name: &OsStr,
         kind: Kind,
-        lower: &LowerRef,
+        lower: &Lower,
         data: CopyData,
     ) -> Result<bool> {
         let upper = self.upper()?;
@@ -317,7 +319,7 @@ impl Union {
 
     /// Copies `lower`'s data into `dst`; `durable` starts writeback as it
     /// goes, for a flush that follows at once.
-    fn copy_file_data(&self, lower: &LowerRef, dst: &File, durable: bool) -> Result<()> {
+    fn copy_file_data(&self, lower: &Lower, dst: &File, durable: bool) -> Result<()> {
         let src = self.lowers[lower.layer as usize].open(&lower.path)?;
         src.copy_to(dst, lower.attr.size, durable)
     }
@@ -327,12 +329,7 @@ impl Union {
     /// layer, so a crash half-way serves the right bytes. With a flusher,
     /// the marker goes once the data is on disk, in the background. The
     /// caller holds the node's copy lock.
-    pub(crate) fn fill_metacopy(
-        &self,
-        node: &Node,
-        lower: &LowerRef,
-        data: CopyData,
-    ) -> Result<()> {
+    pub(crate) fn fill_metacopy(&self, node: &Node, lower: &Lower, data: CopyData) -> Result<()> {
         let tree = self.read_tree();
         let (loc, _) = self.loc_of(node, &tree)?;
         match data {
@@ -354,7 +351,7 @@ impl Union {
     /// `node`, and drops its marker (now, or with a flusher once the data is
     /// on disk). Bytes past the lower file's size (a tail) are kept. The
     /// caller holds the node's copy lock.
-    pub(crate) fn fill_data(&self, node: &Node, lower: &LowerRef, f: File) -> Result<()> {
+    pub(crate) fn fill_data(&self, node: &Node, lower: &Lower, f: File) -> Result<()> {
         let durable = self.fsync && self.flusher.is_none();
         // Filling in is no change of the file's: its times stay.
         let times = sys::fstat(&f)?;
@@ -409,7 +406,7 @@ impl Union {
             .state
             .read()
             .children()
-            .map(|c| c.map.values().map(|c| c.id).collect())
+            .map(|c| c.map.values().map(|c| c.id()).collect())
             .unwrap_or_default();
         for k in kids {
             let child = self.node_by_id(k)?;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::copyup::CopyData;
-use super::node::{LowerRef, Node};
+use super::node::{Lower, Node};
 use super::Union;
 use crate::error::errno;
 use crate::layer::{Kind, LowerFile};
@@ -163,20 +163,20 @@ impl Union {
             self.copy_up(&node, CopyData::Full)?;
         }
         let tree = self.read_tree();
-        let (upper, metacopy, lower) = {
+        let (upper, metacopy, lower_size) = {
             let st = node.state.read();
             (
-                st.upper || st.orphan.is_some(),
+                st.upper || st.orphan().is_some(),
                 st.metacopy,
-                st.lower.clone(),
+                st.lower.as_ref().map(|l| l.attr.size),
             )
         };
         if tail && upper && metacopy {
             let (loc, _) = self.loc_of(&node, &tree)?;
             drop(tree);
             let file = loc.open(open_flags(flags))?;
-            let lower = lower.ok_or_else(|| errno(libc::EIO))?;
-            match reserve(&file, lower.attr.size) {
+            let size = lower_size.ok_or_else(|| errno(libc::EIO))?;
+            match reserve(&file, size) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     // Nothing to reserve with: copy the data now.
@@ -194,7 +194,7 @@ impl Union {
             return Ok(OpenFile::Upper(loc.open(open_flags(flags))?));
         }
         drop(tree);
-        let l = lower.ok_or_else(|| errno(libc::EIO))?;
+        let l = self.lower_of(&node).ok_or_else(|| errno(libc::EIO))?;
         Ok(OpenFile::Lower(
             self.lowers[l.layer as usize].open(&l.path)?,
         ))
@@ -242,7 +242,7 @@ impl Union {
         let tree = self.read_tree();
         let (loc, snap) = {
             let st = node.state.read();
-            if !(st.upper || st.orphan.is_some()) || st.metacopy {
+            if !(st.upper || st.orphan().is_some()) || st.metacopy {
                 return Ok(None);
             }
             drop(st);
@@ -393,12 +393,9 @@ impl Union {
     /// Fills in the data of `t`'s file if it is still below and `needed`
     /// says so. Through the handle's own file: its names may be gone. The
     /// caller holds the node's copy lock.
-    fn fill_tail(&self, t: &TailFile, needed: impl FnOnce(&LowerRef) -> bool) -> Result<()> {
-        let (metacopy, lower) = {
-            let st = t.node.state.read();
-            (st.metacopy, st.lower.clone())
-        };
-        match lower {
+    fn fill_tail(&self, t: &TailFile, needed: impl FnOnce(&Lower) -> bool) -> Result<()> {
+        let metacopy = t.node.state.read().metacopy;
+        match self.lower_of(&t.node) {
             Some(l) if metacopy && needed(&l) => {
                 let f = File::from(sys::reopen(t.file.as_fd(), libc::O_WRONLY)?);
                 self.fill_data(&t.node, &l, f)

@@ -3,7 +3,7 @@
 //! the directory's children, each a node with a stable inode number. Hard
 //! links of one file (in one layer, or in the upper dir) share a node.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io::Result;
 use std::os::fd::AsFd;
@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use super::node::{self, Child, Children, DirState, LowerRef, Node, NodeState};
+use super::node::{self, Child, Children, DirState, Lower, LowerRef, NameSet, Node, NodeState};
 use super::{Union, UPPER_LAYER};
 use crate::error::errno;
 use crate::flush;
@@ -51,7 +51,8 @@ impl Union {
                 lower_path: st
                     .lower
                     .as_ref()
-                    .map_or_else(PathBuf::new, |l| l.path.to_path_buf()),
+                    .and_then(|l| l.path.as_deref())
+                    .map_or_else(PathBuf::new, Path::to_path_buf),
                 lower_dirs: d.lower_dirs.clone(),
             }
         };
@@ -85,8 +86,8 @@ impl Union {
             };
             ch.map
                 .iter()
-                .filter(|(_, c)| c.kind == Kind::Dir)
-                .map(|(name, c)| (node::cookie(name), c.id))
+                .filter(|(_, c)| c.kind() == Kind::Dir)
+                .map(|(name, c)| (node::cookie(name), c.id()))
                 .collect()
         };
         let mut subs: Vec<(u64, u64)> = subs
@@ -101,9 +102,12 @@ impl Union {
     }
 
     /// Reads `src`'s upper dir and lower layers into merged children; returns
-    /// them and the lower layers that contributed.
+    /// them and the lower layers that contributed. Entries are merged as the
+    /// layers hand them out, so a large directory costs nothing per entry
+    /// beyond its nodes.
     fn load_dir(&self, dir: &Node, src: &DirSource) -> Result<(Children, Vec<u32>)> {
-        let mut ch = Children::default();
+        let mut map: HashMap<Arc<OsStr>, Child> = HashMap::new();
+        let mut lower_names = NameSet::default();
         let mut hidden: HashSet<OsString> = HashSet::new();
         let mut opaque = false;
         let mut used = Vec::new();
@@ -122,103 +126,88 @@ impl Union {
             opaque = whiteout::is_opaque_dir(&names, |x| {
                 Loc::Dir(fd.clone()).get_xattr(x).ok().flatten()
             });
-            let mut entries = Vec::new();
-            for (name, s) in upper.read_dir(fd.as_fd())? {
-                let Ok(attr) = Attr::from_stat(&s) else {
-                    continue;
+            upper.each_entry(fd.as_fd(), |name, st| {
+                let Ok(attr) = Attr::from_stat(st) else {
+                    return Ok(());
                 };
-                match whiteout::classify(&name, attr.is_whiteout_device()) {
+                match whiteout::classify(name, attr.is_whiteout_device()) {
                     whiteout::Kind::Opaque => opaque = true,
                     whiteout::Kind::Whiteout(n) => {
-                        // Whited out here: a later entry of that name must
-                        // remove the whiteout (and hide lower layers).
-                        ch.lower_names.insert(n);
+                        // Whited out here: hides the lower layers' entry,
+                        // and a later entry of that name must remove it.
+                        lower_names.insert(n);
                         hidden.insert(n.to_owned());
                     }
-                    whiteout::Kind::Entry => entries.push((name, attr)),
+                    whiteout::Kind::Entry => {
+                        let entry = Loc::Entry {
+                            dir: fd.clone(),
+                            name: name.to_owned(),
+                        };
+                        let kind = attr.kind;
+                        let name = node::shared(name);
+                        let id = self.upper_child(dir.id, &name, attr, &entry);
+                        map.insert(name, Child::new(id, kind));
+                    }
                 }
-            }
-            for (name, attr) in entries {
-                let entry = Loc::Entry {
-                    dir: fd.clone(),
-                    name: name.clone(),
-                };
-                let kind = attr.kind;
-                let id = self.upper_child(dir.id, &name, attr, &entry);
-                hidden.remove(&name);
-                ch.map.insert(node::shared(&name), Child { id, kind });
-            }
+                Ok(())
+            })?;
         }
         if !opaque {
             let lower_path = &src.lower_path;
             for &li in &src.lower_dirs {
                 used.push(li);
                 let layer = &self.lowers[li as usize];
-                let listing = layer.read_dir(lower_path, &mut |name, kind| {
-                    kind == Kind::CharDev
-                        || (whiteout::classify(name, false) == whiteout::Kind::Entry
-                            && !ch.map.contains_key(name)
-                            && !hidden.contains(name))
-                })?;
-                let mut layer_opaque = whiteout::is_opaque_dir(&listing.xattr_names, |x| {
-                    layer.get_xattr(lower_path, x).ok().flatten()
-                });
                 let mut layer_hidden = Vec::new();
-                let mut entries = Vec::new();
-                for e in listing.entries {
-                    let dev00 = e.attr.as_ref().is_some_and(Attr::is_whiteout_device);
-                    match whiteout::classify(&e.name, dev00) {
+                let mut layer_opaque = false;
+                let xattr_names = layer.read_dir(lower_path, &mut |name, kind, attr| {
+                    let class = if kind == Kind::CharDev {
+                        whiteout::classify(name, attr()?.is_whiteout_device())
+                    } else {
+                        whiteout::classify(name, false)
+                    };
+                    match class {
                         whiteout::Kind::Opaque => layer_opaque = true,
                         whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
-                        whiteout::Kind::Entry => entries.push(e),
-                    }
-                }
-                for e in entries {
-                    ch.lower_names.insert(&e.name);
-                    if hidden.contains(&e.name) {
-                        continue;
-                    }
-                    let child_lower = layer::join(lower_path, &e.name);
-                    match ch.map.get(e.name.as_os_str()).copied() {
-                        None => {
-                            let attr = match e.attr {
-                                Some(a) => a,
-                                None => layer.stat(&child_lower)?,
-                            };
-                            let kind = attr.kind;
-                            let id = self.lower_child(dir.id, &e.name, li, child_lower, attr);
-                            ch.map.insert(node::shared(&e.name), Child { id, kind });
-                        }
-                        Some(c) => {
-                            // A directory above merges with a directory here.
-                            if e.kind != Kind::Dir || c.kind != Kind::Dir {
-                                continue;
+                        whiteout::Kind::Entry => {
+                            lower_names.insert(name);
+                            if hidden.contains(name) {
+                                return Ok(());
                             }
-                            let node = self.node_by_id(c.id)?;
-                            let mut cs = node.state.write();
-                            if cs.children().is_some() {
-                                continue;
+                            match map.get(name).copied() {
+                                None => {
+                                    let attr = match attr() {
+                                        Ok(a) => a,
+                                        // Gone since the listing.
+                                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                                            return Ok(())
+                                        }
+                                        Err(e) => return Err(e),
+                                    };
+                                    let kind = attr.kind;
+                                    let name = node::shared(name);
+                                    let id = self.lower_child(dir.id, &name, li, lower_path, attr);
+                                    map.insert(name, Child::new(id, kind));
+                                }
+                                // A directory above merges with one here.
+                                Some(c) if kind == Kind::Dir && c.kind() == Kind::Dir => {
+                                    self.merge_lower_dir(
+                                        c.id(),
+                                        li,
+                                        layer::join(lower_path, name),
+                                        attr,
+                                    )?;
+                                }
+                                Some(_) => {}
                             }
-                            if cs.lower.is_none() {
-                                let attr = match e.attr {
-                                    Some(a) => a,
-                                    None => layer.stat(&child_lower)?,
-                                };
-                                cs.lower = Some(LowerRef {
-                                    layer: li,
-                                    path: child_lower.into(),
-                                    attr,
-                                });
-                            }
-                            cs.dir
-                                .get_or_insert_with(Default::default)
-                                .lower_dirs
-                                .push(li);
                         }
                     }
-                }
+                    Ok(())
+                })?;
+                layer_opaque |= whiteout::is_opaque_dir(&xattr_names, |x| {
+                    layer.get_xattr(lower_path, x).ok().flatten()
+                });
                 for n in layer_hidden {
-                    ch.lower_names.insert(&n);
+                    lower_names.insert(&n);
                     hidden.insert(n);
                 }
                 if layer_opaque {
@@ -226,18 +215,59 @@ impl Union {
                 }
             }
         }
-        Ok((ch, used))
+        Ok((Children::loaded(map, lower_names), used))
+    }
+
+    /// Adds lower layer `layer`'s directory at `path` to the sources of the
+    /// not yet loaded directory node `id` (a directory above it of the same
+    /// name).
+    fn merge_lower_dir(
+        &self,
+        id: u64,
+        layer: u32,
+        path: PathBuf,
+        attr: &mut dyn FnMut() -> Result<Attr>,
+    ) -> Result<()> {
+        let node = self.node_by_id(id)?;
+        let needs_lower = {
+            let st = node.state.read();
+            if st.children().is_some() {
+                return Ok(());
+            }
+            st.lower.is_none()
+        };
+        let lower = if needs_lower {
+            Some(LowerRef {
+                layer,
+                path: Some(path.into()),
+                attr: attr()?,
+            })
+        } else {
+            None
+        };
+        let mut st = node.state.write();
+        if st.children().is_some() {
+            return Ok(());
+        }
+        if st.lower.is_none() {
+            st.lower = lower;
+        }
+        st.dir
+            .get_or_insert_with(Default::default)
+            .lower_dirs
+            .push(layer);
+        Ok(())
     }
 
     /// A node for the entry `name` found in the upper dir at `entry`.
-    fn upper_child(&self, parent: u64, name: &OsStr, attr: Attr, entry: &Loc) -> u64 {
+    fn upper_child(&self, parent: u64, name: &Arc<OsStr>, attr: Attr, entry: &Loc) -> u64 {
         let hard_linked = attr.kind != Kind::Dir && attr.nlink > 1;
         if hard_linked {
             if let Some(id) = self.join_link_group((UPPER_LAYER, attr.file_id), parent, name) {
                 return id;
             }
         }
-        let mut st = NodeState::new(parent, node::shared(name));
+        let mut st = NodeState::new(parent, name.clone());
         st.upper = true;
         if attr.kind == Kind::Dir {
             st.dir = Some(Box::default());
@@ -340,7 +370,7 @@ impl Union {
             let attr = l.stat(path).ok()?;
             (attr.kind == Kind::File).then(|| LowerRef {
                 layer: i as u32,
-                path: path.into(),
+                path: Some(path.into()),
                 attr,
             })
         });
@@ -354,7 +384,7 @@ impl Union {
     }
 
     /// The metacopy origin value for `lower` (see [`Self::find_lower`]).
-    pub(crate) fn origin_of(&self, lower: &LowerRef) -> Vec<u8> {
+    pub(crate) fn origin_of(&self, lower: &Lower) -> Vec<u8> {
         let id = self.lowers[lower.layer as usize].id();
         let mut v = format!("{:016x}", layer_key(id)).into_bytes();
         v.push(0);
@@ -362,13 +392,15 @@ impl Union {
         v
     }
 
-    /// A node for an entry found in lower layer `layer`.
+    /// A node for the entry `name` of directory `dir` (lower path
+    /// `dir_path`) found in lower layer `layer`. Directories keep their
+    /// lower path; files derive it from their parent's.
     fn lower_child(
         &self,
         parent: u64,
-        name: &OsStr,
+        name: &Arc<OsStr>,
         layer: u32,
-        lower_path: PathBuf,
+        dir_path: &Path,
         attr: Attr,
     ) -> u64 {
         let key = (layer, attr.file_id);
@@ -379,18 +411,17 @@ impl Union {
             }
         }
         let kind = attr.kind;
-        let mut st = NodeState::new(parent, node::shared(name));
-        if kind == Kind::Dir {
+        let mut st = NodeState::new(parent, name.clone());
+        let path = if kind == Kind::Dir {
             st.dir = Some(Box::new(DirState {
                 lower_dirs: vec![layer],
                 children: None,
             }));
-        }
-        st.lower = Some(LowerRef {
-            layer,
-            path: lower_path.into(),
-            attr,
-        });
+            Some(layer::join(dir_path, name).into())
+        } else {
+            None
+        };
+        st.lower = Some(LowerRef { layer, path, attr });
         let node = self.new_node(kind, st);
         if hard_linked {
             self.links.lock().insert(key, node.id);
@@ -402,7 +433,7 @@ impl Union {
     /// the group already has a live node. A group member that was copied up is
     /// linked into the upper dir under the new name too, so all names keep
     /// sharing one file.
-    fn join_link_group(&self, key: (u32, u64), parent: u64, name: &OsStr) -> Option<u64> {
+    fn join_link_group(&self, key: (u32, u64), parent: u64, name: &Arc<OsStr>) -> Option<u64> {
         let id = *self.links.lock().get(&key)?;
         let node = self.node_by_id(id).ok()?;
         if !node.is_linked() {
@@ -415,7 +446,7 @@ impl Union {
             // overlayfs without its inode index).
             return None;
         }
-        st.aliases.push((parent, node::shared(name)));
+        st.aliases_mut().push((parent, name.clone()));
         Some(id)
     }
 }

@@ -53,7 +53,7 @@ use crate::IdMap;
 
 pub use self::io::{ExecGuard, OpenFile, TailFile};
 pub use node::DirEntry;
-use node::{DirState, LowerRef, Node, NodeState};
+use node::{DirState, Lower, LowerRef, Node, NodeState, NodeTable};
 pub use readahead::READ_AHEAD_BYTES;
 
 /// Inode number of the merged root directory.
@@ -132,10 +132,9 @@ pub struct Union {
     /// one left by a crash of the system (see [`crate::flush`]).
     boot_id: Option<Vec<u8>>,
     /// Node id → node.
-    nodes: RwLock<IdMap<Arc<Node>>>,
-    /// Kernel inode numbers that are not a node's own id → that node's id
-    /// (nodes given a new kernel inode: [`Union::reincarnate`]).
-    reincarnated: Mutex<IdMap<u64>>,
+    nodes: RwLock<NodeTable>,
+    /// Nodes given a new kernel inode ([`Union::reincarnate`]).
+    reincarnated: Mutex<Reincarnated>,
     /// Hard-link groups: (layer, file id in layer) → node id.
     links: Mutex<HashMap<(u32, u64), u64>>,
     next_id: AtomicU64,
@@ -148,6 +147,15 @@ pub struct Union {
     /// This process's ids: what new upper entries get without a chown.
     euid: u32,
     egid: u32,
+}
+
+/// The kernel inode numbers of nodes given new ones: both ways.
+#[derive(Debug, Default)]
+struct Reincarnated {
+    /// Kernel inode number (not a node's id) → node id.
+    node_of: IdMap<u64>,
+    /// Node id → its kernel inode number now.
+    ino_of: IdMap<u64>,
 }
 
 /// Proof that the caller holds the tree lock (for reading or writing).
@@ -174,7 +182,7 @@ impl Snap {
             parent: st.parent,
             name: st.name.clone(),
             upper: st.upper,
-            orphan: st.orphan.clone(),
+            orphan: st.orphan().cloned(),
         }
     }
 }
@@ -204,7 +212,7 @@ impl Union {
             if root.lower.is_none() {
                 root.lower = Some(LowerRef {
                     layer: i as u32,
-                    path: Path::new("").into(),
+                    path: Some(Path::new("").into()),
                     attr,
                 });
             }
@@ -213,8 +221,8 @@ impl Union {
         root.dir = Some(Box::new(dir));
         let root = Arc::new(Node::new(ROOT_INO, Kind::Dir, root));
         root.lookups.store(1, Ordering::Relaxed);
-        let mut nodes = IdMap::default();
-        nodes.insert(ROOT_INO, root);
+        let mut nodes = NodeTable::default();
+        nodes.insert(root);
         let flusher = if upper.is_some() && config.metacopy && config.fsync {
             Some(Flusher::start()?)
         } else {
@@ -228,7 +236,7 @@ impl Union {
             metacopy: config.metacopy,
             fsync: config.fsync,
             nodes: RwLock::new(Rank::Nodes, nodes),
-            reincarnated: Mutex::new(Rank::Retired, IdMap::default()),
+            reincarnated: Mutex::new(Rank::Retired, Reincarnated::default()),
             links: Mutex::new(Rank::Links, HashMap::new()),
             next_id: AtomicU64::new(ROOT_INO + 1),
             ns: RwLock::new(Rank::Tree, ()),
@@ -243,7 +251,7 @@ impl Union {
         if let Some(n) = self.nodes.read().get(&ino) {
             return Ok(n.clone());
         }
-        let id = self.reincarnated.lock().get(&ino).copied();
+        let id = self.reincarnated.lock().node_of.get(&ino).copied();
         id.and_then(|id| self.nodes.read().get(&id).cloned())
             .ok_or_else(|| errno(libc::ENOENT))
     }
@@ -272,7 +280,7 @@ impl Union {
     fn new_node(&self, kind: Kind, state: NodeState) -> Arc<Node> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let node = Arc::new(Node::new(id, kind, state));
-        self.nodes.write().insert(id, node.clone());
+        self.nodes.write().insert(node.clone());
         node
     }
 
@@ -299,8 +307,71 @@ impl Union {
 
     /// Forgets the kernel inode numbers other than its id that `node` had.
     fn forget_kernel_inos(&self, node: &Node) {
-        if node.ino() != node.id {
-            self.reincarnated.lock().retain(|_, id| *id != node.id);
+        if node.reincarnated.load(Ordering::Relaxed) {
+            let mut r = self.reincarnated.lock();
+            r.node_of.retain(|_, id| *id != node.id);
+            r.ino_of.remove(&node.id);
+        }
+    }
+
+    /// The inode number the kernel knows `node` by (and its `st_ino`): its
+    /// id, unless it was given a new one.
+    pub(crate) fn ino_of(&self, node: &Node) -> u64 {
+        if !node.reincarnated.load(Ordering::Acquire) {
+            return node.id;
+        }
+        self.reincarnated
+            .lock()
+            .ino_of
+            .get(&node.id)
+            .copied()
+            .unwrap_or(node.id)
+    }
+
+    /// `node`'s lower entry with its path spelled out. A path kept as
+    /// `None` is the parent directory's lower path and the node's name:
+    /// even if a rename moves the node between the two reads, that is what
+    /// it was when it was kept, as names change only after it is spelled
+    /// out ([`Self::spell_out_lower`]).
+    pub(crate) fn lower_of(&self, node: &Node) -> Option<Lower> {
+        let (layer, path, attr, parent, name) = {
+            let st = node.state.read();
+            let l = st.lower.as_ref()?;
+            (
+                l.layer,
+                l.path.clone(),
+                l.attr.clone(),
+                st.parent,
+                st.name.clone(),
+            )
+        };
+        let path = match path {
+            Some(p) => p.into_path_buf(),
+            None => {
+                let dir = self.node_by_id(parent).ok()?;
+                let st = dir.state.read();
+                crate::layer::join(st.lower.as_ref()?.path.as_deref()?, &name)
+            }
+        };
+        Some(Lower { layer, path, attr })
+    }
+
+    /// Keeps `node`'s lower path spelled out from now on: its name or
+    /// parent is about to change. Under the tree lock held for writing.
+    pub(crate) fn spell_out_lower(&self, node: &Node) {
+        let derived = node
+            .state
+            .read()
+            .lower
+            .as_ref()
+            .is_some_and(|l| l.path.is_none());
+        if !derived {
+            return;
+        }
+        if let Some(full) = self.lower_of(node) {
+            if let Some(l) = node.state.write().lower.as_mut() {
+                l.path = Some(full.path.into());
+            }
         }
     }
 
@@ -349,7 +420,7 @@ impl Union {
         let base = loop {
             let node = self.node_by_id(cur)?;
             let st = node.state.read();
-            if let Some(o) = &st.orphan {
+            if let Some(o) = st.orphan() {
                 break o.clone();
             }
             if !st.upper || node.kind != Kind::Dir {
@@ -398,7 +469,7 @@ impl Union {
     pub fn sync_all(&self) {
         self.finish_flushes();
         if let (Some(u), true) = (&self.upper, self.fsync) {
-            if let Err(e) = nix::unistd::syncfs(u.root()) {
+            if let Err(e) = u.sync() {
                 log::error!("cannot flush the upper dir {}: {e}", u.path().display());
             }
         }
@@ -414,13 +485,17 @@ impl Union {
     pub fn reincarnate(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
         let _tree = self.write_tree();
-        let current = node.ino();
+        let current = self.ino_of(&node);
         if current != ino {
             return Ok(current); // another open did it already
         }
         let new = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.reincarnated.lock().insert(new, node.id);
-        node.kernel_ino.store(new, Ordering::Relaxed);
+        {
+            let mut r = self.reincarnated.lock();
+            r.node_of.insert(new, node.id);
+            r.ino_of.insert(node.id, new);
+        }
+        node.reincarnated.store(true, Ordering::Release);
         log::debug!("inode {ino} passes through to its lower file; opens go to inode {new}");
         Ok(new)
     }

@@ -35,7 +35,7 @@ impl Union {
             .children()
             .and_then(|c| c.get(name))
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let node = self.node_by_id(child.id)?;
+        let node = self.node_by_id(child.id())?;
         let s = self.stat_node(&node, &tree)?;
         node.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(s)
@@ -94,12 +94,28 @@ impl Union {
             ch.map.iter().map(|(n, c)| (n.clone(), *c)).collect()
         };
         let mut list: Vec<DirEntry> = {
-            let nodes = self.nodes.read();
+            // Nodes given a new inode number are few; most numbers are ids.
+            let moved: Vec<u64> = {
+                let nodes = self.nodes.read();
+                children
+                    .iter()
+                    .filter(|(_, c)| {
+                        nodes
+                            .get(&c.id())
+                            .is_some_and(|n| n.reincarnated.load(Ordering::Relaxed))
+                    })
+                    .map(|(_, c)| c.id())
+                    .collect()
+            };
+            let ino = |id: u64| match moved.contains(&id) {
+                true => self.node_by_id(id).map_or(id, |n| self.ino_of(&n)),
+                false => id,
+            };
             children
                 .into_iter()
                 .map(|(name, c)| DirEntry {
-                    ino: nodes.get(&c.id).map_or(c.id, |n| n.ino()),
-                    kind: c.kind,
+                    ino: ino(c.id()),
+                    kind: c.kind(),
                     cookie: node::cookie(&name),
                     name,
                 })
@@ -130,7 +146,8 @@ impl Union {
         if p == 0 || p == ROOT_INO {
             return Ok(ROOT_INO);
         }
-        Ok(self.node_by_id(p)?.ino())
+        let parent = self.node_by_id(p)?;
+        Ok(self.ino_of(&parent))
     }
 
     // ----- creating entries ----------------------------------------------
@@ -175,7 +192,7 @@ impl Union {
             if ch.map.contains_key(name) {
                 return Err(errno(libc::EEXIST));
             }
-            ch.lower_names.contains(name)
+            ch.has_lower(name)
         };
         let upper = self.upper()?;
         let dfd = self.dir_fd(dir.id, &tree)?;
@@ -231,13 +248,13 @@ impl Union {
             .write()
             .children_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .insert(name, Child { id: node.id, kind });
+            .insert(name, Child::new(node.id, kind));
         let attr = entry.attr()?;
         node.lookups.fetch_add(1, Ordering::SeqCst);
         drop(tree);
         Ok((
             Stat {
-                ino: node.ino(),
+                ino: self.ino_of(&node),
                 attr,
             },
             out,
@@ -324,7 +341,7 @@ impl Union {
             if ch.map.contains_key(newname) {
                 return Err(errno(libc::EEXIST));
             }
-            ch.lower_names.contains(newname)
+            ch.has_lower(newname)
         };
         if !node.is_linked() {
             return Err(errno(libc::ENOENT));
@@ -347,18 +364,15 @@ impl Union {
             remove_whiteout(upper, dfd.as_fd(), newname)?;
         }
         let newname = node::shared(newname);
-        node.state.write().aliases.push((dir.id, newname.clone()));
+        node.state
+            .write()
+            .aliases_mut()
+            .push((dir.id, newname.clone()));
         dir.state
             .write()
             .children_mut()
             .ok_or_else(|| errno(libc::EIO))?
-            .insert(
-                newname,
-                Child {
-                    id: node.id,
-                    kind: node.kind,
-                },
-            );
+            .insert(newname, Child::new(node.id, node.kind));
         let s = self.stat_node(&node, &tree)?;
         node.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(s)
@@ -386,7 +400,7 @@ impl Union {
             .children()
             .and_then(|c| c.get(name))
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let is_dir = child.kind == Kind::Dir;
+        let is_dir = child.kind() == Kind::Dir;
         if want_dir != is_dir {
             return Err(errno(if want_dir {
                 libc::ENOTDIR
@@ -394,7 +408,7 @@ impl Union {
                 libc::EISDIR
             }));
         }
-        let node = self.node_by_id(child.id)?;
+        let node = self.node_by_id(child.id())?;
         if is_dir {
             self.ensure_loaded(&node)?;
         }
@@ -406,14 +420,14 @@ impl Union {
             if ch.get(name) != Some(child) {
                 return Err(errno(libc::ENOENT));
             }
-            ch.lower_names.contains(name)
+            ch.has_lower(name)
         };
         let (snap, last_name) = {
             let st = node.state.read();
             if is_dir && st.children().is_some_and(|c| !c.map.is_empty()) {
                 return Err(errno(libc::ENOTEMPTY));
             }
-            (super::Snap::of(&st), st.aliases.is_empty())
+            (super::Snap::of(&st), st.aliases().is_empty())
         };
         let dfd = self.dir_fd(dir.id, &tree)?;
         let device_form = is_device_form(name);
@@ -467,18 +481,27 @@ impl Union {
         name: &OsStr,
         orphan: Option<Arc<OwnedFd>>,
     ) {
+        let primary = {
+            let st = node.state.read();
+            st.parent == parent && &*st.name == name
+        };
+        if primary {
+            // The name changes: a lower path derived from it is kept.
+            self.spell_out_lower(node);
+        }
         let mut st = node.state.write();
-        if st.parent == parent && &*st.name == name {
-            if st.aliases.is_empty() {
+        if primary {
+            if st.aliases().is_empty() {
                 node.linked.store(false, Ordering::SeqCst);
-                st.orphan = orphan;
+                st.set_orphan(orphan);
             } else {
-                let (p, n) = st.aliases.remove(0);
+                let (p, n) = st.aliases_mut().remove(0);
                 st.parent = p;
                 st.name = n;
             }
         } else {
-            st.aliases.retain(|(p, n)| !(*p == parent && &**n == name));
+            st.aliases_mut()
+                .retain(|(p, n)| !(*p == parent && &**n == name));
         }
         drop(st);
         self.drop_if_dead(node);
@@ -488,7 +511,7 @@ impl Union {
     pub(crate) fn stat_node(&self, node: &Node, tree: &Tree<'_>) -> Result<Stat> {
         let (snap, lower, sources) = {
             let st = node.state.read();
-            let lower = if st.upper || st.orphan.is_some() {
+            let lower = if st.upper || st.orphan().is_some() {
                 None
             } else {
                 Some(
@@ -511,7 +534,7 @@ impl Union {
             attr.nlink = 1;
         }
         Ok(Stat {
-            ino: node.ino(),
+            ino: self.ino_of(node),
             attr,
         })
     }
@@ -574,11 +597,16 @@ pub(crate) fn make_opaque(upper: &Upper, dir: BorrowedFd<'_>) -> Result<()> {
 /// Removes whiteout files and opaque markers from upper directory `dir`,
 /// which is empty in the merged view.
 pub(crate) fn clear_markers(upper: &Upper, dir: BorrowedFd<'_>) -> Result<()> {
-    for (name, st) in upper.read_dir(dir)? {
-        let dev00 = Attr::from_stat(&st).is_ok_and(|a| a.is_whiteout_device());
-        if whiteout::classify(&name, dev00) != whiteout::Kind::Entry {
-            upper.unlink(dir, &name)?;
+    let mut markers = Vec::new();
+    upper.each_entry(dir, |name, st| {
+        let dev00 = Attr::from_stat(st).is_ok_and(|a| a.is_whiteout_device());
+        if whiteout::classify(name, dev00) != whiteout::Kind::Entry {
+            markers.push(name.to_owned());
         }
+        Ok(())
+    })?;
+    for name in markers {
+        upper.unlink(dir, &name)?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,10 +21,9 @@ pub(crate) struct Node {
     /// What it is; never changes (an entry replaced by another kind is
     /// another node).
     pub(crate) kind: Kind,
-    /// The inode number the kernel knows it by, and its `st_ino`: `id`,
-    /// unless it was given a new kernel inode (see
-    /// [`super::Union::reincarnate`]).
-    pub(crate) kernel_ino: AtomicU64,
+    /// It was given a new kernel inode number (see
+    /// [`super::Union::reincarnate`]): its inode number is no longer `id`.
+    pub(crate) reincarnated: AtomicBool,
     /// Lookups the kernel holds, over all its kernel inode numbers (FUSE
     /// `lookup` count). The node may leave the table only when this is 0
     /// and `linked` is false.
@@ -57,7 +56,7 @@ impl Node {
         Node {
             id,
             kind,
-            kernel_ino: AtomicU64::new(id),
+            reincarnated: AtomicBool::new(false),
             lookups: AtomicU64::new(0),
             linked: AtomicBool::new(true),
             copy_lock: Mutex::new(Rank::CopyUp, ()),
@@ -69,25 +68,21 @@ impl Node {
         }
     }
 
-    pub(crate) fn ino(&self) -> u64 {
-        self.kernel_ino.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn is_linked(&self) -> bool {
         self.linked.load(Ordering::SeqCst)
     }
 }
 
-/// A node's fields that change. Names (`parent`, `name`, `aliases`) change
-/// only under the tree lock held for writing, so a reader holding it for
-/// reading sees them agree with the upper dir on disk.
+/// A node's fields that change. Names (`parent`, `name`, the aliases)
+/// change only under the tree lock held for writing, so a reader holding it
+/// for reading sees them agree with the upper dir on disk. Kept small: the
+/// union holds one per entry the kernel has seen.
 #[derive(Debug)]
 pub(crate) struct NodeState {
-    /// Primary name: the parent's id and the name (root: 0 and "").
+    /// Primary name: the parent's id and the name (root: 0 and ""). The
+    /// name is shared with the parent's children map.
     pub(crate) parent: u64,
     pub(crate) name: Arc<OsStr>,
-    /// Further names of this file (hard links), as (parent, name).
-    pub(crate) aliases: Vec<(u64, Arc<OsStr>)>,
     /// The upper dir has this entry.
     pub(crate) upper: bool,
     /// The upper entry holds metadata only; data lives in `lower`.
@@ -96,10 +91,19 @@ pub(crate) struct NodeState {
     pub(crate) lower: Option<LowerRef>,
     /// Directories only.
     pub(crate) dir: Option<Box<DirState>>,
+    /// What few nodes have.
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields of [`NodeState`] that few nodes need.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Further names of this file (hard links), as (parent, name).
+    aliases: Vec<(u64, Arc<OsStr>)>,
     /// Once the last name of an upper entry is gone while the kernel may
     /// still use it (an open fd, an `O_PATH` fd): an `O_PATH` fd of it, the
     /// only way left to reach it.
-    pub(crate) orphan: Option<Arc<OwnedFd>>,
+    orphan: Option<Arc<OwnedFd>>,
 }
 
 impl NodeState {
@@ -107,12 +111,11 @@ impl NodeState {
         NodeState {
             parent,
             name,
-            aliases: Vec::new(),
             upper: false,
             metacopy: false,
             lower: None,
             dir: None,
-            orphan: None,
+            rare: None,
         }
     }
 
@@ -128,6 +131,26 @@ impl NodeState {
     pub(crate) fn children_mut(&mut self) -> Option<&mut Children> {
         self.dir.as_mut()?.children.as_mut()
     }
+
+    /// The node's other names (hard links).
+    pub(crate) fn aliases(&self) -> &[(u64, Arc<OsStr>)] {
+        self.rare.as_ref().map_or(&[], |r| &r.aliases)
+    }
+
+    pub(crate) fn aliases_mut(&mut self) -> &mut Vec<(u64, Arc<OsStr>)> {
+        &mut self.rare.get_or_insert_with(Default::default).aliases
+    }
+
+    /// The fd that reaches an upper entry whose names are all gone.
+    pub(crate) fn orphan(&self) -> Option<&Arc<OwnedFd>> {
+        self.rare.as_ref()?.orphan.as_ref()
+    }
+
+    pub(crate) fn set_orphan(&mut self, fd: Option<Arc<OwnedFd>>) {
+        if fd.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Default::default).orphan = fd;
+        }
+    }
 }
 
 /// A directory's own fields.
@@ -141,19 +164,119 @@ pub(crate) struct DirState {
 }
 
 /// The topmost lower entry a node shows (or, for a metacopy upper file, the
-/// entry that holds its data).
+/// entry that holds its data), as kept; see [`Lower`] for it with its path.
 #[derive(Debug, Clone)]
 pub(crate) struct LowerRef {
     pub(crate) layer: u32,
-    pub(crate) path: Box<Path>,
+    /// The entry's path in its layer. `None`: its parent directory's lower
+    /// path and its own name (most files; spelled out before the node's
+    /// name changes).
+    pub(crate) path: Option<Box<Path>>,
     pub(crate) attr: Attr,
 }
 
-/// A child of a loaded directory.
+/// A lower entry with its path spelled out ([`super::Union::lower_of`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Lower {
+    pub(crate) layer: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) attr: Attr,
+}
+
+/// A child of a loaded directory in one word: its node id, its kind, and
+/// whether a lower layer holds its name (then removing it must leave a
+/// whiteout, and a directory made in its place must be opaque).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Child {
-    pub(crate) id: u64,
-    pub(crate) kind: Kind,
+pub(crate) struct Child(u64);
+
+impl Child {
+    const KIND_SHIFT: u32 = 61;
+    const LOWER: u64 = 1 << 60;
+
+    pub(crate) fn new(id: u64, kind: Kind) -> Child {
+        debug_assert!(id < Self::LOWER);
+        let k = match kind {
+            Kind::File => 0,
+            Kind::Dir => 1,
+            Kind::Symlink => 2,
+            Kind::CharDev => 3,
+            Kind::BlockDev => 4,
+            Kind::Fifo => 5,
+            Kind::Socket => 6,
+        };
+        Child(id | (k << Self::KIND_SHIFT))
+    }
+
+    pub(crate) fn id(self) -> u64 {
+        self.0 & (Self::LOWER - 1)
+    }
+
+    /// Whether a lower layer holds this child's name.
+    pub(crate) fn lower(self) -> bool {
+        self.0 & Self::LOWER != 0
+    }
+
+    fn with_lower(self, lower: bool) -> Child {
+        if lower {
+            Child(self.0 | Self::LOWER)
+        } else {
+            Child(self.0 & !Self::LOWER)
+        }
+    }
+
+    pub(crate) fn kind(self) -> Kind {
+        match self.0 >> Self::KIND_SHIFT {
+            0 => Kind::File,
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            3 => Kind::CharDev,
+            4 => Kind::BlockDev,
+            5 => Kind::Fifo,
+            _ => Kind::Socket,
+        }
+    }
+}
+
+/// The inode table: every node, found by its id. A set of the nodes
+/// themselves, hashed by id, rather than a map from ids: 8 bytes a node.
+#[derive(Debug, Default)]
+pub(crate) struct NodeTable(HashSet<TableEntry, std::hash::BuildHasherDefault<IdHasher>>);
+
+#[derive(Debug)]
+struct TableEntry(Arc<Node>);
+
+impl std::hash::Hash for TableEntry {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.id.hash(h)
+    }
+}
+
+impl PartialEq for TableEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for TableEntry {}
+
+impl std::borrow::Borrow<u64> for TableEntry {
+    fn borrow(&self) -> &u64 {
+        &self.0.id
+    }
+}
+
+impl NodeTable {
+    pub(crate) fn get(&self, id: &u64) -> Option<&Arc<Node>> {
+        self.0.get(id).map(|e| &e.0)
+    }
+
+    pub(crate) fn insert(&mut self, node: Arc<Node>) {
+        self.0.replace(TableEntry(node));
+    }
+
+    pub(crate) fn remove(&mut self, id: &u64) {
+        self.0.remove(id);
+    }
 }
 
 /// The merged children of a loaded directory.
@@ -162,24 +285,62 @@ pub(crate) struct Children {
     /// Name → node of every visible entry. Changed only through
     /// [`Children::insert`] and [`Children::remove`] once loaded.
     pub(crate) map: HashMap<Arc<OsStr>, Child>,
-    /// Names that lower layers hold here (visible or whited out): removing
-    /// such a name must leave a whiteout, and a directory created under it
-    /// must be opaque.
-    pub(crate) lower_names: NameSet,
+    /// Names that lower layers hold here and that no visible entry has
+    /// (whited out, or removed): a name given to a new entry must not show
+    /// the lower one. (A visible entry's [`Child`] says so itself.)
+    hidden_lower: NameSet,
     /// The listing in readdir order (by cookie), built when a readdir pass
     /// starts and dropped when it ends or `map` changes.
     pub(crate) listing: Option<Arc<Vec<DirEntry>>>,
 }
 
 impl Children {
+    /// Children loaded from layers (`map`, each with its lower flag unset)
+    /// and the names lower layers hold here.
+    pub(crate) fn loaded(mut map: HashMap<Arc<OsStr>, Child>, mut lower: NameSet) -> Children {
+        for (name, c) in map.iter_mut() {
+            if lower.remove(name) {
+                *c = c.with_lower(true);
+            }
+        }
+        lower.0.shrink_to_fit();
+        Children {
+            map,
+            hidden_lower: lower,
+            listing: None,
+        }
+    }
+
+    /// Puts `child` at `name` (its lower flag is the name's).
     pub(crate) fn insert(&mut self, name: Arc<OsStr>, child: Child) {
-        self.map.insert(name, child);
+        let lower = self.hidden_lower.remove(&name);
+        self.map.insert(name, child.with_lower(lower));
         self.listing = None;
     }
 
     pub(crate) fn remove(&mut self, name: &OsStr) {
-        self.map.remove(name);
+        if let Some(c) = self.map.remove(name) {
+            if c.lower() {
+                self.hidden_lower.insert(name);
+            }
+        }
         self.listing = None;
+    }
+
+    /// Whether a lower layer holds `name` here.
+    pub(crate) fn has_lower(&self, name: &OsStr) -> bool {
+        match self.map.get(name) {
+            Some(c) => c.lower(),
+            None => self.hidden_lower.contains(name),
+        }
+    }
+
+    /// The lower layers no longer apply here (a directory moved away).
+    pub(crate) fn forget_lower(&mut self) {
+        self.hidden_lower.clear();
+        for c in self.map.values_mut() {
+            *c = c.with_lower(false);
+        }
     }
 
     pub(crate) fn get(&self, name: &OsStr) -> Option<Child> {
@@ -210,6 +371,9 @@ impl NameSet {
     }
     pub(crate) fn contains(&self, name: &OsStr) -> bool {
         self.0.contains(&name_hash(name))
+    }
+    pub(crate) fn remove(&mut self, name: &OsStr) -> bool {
+        self.0.remove(&name_hash(name))
     }
     pub(crate) fn clear(&mut self) {
         self.0.clear();

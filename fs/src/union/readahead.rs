@@ -42,7 +42,7 @@ impl Union {
             };
             ch.map
                 .iter()
-                .map(|(name, c)| (node::cookie(name), c.id))
+                .map(|(name, c)| (node::cookie(name), c.id()))
                 .filter(|(c, _)| *c > after)
                 .collect()
         };
@@ -53,13 +53,11 @@ impl Union {
         next.sort_unstable();
         for &(_, id) in &next {
             let lower = self.node_by_id(id).ok().and_then(|node| {
-                let st = node.state.read();
-                match &st.lower {
-                    Some(l) if node.kind == Kind::File && (!st.upper || st.metacopy) => {
-                        Some(l.clone())
-                    }
-                    _ => None,
-                }
+                let below = {
+                    let st = node.state.read();
+                    node.kind == Kind::File && (!st.upper || st.metacopy)
+                };
+                below.then(|| self.lower_of(&node)).flatten()
             });
             if let Some(l) = lower {
                 let len = l.attr.size.min(READ_AHEAD_BYTES);

@@ -41,11 +41,11 @@ impl Union {
         let lookup = |d: &Arc<Node>, n: &OsStr| d.state.read().children().and_then(|c| c.get(n));
         let src_child = lookup(&src_dir, name).ok_or_else(|| errno(libc::ENOENT))?;
         let dst_child = lookup(&dst_dir, newname);
-        if dst_child.map(|c| c.id) == Some(src_child.id) {
+        if dst_child.map(|c| c.id()) == Some(src_child.id()) {
             return Ok(());
         }
-        let src = self.node_by_id(src_child.id)?;
-        let dst = dst_child.map(|c| self.node_by_id(c.id)).transpose()?;
+        let src = self.node_by_id(src_child.id())?;
+        let dst = dst_child.map(|c| self.node_by_id(c.id())).transpose()?;
         if exchange && dst.is_none() {
             return Err(errno(libc::ENOENT));
         }
@@ -91,7 +91,7 @@ impl Union {
             if ch.get(name) != Some(src_child) {
                 return Err(errno(libc::ENOENT));
             }
-            ch.lower_names.contains(name)
+            ch.has_lower(name)
         };
         let dst_lower_name = {
             let st = dst_dir.state.read();
@@ -99,14 +99,14 @@ impl Union {
             if ch.get(newname) != dst_child {
                 return Err(errno(libc::ENOENT));
             }
-            ch.lower_names.contains(newname)
+            ch.has_lower(newname)
         };
         let sfd = self.dir_fd(src_dir.id, &tree)?;
         let dfd = self.dir_fd(dst_dir.id, &tree)?;
         let (dst_upper, dst_last_name) = match &dst {
             Some(d) => {
                 let st = d.state.read();
-                (st.upper, st.aliases.is_empty())
+                (st.upper, st.aliases().is_empty())
             }
             None => (false, false),
         };
@@ -142,6 +142,11 @@ impl Union {
             if dst_lower_name && !dst_upper {
                 remove_device_whiteout(upper, dfd.as_fd(), newname)?;
             }
+        }
+        // Names are about to change: lower paths derived from them are kept.
+        self.spell_out_lower(&src);
+        if let (Some(d), true) = (&dst, exchange) {
+            self.spell_out_lower(d);
         }
         upper.rename(sfd.as_fd(), name, dfd.as_fd(), newname, kernel_flags)?;
 
@@ -220,7 +225,7 @@ fn mark_moved_dir(node: &Node) {
     if let Some(d) = st.dir.as_mut() {
         d.lower_dirs.clear();
         if let Some(c) = d.children.as_mut() {
-            c.lower_names.clear();
+            c.forget_lower();
         }
     }
 }
@@ -233,7 +238,7 @@ fn move_name(node: &Node, parent: u64, name: &OsStr, newparent: u64, newname: &A
         st.parent = newparent;
         st.name = newname.clone();
     } else if let Some(a) = st
-        .aliases
+        .aliases_mut()
         .iter_mut()
         .find(|(p, n)| *p == parent && &**n == name)
     {

@@ -673,9 +673,9 @@ impl Layer for Recording {
     fn read_dir(
         &self,
         path: &Path,
-        want_attr: &mut dyn FnMut(&OsStr, Kind) -> bool,
-    ) -> io::Result<layer::Listing> {
-        self.inner.read_dir(path, want_attr)
+        each: &mut layer::EntryVisitor<'_>,
+    ) -> io::Result<Vec<OsString>> {
+        self.inner.read_dir(path, each)
     }
     fn readlink(&self, path: &Path) -> io::Result<OsString> {
         self.inner.readlink(path)
@@ -780,4 +780,72 @@ fn read_ahead_asks_the_next_files_of_the_directory_in_readdir_order() {
         .collect();
     expect.sort();
     assert_eq!(asked, expect);
+}
+
+#[test]
+fn print_sizes() {
+    eprintln!(
+        "Node {} NodeState {} LowerRef {} Attr {} Child {} DirState {} Children {}",
+        std::mem::size_of::<node::Node>(),
+        std::mem::size_of::<node::NodeState>(),
+        std::mem::size_of::<node::LowerRef>(),
+        std::mem::size_of::<Attr>(),
+        std::mem::size_of::<node::Child>(),
+        std::mem::size_of::<node::DirState>(),
+        std::mem::size_of::<node::Children>(),
+    );
+}
+
+fn list_len_hint() -> u64 {
+    200_000
+}
+
+#[test]
+#[ignore]
+fn memory_of_a_large_directory() {
+    let rss = || {
+        let s = fs::read_to_string("/proc/self/statm").unwrap();
+        s.split(' ').nth(1).unwrap().parse::<u64>().unwrap() * 4096
+    };
+    let lower = std::env::var("RCFS_BIG_LOWER").unwrap_or("/var/tmp/big/l".into());
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir(t.path().join("u")).unwrap();
+    fs::create_dir(t.path().join("w")).unwrap();
+    let before = rss();
+    let u = Union::new(Config {
+        lowers: vec![Arc::new(DirLayer::new(Path::new(&lower)).unwrap())],
+        upper: Some(UpperConfig {
+            upper: t.path().join("u"),
+            work: t.path().join("w"),
+        }),
+        metacopy: true,
+        fsync: true,
+    })
+    .unwrap();
+    let (list, u) = std::thread::spawn(move || {
+        let list = u.list_dir(ROOT_INO).unwrap();
+        for e in list.iter() {
+            u.lookup_listed(e.ino).unwrap();
+        }
+        (list, u)
+    })
+    .join()
+    .unwrap();
+    let after_load = rss();
+    let n = list.len() as u64;
+    drop(list);
+    u.drop_listing(ROOT_INO);
+    let after_drop = rss();
+    // SAFETY: plain libc call.
+    unsafe { libc::malloc_trim(0) };
+    let after = rss();
+    eprintln!(
+        "before trim {} B/entry",
+        (after_drop - before) / list_len_hint()
+    );
+    eprintln!(
+        "{n} entries: load {} B/entry, after lookups and listing dropped {} B/entry",
+        (after_load - before) / n,
+        (after - before) / n
+    );
 }

@@ -502,8 +502,22 @@ fn raise_fd_limit() {
     }
 }
 
+/// Keeps large blocks out of malloc's heaps. A large directory's tables
+/// and listings are large blocks that live briefly; glibc gives them their
+/// own mappings, but after the first one is freed it raises that threshold
+/// and later ones stay in the heap once freed, resident and unused (a
+/// 200,000-entry directory listed twice: 89 MB resident instead of 62 MB).
+fn keep_large_blocks_out_of_the_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: a plain libc call, made before the server's threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
     raise_fd_limit();
+    keep_large_blocks_out_of_the_heap();
     let result = (|| {
         // Signals go to the thread that unmounts, not to the workers.
         let mut sigs = SigSet::empty();

@@ -209,16 +209,15 @@ impl Union {
     /// their directories were looked at before or after, and after a
     /// remount they are still one file.
     fn gather_links(&self, node: &Arc<Node>) -> Result<()> {
-        let lower = {
+        let linked = {
             let st = node.state.read();
-            match &st.lower {
-                Some(l) if !st.upper && node.kind == Kind::File && l.attr.nlink > 1 => {
-                    (l.layer, l.attr.file_id)
-                }
-                _ => return Ok(()),
-            }
+            matches!(&st.lower, Some(l) if !st.upper && node.kind == Kind::File && l.attr.nlink > 1)
         };
-        let paths = self.lowers[lower.0 as usize].links_of(lower.1)?;
+        let Some(lower) = linked.then(|| self.lower_of(node)).flatten() else {
+            return Ok(());
+        };
+        let layer = &self.lowers[lower.layer as usize];
+        let paths = layer.links_of(layer.stat(&lower.path)?.file_id)?;
         for p in paths {
             // Down the merged tree to the name's directory; a name whose
             // path is hidden or shadowed is no longer one of the file's.

@@ -52,7 +52,7 @@ impl Union {
                     .lower
                     .as_ref()
                     .and_then(|l| l.path.as_deref())
-                    .map_or_else(PathBuf::new, Path::to_path_buf),
+                    .map_or_else(PathBuf::new, |p| p.to_path_buf()),
                 lower_dirs: d.lower_dirs.clone(),
             }
         };
@@ -239,8 +239,8 @@ impl Union {
         let lower = if needs_lower {
             Some(LowerRef {
                 layer,
-                path: Some(path.into()),
-                attr: attr()?,
+                path: Some(Box::new(path)),
+                attr: (&attr()?).into(),
             })
         } else {
             None
@@ -370,8 +370,8 @@ impl Union {
             let attr = l.stat(path).ok()?;
             (attr.kind == Kind::File).then(|| LowerRef {
                 layer: i as u32,
-                path: Some(path.into()),
-                attr,
+                path: Some(Box::new(path.to_owned())),
+                attr: (&attr).into(),
             })
         });
         if found.is_none() {
@@ -417,11 +417,15 @@ impl Union {
                 lower_dirs: vec![layer],
                 children: None,
             }));
-            Some(layer::join(dir_path, name).into())
+            Some(Box::new(layer::join(dir_path, name)))
         } else {
             None
         };
-        st.lower = Some(LowerRef { layer, path, attr });
+        st.lower = Some(LowerRef {
+            layer,
+            path,
+            attr: (&attr).into(),
+        });
         let node = self.new_node(kind, st);
         if hard_linked {
             self.links.lock().insert(key, node.id);

@@ -212,8 +212,8 @@ impl Union {
             if root.lower.is_none() {
                 root.lower = Some(LowerRef {
                     layer: i as u32,
-                    path: Some(Path::new("").into()),
-                    attr,
+                    path: Some(Box::default()),
+                    attr: (&attr).into(),
                 });
             }
             dir.lower_dirs.push(i as u32);
@@ -346,7 +346,7 @@ impl Union {
             )
         };
         let path = match path {
-            Some(p) => p.into_path_buf(),
+            Some(p) => *p,
             None => {
                 let dir = self.node_by_id(parent).ok()?;
                 let st = dir.state.read();
@@ -370,7 +370,7 @@ impl Union {
         }
         if let Some(full) = self.lower_of(node) {
             if let Some(l) = node.state.write().lower.as_mut() {
-                l.path = Some(full.path.into());
+                l.path = Some(Box::new(full.path));
             }
         }
     }

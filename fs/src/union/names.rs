@@ -519,7 +519,7 @@ impl Union {
                         .as_ref()
                         .ok_or_else(|| errno(libc::EIO))?
                         .attr
-                        .clone(),
+                        .to_attr(),
                 )
             };
             (super::Snap::of(&st), lower, st.sources())

@@ -4,11 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::layer::{Attr, Kind};
+use crate::layer::{Attr, Kind, Time};
 use crate::lock::{Mutex, Rank, RwLock};
 use crate::IdHasher;
 
@@ -171,8 +171,8 @@ pub(crate) struct LowerRef {
     /// The entry's path in its layer. `None`: its parent directory's lower
     /// path and its own name (most files; spelled out before the node's
     /// name changes).
-    pub(crate) path: Option<Box<Path>>,
-    pub(crate) attr: Attr,
+    pub(crate) path: Option<Box<PathBuf>>,
+    pub(crate) attr: LowerAttr,
 }
 
 /// A lower entry with its path spelled out ([`super::Union::lower_of`]).
@@ -180,7 +180,63 @@ pub(crate) struct LowerRef {
 pub(crate) struct Lower {
     pub(crate) layer: u32,
     pub(crate) path: PathBuf,
-    pub(crate) attr: Attr,
+    pub(crate) attr: LowerAttr,
+}
+
+/// A lower entry's attributes as the union keeps them: an [`Attr`]
+/// without the file id, which matters only while a directory is loaded
+/// (hard links are grouped then) and can be asked of the layer again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LowerAttr {
+    pub(crate) size: u64,
+    pub(crate) blocks: u64,
+    pub(crate) atime: Time,
+    pub(crate) mtime: Time,
+    pub(crate) ctime: Time,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) nlink: u32,
+    pub(crate) rdev: u32,
+    pub(crate) perm: u16,
+    pub(crate) kind: Kind,
+}
+
+impl From<&Attr> for LowerAttr {
+    fn from(a: &Attr) -> LowerAttr {
+        LowerAttr {
+            size: a.size,
+            blocks: a.blocks,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            uid: a.uid,
+            gid: a.gid,
+            nlink: a.nlink,
+            rdev: a.rdev,
+            perm: a.perm,
+            kind: a.kind,
+        }
+    }
+}
+
+impl LowerAttr {
+    /// As an [`Attr`] (file id 0: nothing the union reports uses it).
+    pub(crate) fn to_attr(&self) -> Attr {
+        Attr {
+            size: self.size,
+            blocks: self.blocks,
+            file_id: 0,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            uid: self.uid,
+            gid: self.gid,
+            nlink: self.nlink,
+            rdev: self.rdev,
+            perm: self.perm,
+            kind: self.kind,
+        }
+    }
 }
 
 /// A child of a loaded directory in one word: its node id, its kind, and

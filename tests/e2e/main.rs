@@ -51,6 +51,7 @@ mod escape;
 mod files;
 mod inodes;
 mod io;
+mod lifecycle;
 mod overlay_cli;
 mod permissions;
 mod readdir;

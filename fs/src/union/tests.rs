@@ -781,3 +781,42 @@ fn read_ahead_asks_the_next_files_of_the_directory_in_readdir_order() {
     expect.sort();
     assert_eq!(asked, expect);
 }
+
+#[test]
+fn concurrent_lookups_and_forgets_keep_an_exact_count() {
+    // Two threads look a file up and forget it, over and over, as the
+    // kernel does when it drops and finds a dentry again. Every lookup is
+    // forgotten, so once the file is removed its node must go at once; a
+    // lost or doubled count would keep it (or drop it while in use).
+    let fx = Fx::new(1);
+    fx.put("l0/f", "x");
+    let u = Arc::new(fx.union(1, true));
+    let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let u = u.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let s = u.lookup(ROOT_INO, OsStr::new("f")).unwrap();
+                    assert_eq!(s.ino, ino);
+                    u.getattr(ino).expect("a looked-up node is there");
+                    u.forget(ino, 1);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // The first lookup is still held: removing the name keeps the node.
+    u.unlink(ROOT_INO, OsStr::new("f")).unwrap();
+    assert!(u.getattr(ino).is_ok(), "dropped while the kernel holds it");
+    assert!(u.forget(ino, 1), "the last forget must say the inode is gone");
+    assert_eq!(
+        u.getattr(ino).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT),
+        "an unlinked node nobody holds must be dropped"
+    );
+    // A forget of more than is held (a confused kernel) never wraps.
+    assert!(u.forget(ino, 5));
+}

@@ -68,7 +68,19 @@ fn mount_use_unmount(
         .unwrap();
     std::io::Write::write_all(&mut f, b"+").unwrap();
     drop(f);
-    unmounter.unmount().unwrap();
+    // Children that other tests fork meanwhile get copies of this
+    // process's fds, ours among them, and keep the mount busy until they
+    // exit: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match unmounter.unmount() {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("unmounting {}: {e}", mnt.display()),
+        }
+    }
     server.join().unwrap().unwrap();
     weak
 }

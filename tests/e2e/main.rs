@@ -59,3 +59,4 @@ mod readonly;
 mod remount;
 mod rename;
 mod rootless;
+mod stress;

@@ -474,6 +474,7 @@ impl Watchdog {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            crate::stress::dump_stacks(&mnt);
             for pid in daemons_of(&mnt) {
                 eprintln!(
                     "test still running after {deadline:?}: killing daemon {pid} of {} (hung?)",

@@ -346,6 +346,21 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+pub fn fsetxattr(fd: &OwnedFd, name: &str, value: &[u8]) -> SysResult<()> {
+    let n = cstr(name);
+    // SAFETY: an open fd, a valid C string and a value buffer.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// The name of an errno, for readable logs: `ENOENT`.
 pub fn errno_name(e: Errno) -> String {
     format!("{e:?}")
@@ -449,6 +464,8 @@ pub enum Step {
     Mkdir(CString, libc::mode_t),
     Rmdir(CString),
     Symlink(CString, CString),
+    /// `renameat2(RENAME_EXCHANGE)`.
+    Exchange(CString, CString),
     Fchmod(usize, libc::mode_t),
     /// chmod of `/proc/self/fd/N` of a step's fd (works on O_PATH fds).
     ProcChmod(usize, libc::mode_t),
@@ -457,6 +474,9 @@ pub enum Step {
     Ftruncate(usize, i64),
     /// Reports the fd's `st_mode` (or -errno).
     FstatMode(usize),
+    /// Opens and reads the file at the path: 1 if its first bytes hold
+    /// the marker, else 0 (or -errno).
+    ReadMarker(CString, Vec<u8>),
 }
 
 impl Step {
@@ -468,17 +488,39 @@ impl Step {
     }
 }
 
-/// Runs `steps` in a child process as uid and gid `id` (no supplementary
-/// groups) and returns each step's result: 0 or `-errno` (`FstatMode`:
-/// the mode), `-1000` for steps after the child died. The child only makes
-/// syscalls: everything is prepared before it forks, as a child of a
-/// threaded process may not allocate.
+/// Runs `steps` once in a child process as uid and gid `id` (no
+/// supplementary groups) and returns each step's result: 0 or `-errno`
+/// (`FstatMode`: the mode; `ReadMarker`: 1 or 0), `-1000` for steps after
+/// the child died.
 pub fn run_as(id: u32, steps: &[Step]) -> Vec<i64> {
+    let r = run_steps_as(id, steps, None);
+    r.results
+}
+
+/// What [`run_steps_as`] did.
+#[derive(Debug, Default)]
+pub struct StepRuns {
+    /// Each step's result in the first pass.
+    pub results: Vec<i64>,
+    /// Passes made.
+    pub passes: u64,
+    /// `ReadMarker` steps that found their marker, over all passes.
+    pub marker_hits: u64,
+}
+
+/// Runs `steps` in a child process as uid/gid `id`: once, or pass after
+/// pass (fds opened in a pass are closed at its end) until `for_` is up.
+/// The child only makes syscalls: everything is prepared before it forks,
+/// as a child of a threaded process may not allocate.
+pub fn run_steps_as(id: u32, steps: &[Step], for_: Option<std::time::Duration>) -> StepRuns {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` is writable for two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let mut opened = vec![-1 as libc::c_int; steps.len()];
-    let proc_paths: Vec<[u8; 64]> = vec![[0u8; 64]; steps.len()];
+    let mut proc_paths: Vec<[u8; 64]> = vec![[0u8; 64]; steps.len()];
+    let mut first = vec![-1000i64; steps.len()];
+    let mut buf = [0u8; 256];
+    let deadline = for_.map(|d| d.as_nanos() as i64);
     // SAFETY: the child makes only syscalls on memory prepared above and
     // leaves with _exit; the parent only waits.
     let pid = unsafe { libc::fork() };
@@ -486,87 +528,55 @@ pub fn run_as(id: u32, steps: &[Step]) -> Vec<i64> {
     if pid == 0 {
         // SAFETY: see above; no allocation, no unwinding in the child.
         unsafe {
-            libc::close(fds[0]);
+            // The child got a copy of every fd of this process, other
+            // tests' among them: keep only the pipe (as fd 3) and stdio,
+            // or a mount another test has a file open in would stay busy
+            // for as long as this child runs.
+            if libc::dup2(fds[1], 3) != 3 {
+                libc::_exit(98);
+            }
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            fds[1] = 3;
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(id, id, id) != 0
                 || libc::setresuid(id, id, id) != 0
             {
                 libc::_exit(99);
             }
-            let err = || -i64::from(*libc::__errno_location());
-            let ok = |r: libc::c_int| if r < 0 { err() } else { 0 };
-            let mut proc_paths = proc_paths;
-            for (i, s) in steps.iter().enumerate() {
-                let fd = |j: usize| opened[j];
-                let r: i64 = match s {
-                    Step::Open(p, fl, m) => {
-                        let r = libc::open(p.as_ptr(), *fl, *m as libc::c_uint);
-                        opened[i] = r;
-                        ok(r)
-                    }
-                    Step::OpenPath(p) => {
-                        let r = libc::open(p.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW);
-                        opened[i] = r;
-                        ok(r)
-                    }
-                    Step::Unlink(p) => ok(libc::unlink(p.as_ptr())),
-                    Step::Mkdir(p, m) => ok(libc::mkdir(p.as_ptr(), *m)),
-                    Step::Rmdir(p) => ok(libc::rmdir(p.as_ptr())),
-                    Step::Symlink(t, l) => ok(libc::symlink(t.as_ptr(), l.as_ptr())),
-                    Step::Fchmod(j, m) => ok(libc::fchmod(fd(*j), *m)),
-                    Step::ProcChmod(j, m) => {
-                        // "/proc/self/fd/N" written by hand: no formatting.
-                        let buf = &mut proc_paths[i];
-                        let prefix = b"/proc/self/fd/";
-                        buf[..prefix.len()].copy_from_slice(prefix);
-                        let mut n = fd(*j).max(0) as u32;
-                        let mut digits = [0u8; 10];
-                        let mut k = 0;
-                        loop {
-                            digits[k] = b'0' + (n % 10) as u8;
-                            k += 1;
-                            n /= 10;
-                            if n == 0 {
-                                break;
-                            }
-                        }
-                        for d in 0..k {
-                            buf[prefix.len() + d] = digits[k - 1 - d];
-                        }
-                        buf[prefix.len() + k] = 0;
-                        ok(libc::chmod(buf.as_ptr().cast(), *m))
-                    }
-                    Step::Fsetxattr(j, n, v) => ok(libc::fsetxattr(
-                        fd(*j),
-                        n.as_ptr(),
-                        v.as_ptr().cast(),
-                        v.len(),
-                        0,
-                    )),
-                    Step::Futimens(j, sec) => {
-                        let t = [
-                            libc::timespec {
-                                tv_sec: *sec,
-                                tv_nsec: 0,
-                            },
-                            libc::timespec {
-                                tv_sec: *sec,
-                                tv_nsec: 0,
-                            },
-                        ];
-                        ok(libc::futimens(fd(*j), t.as_ptr()))
-                    }
-                    Step::Ftruncate(j, len) => ok(libc::ftruncate(fd(*j), *len)),
-                    Step::FstatMode(j) => {
-                        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-                        if libc::fstat(fd(*j), st.as_mut_ptr()) < 0 {
-                            err()
-                        } else {
-                            i64::from(st.assume_init().st_mode)
-                        }
-                    }
+            let now = || {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
                 };
-                let bytes = r.to_ne_bytes();
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+                ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+            };
+            let start = now();
+            let (mut passes, mut hits) = (0u64, 0u64);
+            loop {
+                for (i, s) in steps.iter().enumerate() {
+                    let r = exec_step(s, i, &mut opened, &mut proc_paths, &mut buf);
+                    if passes == 0 {
+                        first[i] = r;
+                    }
+                    if matches!(s, Step::ReadMarker(..)) && r == 1 {
+                        hits += 1;
+                    }
+                }
+                for fd in opened.iter_mut() {
+                    if *fd >= 0 {
+                        libc::close(*fd);
+                        *fd = -1;
+                    }
+                }
+                passes += 1;
+                match deadline {
+                    Some(d) if now() - start < d => {}
+                    _ => break,
+                }
+            }
+            for v in first.iter().chain([passes as i64, hits as i64].iter()) {
+                let bytes = v.to_ne_bytes();
                 libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
             }
             libc::_exit(0);
@@ -585,10 +595,122 @@ pub fn run_as(id: u32, steps: &[Step]) -> Vec<i64> {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "the child running as uid {id} failed: status {status:#x}"
     );
-    let mut results: Vec<i64> = out
+    let mut values: Vec<i64> = out
         .chunks_exact(8)
         .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
         .collect();
-    results.resize(steps.len(), -1000);
-    results
+    values.resize(steps.len() + 2, -1000);
+    StepRuns {
+        passes: values[steps.len()] as u64,
+        marker_hits: values[steps.len() + 1] as u64,
+        results: values[..steps.len()].to_vec(),
+    }
+}
+
+/// One step in a [`run_steps_as`] child: syscalls only.
+///
+/// # Safety
+/// Only for the forked child: raw fds and errno.
+unsafe fn exec_step(
+    s: &Step,
+    i: usize,
+    opened: &mut [libc::c_int],
+    proc_paths: &mut [[u8; 64]],
+    buf: &mut [u8; 256],
+) -> i64 {
+    // SAFETY (for the whole body): libc calls on C strings and buffers
+    // prepared before the fork.
+    unsafe {
+        let err = || -i64::from(*libc::__errno_location());
+        let ok = |r: libc::c_int| if r < 0 { err() } else { 0 };
+        let fd = |j: usize| opened[j];
+        match s {
+            Step::Open(p, fl, m) => {
+                let r = libc::open(p.as_ptr(), *fl, *m as libc::c_uint);
+                opened[i] = r;
+                ok(r)
+            }
+            Step::OpenPath(p) => {
+                let r = libc::open(p.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW);
+                opened[i] = r;
+                ok(r)
+            }
+            Step::Unlink(p) => ok(libc::unlink(p.as_ptr())),
+            Step::Mkdir(p, m) => ok(libc::mkdir(p.as_ptr(), *m)),
+            Step::Rmdir(p) => ok(libc::rmdir(p.as_ptr())),
+            Step::Symlink(t, l) => ok(libc::symlink(t.as_ptr(), l.as_ptr())),
+            Step::Exchange(a, b) => ok(libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )),
+            Step::Fchmod(j, m) => ok(libc::fchmod(fd(*j), *m)),
+            Step::ProcChmod(j, m) => {
+                // "/proc/self/fd/N" written by hand: no formatting.
+                let buf = &mut proc_paths[i];
+                let prefix = b"/proc/self/fd/";
+                buf[..prefix.len()].copy_from_slice(prefix);
+                let mut n = fd(*j).max(0) as u32;
+                let mut digits = [0u8; 10];
+                let mut k = 0;
+                loop {
+                    digits[k] = b'0' + (n % 10) as u8;
+                    k += 1;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                for d in 0..k {
+                    buf[prefix.len() + d] = digits[k - 1 - d];
+                }
+                buf[prefix.len() + k] = 0;
+                ok(libc::chmod(buf.as_ptr().cast(), *m))
+            }
+            Step::Fsetxattr(j, n, v) => ok(libc::fsetxattr(
+                fd(*j),
+                n.as_ptr(),
+                v.as_ptr().cast(),
+                v.len(),
+                0,
+            )),
+            Step::Futimens(j, sec) => {
+                let t = [
+                    libc::timespec {
+                        tv_sec: *sec,
+                        tv_nsec: 0,
+                    },
+                    libc::timespec {
+                        tv_sec: *sec,
+                        tv_nsec: 0,
+                    },
+                ];
+                ok(libc::futimens(fd(*j), t.as_ptr()))
+            }
+            Step::Ftruncate(j, len) => ok(libc::ftruncate(fd(*j), *len)),
+            Step::FstatMode(j) => {
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                if libc::fstat(fd(*j), st.as_mut_ptr()) < 0 {
+                    err()
+                } else {
+                    i64::from(st.assume_init().st_mode)
+                }
+            }
+            Step::ReadMarker(p, marker) => {
+                let f = libc::open(p.as_ptr(), libc::O_RDONLY);
+                if f < 0 {
+                    return err();
+                }
+                let n = libc::read(f, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(f);
+                if n < 0 {
+                    return err();
+                }
+                let got = &buf[..n as usize];
+                i64::from(!marker.is_empty() && got.windows(marker.len()).any(|w| w == &marker[..]))
+            }
+        }
+    }
 }

@@ -367,9 +367,13 @@ impl Children {
         }
     }
 
-    /// Puts `child` at `name` (its lower flag is the name's).
+    /// Puts `child` at `name`, in place of what was there if anything (its
+    /// lower flag is the name's, not the child's).
     pub(crate) fn insert(&mut self, name: Arc<OsStr>, child: Child) {
-        let lower = self.hidden_lower.remove(&name);
+        let lower = match self.map.get(&name) {
+            Some(old) => old.lower(),
+            None => self.hidden_lower.remove(&name),
+        };
         self.map.insert(name, child.with_lower(lower));
         self.listing = None;
     }

@@ -811,7 +811,10 @@ fn concurrent_lookups_and_forgets_keep_an_exact_count() {
     // The first lookup is still held: removing the name keeps the node.
     u.unlink(ROOT_INO, OsStr::new("f")).unwrap();
     assert!(u.getattr(ino).is_ok(), "dropped while the kernel holds it");
-    assert!(u.forget(ino, 1), "the last forget must say the inode is gone");
+    assert!(
+        u.forget(ino, 1),
+        "the last forget must say the inode is gone"
+    );
     assert_eq!(
         u.getattr(ino).unwrap_err().raw_os_error(),
         Some(libc::ENOENT),
@@ -819,4 +822,33 @@ fn concurrent_lookups_and_forgets_keep_an_exact_count() {
     );
     // A forget of more than is held (a confused kernel) never wraps.
     assert!(u.forget(ino, 5));
+}
+
+#[test]
+fn a_lower_name_exchanged_then_removed_stays_removed() {
+    // Found by the stress test: an exchange onto a name that a lower layer
+    // holds kept the entry but lost that the name is a lower one, so its
+    // removal left no whiteout and the lower file came back at a remount.
+    let fx = Fx::new(1);
+    fx.put("l0/a", "lower a");
+    fx.put("l0/d/x", "lower x");
+    let u = fx.union(1, true);
+    let d = path_ino(&u, "d");
+    u.create(ROOT_INO, OsStr::new("n"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    u.rename(
+        d,
+        OsStr::new("x"),
+        ROOT_INO,
+        OsStr::new("a"),
+        libc::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    u.rename(ROOT_INO, OsStr::new("n"), ROOT_INO, OsStr::new("a"), 0)
+        .unwrap();
+    u.unlink(ROOT_INO, OsStr::new("a")).unwrap();
+    u.unlink(d, OsStr::new("x")).unwrap();
+    let u2 = fx.union(1, true);
+    assert_eq!(names(&u2, ROOT_INO), vec!["d"]);
+    assert!(names(&u2, path_ino(&u2, "d")).is_empty());
 }

@@ -4,7 +4,9 @@
 //! those with a cause beyond an errno. With `debug` every operation is
 //! logged with its arguments, result and latency.
 //!
-//! * [`handles`] — the open-file table and FUSE passthrough;
+//! * [`handles`] — the open-file table and FUSE passthrough; [`files`] —
+//!   what an open gets and whether it passes through; [`dirs`] — readdir;
+//!   [`reply`] — answers in FUSE's terms, errors as errnos;
 //! * [`background`] — prefetching directories and reading ahead across
 //!   files, on threads that end with the mount;
 //! * [`pagecache`] — small lower files put in the kernel's page cache with
@@ -22,8 +24,11 @@
 //!   it, otherwise served here with large requests.
 
 mod background;
+mod dirs;
+mod files;
 mod handles;
 mod pagecache;
+mod reply;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
@@ -34,19 +39,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::error;
 use crate::layer::Kind;
-use crate::union::{Caller, DirEntry, OpenFile, SetAttr, Stat, TimeSet, Union};
-use background::{Background, Prefetch};
-use handles::{Backing, Handles};
+use crate::union::{SetAttr, Union};
+use background::Background;
+use handles::Handles;
 use pagecache::PageCache;
+use reply::{caller, copy_err, negative_entry, reply_empty, reply_err, time_set, to_file_attr};
 
 /// How to serve a union over FUSE.
 #[derive(Debug, Clone)]
@@ -111,234 +115,10 @@ impl UnionFs {
         self.cache.notifier_slot()
     }
 
-    fn trace<T: Debug>(
-        &self,
-        op: &str,
-        args: impl FnOnce() -> String,
-        start: Instant,
-        res: &io::Result<T>,
-    ) {
-        if self.opts.debug {
-            let us = start.elapsed().as_micros();
-            match res {
-                Ok(v) => log::debug!("{op}({}) = {v:?} [{us} us]", args()),
-                Err(e) => log::debug!("{op}({}) = Err({e}) [{us} us]", args()),
-            }
-        }
-    }
-
-    fn reply_entry(&self, reply: ReplyEntry, r: io::Result<Stat>) {
-        match r {
-            Ok(s) => reply.entry(&self.opts.ttl, &to_file_attr(&s), Generation(0)),
-            Err(e) => reply.error(reply_err(e)),
-        }
-    }
-
-    fn reply_attr(&self, reply: ReplyAttr, r: io::Result<Stat>) {
-        match r {
-            Ok(s) => reply.attr(&self.opts.ttl, &to_file_attr(&s)),
-            Err(e) => reply.error(reply_err(e)),
-        }
-    }
-
     fn handle(&self, fh: FileHandle) -> io::Result<Arc<handles::Handle>> {
         self.handles
             .get(fh)
             .map_err(|e| io::Error::from_raw_os_error(e.code()))
-    }
-
-    /// The listing of `dir` for a readdir at `offset`; when a listing
-    /// starts, queues the subdirectories for background loading.
-    fn listing(&self, op: &str, dir: u64, offset: u64) -> io::Result<Arc<Vec<DirEntry>>> {
-        let t = Instant::now();
-        let r = self.union.list_dir(dir);
-        self.trace(
-            op,
-            || format!("{dir}, {offset}"),
-            t,
-            &r.as_ref().map(|l| l.len()).map_err(copy_err),
-        );
-        if let (Some(p), 0, Ok(_)) = (&self.background.prefetch, offset, &r) {
-            p.push(self.union.unloaded_subdirs(dir), Prefetch::DEPTH);
-        }
-        // The call past the last entry ends a pass: the kernel keeps what it
-        // read, and another pass rebuilds the listing from the merged view.
-        if let Ok(l) = &r {
-            if offset > 2 && start_of(l, offset) == l.len() {
-                self.union.drop_listing(dir);
-            }
-        }
-        r
-    }
-
-    /// Opens `ino` with `flags`: which file, whether it passes through, and
-    /// the open flags to reply with.
-    fn do_open(
-        &self,
-        ino: u64,
-        flags: i32,
-        reply: &ReplyOpen,
-    ) -> io::Result<(FileHandle, FopenFlags, Option<Arc<BackingId>>)> {
-        let open_backing = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
-        // The kernel's inode passes through to its lower file while a reader
-        // has it open and cannot take the upper file: a new kernel inode.
-        let pinned = || {
-            self.handles.lower_backed(ino)
-                && self.union.open_leaves_lower(ino, flags)
-                && !self.handles.lower_let_go(ino)
-        };
-        if self.handles.passthrough() && pinned() {
-            self.union.reincarnate(ino)?;
-            return Err(io::Error::from_raw_os_error(libc::ESTALE));
-        }
-        // A write-only open may leave the data below (an append to a large
-        // lower file copies nothing) when its writes come here without the
-        // page cache and every other open passes through, so that no cached
-        // page can go stale.
-        let defer = self.handles.passthrough();
-        let file = match self.union.open(ino, flags, defer)? {
-            f @ OpenFile::Tail(_) if !self.handles.passthrough_proven(&f, open_backing) => {
-                drop(f);
-                self.union.open(ino, flags, false)?
-            }
-            f => f,
-        };
-        if let (Some(ra), OpenFile::Lower(_)) = (&self.background.read_ahead, &file) {
-            ra.opened(&self.union, ino);
-        }
-        let exec = self.union.exec_guard(ino, flags);
-        if let OpenFile::Tail(_) = file {
-            let fh = self.handles.add(ino, file, None, exec);
-            return Ok((
-                fh,
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-                None,
-            ));
-        }
-        let mut backing = self.handles.backing_for(ino, &file, open_backing);
-        if matches!(backing, Backing::Pinned) && self.handles.lower_let_go(ino) {
-            // A reader of the lower file was closed, its RELEASE late.
-            backing = self.handles.backing_for(ino, &file, open_backing);
-        }
-        match backing {
-            Backing::Through(b) => {
-                let fh = self.handles.add(ino, file, Some(b.clone()), exec);
-                Ok((fh, FopenFlags::FOPEN_NOFLUSH, Some(b)))
-            }
-            Backing::Here => {
-                self.cache.store_small(&self.union, ino, &file, flags);
-                let fh = self.handles.add(ino, file, None, exec);
-                Ok((
-                    fh,
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                    None,
-                ))
-            }
-            Backing::Pinned => {
-                drop(file);
-                self.union.reincarnate(ino)?;
-                Err(io::Error::from_raw_os_error(libc::ESTALE))
-            }
-        }
-    }
-}
-
-/// Index of the first entry of `list` after readdir offset `offset`.
-fn start_of(list: &[DirEntry], offset: u64) -> usize {
-    if offset < 2 {
-        0
-    } else {
-        list.partition_point(|e| e.cookie <= offset)
-    }
-}
-
-/// An error for a debug trace of an operation whose result is not `Debug`.
-fn copy_err(e: &io::Error) -> io::Error {
-    io::Error::from_raw_os_error(error::errno_of(e))
-}
-
-fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(reply_err(e)),
-    }
-}
-
-/// The one place where internal errors become errnos; an error with a
-/// cause beyond its errno (a layer's) is logged, since the program only
-/// learns the errno.
-fn reply_err(e: io::Error) -> Errno {
-    if error::has_cause(&e) {
-        log::error!("{e}");
-    }
-    Errno::from_i32(error::errno_of(&e))
-}
-
-fn kind_to_type(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-    }
-}
-
-fn to_file_attr(s: &Stat) -> FileAttr {
-    let a = &s.attr;
-    FileAttr {
-        ino: INodeNo(s.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime.to_system_time(),
-        mtime: a.mtime.to_system_time(),
-        ctime: a.ctime.to_system_time(),
-        crtime: a.ctime.to_system_time(),
-        kind: kind_to_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
-    t.map(|t| match t {
-        TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
-    })
-}
-
-/// An attribute value the kernel reads as "no such entry, and remember that".
-fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::UNIX_EPOCH,
-        mtime: SystemTime::UNIX_EPOCH,
-        ctime: SystemTime::UNIX_EPOCH,
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
     }
 }
 
@@ -846,27 +626,9 @@ impl Filesystem for UnionFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let list = match self.listing("readdir", ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(reply_err(e)),
-        };
-        if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
-            return reply.ok();
-        }
-        if offset <= 1 {
-            let parent = self.union.parent_of(ino.0).unwrap_or(ino.0);
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-        }
-        for e in &list[start_of(&list, offset)..] {
-            if reply.add(INodeNo(e.ino), e.cookie, kind_to_type(e.kind), &*e.name) {
-                break;
-            }
-        }
-        reply.ok();
+        self.do_readdir(ino, offset, reply);
     }
 
     fn readdirplus(
@@ -875,55 +637,9 @@ impl Filesystem for UnionFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.listing("readdirplus", ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(reply_err(e)),
-        };
-        // The kernel takes no reference on `.` and `..`, so they are not
-        // counted as lookups.
-        for (off, name) in [(0u64, "."), (1, "..")] {
-            if offset > off {
-                continue;
-            }
-            let target = if off == 0 {
-                ino.0
-            } else {
-                self.union.parent_of(ino.0).unwrap_or(ino.0)
-            };
-            if let Ok(s) = self.union.getattr(target) {
-                if reply.add(
-                    INodeNo(target),
-                    off + 1,
-                    name,
-                    &Duration::ZERO,
-                    &to_file_attr(&s),
-                    Generation(0),
-                ) {
-                    return reply.ok();
-                }
-            }
-        }
-        for e in &list[start_of(&list, offset)..] {
-            // Counted as a lookup here; gone since the listing: skipped.
-            let Some(s) = self.union.lookup_listed(e.ino) else {
-                continue;
-            };
-            if reply.add(
-                INodeNo(s.ino),
-                e.cookie,
-                &*e.name,
-                &self.opts.ttl,
-                &to_file_attr(&s),
-                Generation(0),
-            ) {
-                // Not sent after all: the kernel holds no lookup of it.
-                self.union.forget(s.ino, 1);
-                break;
-            }
-        }
-        reply.ok();
+        self.do_readdirplus(ino, offset, reply);
     }
 
     fn releasedir(
@@ -1053,44 +769,6 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let t = Instant::now();
-        let r = self.union.create(parent.0, name, mode, flags, caller(req));
-        self.trace(
-            "create",
-            || format!("{}, {name:?}, {mode:#o}, {flags:#o}", parent.0),
-            t,
-            &r.as_ref().map(|(s, _)| s.ino).map_err(copy_err),
-        );
-        let (stat, file) = match r {
-            Ok(v) => v,
-            Err(e) => return reply.error(reply_err(e)),
-        };
-        let attr = to_file_attr(&stat);
-        match self
-            .handles
-            .backing_for(stat.ino, &file, |fd| reply.open_backing(fd))
-        {
-            Backing::Through(b) => {
-                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None);
-                reply.created_passthrough(
-                    &self.opts.ttl,
-                    &attr,
-                    Generation(0),
-                    fh,
-                    FopenFlags::FOPEN_NOFLUSH,
-                    &b,
-                );
-            }
-            Backing::Here | Backing::Pinned => {
-                let fh = self.handles.add(stat.ino, file, None, None);
-                reply.created(
-                    &self.opts.ttl,
-                    &attr,
-                    Generation(0),
-                    fh,
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                );
-            }
-        }
+        self.do_create(caller(req), parent, name, mode, flags, reply);
     }
 }

@@ -1,0 +1,137 @@
+//! Opening files for the kernel: which file an open gets, whether the
+//! kernel passes its I/O through to a host fd, and what the reply says.
+
+use std::ffi::OsStr;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fuser::{BackingId, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen};
+
+use super::handles::Backing;
+use super::reply::{copy_err, reply_err, to_file_attr};
+use super::UnionFs;
+use crate::union::{Caller, OpenFile};
+
+impl UnionFs {
+    /// Opens `ino` with `flags`: which file, whether it passes through, and
+    /// the open flags to reply with.
+    pub(super) fn do_open(
+        &self,
+        ino: u64,
+        flags: i32,
+        reply: &ReplyOpen,
+    ) -> io::Result<(FileHandle, FopenFlags, Option<Arc<BackingId>>)> {
+        let open_backing = |fd: std::os::fd::BorrowedFd<'_>| reply.open_backing(fd);
+        // The kernel's inode passes through to its lower file while a reader
+        // has it open and cannot take the upper file: a new kernel inode.
+        let pinned = || {
+            self.handles.lower_backed(ino)
+                && self.union.open_leaves_lower(ino, flags)
+                && !self.handles.lower_let_go(ino)
+        };
+        if self.handles.passthrough() && pinned() {
+            self.union.reincarnate(ino)?;
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        // A write-only open may leave the data below (an append to a large
+        // lower file copies nothing) when its writes come here without the
+        // page cache and every other open passes through, so that no cached
+        // page can go stale.
+        let defer = self.handles.passthrough();
+        let file = match self.union.open(ino, flags, defer)? {
+            f @ OpenFile::Tail(_) if !self.handles.passthrough_proven(&f, open_backing) => {
+                drop(f);
+                self.union.open(ino, flags, false)?
+            }
+            f => f,
+        };
+        if let (Some(ra), OpenFile::Lower(_)) = (&self.background.read_ahead, &file) {
+            ra.opened(&self.union, ino);
+        }
+        let exec = self.union.exec_guard(ino, flags);
+        if let OpenFile::Tail(_) = file {
+            let fh = self.handles.add(ino, file, None, exec);
+            return Ok((
+                fh,
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+                None,
+            ));
+        }
+        let mut backing = self.handles.backing_for(ino, &file, open_backing);
+        if matches!(backing, Backing::Pinned) && self.handles.lower_let_go(ino) {
+            // A reader of the lower file was closed, its RELEASE late.
+            backing = self.handles.backing_for(ino, &file, open_backing);
+        }
+        match backing {
+            Backing::Through(b) => {
+                let fh = self.handles.add(ino, file, Some(b.clone()), exec);
+                Ok((fh, FopenFlags::FOPEN_NOFLUSH, Some(b)))
+            }
+            Backing::Here => {
+                self.cache.store_small(&self.union, ino, &file, flags);
+                let fh = self.handles.add(ino, file, None, exec);
+                Ok((
+                    fh,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                    None,
+                ))
+            }
+            Backing::Pinned => {
+                drop(file);
+                self.union.reincarnate(ino)?;
+                Err(io::Error::from_raw_os_error(libc::ESTALE))
+            }
+        }
+    }
+
+    pub(super) fn do_create(
+        &self,
+        caller: Caller,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let t = Instant::now();
+        let r = self.union.create(parent.0, name, mode, flags, caller);
+        self.trace(
+            "create",
+            || format!("{}, {name:?}, {mode:#o}, {flags:#o}", parent.0),
+            t,
+            &r.as_ref().map(|(s, _)| s.ino).map_err(copy_err),
+        );
+        let (stat, file) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(reply_err(e)),
+        };
+        let attr = to_file_attr(&stat);
+        match self
+            .handles
+            .backing_for(stat.ino, &file, |fd| reply.open_backing(fd))
+        {
+            Backing::Through(b) => {
+                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None);
+                reply.created_passthrough(
+                    &self.opts.ttl,
+                    &attr,
+                    Generation(0),
+                    fh,
+                    FopenFlags::FOPEN_NOFLUSH,
+                    &b,
+                );
+            }
+            Backing::Here | Backing::Pinned => {
+                let fh = self.handles.add(stat.ino, file, None, None);
+                reply.created(
+                    &self.opts.ttl,
+                    &attr,
+                    Generation(0),
+                    fh,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                );
+            }
+        }
+    }
+}

@@ -133,12 +133,11 @@ fn walk_components(
 
 /// `fstatat(dir, name, flags)`; `""` with `AT_EMPTY_PATH` is `dir` itself.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<libc::stat> {
-    let c = cname(name)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `dir` is an open fd, `c` a valid C string, `st` writable.
-    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) })?;
-    // SAFETY: fstatat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
+    Ok(nix::sys::stat::fstatat(
+        dir,
+        name,
+        nix::fcntl::AtFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// `fchmodat2(dir, name, mode, flags)` (Linux 6.6+), which takes
@@ -201,9 +200,14 @@ pub fn chown_at(
     gid: u32,
     flags: i32,
 ) -> io::Result<()> {
-    let c = cname(name)?;
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+    let id = |v: u32| (v != u32::MAX).then_some(v);
+    Ok(nix::unistd::fchownat(
+        dir,
+        name,
+        id(uid).map(nix::unistd::Uid::from_raw),
+        id(gid).map(nix::unistd::Gid::from_raw),
+        nix::fcntl::AtFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// Opens what `fd` (maybe an `O_PATH` fd) is open on anew, with `flags`,

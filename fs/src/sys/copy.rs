@@ -4,33 +4,24 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
 /// `fstat(2)`.
-pub fn fstat(f: &impl AsRawFd) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: the fd is open; `st` is writable.
-    super::cvt(unsafe { libc::fstat(f.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
+pub fn fstat(f: &impl AsFd) -> io::Result<libc::stat> {
+    Ok(nix::sys::stat::fstat(f)?)
 }
 
 /// Starts reading the first `len` bytes of `f` into the page cache, without
 /// waiting for them (`posix_fadvise(WILLNEED)`).
 pub fn will_need(f: &File, len: u64) -> io::Result<()> {
-    // SAFETY: plain syscall on an open fd.
-    let r = unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            0,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        )
-    };
-    match r {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(e)),
-    }
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    nix::fcntl::posix_fadvise(
+        f,
+        0,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    )?;
+    Ok(())
 }
 
 /// Sets `f`'s access and modification times to those of `st`.
@@ -129,13 +120,16 @@ pub fn copy_data(src: &File, dst: &File, len: u64, durable: bool) -> io::Result<
 
 /// `lseek(fd, off, whence)`. Only for `SEEK_DATA`/`SEEK_HOLE` on fds read
 /// with `pread`, whose offset nothing else uses.
-pub fn seek(f: &impl AsRawFd, off: u64, whence: i32) -> io::Result<u64> {
-    // SAFETY: plain syscall on an open fd.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r as u64)
+pub fn seek(f: &impl AsFd, off: u64, whence: i32) -> io::Result<u64> {
+    let whence = match whence {
+        libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+        libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+        libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+        libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+        _ => nix::unistd::Whence::SeekSet,
+    };
+    let off = i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::ENXIO))?;
+    Ok(nix::unistd::lseek(f, off, whence)? as u64)
 }
 
 /// Copies bytes `start..end` of `src` to the same offsets of `dst` with
@@ -203,28 +197,17 @@ fn copy_range(src: &File, dst: &File, start: u64, end: u64, durable: bool) -> io
 /// different filesystems), up to 1 MiB read and written here. Returns the
 /// bytes copied, 0 at the end of `src`.
 pub fn copy_file_range(
-    src: &impl AsRawFd,
+    src: &(impl AsFd + AsRawFd),
     off_in: u64,
     dst: &File,
     off_out: u64,
     len: u64,
 ) -> io::Result<usize> {
     let (mut i, mut o) = (off_in as libc::loff_t, off_out as libc::loff_t);
-    // SAFETY: both fds are open; offsets point at live locals.
-    let n = unsafe {
-        libc::copy_file_range(
-            src.as_raw_fd(),
-            &mut i,
-            dst.as_raw_fd(),
-            &mut o,
-            len as usize,
-            0,
-        )
+    let e = match nix::fcntl::copy_file_range(src, Some(&mut i), dst, Some(&mut o), len as usize) {
+        Ok(n) => return Ok(n),
+        Err(e) => io::Error::from(e),
     };
-    if n >= 0 {
-        return Ok(n as usize);
-    }
-    let e = io::Error::last_os_error();
     match e.raw_os_error() {
         Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
             use std::os::unix::fs::FileExt;

@@ -47,6 +47,7 @@ mod cli;
 mod concurrency;
 mod copyup;
 mod dirs;
+mod durability;
 mod escape;
 mod files;
 mod inodes;

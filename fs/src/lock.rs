@@ -36,7 +36,11 @@
 //! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
 //! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
 //!
-//! The cli crate holds no locks of its own.
+//! Not locks, and so not in the order: atomics, and `OnceLock` cells, which
+//! are set once with a value already made (a handle's upper file, the
+//! session's notifier, a layer's hard-link table) and never waited on while
+//! a lock is held. The cli crate holds no locks of its own; fuser's own
+//! (its session's mount) are never held while rcfs code runs.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;

@@ -225,12 +225,7 @@ impl Union {
             let mut reached = true;
             for c in p.parent().into_iter().flat_map(|d| d.components()) {
                 self.ensure_loaded(&dir)?;
-                let child = dir
-                    .state
-                    .read()
-                    .children()
-                    .and_then(|ch| ch.get(c.as_os_str()));
-                match child {
+                match super::names::child_of(&dir, c.as_os_str()) {
                     Some(c) if c.kind() == Kind::Dir => dir = self.node_by_id(c.id())?,
                     _ => {
                         reached = false;

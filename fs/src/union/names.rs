@@ -29,12 +29,7 @@ impl Union {
         let dir = self.node(parent)?;
         self.ensure_loaded(&dir)?;
         let tree = self.read_tree();
-        let child = dir
-            .state
-            .read()
-            .children()
-            .and_then(|c| c.get(name))
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let child = child_of(&dir, name).ok_or_else(|| errno(libc::ENOENT))?;
         let node = self.node_by_id(child.id())?;
         let s = self.stat_node(&node, &tree)?;
         node.lookups.fetch_add(1, Ordering::SeqCst);
@@ -394,12 +389,7 @@ impl Union {
         let upper = self.upper()?;
         let dir = self.node(parent)?;
         self.ensure_loaded(&dir)?;
-        let child = dir
-            .state
-            .read()
-            .children()
-            .and_then(|c| c.get(name))
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let child = child_of(&dir, name).ok_or_else(|| errno(libc::ENOENT))?;
         let is_dir = child.kind() == Kind::Dir;
         if want_dir != is_dir {
             return Err(errno(if want_dir {
@@ -538,6 +528,11 @@ impl Union {
             attr,
         })
     }
+}
+
+/// The child `name` of loaded directory `dir`, if it has one.
+pub(crate) fn child_of(dir: &Node, name: &OsStr) -> Option<Child> {
+    dir.state.read().children()?.get(name)
 }
 
 /// Whether deleting `name` is recorded by a device in its place.

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::names::{
-    clear_markers, is_device_form, make_opaque, remove_device_whiteout, remove_whiteout,
+    child_of, clear_markers, is_device_form, make_opaque, remove_device_whiteout, remove_whiteout,
     write_whiteout,
 };
 use super::node::{self, Node};
@@ -38,9 +38,8 @@ impl Union {
         let dst_dir = self.node(newparent)?;
         self.ensure_loaded(&src_dir)?;
         self.ensure_loaded(&dst_dir)?;
-        let lookup = |d: &Arc<Node>, n: &OsStr| d.state.read().children().and_then(|c| c.get(n));
-        let src_child = lookup(&src_dir, name).ok_or_else(|| errno(libc::ENOENT))?;
-        let dst_child = lookup(&dst_dir, newname);
+        let src_child = child_of(&src_dir, name).ok_or_else(|| errno(libc::ENOENT))?;
+        let dst_child = child_of(&dst_dir, newname);
         if dst_child.map(|c| c.id()) == Some(src_child.id()) {
             return Ok(());
         }

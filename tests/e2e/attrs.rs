@@ -57,6 +57,43 @@ fn chown_and_lchown() {
     });
 }
 
+/// chown(f, -1, -1) changes nothing but f's ctime, which it moves: on
+/// lower files (copied up, as the kernel does), upper files, dirs, fifos
+/// and symlinks themselves.
+#[test]
+fn chown_to_the_same_owner_moves_ctime() {
+    let fix = standard_fixture();
+    fix.check(|c| {
+        c.mknod("fifo", libc::S_IFIFO | 0o644, 0).ok();
+        let keep = u32::MAX;
+        for (p, link) in [
+            ("lf", false),
+            ("uf", false),
+            ("ld", false),
+            ("md", false),
+            ("fifo", false),
+            ("usym", true),
+            ("lsym", true),
+        ] {
+            let ctime =
+                |c: &crate::ops::Ops| c.raw_stat(p).map(|st| (st.st_ctime, st.st_ctime_nsec));
+            let before = ctime(c);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if link {
+                c.lchown(p, keep, keep).ok();
+            } else {
+                c.chown(p, keep, keep).ok();
+            }
+            let after = ctime(c);
+            c.note(
+                &format!("ctime of {p} moved"),
+                before.is_ok() && before != after,
+            );
+            c.stat(p).ok();
+        }
+    });
+}
+
 #[test]
 fn utimens_fixed_now_and_omit() {
     let fix = standard_fixture();

@@ -76,6 +76,11 @@ impl Union {
             };
             loc.utimens(conv(set.atime), conv(set.mtime))?;
         }
+        if set.is_empty() {
+            // What chown(f, -1, -1) sends: only its ctime changes, here as
+            // in the kernel, which a chown(-1, -1) of the entry does.
+            loc.chown(u32::MAX, u32::MAX)?;
+        }
         self.stat_node(&node, &tree)
     }
 

@@ -111,6 +111,19 @@ pub struct SetAttr {
     pub mtime: Option<TimeSet>,
 }
 
+impl SetAttr {
+    /// Nothing to change: the kernel asks only to touch the ctime (a
+    /// `chown(f, -1, -1)`).
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 /// A new timestamp.
 #[derive(Debug, Clone, Copy)]
 pub enum TimeSet {

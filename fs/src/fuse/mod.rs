@@ -52,6 +52,13 @@ use handles::Handles;
 use pagecache::PageCache;
 use reply::{caller, copy_err, negative_entry, reply_empty, reply_err, time_set, to_file_attr};
 
+thread_local! {
+    /// A server thread's buffer for READ replies, kept between requests: a
+    /// new 128 KiB buffer per READ is a fresh mapping from malloc (see the
+    /// CLI's mmap threshold), 32 page faults and its zeroing each time.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How to serve a union over FUSE.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -407,22 +414,26 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let t = Instant::now();
-        let r = self.handle(fh).and_then(|h| {
-            let mut buf = vec![0u8; size as usize];
-            let n = h.current_file(&self.union)?.read_at(&mut buf, offset)?;
-            buf.truncate(n);
-            Ok(buf)
+        READ_BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let buf = &mut buf[..size];
+            let r = self
+                .handle(fh)
+                .and_then(|h| h.current_file(&self.union)?.read_at(buf, offset));
+            self.trace(
+                "read",
+                || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
+                t,
+                &r.as_ref().map_err(copy_err),
+            );
+            match r {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(reply_err(e)),
+            }
         });
-        self.trace(
-            "read",
-            || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
-            t,
-            &r.as_ref().map(Vec::len).map_err(copy_err),
-        );
-        match r {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(reply_err(e)),
-        }
     }
 
     fn write(

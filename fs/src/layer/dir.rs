@@ -167,7 +167,9 @@ impl Layer for DirLayer {
     }
 
     fn read_dir(&self, path: &Path, each: &mut EntryVisitor<'_>) -> io::Result<Vec<OsString>> {
-        let dir = DirFd::from_fd(self.open_entry(path, libc::O_RDONLY | libc::O_DIRECTORY)?);
+        // One walk beneath the root: a listing is read once, so caching its
+        // parent's fd (what open_entry does) would cost an open per parent.
+        let dir = DirFd::from_fd(self.open_fd(path, libc::O_RDONLY | libc::O_DIRECTORY)?);
         dir.each(|name, d_type| {
             let mut stat = || Attr::from_stat(&dir.stat(name)?);
             match Kind::from_d_type(d_type) {

@@ -105,7 +105,7 @@ for ((r = 0; r < RUNS; r++)); do
 		fi
 		read -r ms n < <(listing)
 		[[ $n == "$N" ]] || die "$fs: ls -l listed $n entries, expected $N"
-		S[$fs,cold]+="$ms "
+		S[$fs,cold]+="$ms " first=$ms
 		[[ -n $pid ]] && S[$fs,rss1]+="$(rss_kb "$pid") "
 		read -r ms n < <(listing)
 		S[$fs,again]+="$ms "
@@ -114,7 +114,7 @@ for ((r = 0; r < RUNS; r++)); do
 			S[$fs,rss]+="$rss "
 			S[$fs,per]+="$(((rss - base) * 1024 / N)) "
 		fi
-		log "run $((r + 1))/$RUNS $fs: ls -l ${S[$fs,cold]##* }/${ms} ms${pid:+, server ${rss} kB}"
+		log "run $((r + 1))/$RUNS $fs: ls -l $first ms, again $ms ms${pid:+, server ${rss} kB}"
 		umount_all
 	done
 done
@@ -122,7 +122,7 @@ done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
 med() { median <<<"${S[$1,$2]:-}"; }
 ratio() { [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ && $2 != 0 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
-mb() { [[ $1 =~ ^[0-9]+$ ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }' || echo "-"; }
+mb() { [[ $1 =~ ^[0-9]+$ ]] && awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }' || echo "-"; }
 
 {
 	echo "## A lower directory of $N entries: \`ls -l\` and server memory"
@@ -135,7 +135,7 @@ mb() { [[ $1 =~ ^[0-9]+$ ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'
 	row() { # label metric formatter
 		local k f r
 		k=$(med kernel "$2") f=$(med fuse-overlayfs "$2") r=$(med rcfs "$2")
-		[[ $3 == mb ]] && echo "| $1 | - | $(mb "$f") MB | $(mb "$r") MB | $(ratio "$r" "$f") |" ||
+		[[ $3 == mb ]] && echo "| $1 | - | $(mb "$f") | $(mb "$r") | $(ratio "$r" "$f") |" ||
 			echo "| $1 | $k | $f | $r | $(ratio "$r" "$f") |"
 	}
 	row "ls -l, first listing (ms)" cold plain

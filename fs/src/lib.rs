@@ -1,7 +1,10 @@
 //! rcfs-fs: the rcfs union filesystem.
 //!
-//! * [`layer`] — read-only layers ([`layer::Layer`]): host directories now,
-//!   lazily fetched image layer blobs next.
+//! * [`layer`] — read-only layers ([`layer::Layer`]): host directories and
+//!   image layers served lazily from their blobs.
+//! * [`image`] — digests, the store's content-addressed dirs, tables of
+//!   contents, blob sources.
+//! * [`cache`] — the block cache between image layers and their blobs.
 //! * [`whiteout`] — the spellings of deletions and opaque directories.
 //! * [`union`] — the merged tree, copy-up and every filesystem operation,
 //!   callable without a mount.
@@ -13,9 +16,11 @@
 //! * [`error`] — errors that keep their cause.
 //! * [`mount()`] — mounting it.
 
+pub mod cache;
 pub mod error;
 mod flush;
 pub mod fuse;
+pub mod image;
 pub mod layer;
 mod lock;
 pub mod sys;

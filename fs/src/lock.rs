@@ -35,6 +35,10 @@
 //! | [`Rank::ReadAheadMark`] | `ReadAhead::enough_before` | how far reading ahead got is noted |
 //! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
 //! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
+//! | [`Rank::CachePending`] | `BlockCache::pending` | chunk fetches in flight are looked up |
+//! | [`Rank::CacheFetch`] | `cache::Pending::done` | one fetch's result is set or waited for |
+//! | [`Rank::CacheMem`] | `BlockCache::mem` | chunks in memory are looked up or added |
+//! | [`Rank::CacheDisk`] | `BlockCache::disk` | the disk cache's bookkeeping is changed |
 //!
 //! Not locks, and so not in the order: atomics, and `OnceLock` cells, which
 //! are set once with a value already made (a handle's upper file, the
@@ -66,6 +70,10 @@ pub(crate) enum Rank {
     ReadAheadMark,
     Stop,
     LayerDirs,
+    CachePending,
+    CacheFetch,
+    CacheMem,
+    CacheDisk,
 }
 
 #[cfg(debug_assertions)]

@@ -7,8 +7,8 @@
 //! [`crate::whiteout`]) gives them meaning.
 //!
 //! Implementations: [`DirLayer`], a directory on the host (an unpacked layer
-//! or a fuse-overlayfs `lowerdir`); an image layer served lazily from its
-//! blob comes next, behind the same trait. Layers are immutable while
+//! or a fuse-overlayfs `lowerdir`), and [`ImageLayer`], an image layer
+//! served from its table of contents with data fetched on first read. Layers are immutable while
 //! mounted, so the union may cache everything a layer says.
 //!
 //! # Blocking
@@ -29,6 +29,7 @@
 //! the log and reaches the program as the errno it was made with (EIO).
 
 mod dir;
+mod image;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Debug;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use dir::DirLayer;
+pub use image::ImageLayer;
 
 /// The type of a layer entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

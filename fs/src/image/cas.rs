@@ -1,0 +1,278 @@
+//! A directory of content named by its sha256 (`sha256/HEX`), reached only
+//! through its directory fd.
+//!
+//! Content goes in through a temp file in the store's `tmp/` dir (same
+//! filesystem), is hashed on the way, checked against the digest it claims,
+//! flushed, and renamed into place: a reader never sees a partial or wrong
+//! object, and two writers of one object both end with the same bytes.
+//! Names are hex digits only, so no name can lead out of the directory.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::renameat;
+use nix::unistd::unlinkat;
+
+use super::digest::{Digest, Hasher};
+use crate::error::layer_error;
+use crate::sys;
+
+/// A content-addressed directory.
+#[derive(Debug)]
+pub struct Cas {
+    /// The `sha256` directory.
+    dir: OwnedFd,
+    /// Where objects are written before they are renamed into `dir`.
+    tmp: OwnedFd,
+}
+
+/// Distinguishes temp files of one process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A temp file name unique among processes and threads.
+pub(crate) fn tmp_name(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Opens (creating) the directory `name` under `parent`.
+pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    match nix::sys::stat::mkdirat(
+        parent,
+        name,
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    ) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    sys::open_at(parent, name.as_ref(), libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+impl Cas {
+    /// The content directory `name/sha256` under `parent`, with temp files
+    /// in `tmp`.
+    pub fn open(parent: BorrowedFd<'_>, name: &str, tmp: BorrowedFd<'_>) -> io::Result<Cas> {
+        let top = make_dir(parent, name)?;
+        let dir = make_dir(top.as_fd(), "sha256")?;
+        Ok(Cas {
+            dir,
+            tmp: tmp.try_clone_to_owned()?,
+        })
+    }
+
+    /// The object `d`, open for reading, if present.
+    pub fn open_object(&self, d: &Digest) -> io::Result<Option<File>> {
+        match sys::open_at(self.dir.as_fd(), d.hex().as_ref(), libc::O_RDONLY, 0) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether object `d` is present, and its size.
+    pub fn size_of(&self, d: &Digest) -> io::Result<Option<u64>> {
+        match sys::stat_at(
+            self.dir.as_fd(),
+            d.hex().as_ref(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some(st.st_size as u64)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads object `d` whole and checks it.
+    pub fn read(&self, d: &Digest) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut f) = self.open_object(d)? else {
+            return Ok(None);
+        };
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut f, &mut v)?;
+        if Digest::of(&v) != *d {
+            return Err(layer_error(
+                libc::EIO,
+                format!("stored object {d} is corrupt (its bytes have another digest); remove it with `rcfs gc` and pull again"),
+            ));
+        }
+        Ok(Some(v))
+    }
+
+    /// Stores `data`, which must have digest `d`.
+    pub fn put(&self, d: &Digest, data: &[u8]) -> io::Result<()> {
+        let mut w = self.writer()?;
+        w.write_all(data)?;
+        w.commit(*d, true)?;
+        Ok(())
+    }
+
+    /// A writer of a new object, named when committed.
+    pub fn writer(&self) -> io::Result<CasWriter<'_>> {
+        let name = tmp_name("obj");
+        let fd = sys::open_at(
+            self.tmp.as_fd(),
+            name.as_ref(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        Ok(CasWriter {
+            cas: self,
+            file: Some(io::BufWriter::with_capacity(1 << 20, File::from(fd))),
+            name,
+            hasher: Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// Removes object `d` (absent is fine).
+    pub fn remove(&self, d: &Digest) -> io::Result<()> {
+        match unlinkat(
+            self.dir.as_fd(),
+            d.hex().as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every object's digest and size.
+    pub fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let dir = sys::DirFd::open(self.dir.as_fd(), ".".as_ref())?;
+        let mut out = Vec::new();
+        for (name, _) in dir.entries()? {
+            let Some(d) = name.to_str().and_then(Digest::from_hex) else {
+                continue;
+            };
+            if let Ok(st) = dir.stat(&name) {
+                out.push((d, st.st_size as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The directory fd (for callers that keep objects open).
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+/// An object being written; dropped without [`CasWriter::commit`], it
+/// leaves nothing behind.
+pub struct CasWriter<'a> {
+    cas: &'a Cas,
+    file: Option<io::BufWriter<File>>,
+    name: String,
+    hasher: Hasher,
+    len: u64,
+}
+
+impl CasWriter<'_> {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks that what was written has digest `want` (any digest when
+    /// `None`), flushes it (with `durable`) and names it; returns its
+    /// digest. A mismatch removes the temp file and is an error that names
+    /// both digests.
+    pub fn commit(mut self, want: impl Into<Option<Digest>>, durable: bool) -> io::Result<Digest> {
+        let file = self.file.take().expect("committed once");
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        let got = std::mem::take(&mut self.hasher).finish();
+        if let Some(want) = want.into() {
+            if got != want {
+                return Err(layer_error(
+                    libc::EIO,
+                    format!("content does not match its digest: expected {want}, got {got}"),
+                ));
+            }
+        }
+        if durable {
+            file.sync_all()?;
+        }
+        drop(file);
+        renameat(
+            self.cas.tmp.as_fd(),
+            self.name.as_str(),
+            self.cas.dir.as_fd(),
+            got.hex().as_str(),
+        )?;
+        self.name.clear();
+        Ok(got)
+    }
+}
+
+impl Write for CasWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("not committed").write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for CasWriter<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let _ = unlinkat(
+                self.cas.tmp.as_fd(),
+                self.name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn cas(t: &tempfile::TempDir) -> (OwnedFd, Cas) {
+        let root = sys::open_at(
+            nix::fcntl::AT_FDCWD,
+            t.path().as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        let tmp = make_dir(root.as_fd(), "tmp").unwrap();
+        let c = Cas::open(root.as_fd(), "blobs", tmp.as_fd()).unwrap();
+        (root, c)
+    }
+
+    #[test]
+    fn stores_checks_and_leaves_nothing_on_a_mismatch() {
+        let t = tempfile::tempdir().unwrap();
+        let (_root, c) = cas(&t);
+        let d = Digest::of(b"hello");
+        c.put(&d, b"hello").unwrap();
+        assert_eq!(c.read(&d).unwrap().unwrap(), b"hello");
+        assert_eq!(c.size_of(&d).unwrap(), Some(5));
+        let err = c.put(&Digest::of(b"other"), b"hello").unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert_eq!(std::fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(c.list().unwrap(), vec![(d, 5)]);
+        // A corrupted object is found out.
+        std::fs::write(t.path().join("blobs/sha256").join(d.hex()), b"jello").unwrap();
+        assert!(c.read(&d).unwrap_err().to_string().contains("corrupt"));
+        c.remove(&d).unwrap();
+        assert!(c.open_object(&d).unwrap().is_none());
+        assert!(c.dir().as_raw_fd() >= 0);
+    }
+}

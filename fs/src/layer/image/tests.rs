@@ -1,0 +1,409 @@
+//! The image layer against a blob in memory that counts requests and can
+//! corrupt or cut what it serves.
+
+use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use super::*;
+use crate::image::digest::Digest;
+use crate::image::toc::{DataIn, TocEntry, TocJson};
+
+/// A blob in memory.
+#[derive(Debug, Default)]
+struct MockBlob {
+    data: Vec<u8>,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    /// Every range asked for.
+    ranges: Mutex<Vec<(u64, u64)>>,
+    /// Flip the byte at this offset in what is served.
+    flip: Mutex<Option<u64>>,
+    /// Fail every request.
+    down: AtomicBool,
+    /// Hold requests until this is false.
+    slow: AtomicBool,
+}
+
+impl BlobSource for MockBlob {
+    fn open_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.ranges.lock().unwrap().push((start, end));
+        while self.slow.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(io::Error::other("connection refused"));
+        }
+        let mut v = self.data[start as usize..end as usize].to_vec();
+        if let Some(at) = *self.flip.lock().unwrap() {
+            if (start..end).contains(&at) {
+                v[(at - start) as usize] ^= 0xff;
+            }
+        }
+        self.bytes.fetch_add(v.len() as u64, Ordering::SeqCst);
+        Ok(Box::new(Cursor::new(v)))
+    }
+    fn describe(&self) -> String {
+        "mock blob".into()
+    }
+}
+
+/// Files (name, bytes, chunk size or 0 for one chunk) as a blob of zstd
+/// frames and its table of contents.
+fn build(files: &[(&str, Vec<u8>, usize)]) -> (Vec<u8>, TocJson) {
+    let mut blob = b"HEADERS".to_vec();
+    let mut entries = vec![TocEntry {
+        kind: "dir".into(),
+        name: "./".into(),
+        mode: 0o755,
+        ..Default::default()
+    }];
+    for (name, data, chunk) in files {
+        let mut e = TocEntry {
+            kind: "reg".into(),
+            name: (*name).into(),
+            mode: 0o644,
+            size: data.len() as i64,
+            ..Default::default()
+        };
+        if data.is_empty() {
+            entries.push(e);
+            continue;
+        }
+        e.digest = Digest::of(data).to_string();
+        e.offset = blob.len() as i64;
+        let pieces: Vec<&[u8]> = if *chunk == 0 {
+            vec![&data[..]]
+        } else {
+            data.chunks(*chunk).collect()
+        };
+        let mut group = Vec::new();
+        let mut at = 0;
+        for p in &pieces {
+            let mut c = if group.is_empty() {
+                e.clone()
+            } else {
+                TocEntry {
+                    kind: "chunk".into(),
+                    name: (*name).into(),
+                    ..Default::default()
+                }
+            };
+            if pieces.len() > 1 {
+                c.offset = blob.len() as i64;
+                c.chunk_offset = at;
+                c.chunk_size = p.len() as i64;
+                c.chunk_digest = Digest::of(p).to_string();
+                if p.iter().all(|b| *b == 0) {
+                    c.chunk_type = "zeros".into();
+                }
+            }
+            blob.extend_from_slice(&zstd::bulk::compress(p, 3).unwrap());
+            at += p.len() as i64;
+            group.push(c);
+        }
+        group[0].end_offset = blob.len() as i64;
+        entries.extend(group);
+    }
+    (
+        blob,
+        TocJson {
+            version: 1,
+            entries,
+            tar_split_digest: None,
+        },
+    )
+}
+
+fn layer(files: &[(&str, Vec<u8>, usize)], cache: Arc<BlockCache>) -> (ImageLayer, Arc<MockBlob>) {
+    let (data, json) = build(files);
+    let toc = Toc::parse(
+        &json,
+        DataIn::Blob {
+            data_end: data.len() as u64,
+        },
+    )
+    .unwrap();
+    let blob = Arc::new(MockBlob {
+        data,
+        ..Default::default()
+    });
+    let l = ImageLayer::new(
+        "sha256:test".into(),
+        toc,
+        Some(blob.clone() as Arc<dyn BlobSource>),
+        cache,
+        false,
+    );
+    (l, blob)
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i * 7 + i / 251) as u8).wrapping_add(seed))
+        .collect()
+}
+
+fn read_all(l: &ImageLayer, path: &str) -> io::Result<Vec<u8>> {
+    let size = l.stat(Path::new(path))?.size as usize;
+    let f = l.open(Path::new(path))?;
+    let mut buf = vec![0u8; size + 10];
+    let mut at = 0;
+    while at < size {
+        let n = f.read_at(&mut buf[at..(at + 100_000).min(size + 10)], at as u64)?;
+        assert!(n > 0);
+        at += n;
+    }
+    buf.truncate(at);
+    Ok(buf)
+}
+
+#[test]
+fn serves_metadata_without_fetching_and_bytes_once() {
+    let big = pattern(1_000_000, 1);
+    let mut sparse = pattern(200_000, 2);
+    sparse[50_000..150_000].fill(0);
+    let files = vec![
+        ("etc/hostname", b"box\n".to_vec(), 0),
+        ("usr/big", big.clone(), 65_536),
+        ("sparse", sparse.clone(), 50_000),
+        ("empty", vec![], 0),
+    ];
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&files, cache.clone());
+    let mut names = Vec::new();
+    l.read_dir(Path::new(""), &mut |n, k, a| {
+        names.push((n.to_owned(), k, a()?.size));
+        Ok(())
+    })
+    .unwrap();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        names
+            .iter()
+            .map(|n| n.0.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["empty", "etc", "sparse", "usr"]
+    );
+    assert_eq!(
+        (names[0].2, names[1].1, names[2].2),
+        (0, Kind::Dir, 200_000)
+    );
+    assert_eq!(l.stat(Path::new("usr/big")).unwrap().size, 1_000_000);
+    assert_eq!(
+        blob.requests.load(Ordering::SeqCst),
+        0,
+        "metadata needs no data"
+    );
+
+    // A small read in the middle fetches the chunks it covers, in one request.
+    let f = l.open(Path::new("usr/big")).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    assert_eq!(f.read_at(&mut buf, 300_000).unwrap(), 100_000);
+    assert_eq!(&buf[..], &big[300_000..400_000]);
+    let chunks =
+        &l.toc().files[l.toc().node(l.toc().lookup(b"usr/big").unwrap()).file as usize].chunks;
+    let (Source::Blob { start, .. }, Source::Blob { end, .. }) =
+        (chunks[4].source, chunks[6].source)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        blob.ranges.lock().unwrap()[0],
+        (start, end),
+        "the three chunks it covers, in one request"
+    );
+    assert_eq!(read_all(&l, "usr/big").unwrap(), big);
+    assert_eq!(read_all(&l, "sparse").unwrap(), sparse);
+    assert_eq!(read_all(&l, "etc/hostname").unwrap(), b"box\n");
+    assert_eq!(read_all(&l, "empty").unwrap(), b"");
+    let (fetched, requests) = (
+        blob.bytes.load(Ordering::SeqCst),
+        blob.requests.load(Ordering::SeqCst),
+    );
+    // Reading it all again fetches nothing.
+    assert_eq!(read_all(&l, "usr/big").unwrap(), big);
+    assert_eq!(read_all(&l, "sparse").unwrap(), sparse);
+    assert_eq!(blob.requests.load(Ordering::SeqCst), requests);
+    assert_eq!(blob.bytes.load(Ordering::SeqCst), fetched);
+    assert!(
+        fetched < blob.data.len() as u64 + 1,
+        "each byte at most once: {fetched}"
+    );
+}
+
+#[test]
+fn a_corrupt_or_missing_blob_gives_eio_and_caches_nothing() {
+    let data = pattern(300_000, 3);
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&[("f", data.clone(), 100_000)], cache.clone());
+    let Source::Blob { start, .. } = l.toc().files[0].chunks[1].source else {
+        panic!()
+    };
+    *blob.flip.lock().unwrap() = Some(start + 20);
+    let f = l.open(Path::new("f")).unwrap();
+    let mut buf = vec![0u8; 300_000];
+    let err = f.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(crate::error::errno_of(&err), libc::EIO, "{err}");
+    assert!(
+        cache.stats.digest_errors.load(Ordering::SeqCst)
+            + cache.stats.fetch_errors.load(Ordering::SeqCst)
+            > 0
+    );
+    // The bytes before the bad chunk are fine and served.
+    assert_eq!(f.read_at(&mut buf[..1000], 0).unwrap(), 1000);
+    assert_eq!(&buf[..1000], &data[..1000]);
+    // Once the blob is right again, the bad chunk is fetched again: it was never cached.
+    *blob.flip.lock().unwrap() = None;
+    assert_eq!(read_all(&l, "f").unwrap(), data);
+
+    let (l, blob) = layer(
+        &[("g", data.clone(), 0)],
+        Arc::new(BlockCache::in_memory(1 << 20)),
+    );
+    blob.down.store(true, Ordering::SeqCst);
+    let err = l
+        .open(Path::new("g"))
+        .unwrap()
+        .read_at(&mut buf, 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    assert!(err.to_string().contains("file 'g'"), "{err}");
+    blob.down.store(false, Ordering::SeqCst);
+    assert_eq!(read_all(&l, "g").unwrap(), data);
+}
+
+#[test]
+fn concurrent_readers_of_a_missing_chunk_cause_one_fetch() {
+    let data = pattern(500_000, 4);
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&[("f", data.clone(), 0)], cache.clone());
+    let l = Arc::new(l);
+    blob.slow.store(true, Ordering::SeqCst);
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                let mut b = vec![0u8; 1000];
+                l.open(Path::new("f"))
+                    .unwrap()
+                    .read_at(&mut b, i * 1000)
+                    .unwrap();
+                b
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    blob.slow.store(false, Ordering::SeqCst);
+    for (i, r) in readers.into_iter().enumerate() {
+        assert_eq!(r.join().unwrap(), &data[i * 1000..i * 1000 + 1000]);
+    }
+    assert_eq!(blob.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats.joined.load(Ordering::SeqCst), 7);
+}
+
+#[test]
+fn identical_content_in_two_layers_is_fetched_once_and_disk_cache_is_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let root = crate::sys::open_at(
+        nix::fcntl::AT_FDCWD,
+        t.path().as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
+    let chunks =
+        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let data = pattern(3 << 20, 5);
+    let cache = Arc::new(BlockCache::new(
+        1 << 20,
+        Some(chunks.clone()),
+        1 << 30,
+        None,
+    ));
+    let (a, blob_a) = layer(&[("a", data.clone(), 0)], cache.clone());
+    let (b, blob_b) = layer(&[("other/name", data.clone(), 0)], cache.clone());
+    assert_eq!(read_all(&a, "a").unwrap(), data);
+    assert_eq!(read_all(&b, "other/name").unwrap(), data);
+    assert_eq!(blob_a.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        blob_b.requests.load(Ordering::SeqCst),
+        0,
+        "same content, other layer: from the cache"
+    );
+    // A big one-chunk file on disk opens as a host file.
+    assert!(b.open(Path::new("other/name")).unwrap().host_fd().is_some());
+    // A new process's cache finds it on disk; if it was tampered with, it
+    // is refetched, not served.
+    let d = Digest::of(&data);
+    let path = t.path().join("cache/sha256").join(d.hex());
+    let mut bad = std::fs::read(&path).unwrap();
+    bad[10] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let cache2 = Arc::new(BlockCache::new(1 << 20, Some(chunks), 1 << 30, None));
+    let (c, blob_c) = layer(&[("c", data.clone(), 0)], cache2.clone());
+    assert!(
+        c.open(Path::new("c")).unwrap().host_fd().is_none(),
+        "a corrupt object is not handed to the kernel"
+    );
+    assert_eq!(read_all(&c, "c").unwrap(), data);
+    assert_eq!(blob_c.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[test]
+fn the_disk_cache_stays_within_its_budget() {
+    let t = tempfile::tempdir().unwrap();
+    let root = crate::sys::open_at(
+        nix::fcntl::AT_FDCWD,
+        t.path().as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
+    let chunks =
+        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let cache = Arc::new(BlockCache::new(0, Some(chunks.clone()), 1 << 20, None));
+    let files: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("f{i}"), pattern(300_000, i as u8)))
+        .collect();
+    let spec: Vec<(&str, Vec<u8>, usize)> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone(), 0))
+        .collect();
+    let (l, _) = layer(&spec, cache.clone());
+    for (n, d) in &files {
+        assert_eq!(&read_all(&l, n).unwrap(), d);
+    }
+    let on_disk: u64 = chunks.list().unwrap().iter().map(|(_, s)| s).sum();
+    assert!(on_disk <= 1 << 20, "{on_disk}");
+    assert!(cache.stats.evicted.load(Ordering::SeqCst) >= 6);
+    // Evicted files are fetched again when read.
+    assert_eq!(read_all(&l, "f0").unwrap(), files[0].1);
+}
+
+#[test]
+fn background_fetch_gets_the_rest_of_a_file_and_stops_with_the_layer() {
+    let data = pattern(2_000_000, 6);
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&[("f", data.clone(), 100_000)], cache.clone());
+    let mut b = vec![0u8; 10];
+    l.open(Path::new("f")).unwrap().read_at(&mut b, 0).unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while blob.bytes.load(Ordering::SeqCst) < blob.data.len() as u64 - 7
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let requests = blob.requests.load(Ordering::SeqCst);
+    assert_eq!(read_all(&l, "f").unwrap(), data);
+    assert_eq!(
+        blob.requests.load(Ordering::SeqCst),
+        requests,
+        "the rest came in the background"
+    );
+    drop(l); // joins its thread
+}

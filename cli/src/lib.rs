@@ -2,7 +2,11 @@
 //!
 //! * [`mount`] — checks a mount request, mounts a union and serves it, in the
 //!   foreground or from a background process that outlives the command.
+//! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
+//! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
+pub mod image;
 pub mod mount;
 pub mod overlay_args;
+pub mod stats;

@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
+use rcfs_fs::cache::BlockCache;
 use rcfs_fs::fuse::{MountOptions, UnionFs};
+use rcfs_fs::image::open::{open_image, CacheOptions};
+use rcfs_fs::image::store::Store;
 use rcfs_fs::layer::{DirLayer, Layer};
 use rcfs_fs::union::{Config, Union, UpperConfig};
 use rcfs_fs::MountConfig;
@@ -44,6 +47,18 @@ pub struct MountRequest {
     /// Where a background server writes its log (warnings, errors; with
     /// `debug`, every operation); `None`: nowhere.
     pub log: Option<PathBuf>,
+    /// An image from the store as the lower layers (under `lowers`, which
+    /// are then extra dirs on top).
+    pub image: Option<ImageMount>,
+}
+
+/// A stored image to mount.
+#[derive(Debug, Clone)]
+pub struct ImageMount {
+    pub store: PathBuf,
+    /// As the store lists it.
+    pub name: String,
+    pub cache: CacheOptions,
 }
 
 impl MountRequest {
@@ -71,6 +86,7 @@ impl MountRequest {
             noatime: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             log: None,
+            image: None,
         }
     }
 }
@@ -109,7 +125,7 @@ fn abs(p: &Path) -> Result<PathBuf> {
 /// Checks the request against the machine, resolving relative paths (they
 /// are relative to the directory the command was started in).
 fn check(req: &mut MountRequest) -> Result<()> {
-    if req.lowers.is_empty() && req.upper.is_none() {
+    if req.lowers.is_empty() && req.upper.is_none() && req.image.is_none() {
         bail!("no layers given: pass at least one lower dir (--lower A:B or -o lowerdir=A:B)");
     }
     if req.threads == 0 || req.threads > MAX_THREADS {
@@ -404,12 +420,23 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn build_union(req: &MountRequest) -> Result<Union> {
+fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
     let mut lowers: Vec<Arc<dyn Layer>> = Vec::new();
     for l in &req.lowers {
         lowers.push(Arc::new(
             DirLayer::new(l).with_context(|| format!("lower dir {}", l.display()))?,
         ));
+    }
+    let mut cache = None;
+    if let Some(im) = &req.image {
+        let store = Store::open(&im.store)?;
+        let img = store
+            .find(&im.name)?
+            .with_context(|| format!("image {} is no longer in the store", im.name))?;
+        let (layers, c) = open_image(&store, &img, &im.cache)
+            .with_context(|| format!("cannot open the layers of {}", im.name))?;
+        lowers.extend(layers);
+        cache = Some(c);
     }
     let upper = match (&req.upper, &req.work) {
         (Some(u), Some(w)) => Some(UpperConfig {
@@ -418,13 +445,14 @@ fn build_union(req: &MountRequest) -> Result<Union> {
         }),
         _ => None,
     };
-    Union::new(Config {
+    let union = Union::new(Config {
         lowers,
         upper,
         metacopy: req.metacopy,
         fsync: req.fsync,
     })
-    .context("cannot set up the union")
+    .context("cannot set up the union")?;
+    Ok((union, cache))
 }
 
 /// Mounts and serves `req`. In the foreground this returns when the mount is
@@ -527,7 +555,8 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         sigs.thread_block().context("blocking signals")?;
         // Modes come from the caller as the kernel computed them.
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let union = Arc::new(build_union(req)?);
+        let (union, cache) = build_union(req)?;
+        let union = Arc::new(union);
         let fs = UnionFs::new(
             union,
             MountOptions {
@@ -548,6 +577,9 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         };
         let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
             .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
+        if let (Some(cache), Some(im)) = (cache, &req.image) {
+            crate::stats::serve(&im.store, &req.mountpoint, &im.name, cache);
+        }
         let mut unmounter = session.unmount_callable();
         std::thread::Builder::new()
             .name("rcfs-signals".into())

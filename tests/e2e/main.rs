@@ -39,6 +39,7 @@ mod harness;
 mod layers;
 mod mounts;
 mod ops;
+mod registry;
 mod snapshot;
 mod sys;
 
@@ -50,6 +51,7 @@ mod dirs;
 mod durability;
 mod escape;
 mod files;
+mod images;
 mod inodes;
 mod io;
 mod lifecycle;

@@ -1,5 +1,5 @@
-//! `rcfs`: mount image layers as a union filesystem (and, as the project
-//! grows, pull and run containers on it).
+//! `rcfs`: pull images into a store and mount them lazily, or mount layer
+//! dirs, as a union filesystem.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use rcfs::mount::{self, split_lowers, MountRequest};
+use rcfs::image;
+use rcfs::mount::{self, split_lowers, ImageMount, MountRequest};
+use rcfs_fs::image::open::CacheOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,14 +18,58 @@ use rcfs::mount::{self, split_lowers, MountRequest};
     about = "Userspace union filesystem for rootless containers"
 )]
 struct Cli {
+    /// The image store (default: $XDG_DATA_HOME/rcfs, ~/.local/share/rcfs,
+    /// or /var/lib/rcfs for root).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Mount read-only layers, optionally with a writable upper dir.
+    /// Mount an image (fetched lazily) or read-only layer dirs, optionally
+    /// with a writable upper dir.
     Mount(MountArgs),
+    /// Pull an image into the store: REGISTRY/REPO[:TAG|@DIGEST], a short
+    /// name (registries.conf), oci:DIR[:TAG] or docker-archive:FILE.
+    Pull {
+        image: String,
+        /// Fetch only tables of contents where layers allow it (zstd:chunked):
+        /// file data comes when it is first read (the default).
+        #[arg(long, conflicts_with = "full")]
+        lazy: bool,
+        /// Fetch and index every layer whole now.
+        #[arg(long)]
+        full: bool,
+        /// Use plain HTTP (and no TLS checks): for registries on loopback.
+        #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+        tls_verify: bool,
+        /// No progress, only errors.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// List the images in the store.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images from the store's index (`rcfs gc` frees their data).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Free what no image in the store uses.
+    Gc {
+        /// Also empty the cache of lazily fetched chunks.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show an image's manifest digest, layers and config as JSON.
+    Inspect { image: String },
+    /// Show an image mount's cache counters: hits, misses, bytes fetched,
+    /// requests, fetch latency.
+    Stats { mountpoint: PathBuf },
     /// Unmount a union mounted with `rcfs mount`; its server then exits.
     Umount {
         /// Where it is mounted.
@@ -33,17 +79,32 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct MountArgs {
-    /// Read-only layer dirs, top first, separated by ':'.
+    /// Read-only layer dirs, top first, separated by ':' (instead of an
+    /// image, or on top of it).
     #[arg(long, value_name = "DIR[:DIR...]")]
-    lower: String,
+    lower: Option<String>,
     /// Writable dir that receives all changes (needs --work).
     #[arg(long, value_name = "DIR", requires = "work")]
     upper: Option<PathBuf>,
     /// Scratch dir on the upper dir's filesystem, for atomic copy-up.
     #[arg(long, value_name = "DIR", requires = "upper")]
     work: Option<PathBuf>,
-    /// Where to mount.
-    mountpoint: PathBuf,
+    /// [IMAGE] MOUNTPOINT: an image from the store (pulled lazily if it is
+    /// not there yet) and where to mount it; or just where to mount --lower.
+    #[arg(num_args = 1..=2, value_name = "[IMAGE] MOUNTPOINT", required = true)]
+    targets: Vec<String>,
+    /// Fetch the image's layers whole in the background while mounted.
+    #[arg(long)]
+    prefetch: bool,
+    /// Bytes of fetched chunks kept in memory (MiB).
+    #[arg(long, default_value = "16", value_name = "MIB")]
+    cache_memory: u64,
+    /// Bytes of fetched chunks kept on disk in the store (MiB).
+    #[arg(long, default_value = "10240", value_name = "MIB")]
+    cache_disk: u64,
+    /// For an image not yet pulled: use plain HTTP to its registry.
+    #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    tls_verify: bool,
     /// Serve from this process until unmounted (default: return once mounted).
     #[arg(long, short = 'f')]
     foreground: bool,
@@ -80,7 +141,31 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Mount(a) => {
-            let mut req = MountRequest::new(split_lowers(&a.lower), a.upper, a.work, a.mountpoint);
+            init_log(a.debug);
+            let (image, mountpoint) = match &a.targets[..] {
+                [mp] => (None, PathBuf::from(mp)),
+                [img, mp] => (Some(img.clone()), PathBuf::from(mp)),
+                _ => unreachable!("clap checks 1 or 2"),
+            };
+            if image.is_none() && a.lower.is_none() {
+                anyhow::bail!("nothing to mount: give an image (rcfs mount IMAGE MOUNTPOINT) or layer dirs (--lower A:B)");
+            }
+            let lowers = a.lower.as_deref().map(split_lowers).unwrap_or_default();
+            let mut req = MountRequest::new(lowers, a.upper, a.work, mountpoint);
+            if let Some(name) = image {
+                let store = image::open_store(cli.root.as_deref())?;
+                let img = image::resolve(&store, &name, true, !a.tls_verify)?;
+                req.image = Some(ImageMount {
+                    store: store.root.clone(),
+                    name: img.name,
+                    cache: CacheOptions {
+                        mem_bytes: a.cache_memory << 20,
+                        disk_bytes: a.cache_disk << 20,
+                        prefetch: a.prefetch,
+                    },
+                });
+                req.fsname = "rcfs-image".into();
+            }
             // --debug serves in the foreground unless its log goes to a file.
             req.foreground = a.foreground || (a.debug && a.log.is_none());
             req.log = a.log;
@@ -93,10 +178,33 @@ fn run() -> Result<()> {
             if let Some(t) = a.threads {
                 req.threads = t;
             }
-            init_log(req.debug);
             mount::run(req)
         }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
+        Cmd::Pull {
+            image: name,
+            lazy: _,
+            full,
+            tls_verify,
+            quiet,
+        } => {
+            init_log(false);
+            let store = image::open_store(cli.root.as_deref())?;
+            image::pull(&store, &name, !full, !tls_verify, quiet).map(|_| ())
+        }
+        Cmd::Images { json } => image::images(&image::open_store(cli.root.as_deref())?, json),
+        Cmd::Rmi { images } => image::rmi(&image::open_store(cli.root.as_deref())?, &images),
+        Cmd::Gc { all } => image::gc(&image::open_store(cli.root.as_deref())?, all),
+        Cmd::Inspect { image: name } => {
+            image::inspect(&image::open_store(cli.root.as_deref())?, &name)
+        }
+        Cmd::Stats { mountpoint } => {
+            let root = cli
+                .root
+                .clone()
+                .unwrap_or_else(rcfs_fs::image::store::Store::default_root);
+            rcfs::stats::show(&root, &mountpoint)
+        }
     }
 }
 

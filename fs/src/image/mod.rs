@@ -5,8 +5,23 @@
 //! * [`toc`] — tables of contents (zstd:chunked's JSON) and the validated
 //!   tree a layer serves from.
 //! * [`blob`] — where a blob's bytes come from ([`blob::BlobSource`]).
+//! * [`reference`], [`registries`], [`auth`] — image names, registries.conf,
+//!   credentials.
+//! * [`registry`] — the OCI distribution client.
+//! * [`index`] — a tar layer streamed into the store and a TOC.
+//! * [`pull`] — images into the store; [`open`] — a stored image's layers
+//!   for a mount.
+//! * [`store`] — the store's layout, index and garbage collection.
 
+pub mod auth;
 pub mod blob;
 pub mod cas;
 pub mod digest;
+pub mod index;
+pub mod open;
+pub mod pull;
+pub mod reference;
+pub mod registries;
+pub mod registry;
+pub mod store;
 pub mod toc;

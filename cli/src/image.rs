@@ -1,0 +1,274 @@
+//! The image commands: `pull`, `images`, `rmi`, `gc`, `inspect`, with
+//! progress bars on a terminal and one line per layer otherwise.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use rcfs_fs::image::digest::Digest;
+use rcfs_fs::image::pull::{self, LayerOutcome, Progress, PullOptions, PullReport};
+use rcfs_fs::image::store::{ImageRecord, Store};
+
+/// Sizes as people read them.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Bars on a terminal, lines otherwise.
+struct Bars {
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Bars {
+        let multi = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn layer_start(&self, d: &Digest, size: u64, what: &str) {
+        if let Some(m) = &self.multi {
+            let b = m.add(ProgressBar::new(size));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} {msg:18} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(d.short());
+            b.set_message(what.to_owned());
+            self.bars.lock().insert(*d, b);
+        }
+    }
+    fn layer_bytes(&self, d: &Digest, done: u64) {
+        if let Some(b) = self.bars.lock().get(d) {
+            b.set_position(done);
+        }
+    }
+    fn layer_done(&self, d: &Digest, o: &LayerOutcome) {
+        let msg = match o {
+            LayerOutcome::Reused => "already in the store".to_owned(),
+            LayerOutcome::Lazy { toc_bytes } => {
+                format!("lazy: table of contents {}", human(*toc_bytes))
+            }
+            LayerOutcome::Indexed { bytes } => format!("fetched {}", human(*bytes)),
+        };
+        match self.bars.lock().remove(d) {
+            Some(b) => b.finish_with_message(msg),
+            None if self.multi.is_some() => {
+                if let Some(m) = &self.multi {
+                    let _ = m.println(format!("{} {msg}", d.short()));
+                }
+            }
+            None => {}
+        }
+    }
+    fn note(&self, msg: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(msg);
+            }
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+/// `rcfs pull`.
+pub fn pull(
+    store: &Store,
+    name: &str,
+    lazy: bool,
+    insecure: bool,
+    quiet: bool,
+) -> Result<PullReport> {
+    let bars = Bars::new(quiet);
+    let opts = PullOptions {
+        lazy,
+        insecure,
+        jobs: 3,
+    };
+    let t0 = std::time::Instant::now();
+    let report =
+        pull::pull(store, name, &opts, &bars).with_context(|| format!("cannot pull {name}"))?;
+    drop(bars);
+    if !quiet {
+        let (mut reused, mut lazy_n, mut full) = (0, 0, 0);
+        for (d, size, o) in &report.layers {
+            match o {
+                LayerOutcome::Reused => reused += 1,
+                LayerOutcome::Lazy { .. } => lazy_n += 1,
+                LayerOutcome::Indexed { .. } => full += 1,
+            }
+            if !std::io::stderr().is_terminal() {
+                eprintln!("layer {} ({}): {}", d.short(), human(*size), describe(o));
+            }
+        }
+        eprintln!(
+            "pulled {} in {:.1}s: {} layers ({} lazy, {} fetched whole, {} already in the store), {} fetched of {}",
+            report.image.name,
+            t0.elapsed().as_secs_f64(),
+            report.layers.len(),
+            lazy_n,
+            full,
+            reused,
+            human(report.bytes_fetched()),
+            human(report.image.size),
+        );
+    }
+    Ok(report)
+}
+
+fn describe(o: &LayerOutcome) -> String {
+    match o {
+        LayerOutcome::Reused => "already in the store".into(),
+        LayerOutcome::Lazy { toc_bytes } => format!(
+            "lazy, fetched its table of contents ({})",
+            human(*toc_bytes)
+        ),
+        LayerOutcome::Indexed { bytes } => format!("fetched whole ({})", human(*bytes)),
+    }
+}
+
+/// The image `name` from the store, pulling it lazily if absent (a
+/// registry name) and `pull_if_missing`.
+pub fn resolve(
+    store: &Store,
+    name: &str,
+    pull_if_missing: bool,
+    insecure: bool,
+) -> Result<ImageRecord> {
+    if let Some(i) = store.find(name)? {
+        return Ok(i);
+    }
+    // The name as the store lists it (`debian` → `docker.io/library/debian:latest`).
+    if let Ok(rcfs_fs::image::reference::Source::Registry(r)) =
+        rcfs_fs::image::reference::Source::parse(name, "docker.io")
+    {
+        if let Some(i) = store.find(&r.canonical())? {
+            return Ok(i);
+        }
+    }
+    if !pull_if_missing {
+        bail!(
+            "no image {name} in the store at {}: pull it first (rcfs pull {name})",
+            store.root.display()
+        );
+    }
+    Ok(pull(store, name, true, insecure, false)?.image)
+}
+
+/// `rcfs images`.
+pub fn images(store: &Store, json: bool) -> Result<()> {
+    let imgs = store.images()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&imgs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<50} {:<14} {:>4} {:>10} {:>10}  PULLED",
+        "NAME", "MANIFEST", "LAYERS", "SIZE", "LAZY"
+    );
+    for i in imgs {
+        let lazy = i
+            .layers
+            .iter()
+            .filter_map(|l| Digest::parse(l).ok())
+            .filter_map(|d| store.layer(&d).ok().flatten())
+            .filter(|r| r.format == rcfs_fs::image::store::LayerFormat::ZstdChunked)
+            .count();
+        println!(
+            "{:<50} {:<14} {:>6} {:>10} {:>10}  {}",
+            i.name,
+            i.manifest
+                .trim_start_matches("sha256:")
+                .get(..12)
+                .unwrap_or(""),
+            i.layers.len(),
+            human(i.size),
+            format!("{lazy}/{}", i.layers.len()),
+            i.pulled
+        );
+    }
+    Ok(())
+}
+
+/// `rcfs rmi`.
+pub fn rmi(store: &Store, names: &[String]) -> Result<()> {
+    for n in names {
+        let name = match store.find(n)? {
+            Some(i) => i.name,
+            None => bail!("no image {n} in the store at {}", store.root.display()),
+        };
+        store.remove_image(&name)?;
+        println!("removed {name}");
+    }
+    eprintln!("(its data stays until `rcfs gc`)");
+    Ok(())
+}
+
+/// `rcfs gc`.
+pub fn gc(store: &Store, all: bool) -> Result<()> {
+    let r = store.gc(all)?;
+    println!(
+        "removed {} layer records and {} objects ({})",
+        r.layers,
+        r.objects,
+        human(r.bytes)
+    );
+    Ok(())
+}
+
+/// `rcfs inspect`.
+pub fn inspect(store: &Store, name: &str) -> Result<()> {
+    let img = resolve(store, name, false, false)?;
+    let cfg_d = Digest::parse(&img.config)?;
+    let cfg: serde_json::Value = match store.blobs.read(&cfg_d)? {
+        Some(b) => serde_json::from_slice(&b)?,
+        None => serde_json::Value::Null,
+    };
+    let mut layers = Vec::new();
+    for l in &img.layers {
+        let d = Digest::parse(l)?;
+        layers.push(match store.layer(&d)? {
+            Some(r) => serde_json::to_value(r)?,
+            None => serde_json::json!({"digest": l, "missing": true}),
+        });
+    }
+    let out = serde_json::json!({
+        "name": img.name,
+        "manifest": img.manifest,
+        "origin": img.origin,
+        "pulled": img.pulled,
+        "size": img.size,
+        "layers": layers,
+        "config": cfg,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// The store for `--root`, or the default one.
+pub fn open_store(root: Option<&Path>) -> Result<Store> {
+    let root = root.map(Path::to_owned).unwrap_or_else(Store::default_root);
+    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+}

@@ -1,0 +1,127 @@
+//! Opening a stored image's layers for a mount: each layer's table of
+//! contents is read back from the store (and checked again), and becomes
+//! an [`ImageLayer`] whose data comes from the store or, for layers pulled
+//! lazily, from the registry the image came from, through one shared
+//! [`BlockCache`].
+
+use std::io;
+use std::sync::Arc;
+
+use super::auth;
+use super::blob::BlobSource;
+use super::digest::Digest;
+use super::pull::decompress_toc;
+use super::reference::Reference;
+use super::registry::{ClientOptions, Registry, RegistryBlob};
+use super::store::{ImageRecord, LayerFormat, Store};
+use super::toc::{DataIn, Toc, TocJson};
+use crate::cache::BlockCache;
+use crate::error::layer_error;
+use crate::layer::{ImageLayer, Layer};
+
+/// How a mounted image fetches and caches.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Bytes of chunks kept in memory.
+    pub mem_bytes: u64,
+    /// Bytes of fetched chunks kept on disk (the store's `cache/`).
+    pub disk_bytes: u64,
+    /// Fetch whole layers in the background.
+    pub prefetch: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            mem_bytes: 16 << 20,
+            disk_bytes: 10 << 30,
+            prefetch: false,
+        }
+    }
+}
+
+/// An image's layers, top first, and the cache they share.
+pub type OpenImage = (Vec<Arc<dyn Layer>>, Arc<BlockCache>);
+
+/// The layers of `img`, top first, and the cache they share.
+pub fn open_image(store: &Store, img: &ImageRecord, opts: &CacheOptions) -> io::Result<OpenImage> {
+    let cache = Arc::new(BlockCache::new(
+        opts.mem_bytes,
+        Some(store.cache.clone()),
+        opts.disk_bytes,
+        Some(store.files.clone()),
+    ));
+    let registry = match &img.origin {
+        Some(o) => {
+            let r = Reference {
+                registry: o.registry.clone(),
+                repository: o.repository.clone(),
+                tag: None,
+                digest: None,
+            };
+            let copts = ClientOptions {
+                insecure: o.insecure,
+                credentials: auth::lookup(&auth::auth_files(), &o.registry, &o.repository),
+                // A reader waits for these: fewer, quicker retries.
+                attempts: 3,
+                ..Default::default()
+            };
+            Some(Arc::new(Registry::new(&r, copts)))
+        }
+        None => None,
+    };
+    let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+    for l in img.layers.iter().rev() {
+        let d = Digest::parse(l)?;
+        let missing = || {
+            layer_error(
+                libc::EIO,
+                format!(
+                    "layer {d} of {} is missing from the store; pull the image again",
+                    img.name
+                ),
+            )
+        };
+        let rec = store.layer(&d)?.ok_or_else(missing)?;
+        let comp = store
+            .blobs
+            .read(&Digest::parse(&rec.toc)?)?
+            .ok_or_else(missing)?;
+        let json = decompress_toc(&comp, rec.toc_len)?;
+        let parsed: TocJson = serde_json::from_slice(&json)
+            .map_err(|e| layer_error(libc::EIO, format!("layer {d}: stored TOC: {e}")))?;
+        let (data, source): (DataIn, Option<Arc<dyn BlobSource>>) = match rec.format {
+            LayerFormat::Indexed => (DataIn::Store, None),
+            LayerFormat::ZstdChunked => {
+                let reg = registry.clone().ok_or_else(|| {
+                    layer_error(
+                        libc::EIO,
+                        format!(
+                            "layer {d} is lazy but {} has no registry to fetch from",
+                            img.name
+                        ),
+                    )
+                })?;
+                (
+                    DataIn::Blob {
+                        data_end: rec.data_end,
+                    },
+                    Some(Arc::new(RegistryBlob {
+                        registry: reg,
+                        digest: d,
+                    })),
+                )
+            }
+        };
+        let toc = Toc::parse(&parsed, data)
+            .map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
+        layers.push(Arc::new(ImageLayer::new(
+            d.to_string(),
+            toc,
+            source,
+            cache.clone(),
+            opts.prefetch,
+        )));
+    }
+    Ok((layers, cache))
+}

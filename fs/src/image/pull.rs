@@ -1,0 +1,771 @@
+//! Pulling an image into the store.
+//!
+//! From a registry: the manifest (an index is resolved to this host's
+//! platform), the config, and for each layer the least that serves it:
+//! a zstd:chunked layer pulled lazily needs only its table of contents (one
+//! range request, checked against the manifest annotation); any other layer
+//! (or every layer with `--full`) is streamed once and indexed
+//! ([`super::index`]). Layers the store already has are not fetched again.
+//! From an OCI layout dir or a docker-archive file every layer is indexed.
+//!
+//! Every byte is checked before it is recorded; a failure leaves the index
+//! as it was (objects already stored are verified content, shared, and
+//! reclaimed by `rcfs gc` if nothing uses them).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use serde::Deserialize;
+
+use super::auth;
+use super::blob::{BlobSource, FileBlob};
+use super::digest::Digest;
+use super::index::{index_layer, Compression};
+use super::reference::{Reference, Source};
+use super::registries::Registries;
+use super::registry::{ClientOptions, Registry, RegistryBlob};
+use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
+use super::toc::{DataIn, Toc, TocJson};
+use crate::error::layer_error;
+
+/// Annotation keys of zstd:chunked layers, newer spelling first.
+const TOC_CHECKSUM: [&str; 2] = [
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+];
+const TOC_POSITION: [&str; 2] = [
+    "io.github.containers.zstd-chunked.manifest-position",
+    "io.containers.zstd-chunked.manifest-position",
+];
+
+/// The largest compressed and uncompressed TOC rcfs accepts.
+const MAX_TOC: u64 = 64 << 20;
+const MAX_TOC_JSON: u64 = 1 << 30;
+/// The largest config or manifest.
+const MAX_DOC: u64 = 16 << 20;
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Fetch only tables of contents where layers allow (zstd:chunked).
+    pub lazy: bool,
+    /// `--tls-verify=false`: plain HTTP and unchecked TLS.
+    pub insecure: bool,
+    /// Layers fetched at once.
+    pub jobs: usize,
+}
+
+/// What happened to one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerOutcome {
+    /// The store had it.
+    Reused,
+    /// Its table of contents was fetched (this many bytes); data comes on
+    /// first read.
+    Lazy { toc_bytes: u64 },
+    /// Streamed and indexed (this many compressed bytes).
+    Indexed { bytes: u64 },
+}
+
+/// Progress reports while pulling (a terminal shows bars).
+pub trait Progress: Sync {
+    fn layer_start(&self, digest: &Digest, size: u64, what: &str);
+    fn layer_bytes(&self, digest: &Digest, done: u64);
+    fn layer_done(&self, digest: &Digest, outcome: &LayerOutcome);
+    fn note(&self, msg: &str);
+}
+
+/// Progress that shows nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn layer_start(&self, _: &Digest, _: u64, _: &str) {}
+    fn layer_bytes(&self, _: &Digest, _: u64) {}
+    fn layer_done(&self, _: &Digest, _: &LayerOutcome) {}
+    fn note(&self, _: &str) {}
+}
+
+/// The result of a pull.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    pub image: ImageRecord,
+    pub layers: Vec<(Digest, u64, LayerOutcome)>,
+}
+
+impl PullReport {
+    /// Bytes fetched from the source for layers.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|(_, _, o)| match o {
+                LayerOutcome::Reused => 0,
+                LayerOutcome::Lazy { toc_bytes } => *toc_bytes,
+                LayerOutcome::Indexed { bytes } => *bytes,
+            })
+            .sum()
+    }
+}
+
+fn fail(msg: String) -> io::Error {
+    layer_error(libc::EIO, msg)
+}
+
+/// The host's platform as OCI names it.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        a => a,
+    }
+}
+
+/// Where a manifest's layers come from.
+trait Blobs: Sync {
+    /// The whole blob `d`.
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send>>;
+    /// A range source for lazy layers (registries only).
+    fn ranged(&self, d: &Digest) -> Option<Arc<dyn BlobSource>>;
+}
+
+struct RegistryBlobs(Arc<Registry>);
+
+impl Blobs for RegistryBlobs {
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        self.0.blob(d, None)
+    }
+    fn ranged(&self, d: &Digest) -> Option<Arc<dyn BlobSource>> {
+        Some(Arc::new(RegistryBlob {
+            registry: self.0.clone(),
+            digest: *d,
+        }))
+    }
+}
+
+/// Blobs in an OCI layout dir (`blobs/sha256/HEX`).
+struct LayoutBlobs(PathBuf);
+
+impl Blobs for LayoutBlobs {
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        let p = self.0.join("blobs/sha256").join(d.hex());
+        File::open(&p)
+            .map(|f| Box::new(io::BufReader::with_capacity(1 << 20, f)) as Box<dyn Read + Send>)
+            .map_err(|e| fail(format!("{}: {e}", p.display())))
+    }
+    fn ranged(&self, _: &Digest) -> Option<Arc<dyn BlobSource>> {
+        None
+    }
+}
+
+/// Reads at most `max` bytes of `r`; more is an error.
+fn read_limited(mut r: impl Read, max: u64, what: &str) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.by_ref().take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(fail(format!(
+            "{what} is larger than {max} bytes; refusing it"
+        )));
+    }
+    Ok(v)
+}
+
+/// A document fetched whole and checked against its digest.
+fn fetch_checked(blobs: &dyn Blobs, d: &Digest, what: &str) -> io::Result<Vec<u8>> {
+    let v = read_limited(blobs.open(d)?, MAX_DOC, what)?;
+    if Digest::of(&v) != *d {
+        return Err(fail(format!(
+            "{what} {d} does not match its digest (corrupt or tampered)"
+        )));
+    }
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+struct MediaTypeOnly {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+}
+
+fn is_index(media_type: &str, bytes: &[u8]) -> bool {
+    if media_type.contains("index") || media_type.contains("manifest.list") {
+        return true;
+    }
+    serde_json::from_slice::<MediaTypeOnly>(bytes)
+        .map(|m| {
+            m.media_type.contains("index") || m.media_type.contains("list") || m.manifests.is_some()
+        })
+        .unwrap_or(false)
+}
+
+/// The manifest for this host in `index`.
+fn pick_platform(index: &ImageIndex, name: &str) -> io::Result<Descriptor> {
+    let arch = host_arch();
+    let mut seen = Vec::new();
+    for m in index.manifests() {
+        match m.platform() {
+            Some(p) => {
+                let (os, a) = (p.os().to_string(), p.architecture().to_string());
+                if os == "linux" && a == arch {
+                    return Ok(m.clone());
+                }
+                seen.push(format!("{os}/{a}"));
+            }
+            None if index.manifests().len() == 1 => return Ok(m.clone()),
+            None => {}
+        }
+    }
+    Err(fail(format!(
+        "{name} has no image for linux/{arch} (it has: {})",
+        if seen.is_empty() {
+            "none with a platform".to_owned()
+        } else {
+            seen.join(", ")
+        }
+    )))
+}
+
+fn annotation<'a>(d: &'a Descriptor, keys: &[&str]) -> Option<&'a String> {
+    let a = d.annotations().as_ref()?;
+    keys.iter().find_map(|k| a.get(*k))
+}
+
+/// The TOC of a zstd:chunked layer: fetched by range, checked, parsed.
+fn fetch_toc(
+    store: &Store,
+    src: &dyn BlobSource,
+    desc: &Descriptor,
+    checksum: &str,
+    position: &str,
+) -> io::Result<(LayerRecord, u64)> {
+    let d = desc.digest().to_string();
+    let bad = |m: &str| fail(format!("layer {d}: {m}"));
+    let want = Digest::parse(checksum).map_err(|e| bad(&e.to_string()))?;
+    let p: Vec<u64> = position
+        .split(':')
+        .map(|n| {
+            n.parse()
+                .map_err(|_| bad(&format!("bad TOC position '{position}'")))
+        })
+        .collect::<io::Result<_>>()?;
+    let [offset, len, ulen, typ] = p[..] else {
+        return Err(bad(&format!("bad TOC position '{position}'")));
+    };
+    if typ != 1
+        || len == 0
+        || len > MAX_TOC
+        || ulen > MAX_TOC_JSON
+        || offset < 8
+        || offset + len > desc.size()
+    {
+        return Err(bad(&format!(
+            "TOC position '{position}' is outside what rcfs accepts (blob of {} bytes)",
+            desc.size()
+        )));
+    }
+    let comp = match store.blobs.read(&want)? {
+        Some(c) => c,
+        None => {
+            let c = src.read_range(offset, offset + len)?;
+            if Digest::of(&c) != want {
+                return Err(bad(
+                    "the table of contents does not match the manifest's checksum",
+                ));
+            }
+            store.blobs.put(&want, &c)?;
+            c
+        }
+    };
+    let json = decompress_toc(&comp, ulen).map_err(|e| bad(&e.to_string()))?;
+    let parsed: TocJson = serde_json::from_slice(&json)
+        .map_err(|e| bad(&format!("the table of contents is not valid JSON: {e}")))?;
+    let toc = Toc::parse(
+        &parsed,
+        DataIn::Blob {
+            data_end: offset - 8,
+        },
+    )
+    .map_err(|e| bad(&e.to_string()))?;
+    let (files, bytes) = toc.data_size();
+    Ok((
+        LayerRecord {
+            digest: d,
+            media_type: desc.media_type().to_string(),
+            size: desc.size(),
+            format: LayerFormat::ZstdChunked,
+            toc: want.to_string(),
+            toc_len: ulen,
+            data_end: offset - 8,
+            files: files as u64,
+            bytes,
+        },
+        len,
+    ))
+}
+
+/// Decompresses a TOC frame (some have no content size in their header)
+/// to at most `max` bytes.
+pub fn decompress_toc(comp: &[u8], max: u64) -> io::Result<Vec<u8>> {
+    let dec = zstd::stream::read::Decoder::new(comp)?;
+    let v = read_limited(dec, max.max(1), "the table of contents")?;
+    Ok(v)
+}
+
+/// Streams layer `desc` whole and indexes it.
+fn index_whole(
+    store: &Store,
+    blobs: &dyn Blobs,
+    desc: &Descriptor,
+    diff_id: Option<&String>,
+    chunked: bool,
+    progress: &dyn Progress,
+) -> io::Result<(LayerRecord, u64)> {
+    let d = Digest::parse(desc.digest().as_ref())?;
+    let mt = desc.media_type().to_string();
+    let comp = Compression::of_media_type(&mt).ok_or_else(|| {
+        fail(format!("layer {d} has media type '{mt}', which is not a layer rcfs can read (tar, tar+gzip, tar+zstd)"))
+    })?;
+    let reader = blobs.open(&d)?;
+    let ix = index_layer(reader, comp, &store.files, &mut |n| {
+        progress.layer_bytes(&d, n)
+    })
+    .map_err(|e| fail(format!("layer {d}: {e}")))?;
+    if ix.blob_digest != d {
+        return Err(fail(format!(
+            "layer {d} does not match its digest (got {}): corrupt or truncated download; nothing was recorded",
+            ix.blob_digest
+        )));
+    }
+    if ix.blob_size != desc.size() {
+        log::warn!(
+            "layer {d}: {} bytes, the manifest says {}",
+            ix.blob_size,
+            desc.size()
+        );
+    }
+    if let Some(want) = diff_id {
+        if *want != ix.diff_id.to_string() {
+            if chunked {
+                log::info!("layer {d}: its tar's digest is not the config's diff_id; zstd:chunked blobs from podman before 5.0 drop the tar's trailing zero blocks, so this is expected");
+            } else {
+                return Err(fail(format!(
+                    "layer {d}: the uncompressed tar has digest {}, the image config says {want}",
+                    ix.diff_id
+                )));
+            }
+        }
+    }
+    let json = serde_json::to_vec(&ix.toc).map_err(io::Error::other)?;
+    // Check what we wrote parses as we will read it.
+    Toc::parse(&ix.toc, DataIn::Store).map_err(|e| fail(format!("layer {d}: {e}")))?;
+    let comp = zstd::bulk::compress(&json, 3)?;
+    let toc_d = Digest::of(&comp);
+    store.blobs.put(&toc_d, &comp)?;
+    Ok((
+        LayerRecord {
+            digest: d.to_string(),
+            media_type: mt,
+            size: ix.blob_size,
+            format: LayerFormat::Indexed,
+            toc: toc_d.to_string(),
+            toc_len: json.len() as u64,
+            data_end: 0,
+            files: ix.files,
+            bytes: ix.bytes,
+        },
+        ix.blob_size,
+    ))
+}
+
+/// Pulls the layers of `manifest`, `jobs` at a time.
+fn pull_layers(
+    store: &Store,
+    blobs: &dyn Blobs,
+    manifest: &ImageManifest,
+    config: &ImageConfiguration,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<Vec<(Digest, u64, LayerOutcome)>> {
+    let diff_ids = config.rootfs().diff_ids();
+    let layers = manifest.layers();
+    let results: Vec<io::Result<(Digest, u64, LayerOutcome)>> = {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out = parking_lot::Mutex::new(HashMap::new());
+        std::thread::scope(|s| {
+            for _ in 0..opts.jobs.clamp(1, 8).min(layers.len().max(1)) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(desc) = layers.get(i) else { break };
+                    let r = pull_one(store, blobs, desc, diff_ids.get(i), opts, progress);
+                    out.lock().insert(i, r);
+                });
+            }
+        });
+        let mut out = out.into_inner();
+        (0..layers.len())
+            .map(|i| out.remove(&i).expect("every layer ran"))
+            .collect()
+    };
+    results.into_iter().collect()
+}
+
+fn pull_one(
+    store: &Store,
+    blobs: &dyn Blobs,
+    desc: &Descriptor,
+    diff_id: Option<&String>,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<(Digest, u64, LayerOutcome)> {
+    let d = Digest::parse(desc.digest().as_ref())?;
+    if store.layer(&d)?.is_some() {
+        let o = LayerOutcome::Reused;
+        progress.layer_done(&d, &o);
+        return Ok((d, desc.size(), o));
+    }
+    let chunked = annotation(desc, &TOC_CHECKSUM).zip(annotation(desc, &TOC_POSITION));
+    let (rec, outcome) = match (chunked, blobs.ranged(&d)) {
+        (Some((sum, pos)), Some(src)) if opts.lazy => {
+            progress.layer_start(&d, desc.size(), "table of contents");
+            let (rec, n) = fetch_toc(store, &*src, desc, sum, pos)?;
+            (rec, LayerOutcome::Lazy { toc_bytes: n })
+        }
+        _ => {
+            progress.layer_start(&d, desc.size(), "layer");
+            let (rec, n) = index_whole(store, blobs, desc, diff_id, chunked.is_some(), progress)?;
+            (rec, LayerOutcome::Indexed { bytes: n })
+        }
+    };
+    store.put_layer(&rec)?;
+    progress.layer_done(&d, &outcome);
+    Ok((d, desc.size(), outcome))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Pulls a manifest (already fetched and checked) with its config and
+/// layers, and records the image as `name`.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    store: &Store,
+    blobs: &dyn Blobs,
+    name: String,
+    manifest_bytes: Vec<u8>,
+    origin: Option<Origin>,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<PullReport> {
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| fail(format!("{name}: not an image manifest rcfs can read: {e}")))?;
+    let cfg_d = Digest::parse(manifest.config().digest().as_ref())?;
+    let cfg_bytes = match store.blobs.read(&cfg_d)? {
+        Some(b) => b,
+        None => fetch_checked(blobs, &cfg_d, "image config")?,
+    };
+    let config: ImageConfiguration = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| fail(format!("{name}: its config is not an image config: {e}")))?;
+    if config.rootfs().diff_ids().len() != manifest.layers().len() {
+        return Err(fail(format!(
+            "{name}: the manifest has {} layers, its config {}",
+            manifest.layers().len(),
+            config.rootfs().diff_ids().len()
+        )));
+    }
+    let layers = pull_layers(store, blobs, &manifest, &config, opts, progress)?;
+    store.blobs.put(&cfg_d, &cfg_bytes)?;
+    let m_d = Digest::of(&manifest_bytes);
+    store.blobs.put(&m_d, &manifest_bytes)?;
+    let image = ImageRecord {
+        name,
+        manifest: m_d.to_string(),
+        config: cfg_d.to_string(),
+        layers: layers.iter().map(|(d, _, _)| d.to_string()).collect(),
+        origin,
+        pulled: now_rfc3339(),
+        size: manifest.layers().iter().map(|l| l.size()).sum(),
+    };
+    store.add_image(image.clone())?;
+    Ok(PullReport { image, layers })
+}
+
+/// Pulls `name` (a registry name, `oci:DIR[:TAG]` or
+/// `docker-archive:FILE`) into `store`.
+pub fn pull(
+    store: &Store,
+    name: &str,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<PullReport> {
+    match Source::parse(name, "docker.io") {
+        Ok(Source::OciLayout { dir, tag }) => {
+            pull_layout(store, &dir, tag.as_deref(), opts, progress)
+        }
+        Ok(Source::DockerArchive { file }) => pull_archive(store, &file, opts, progress),
+        Ok(Source::Registry(_)) | Err(_) => pull_registry(store, name, opts, progress),
+    }
+}
+
+fn pull_registry(
+    store: &Store,
+    name: &str,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<PullReport> {
+    let conf = Registries::load().map_err(fail)?;
+    let candidates = conf.candidates(name).map_err(fail)?;
+    let auth_files = auth::auth_files();
+    let mut errors = Vec::new();
+    for cand in &candidates {
+        let endpoints = conf.endpoints(cand, opts.insecure).map_err(fail)?;
+        for ep in endpoints {
+            let r = &ep.reference;
+            let copts = ClientOptions {
+                insecure: ep.insecure,
+                credentials: auth::lookup(&auth_files, &r.registry, &r.repository),
+                ..Default::default()
+            };
+            let reg = Arc::new(Registry::new(r, copts));
+            let got = reg.manifest(&r.manifest_ref()).and_then(|(bytes, mt)| {
+                if !is_index(&mt, &bytes) {
+                    return Ok(bytes);
+                }
+                let index: ImageIndex = serde_json::from_slice(&bytes)
+                    .map_err(|e| fail(format!("{r}: not an image index rcfs can read: {e}")))?;
+                let m = pick_platform(&index, &r.to_string())?;
+                Ok(reg.manifest(m.digest().as_ref())?.0)
+            });
+            let bytes = match got {
+                Ok(b) => b,
+                Err(e) => {
+                    if ep.mirror {
+                        progress.note(&format!(
+                            "mirror {} failed ({e}); trying the next source",
+                            r.registry
+                        ));
+                    }
+                    errors.push(format!("{r}: {e}"));
+                    continue;
+                }
+            };
+            let origin = Origin {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                insecure: ep.insecure,
+            };
+            // The image is listed under the name the user's name resolved
+            // to, not the mirror's.
+            return finish(
+                store,
+                &RegistryBlobs(reg),
+                cand.canonical(),
+                bytes,
+                Some(origin),
+                opts,
+                progress,
+            );
+        }
+    }
+    Err(fail(match errors.len() {
+        1 => errors.remove(0),
+        _ => format!("cannot pull {name}:\n  {}", errors.join("\n  ")),
+    }))
+}
+
+#[derive(Deserialize)]
+struct LayoutIndex {
+    manifests: Vec<Descriptor>,
+}
+
+fn pull_layout(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<PullReport> {
+    let shown = match tag {
+        Some(t) => format!("oci:{}:{t}", dir.display()),
+        None => format!("oci:{}", dir.display()),
+    };
+    let idx_path = dir.join("index.json");
+    let idx_bytes = std::fs::read(&idx_path).map_err(|e| {
+        fail(format!(
+            "{shown}: cannot read {} ({e}); is it an OCI image layout?",
+            idx_path.display()
+        ))
+    })?;
+    let idx: LayoutIndex = serde_json::from_slice(&idx_bytes)
+        .map_err(|e| fail(format!("{}: {e}", idx_path.display())))?;
+    let tag_of = |d: &Descriptor| annotation(d, &["org.opencontainers.image.ref.name"]).cloned();
+    let chosen = match tag {
+        Some(t) => idx
+            .manifests
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some(t)),
+        None if idx.manifests.len() == 1 => idx.manifests.first(),
+        None => None,
+    };
+    let Some(desc) = chosen else {
+        let tags: Vec<String> = idx.manifests.iter().filter_map(tag_of).collect();
+        return Err(fail(format!(
+            "{shown}: no such image in the layout (tags: {})",
+            tags.join(", ")
+        )));
+    };
+    let blobs = LayoutBlobs(dir.to_owned());
+    let d = Digest::parse(desc.digest().as_ref())?;
+    let mut bytes = fetch_checked(&blobs, &d, "manifest")?;
+    if is_index(desc.media_type().as_ref(), &bytes) {
+        let index: ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|e| fail(format!("{shown}: {e}")))?;
+        let m = pick_platform(&index, &shown)?;
+        bytes = fetch_checked(&blobs, &Digest::parse(m.digest().as_ref())?, "manifest")?;
+    }
+    let full = PullOptions {
+        lazy: false,
+        ..opts.clone()
+    };
+    finish(store, &blobs, shown, bytes, None, &full, progress)
+}
+
+/// A docker-archive's `manifest.json` entry.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ArchiveImage {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Members of a tar file by name: offset and size of their data.
+fn tar_members(file: &mut File) -> io::Result<HashMap<String, (u64, u64)>> {
+    let mut out = HashMap::new();
+    let mut ar = tar::Archive::new(&mut *file);
+    for e in ar.entries()? {
+        let e = e?;
+        let name = e
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
+        out.insert(name, (e.raw_file_position(), e.size()));
+    }
+    Ok(out)
+}
+
+/// Blobs of a docker-archive, by the digests `pull_archive` computed.
+struct ArchiveBlobs {
+    path: PathBuf,
+    by_digest: HashMap<Digest, (u64, u64)>,
+    /// The synthesized config (docker-archive configs are stored as is).
+    docs: HashMap<Digest, Vec<u8>>,
+}
+
+impl Blobs for ArchiveBlobs {
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        if let Some(doc) = self.docs.get(d) {
+            return Ok(Box::new(io::Cursor::new(doc.clone())));
+        }
+        let (off, size) = *self
+            .by_digest
+            .get(d)
+            .ok_or_else(|| fail(format!("{}: no blob {d}", self.path.display())))?;
+        let blob = FileBlob::new(File::open(&self.path)?, self.path.display().to_string());
+        blob.open_range(off, off + size)
+    }
+    fn ranged(&self, _: &Digest) -> Option<Arc<dyn BlobSource>> {
+        None
+    }
+}
+
+fn pull_archive(
+    store: &Store,
+    path: &Path,
+    opts: &PullOptions,
+    progress: &dyn Progress,
+) -> io::Result<PullReport> {
+    let shown = format!("docker-archive:{}", path.display());
+    let mut file = File::open(path).map_err(|e| fail(format!("{shown}: {e}")))?;
+    let members =
+        tar_members(&mut file).map_err(|e| fail(format!("{shown}: not a tar archive: {e}")))?;
+    let read_member = |file: &mut File, name: &str| -> io::Result<Vec<u8>> {
+        let (off, size) = *members
+            .get(name)
+            .ok_or_else(|| fail(format!("{shown}: has no {name}")))?;
+        if size > MAX_DOC {
+            return Err(fail(format!("{shown}: {name} is too large")));
+        }
+        file.seek(SeekFrom::Start(off))?;
+        let mut v = vec![0u8; size as usize];
+        file.read_exact(&mut v)?;
+        Ok(v)
+    };
+    let images: Vec<ArchiveImage> =
+        serde_json::from_slice(&read_member(&mut file, "manifest.json")?)
+            .map_err(|e| fail(format!("{shown}: manifest.json: {e}")))?;
+    let [img] = &images[..] else {
+        return Err(fail(format!(
+            "{shown}: holds {} images; rcfs reads archives of one",
+            images.len()
+        )));
+    };
+    let cfg = read_member(&mut file, &img.config)?;
+    let mut by_digest = HashMap::new();
+    let mut layer_descs = Vec::new();
+    for l in &img.layers {
+        let (off, size) = *members
+            .get(l.trim_start_matches("./"))
+            .ok_or_else(|| fail(format!("{shown}: has no layer {l}")))?;
+        file.seek(SeekFrom::Start(off))?;
+        let mut head = [0u8; 4];
+        let n = file.read(&mut head)?;
+        let comp = Compression::sniff(&head[..n]);
+        // The layer's digest: hashed here, as the archive lists none.
+        file.seek(SeekFrom::Start(off))?;
+        let (d, _) = super::index::HashingReader::new((&mut file).take(size)).finish()?;
+        by_digest.insert(d, (off, size));
+        let mt = match comp {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        };
+        layer_descs
+            .push(serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": size}));
+    }
+    let cfg_d = Digest::of(&cfg);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg.len()},
+        "layers": layer_descs,
+    });
+    let bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    let name = img
+        .repo_tags
+        .as_ref()
+        .and_then(|t| t.first())
+        .and_then(|t| Reference::parse(t, "docker.io").ok())
+        .map(|r| r.canonical())
+        .unwrap_or(shown);
+    let blobs = ArchiveBlobs {
+        path: path.to_owned(),
+        by_digest,
+        docs: HashMap::from([(cfg_d, cfg)]),
+    };
+    let full = PullOptions {
+        lazy: false,
+        ..opts.clone()
+    };
+    finish(store, &blobs, name, bytes, None, &full, progress)
+}

@@ -1,0 +1,440 @@
+//! An OCI distribution (v2) registry client: manifests by tag or digest,
+//! blobs whole or by range, anonymous bearer tokens or credentials, retries
+//! with backoff on 5xx, 429 and broken connections, redirects to blob
+//! storage (without our credentials), HTTPS checked against the system's CA
+//! certificates, plain HTTP for insecure (loopback) registries.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use parking_lot::Mutex as PlMutex;
+
+use super::auth::Credentials;
+use super::blob::BlobSource;
+use super::digest::Digest;
+use super::reference::Reference;
+use crate::error::layer_error;
+
+/// Manifest media types rcfs asks for, best first.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// The largest manifest or token answer read (a manifest is a few KB).
+const MAX_DOCUMENT: u64 = 8 << 20;
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Plain HTTP (and no TLS checks): `--tls-verify=false`.
+    pub insecure: bool,
+    pub credentials: Option<Credentials>,
+    /// Attempts per request (1 = no retry).
+    pub attempts: u32,
+    /// The first retry's delay; each next one doubles, up to 8 s.
+    pub backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            credentials: None,
+            attempts: 5,
+            backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A client for one repository.
+#[derive(Debug)]
+pub struct Registry {
+    agent: ureq::Agent,
+    /// `https://host` or `http://host`.
+    base: String,
+    repository: String,
+    /// For messages: `host/repository`.
+    name: String,
+    opts: ClientOptions,
+    /// The `Authorization` header value that last worked (a bearer token or
+    /// basic credentials); taken alone.
+    authorization: PlMutex<Option<String>>,
+}
+
+/// A failed request, with what to tell the user.
+fn err(msg: String) -> io::Error {
+    layer_error(libc::EIO, msg)
+}
+
+/// Whether an HTTP status is worth another try.
+fn transient(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `key="value"` pairs of a `WWW-Authenticate` challenge.
+fn challenge_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else { break };
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        rest = &rest[eq + 1..];
+        let value;
+        if let Some(r) = rest.strip_prefix('"') {
+            let end = r.find('"').unwrap_or(r.len());
+            value = r[..end].to_owned();
+            rest = r.get(end + 1..).unwrap_or("");
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = rest[..end].trim().to_owned();
+            rest = &rest[end..];
+        }
+        rest = rest.trim_start_matches([',', ' ']);
+        out.push((key, value));
+    }
+    out
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Registry {
+    /// A client for `r`'s repository.
+    pub fn new(r: &Reference, opts: ClientOptions) -> Registry {
+        let tls = if opts.insecure {
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build()
+        } else {
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build()
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .max_redirects(8)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .user_agent(concat!("rcfs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let scheme = if opts.insecure { "http" } else { "https" };
+        Registry {
+            agent,
+            base: format!("{scheme}://{}", r.api_host()),
+            repository: r.repository.clone(),
+            name: format!("{}/{}", r.registry, r.repository),
+            opts,
+            authorization: PlMutex::new(None),
+        }
+    }
+
+    /// One GET with authentication and retries; the response of the last
+    /// attempt, whatever its status, or a transport error.
+    fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+    ) -> io::Result<ureq::http::Response<ureq::Body>> {
+        let mut delay = self.opts.backoff;
+        let mut tried_auth = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.agent.get(url);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            if let Some(a) = self.authorization.lock().clone() {
+                req = req.header("Authorization", a);
+            }
+            let res = req.call();
+            let retry_after;
+            match res {
+                Ok(resp) if resp.status() == 401 && !tried_auth => {
+                    tried_auth = true;
+                    attempt -= 1;
+                    let challenge = resp
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    self.authenticate(&challenge)?;
+                    continue;
+                }
+                Ok(resp) if transient(resp.status().as_u16()) && attempt < self.opts.attempts => {
+                    retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(30)));
+                    log::info!("{url}: {} — trying again", resp.status());
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt < self.opts.attempts && !matches!(e, ureq::Error::BadUri(_)) => {
+                    log::info!("{url}: {e} — trying again");
+                    retry_after = None;
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "cannot reach registry {} ({e}){}",
+                        self.base,
+                        if attempt > 1 {
+                            format!(" after {attempt} attempts")
+                        } else {
+                            String::new()
+                        }
+                    )))
+                }
+            }
+            std::thread::sleep(retry_after.unwrap_or(delay));
+            delay = (delay * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    /// Answers a 401 challenge: a bearer token from the realm (with our
+    /// credentials if we have some), or basic credentials.
+    fn authenticate(&self, challenge: &str) -> io::Result<()> {
+        let basic = self.opts.credentials.as_ref().map(|c| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.user, c.password))
+            )
+        });
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some(b) = basic else {
+                return Err(err(format!(
+                    "registry {} wants a user name and password: log in with `podman login` or `docker login` (rcfs reads their auth files)",
+                    self.base
+                )));
+            };
+            *self.authorization.lock() = Some(b);
+            return Ok(());
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(err(format!(
+                "registry {} asks for authentication rcfs does not speak: '{challenge}'",
+                self.base
+            )));
+        }
+        let params = challenge_params(params);
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let realm = get("realm").ok_or_else(|| {
+            err(format!(
+                "registry {}: a bearer challenge without a realm",
+                self.base
+            ))
+        })?;
+        let mut url = format!("{realm}?");
+        if let Some(s) = get("service") {
+            url.push_str(&format!("service={}&", url_encode(&s)));
+        }
+        let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        url.push_str(&format!("scope={}", url_encode(&scope)));
+        let mut req = self.agent.get(&url);
+        if let Some(b) = &basic {
+            req = req.header("Authorization", b);
+        }
+        let mut resp = req
+            .call()
+            .map_err(|e| err(format!("cannot get a token from {realm}: {e}")))?;
+        if resp.status() != 200 {
+            return Err(err(format!(
+                "{realm} refused a token for {} ({}){}",
+                self.name,
+                resp.status(),
+                if basic.is_none() {
+                    "; if the image is private, log in with `podman login`"
+                } else {
+                    "; check your credentials"
+                }
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+        }
+        let t: Token = serde_json::from_slice(
+            &resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_DOCUMENT)
+                .read_to_vec()
+                .map_err(|e| err(format!("{realm}: {e}")))?,
+        )
+        .map_err(|e| err(format!("{realm}: not a token answer: {e}")))?;
+        let token = if t.token.is_empty() {
+            t.access_token
+        } else {
+            t.token
+        };
+        *self.authorization.lock() = Some(format!("Bearer {token}"));
+        Ok(())
+    }
+
+    /// Turns a non-success status into a clear error.
+    fn status_error(&self, what: &str, resp: &mut ureq::http::Response<ureq::Body>) -> io::Error {
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .unwrap_or_default();
+        let detail: String = body.chars().take(300).collect();
+        let hint = match status.as_u16() {
+            404 => " (no such image, tag or blob)",
+            401 | 403 => " (not allowed: log in with `podman login`, or check the name)",
+            429 => " (rate limited; try again later)",
+            s if s >= 500 => " (the registry failed; try again later)",
+            _ => "",
+        };
+        err(
+            format!("{what} from {}: {status}{hint} {detail}", self.name)
+                .trim_end()
+                .to_owned(),
+        )
+    }
+
+    /// The manifest `reference` (tag or digest): its bytes and media type.
+    /// A manifest asked for by digest is checked against it.
+    pub fn manifest(&self, reference: &str) -> io::Result<(Vec<u8>, String)> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
+        let mut resp = self.get(&url, &[("Accept", MANIFEST_ACCEPT.to_owned())])?;
+        if resp.status() != 200 {
+            return Err(self.status_error(&format!("manifest {reference}"), &mut resp));
+        }
+        let media_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_DOCUMENT)
+            .read_to_vec()
+            .map_err(|e| err(format!("manifest {reference} from {}: {e}", self.name)))?;
+        if let Ok(d) = Digest::parse(reference) {
+            if Digest::of(&bytes) != d {
+                return Err(err(format!(
+                    "manifest {reference} from {} does not match its digest",
+                    self.name
+                )));
+            }
+        }
+        Ok((bytes, media_type))
+    }
+
+    /// Blob `d`, from byte `start` to `end` (the whole blob for `None`).
+    pub fn blob(&self, d: &Digest, range: Option<(u64, u64)>) -> io::Result<Box<dyn Read + Send>> {
+        let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repository);
+        let mut headers = Vec::new();
+        if let Some((s, e)) = range {
+            headers.push(("Range", format!("bytes={s}-{}", e - 1)));
+        }
+        let mut resp = self.get(&url, &headers)?;
+        match (resp.status().as_u16(), range) {
+            (206, Some(_)) | (200, None) => {}
+            // A server that ignores ranges: skip to the start.
+            (200, Some((s, _))) => {
+                let mut r = resp.into_body().into_reader();
+                io::copy(&mut (&mut r).take(s), &mut io::sink())?;
+                return Ok(Box::new(r));
+            }
+            _ => return Err(self.status_error(&format!("blob {}", d.short()), &mut resp)),
+        }
+        Ok(Box::new(resp.into_body().into_reader()))
+    }
+
+    /// For messages: `host/repository`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One blob of a registry, read by range (an image layer's lazy source).
+#[derive(Debug)]
+pub struct RegistryBlob {
+    pub registry: Arc<Registry>,
+    pub digest: Digest,
+}
+
+impl BlobSource for RegistryBlob {
+    fn open_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+        let t0 = Instant::now();
+        let r = self.registry.blob(&self.digest, Some((start, end)));
+        log::debug!(
+            "range {start}..{end} of {} from {}: {:?}",
+            self.digest.short(),
+            self.registry.name,
+            t0.elapsed()
+        );
+        r
+    }
+
+    fn describe(&self) -> String {
+        format!("blob {} of {}", self.digest.short(), self.registry.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_challenges() {
+        let p = challenge_params(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/debian:pull,push""#,
+        );
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(p[1], ("service".into(), "registry.docker.io".into()));
+        assert_eq!(
+            p[2],
+            ("scope".into(), "repository:library/debian:pull,push".into())
+        );
+        assert_eq!(
+            url_encode("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+        assert!(transient(503) && transient(429) && !transient(404));
+    }
+}

@@ -1,0 +1,489 @@
+//! The store: everything rcfs keeps of images, under one root
+//! (`$XDG_DATA_HOME/rcfs`, `~/.local/share/rcfs`, root's `/var/lib/rcfs`,
+//! or `--root DIR`).
+//!
+//! ```text
+//! ROOT/lock                    flock: shared while reading the index, exclusive to change it or gc
+//! ROOT/tmp/                    objects being written (renamed into place when checked)
+//! ROOT/blobs/sha256/HEX        manifests, configs, tables of contents (verified content)
+//! ROOT/files/sha256/HEX        whole files of layers rcfs indexed from a tar stream
+//! ROOT/cache/sha256/HEX        chunks fetched lazily (evicted past the cache budget)
+//! ROOT/layers/sha256/HEX.json  what rcfs knows of layer blob HEX (its TOC, its format)
+//! ROOT/images.json             image names → manifests
+//! ```
+//!
+//! What images share is stored once: layers by blob digest, file contents
+//! and chunks by content digest. Every object is written to `tmp/` and
+//! renamed into place; the index is replaced whole the same way under the
+//! exclusive lock, so a reader sees the old index or the new one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{renameat, Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::cas::{make_dir, tmp_name, Cas};
+use super::digest::Digest;
+use crate::sys;
+
+/// How a layer's data is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerFormat {
+    /// A zstd:chunked blob: TOC from its annotations, chunks by range from
+    /// the blob (in a registry, or `blobs/` if it was fetched whole).
+    ZstdChunked,
+    /// A tar stream rcfs indexed: a TOC it wrote, contents in `files/`.
+    Indexed,
+}
+
+/// What the store knows of one layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// The blob's digest (compressed, as in the manifest).
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub format: LayerFormat,
+    /// The TOC object in `blobs/`: zstd-compressed TOC JSON for both
+    /// formats (for zstd:chunked, exactly the blob's TOC frame payload).
+    pub toc: String,
+    /// The TOC's uncompressed length (a cap for decompressing it).
+    pub toc_len: u64,
+    /// zstd:chunked: where the blob's file data ends (the TOC frame).
+    #[serde(default)]
+    pub data_end: u64,
+    /// Regular files and their bytes, for `rcfs inspect`.
+    #[serde(default)]
+    pub files: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// Where an image's blobs can be fetched again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub registry: String,
+    pub repository: String,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// One image in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// What users call it (`127.0.0.1:5000/demo:latest`, `oci:/dir:tag`).
+    pub name: String,
+    /// The platform manifest's digest (its bytes are in `blobs/`).
+    pub manifest: String,
+    pub config: String,
+    /// Layer blob digests, bottom first (as in the manifest).
+    pub layers: Vec<String>,
+    /// Where lazily served layers fetch from; `None` for local sources,
+    /// whose layers are all indexed.
+    pub origin: Option<Origin>,
+    /// RFC 3339 time of the pull.
+    pub pulled: String,
+    /// Compressed bytes of all layers (as the manifest says).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Index {
+    #[serde(default)]
+    images: Vec<ImageRecord>,
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    pub root: PathBuf,
+    root_fd: OwnedFd,
+    tmp: OwnedFd,
+    layers: OwnedFd,
+    pub blobs: Arc<Cas>,
+    pub files: Arc<Cas>,
+    pub cache: Arc<Cas>,
+}
+
+/// A held store lock; released when dropped.
+pub struct StoreLock(#[allow(dead_code)] Flock<File>);
+
+impl Store {
+    /// The default root for this user.
+    pub fn default_root() -> PathBuf {
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/rcfs");
+        }
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Path::new(&d).join("rcfs");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        Path::new(&home).join(".local/share/rcfs")
+    }
+
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the store at {}: {e}", root.display()),
+            )
+        })?;
+        let root_fd = sys::open_at(
+            nix::fcntl::AT_FDCWD,
+            root.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let tmp = make_dir(root_fd.as_fd(), "tmp")?;
+        let layers_top = make_dir(root_fd.as_fd(), "layers")?;
+        let layers = make_dir(layers_top.as_fd(), "sha256")?;
+        let blobs = Arc::new(Cas::open(root_fd.as_fd(), "blobs", tmp.as_fd())?);
+        let files = Arc::new(Cas::open(root_fd.as_fd(), "files", tmp.as_fd())?);
+        let cache = Arc::new(Cas::open(root_fd.as_fd(), "cache", tmp.as_fd())?);
+        Ok(Store {
+            root: root.to_owned(),
+            root_fd,
+            tmp,
+            layers,
+            blobs,
+            files,
+            cache,
+        })
+    }
+
+    fn lock(&self, arg: FlockArg) -> io::Result<StoreLock> {
+        let fd = sys::open_at(
+            self.root_fd.as_fd(),
+            "lock".as_ref(),
+            libc::O_RDWR | libc::O_CREAT,
+            0o600,
+        )?;
+        Flock::lock(File::from(fd), arg)
+            .map(StoreLock)
+            .map_err(|(_, e)| io::Error::from(e))
+    }
+
+    /// Shared: the index is read, objects added.
+    pub fn lock_shared(&self) -> io::Result<StoreLock> {
+        self.lock(FlockArg::LockShared)
+    }
+
+    /// Exclusive: the index is changed or objects removed.
+    pub fn lock_exclusive(&self) -> io::Result<StoreLock> {
+        self.lock(FlockArg::LockExclusive)
+    }
+
+    /// Writes `data` as `name` in dir `dir` atomically (temp, flush, rename).
+    fn replace(&self, dir: &OwnedFd, name: &str, data: &[u8]) -> io::Result<()> {
+        let t = tmp_name("rec");
+        let fd = sys::open_at(
+            self.tmp.as_fd(),
+            t.as_ref(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        let mut f = File::from(fd);
+        let r = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| {
+            renameat(self.tmp.as_fd(), t.as_str(), dir.as_fd(), name).map_err(io::Error::from)
+        });
+        if r.is_err() {
+            let _ = nix::unistd::unlinkat(
+                self.tmp.as_fd(),
+                t.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        r
+    }
+
+    fn read_small(&self, dir: &OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match sys::open_at(dir.as_fd(), name.as_ref(), libc::O_RDONLY, 0) {
+            Ok(fd) => {
+                let mut v = Vec::new();
+                io::Read::read_to_end(&mut File::from(fd), &mut v)?;
+                Ok(Some(v))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The record of layer `d`, if the store has it and its TOC.
+    pub fn layer(&self, d: &Digest) -> io::Result<Option<LayerRecord>> {
+        let Some(bytes) = self.read_small(&self.layers, &format!("{}.json", d.hex()))? else {
+            return Ok(None);
+        };
+        let rec: LayerRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("layer record {d} is corrupt: {e}"),
+            )
+        })?;
+        let toc = Digest::parse(&rec.toc)?;
+        if self.blobs.size_of(&toc)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(rec))
+    }
+
+    pub fn put_layer(&self, rec: &LayerRecord) -> io::Result<()> {
+        let d = Digest::parse(&rec.digest)?;
+        let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+        self.replace(&self.layers, &format!("{}.json", d.hex()), &bytes)
+    }
+
+    /// Every layer record.
+    pub fn layers(&self) -> io::Result<Vec<LayerRecord>> {
+        let dir = sys::DirFd::open(self.layers.as_fd(), ".".as_ref())?;
+        let mut out = Vec::new();
+        for (name, _) in dir.entries()? {
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Some(d) = Digest::from_hex(hex) {
+                if let Ok(Some(r)) = self.layer(&d) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove_layer(&self, d: &Digest) -> io::Result<()> {
+        match nix::unistd::unlinkat(
+            self.layers.as_fd(),
+            format!("{}.json", d.hex()).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn index(&self) -> io::Result<Index> {
+        match self.read_small(&self.root_fd, "images.json")? {
+            None => Ok(Index::default()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}/images.json is corrupt: {e}", self.root.display()),
+                )
+            }),
+        }
+    }
+
+    /// Every image.
+    pub fn images(&self) -> io::Result<Vec<ImageRecord>> {
+        let _l = self.lock_shared()?;
+        Ok(self.index()?.images)
+    }
+
+    /// The image called `name` (as listed), or whose manifest digest starts
+    /// with `name` (12 or more hex digits).
+    pub fn find(&self, name: &str) -> io::Result<Option<ImageRecord>> {
+        let images = self.images()?;
+        if let Some(i) = images.iter().find(|i| i.name == name) {
+            return Ok(Some(i.clone()));
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let m: Vec<_> = images
+                .iter()
+                .filter(|i| i.manifest.trim_start_matches("sha256:").starts_with(hex))
+                .collect();
+            if m.len() == 1 {
+                return Ok(Some(m[0].clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Adds `img`, replacing an image of the same name.
+    pub fn add_image(&self, img: ImageRecord) -> io::Result<()> {
+        let _l = self.lock_exclusive()?;
+        let mut idx = self.index()?;
+        idx.images.retain(|i| i.name != img.name);
+        idx.images.push(img);
+        self.write_index(&idx)
+    }
+
+    /// Removes the image called `name`; false when there was none.
+    pub fn remove_image(&self, name: &str) -> io::Result<bool> {
+        let _l = self.lock_exclusive()?;
+        let mut idx = self.index()?;
+        let before = idx.images.len();
+        idx.images.retain(|i| i.name != name);
+        if idx.images.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&idx)?;
+        Ok(true)
+    }
+
+    fn write_index(&self, idx: &Index) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(idx).map_err(io::Error::other)?;
+        self.replace(&self.root_fd, "images.json", &bytes)
+    }
+
+    /// Removes what no image needs: manifests, configs, layer records and
+    /// TOCs of removed images, and stored files no layer lists. Chunks in
+    /// the cache stay (the cache's budget bounds them) unless `all`.
+    pub fn gc(&self, all: bool) -> io::Result<GcReport> {
+        let _l = self.lock_exclusive()?;
+        let idx = self.index()?;
+        let mut keep_blobs = std::collections::HashSet::new();
+        let mut keep_layers = std::collections::HashSet::new();
+        for i in &idx.images {
+            for d in [&i.manifest, &i.config].into_iter().chain(&i.layers) {
+                if let Ok(d) = Digest::parse(d) {
+                    keep_blobs.insert(d);
+                }
+            }
+            for l in &i.layers {
+                if let Ok(d) = Digest::parse(l) {
+                    keep_layers.insert(d);
+                }
+            }
+        }
+        // Index manifests of kept images are not tracked: they go.
+        let mut report = GcReport::default();
+        let mut keep_files = std::collections::HashSet::new();
+        for rec in self.layers()? {
+            let d = Digest::parse(&rec.digest)?;
+            if !keep_layers.contains(&d) {
+                self.remove_layer(&d)?;
+                report.layers += 1;
+                continue;
+            }
+            let toc = Digest::parse(&rec.toc)?;
+            keep_blobs.insert(toc);
+            if rec.format == LayerFormat::Indexed {
+                if let Some(comp) = self.blobs.read(&toc)? {
+                    let json = zstd::bulk::decompress(&comp, rec.toc_len as usize)?;
+                    let toc: super::toc::TocJson =
+                        serde_json::from_slice(&json).map_err(io::Error::other)?;
+                    for e in toc.entries {
+                        if let Ok(d) = Digest::parse(&e.digest) {
+                            keep_files.insert(d);
+                        }
+                    }
+                }
+            }
+        }
+        for (d, size) in self.blobs.list()? {
+            if !keep_blobs.contains(&d) {
+                self.blobs.remove(&d)?;
+                report.objects += 1;
+                report.bytes += size;
+            }
+        }
+        for (d, size) in self.files.list()? {
+            if !keep_files.contains(&d) {
+                self.files.remove(&d)?;
+                report.objects += 1;
+                report.bytes += size;
+            }
+        }
+        if all {
+            for (d, size) in self.cache.list()? {
+                self.cache.remove(&d)?;
+                report.objects += 1;
+                report.bytes += size;
+            }
+        }
+        // Temp files of writers that died (not ours: we hold the lock, and
+        // writers of objects hold it shared... objects are written without
+        // it, so only old ones go).
+        let tmp = sys::DirFd::open(self.tmp.as_fd(), ".".as_ref())?;
+        let now = std::time::SystemTime::now();
+        for (name, _) in tmp.entries()? {
+            if let Ok(st) = tmp.stat(&name) {
+                let age = now
+                    .duration_since(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_mtime as u64),
+                    )
+                    .unwrap_or_default();
+                if age > std::time::Duration::from_secs(24 * 3600) {
+                    let _ = nix::unistd::unlinkat(
+                        self.tmp.as_fd(),
+                        name.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub layers: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_and_layer_records_round_trip_and_gc_keeps_what_images_use() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        let toc_json =
+            br#"{"version":1,"entries":[{"type":"reg","name":"a","size":1,"digest":"DIG"}]}"#;
+        let content = Digest::of(b"x");
+        let toc_json = String::from_utf8_lossy(toc_json).replace("DIG", &content.to_string());
+        let comp = zstd::bulk::compress(toc_json.as_bytes(), 3).unwrap();
+        let toc_d = Digest::of(&comp);
+        s.blobs.put(&toc_d, &comp).unwrap();
+        s.files.put(&content, b"x").unwrap();
+        let orphan = Digest::of(b"orphan");
+        s.files.put(&orphan, b"orphan").unwrap();
+        let layer_d = Digest::of(b"layer blob");
+        let rec = LayerRecord {
+            digest: layer_d.to_string(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            size: 10,
+            format: LayerFormat::Indexed,
+            toc: toc_d.to_string(),
+            toc_len: toc_json.len() as u64,
+            data_end: 0,
+            files: 1,
+            bytes: 1,
+        };
+        s.put_layer(&rec).unwrap();
+        assert_eq!(s.layer(&layer_d).unwrap(), Some(rec.clone()));
+        let manifest = Digest::of(b"manifest");
+        s.blobs.put(&manifest, b"manifest").unwrap();
+        let img = ImageRecord {
+            name: "r.io/a:1".into(),
+            manifest: manifest.to_string(),
+            config: manifest.to_string(),
+            layers: vec![layer_d.to_string()],
+            origin: None,
+            pulled: "now".into(),
+            size: 10,
+        };
+        s.add_image(img.clone()).unwrap();
+        s.add_image(img.clone()).unwrap();
+        assert_eq!(s.images().unwrap(), vec![img.clone()]);
+        assert_eq!(s.find(&manifest.hex()[..12]).unwrap(), Some(img.clone()));
+        let r = s.gc(false).unwrap();
+        assert_eq!((r.layers, r.objects), (0, 1), "only the orphan file goes");
+        assert!(s.files.size_of(&content).unwrap().is_some());
+        assert!(s.remove_image("r.io/a:1").unwrap());
+        assert!(!s.remove_image("r.io/a:1").unwrap());
+        let r = s.gc(false).unwrap();
+        assert_eq!(r.layers, 1);
+        assert!(s.files.list().unwrap().is_empty() && s.blobs.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,400 @@
+//! Images end to end: images built here, pushed with skopeo to a real
+//! registry on loopback as gzip, zstd and zstd:chunked, pulled and mounted
+//! by rcfs, and compared byte for byte (and attribute for attribute) with
+//! the tree `umoci unpack` makes of the same image. Failures are injected by
+//! a proxy in front of the registry.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::harness::temp_dir;
+use crate::mounts::{cmd, require_privileges, run, Run, RCFS};
+use crate::registry::{standard_layers, unpack_reference, write_layout, FaultProxy, Registry};
+use crate::snapshot::{diff, snapshot};
+
+const T: Duration = Duration::from_secs(180);
+
+/// `rcfs --root STORE args...`.
+fn rcfs(store: &Path, args: &[&str]) -> Command {
+    let mut c = cmd(RCFS, ["--root".to_owned(), store.display().to_string()]);
+    c.args(args);
+    c
+}
+
+/// A mounted image, unmounted when dropped.
+struct ImageMount {
+    store: PathBuf,
+    mnt: PathBuf,
+}
+
+impl ImageMount {
+    fn new(store: &Path, image: &str, mnt: &Path, extra: &[&str]) -> ImageMount {
+        std::fs::create_dir_all(mnt).unwrap();
+        let mut args = vec!["mount", image, mnt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&mut rcfs(store, &args), T).expect_ok("rcfs mount IMAGE");
+        ImageMount {
+            store: store.to_owned(),
+            mnt: mnt.to_owned(),
+        }
+    }
+
+    /// `rcfs stats` as name → value.
+    fn stats(&self) -> std::collections::HashMap<String, u64> {
+        let r = run(
+            &mut rcfs(&self.store, &["stats", self.mnt.to_str().unwrap()]),
+            T,
+        )
+        .expect_ok("rcfs stats");
+        r.stdout
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        let _ = run(&mut cmd(RCFS, ["umount", self.mnt.to_str().unwrap()]), T);
+    }
+}
+
+/// A registry with one image built from `layers` pushed as `format`, and
+/// the layout and reference tree of that image.
+struct Case {
+    dir: tempfile::TempDir,
+    registry: Registry,
+    layout: PathBuf,
+    reference: PathBuf,
+}
+
+impl Case {
+    fn new(seed: u64) -> Case {
+        require_privileges();
+        let dir = temp_dir();
+        let layout = dir.path().join("layout");
+        write_layout(&layout, "v1", &standard_layers(seed));
+        let reference = unpack_reference(&layout, "v1", &dir.path().join("bundle"));
+        Case {
+            registry: Registry::start(),
+            layout,
+            reference,
+            dir,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The mount's tree equals the reference tree.
+    fn assert_same_tree(&self, mnt: &Path) {
+        let (want, got) = (snapshot(&self.reference), snapshot(mnt));
+        let d = diff("umoci unpack", &want, "rcfs", &got);
+        assert!(
+            d.is_empty(),
+            "the mounted image differs from the unpacked one:\n{d}"
+        );
+    }
+}
+
+fn pull(store: &Path, image: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["pull", "--tls-verify=false", image];
+    args.extend_from_slice(extra);
+    run(&mut rcfs(store, &args), T)
+}
+
+#[test]
+fn zstd_chunked_image_is_mounted_lazily_and_reads_what_was_pushed() {
+    let c = Case::new(1);
+    c.registry.push(&c.layout, "v1", "lazy", "zstd:chunked");
+    let proxy = FaultProxy::start(c.registry.port);
+    let image = format!("{}/lazy:v1", proxy.host());
+    let r = pull(&c.store(), &image, &[]).expect_ok("rcfs pull");
+    assert!(r.stderr.contains("2 lazy"), "{}", r.stderr);
+    let after_pull = proxy.faults.bytes.load(Ordering::SeqCst);
+    assert!(
+        after_pull < 200_000,
+        "a lazy pull fetches tables of contents only: {after_pull} bytes"
+    );
+
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+    // One small file: a few requests and bytes, not the 6 MB file next to it.
+    let got = std::fs::read_to_string(m.mnt.join("etc/hostname")).unwrap();
+    assert_eq!(got, "top 1\n");
+    let s = m.stats();
+    assert!(s["bytes_fetched"] < 100_000, "{s:?}");
+    assert!(s["requests"] >= 1, "{s:?}");
+    let listed = std::fs::read_dir(m.mnt.join("usr/share/data"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        listed,
+        300 - 1 + 2,
+        "f002 whited out; big.bin and f000-link added"
+    );
+    // Everything, compared with umoci's unpacking of the same image.
+    c.assert_same_tree(&m.mnt);
+    let s = m.stats();
+    let blob_total: u64 = std::fs::read_dir(c.layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        s["bytes_fetched"] <= blob_total,
+        "each byte about once: {s:?}, all blobs {blob_total}"
+    );
+    assert_eq!(s["digest_errors"], 0);
+    // Hard links are one inode.
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(m.mnt.join("usr/share/data/f000")).unwrap(),
+        std::fs::metadata(m.mnt.join("usr/share/data/f000-link")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}
+
+#[test]
+fn gzip_and_zstd_images_are_indexed_and_served_as_pushed() {
+    for (i, format) in ["gzip", "zstd"].into_iter().enumerate() {
+        let c = Case::new(10 + i as u64);
+        let image = c.registry.push(&c.layout, "v1", "plain", format);
+        let r = pull(&c.store(), &image, &[]).expect_ok("rcfs pull");
+        assert!(
+            r.stderr.contains("2 fetched whole"),
+            "{format}: {}",
+            r.stderr
+        );
+        let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+        c.assert_same_tree(&m.mnt);
+        assert_eq!(
+            m.stats()["requests"],
+            0,
+            "{format}: all data was in the store"
+        );
+    }
+}
+
+#[test]
+fn what_images_share_is_fetched_once() {
+    let c = Case::new(20);
+    let a = c.registry.push(&c.layout, "v1", "first", "gzip");
+    // Image B: the same base layer, another top layer.
+    let mut layers = standard_layers(20);
+    layers[1] = crate::registry::tar_layer(&[crate::registry::Item::File(
+        "other.txt",
+        b"b\n".to_vec(),
+        0o644,
+    )]);
+    let layout_b = c.path("layout-b");
+    write_layout(&layout_b, "v1", &layers);
+    let b = c.registry.push(&layout_b, "v1", "second", "gzip");
+    pull(&c.store(), &a, &[]).expect_ok("pull A");
+    let r = pull(&c.store(), &b, &[]).expect_ok("pull B");
+    assert!(r.stderr.contains("1 already in the store"), "{}", r.stderr);
+    let images = run(&mut rcfs(&c.store(), &["images", "--json"]), T).expect_ok("images");
+    assert!(
+        images.stdout.contains("/first:v1") && images.stdout.contains("/second:v1"),
+        "{}",
+        images.stdout
+    );
+    // Removing A and collecting keeps B whole.
+    run(&mut rcfs(&c.store(), &["rmi", &a]), T).expect_ok("rmi");
+    run(&mut rcfs(&c.store(), &["gc"]), T).expect_ok("gc");
+    let m = ImageMount::new(&c.store(), &b, &c.path("mnt"), &[]);
+    assert!(
+        std::fs::read(m.mnt.join("usr/share/data/big.bin")).unwrap()
+            == crate::registry::noise(6 << 20, 20)
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.mnt.join("other.txt")).unwrap(),
+        "b\n"
+    );
+}
+
+#[test]
+fn bad_registries_and_bytes_give_clear_errors_and_leave_the_store_as_it_was() {
+    let c = Case::new(30);
+    c.registry.push(&c.layout, "v1", "img", "gzip");
+    // Other content, so skopeo cannot reuse the gzip blobs for it.
+    let lazy_layout = c.path("layout-lazy");
+    write_layout(&lazy_layout, "v1", &standard_layers(31));
+    c.registry.push(&lazy_layout, "v1", "lazy", "zstd:chunked");
+    let proxy = FaultProxy::start(c.registry.port);
+    let store = c.store();
+    let images = || {
+        run(&mut rcfs(&store, &["images", "--json"]), T)
+            .expect_ok("images")
+            .stdout
+    };
+
+    proxy.faults.down.store(true, Ordering::SeqCst);
+    let r = pull(&store, &format!("{}/img:v1", proxy.host()), &[]);
+    assert!(
+        !r.success() && r.stderr.contains("cannot reach registry"),
+        "{}",
+        r.stderr
+    );
+    proxy.faults.down.store(false, Ordering::SeqCst);
+
+    let r = pull(&store, &format!("{}/img:nosuchtag", proxy.host()), &[]);
+    assert!(!r.success() && r.stderr.contains("404"), "{}", r.stderr);
+    let r = pull(&store, "127.0.0.1:1/img:v1", &[]);
+    assert!(
+        !r.success() && r.stderr.contains("cannot reach registry"),
+        "{}",
+        r.stderr
+    );
+
+    proxy.faults.flip_blobs.store(true, Ordering::SeqCst);
+    let r = pull(&store, &format!("{}/img:v1", proxy.host()), &[]);
+    assert!(
+        !r.success() && r.stderr.contains("does not match its digest"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(images().trim(), "[]", "nothing recorded");
+    assert_eq!(
+        std::fs::read_dir(store.join("layers/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "no layer records"
+    );
+    proxy.faults.flip_blobs.store(false, Ordering::SeqCst);
+
+    // Two 503s, then the registry answers: retried, not failed.
+    proxy.faults.unavailable.store(2, Ordering::SeqCst);
+    pull(&store, &format!("{}/img:v1", proxy.host()), &[]).expect_ok("pull after 503s");
+    assert_eq!(proxy.faults.unavailable.load(Ordering::SeqCst), 0);
+
+    // A lazy mount whose blob comes back corrupt: EIO, never wrong bytes;
+    // then right once the registry is.
+    let lazy = format!("{}/lazy:v1", proxy.host());
+    let r = pull(&store, &lazy, &[]).expect_ok("lazy pull");
+    assert!(r.stderr.contains("2 lazy"), "{}", r.stderr);
+    let m = ImageMount::new(&store, &lazy, &c.path("mnt"), &[]);
+    proxy.faults.flip_blobs.store(true, Ordering::SeqCst);
+    match std::fs::read(m.mnt.join("usr/share/data/big.bin")) {
+        Ok(_) => panic!("a corrupt blob was served"),
+        Err(err) => assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}"),
+    }
+    assert!(m.stats()["digest_errors"] + m.stats()["fetch_errors"] > 0);
+    proxy.faults.flip_blobs.store(false, Ordering::SeqCst);
+    proxy.faults.resets.store(1, Ordering::SeqCst);
+    assert!(
+        std::fs::read(m.mnt.join("usr/share/data/big.bin")).unwrap()
+            == crate::registry::noise(6 << 20, 31)
+    );
+}
+
+#[test]
+fn oci_layout_and_docker_archive_sources() {
+    let c = Case::new(40);
+    let oci = format!("oci:{}:v1", c.layout.display());
+    pull(&c.store(), &oci, &[]).expect_ok("pull oci:");
+    let m = ImageMount::new(&c.store(), &oci, &c.path("mnt"), &[]);
+    c.assert_same_tree(&m.mnt);
+    drop(m);
+    let archive = c.path("image.tar");
+    run(
+        &mut cmd(
+            "skopeo",
+            [
+                "copy".to_owned(),
+                "-q".into(),
+                oci.clone(),
+                format!("docker-archive:{}:demo/arch:v2", archive.display()),
+            ],
+        ),
+        T,
+    )
+    .expect_ok("skopeo to docker-archive");
+    let r = pull(
+        &c.store(),
+        &format!("docker-archive:{}", archive.display()),
+        &[],
+    )
+    .expect_ok("pull docker-archive:");
+    assert!(r.stderr.contains("docker.io/demo/arch:v2"), "{}", r.stderr);
+    let m = ImageMount::new(&c.store(), "docker.io/demo/arch:v2", &c.path("mnt2"), &[]);
+    c.assert_same_tree(&m.mnt);
+}
+
+#[test]
+fn an_image_mount_with_an_upper_dir_copies_up() {
+    let c = Case::new(50);
+    let image = c.registry.push(&c.layout, "v1", "rw", "zstd:chunked");
+    let (upper, work) = (c.path("upper"), c.path("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    // Not pulled yet: mount pulls it lazily.
+    let m = ImageMount::new(
+        &c.store(),
+        &image,
+        &c.path("mnt"),
+        &[
+            "--tls-verify=false",
+            "--upper",
+            upper.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+        ],
+    );
+    let f = m.mnt.join("usr/share/data/big.bin");
+    let mut data = std::fs::read(&f).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    data.extend_from_slice(b"tail");
+    assert!(std::fs::read(&f).unwrap() == data);
+    std::fs::remove_file(m.mnt.join("etc/hostname")).unwrap();
+    drop(m);
+    assert!(std::fs::read(upper.join("usr/share/data/big.bin")).unwrap() == data);
+    assert!(
+        std::fs::symlink_metadata(upper.join("etc/.wh.hostname")).is_ok()
+            || std::fs::symlink_metadata(upper.join("etc/hostname")).is_ok()
+    );
+}
+
+#[test]
+fn an_unprivileged_user_pulls_and_mounts_into_its_own_store() {
+    let c = Case::new(60);
+    let image = c.registry.push(&c.layout, "v1", "rootless", "zstd:chunked");
+    let _ = Command::new("chmod").args(["666", "/dev/fuse"]).status();
+    let home = c.path("home");
+    std::fs::create_dir_all(home.join("mnt")).unwrap();
+    std::os::unix::fs::chown(c.dir.path(), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(home.join("mnt"), Some(65534), Some(65534)).unwrap();
+    let script = format!(
+        "set -e; {rcfs} pull --tls-verify=false {image}; {rcfs} mount {image} {mnt}; cat {mnt}/etc/hostname; \
+         {rcfs} stats {mnt} | grep -q requests; {rcfs} umount {mnt}; test -d {home}/.local/share/rcfs/blobs/sha256",
+        rcfs = RCFS,
+        mnt = home.join("mnt").display(),
+        home = home.display(),
+    );
+    let mut sh = Command::new("setpriv");
+    sh.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    sh.env("HOME", &home).env_remove("XDG_DATA_HOME");
+    let r = run(&mut sh, T).expect_ok("rootless pull + mount");
+    assert!(r.stdout.contains("top 60"), "{}", r.stdout);
+}

@@ -272,3 +272,63 @@ pub fn open_store(root: Option<&Path>) -> Result<Store> {
     let root = root.map(Path::to_owned).unwrap_or_else(Store::default_root);
     Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
+
+/// `rcfs convert`.
+pub fn convert(
+    store: &Store,
+    source: &str,
+    dest: &str,
+    trace: Option<&Path>,
+    level: i32,
+    insecure: bool,
+) -> Result<()> {
+    let src = resolve(store, source, true, insecure)?;
+    let trace = match trace {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the trace {}", p.display()))?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
+    let name = match rcfs_fs::image::reference::Reference::parse(dest, "docker.io") {
+        Ok(r) => r.canonical(),
+        Err(_) => dest.to_owned(),
+    };
+    let t0 = std::time::Instant::now();
+    let opts = rcfs_fs::image::convert::ConvertOptions { level, trace };
+    let img = rcfs_fs::image::convert::convert(store, &src, &name, &opts, &|i, n| {
+        if i < n {
+            eprintln!("converting layer {}/{n}", i + 1);
+        }
+    })
+    .with_context(|| format!("cannot convert {}", src.name))?;
+    eprintln!(
+        "converted {} to {} in {:.1}s: {} zstd:chunked layers, {}",
+        src.name,
+        img.name,
+        t0.elapsed().as_secs_f64(),
+        img.layers.len(),
+        human(img.size)
+    );
+    Ok(())
+}
+
+/// `rcfs push`.
+pub fn push(store: &Store, name: &str, dest: Option<&str>, insecure: bool) -> Result<()> {
+    let img = resolve(store, name, false, insecure)?;
+    let dest = dest.unwrap_or(&img.name).to_owned();
+    let r = rcfs_fs::image::push::push(store, &img, &dest, insecure, &|m| eprintln!("{m}"))
+        .with_context(|| format!("cannot push {} to {dest}", img.name))?;
+    eprintln!(
+        "pushed {} to {dest}: {} blobs uploaded ({}), {} already there, {} mounted from another repository; manifest {}",
+        img.name,
+        r.uploaded.len(),
+        human(r.bytes),
+        r.present.len(),
+        r.mounted.len(),
+        r.manifest.map(|d| d.to_string()).unwrap_or_default()
+    );
+    Ok(())
+}

@@ -35,6 +35,7 @@
 //! | [`Rank::ReadAheadMark`] | `ReadAhead::enough_before` | how far reading ahead got is noted |
 //! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
 //! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
+//! | [`Rank::Trace`] | `layer::Trace::out` | a first open is written to a trace |
 //! | [`Rank::CachePending`] | `BlockCache::pending` | chunk fetches in flight are looked up |
 //! | [`Rank::CacheFetch`] | `cache::Pending::done` | one fetch's result is set or waited for |
 //! | [`Rank::CacheMem`] | `BlockCache::mem` | chunks in memory are looked up or added |
@@ -70,6 +71,7 @@ pub(crate) enum Rank {
     ReadAheadMark,
     Stop,
     LayerDirs,
+    Trace,
     CachePending,
     CacheFetch,
     CacheMem,

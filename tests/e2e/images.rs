@@ -398,3 +398,164 @@ fn an_unprivileged_user_pulls_and_mounts_into_its_own_store() {
     let r = run(&mut sh, T).expect_ok("rootless pull + mount");
     assert!(r.stdout.contains("top 60"), "{}", r.stdout);
 }
+
+/// The regular files of each layer of `oci:LAYOUT:TAG` (bottom first), in
+/// tar order, decompressed with plain zstd.
+fn layer_files(layout: &Path) -> Vec<Vec<String>> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.oci.image.layer.v1.tar+zstd"
+            );
+            let tar_bytes =
+                zstd::stream::decode_all(&blob(l["digest"].as_str().unwrap())[..]).unwrap();
+            let mut ar = tar::Archive::new(&tar_bytes[..]);
+            ar.entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.header().entry_type() == tar::EntryType::Regular && e.size() > 0)
+                .map(|e| e.path().unwrap().to_string_lossy().into_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn convert_with_a_trace_push_and_pull_lazily_and_other_tools_read_it() {
+    let c = Case::new(70);
+    let src = c.registry.push(&c.layout, "v1", "src", "gzip");
+    let store = c.store();
+    pull(&store, &src, &[]).expect_ok("pull");
+    // What a start reads, recorded.
+    let trace = c.path("trace.txt");
+    {
+        let m = ImageMount::new(
+            &store,
+            &src,
+            &c.path("mnt"),
+            &["--record-trace", trace.to_str().unwrap()],
+        );
+        for f in [
+            "etc/hostname",
+            "usr/share/data/f100",
+            "bin/busybox",
+            "etc/hostname",
+        ] {
+            std::fs::read(m.mnt.join(f)).unwrap();
+        }
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines,
+        ["etc/hostname", "usr/share/data/f100", "bin/busybox"],
+        "first opens, each once"
+    );
+
+    let dst = format!("{}/converted:v1", c.registry.host());
+    let r = run(
+        &mut rcfs(
+            &store,
+            &["convert", "--trace", trace.to_str().unwrap(), &src, &dst],
+        ),
+        T,
+    )
+    .expect_ok("convert");
+    assert!(r.stderr.contains("2 zstd:chunked layers"), "{}", r.stderr);
+    {
+        // Served from the store's blobs, lazily.
+        let m = ImageMount::new(&store, &dst, &c.path("mnt2"), &[]);
+        c.assert_same_tree(&m.mnt);
+    }
+    run(&mut rcfs(&store, &["push", "--tls-verify=false", &dst]), T).expect_ok("push");
+
+    // Other tools read it as an ordinary tar+zstd image, with the traced
+    // files first in their layers.
+    let copy = c.path("copy");
+    run(
+        &mut cmd(
+            "skopeo",
+            [
+                "copy".to_owned(),
+                "-q".into(),
+                "--src-tls-verify=false".into(),
+                format!("docker://{dst}"),
+                format!("oci:{}:v1", copy.display()),
+            ],
+        ),
+        T,
+    )
+    .expect_ok("skopeo copy from the registry");
+    // (Debian's umoci reads no zstd: skopeo decompresses the layers for it.)
+    let copy_gz = c.path("copy-gz");
+    run(
+        &mut cmd(
+            "skopeo",
+            [
+                "copy".to_owned(),
+                "-q".into(),
+                "--dest-compress".into(),
+                "--dest-compress-format".into(),
+                "gzip".into(),
+                format!("oci:{}:v1", copy.display()),
+                format!("oci:{}:v1", copy_gz.display()),
+            ],
+        ),
+        T,
+    )
+    .expect_ok("skopeo recompressing the conversion as gzip");
+    let unpacked = unpack_reference(&copy_gz, "v1", &c.path("bundle2"));
+    let d = diff(
+        "umoci unpack of the original",
+        &snapshot(&c.reference),
+        "umoci unpack of rcfs's conversion",
+        &snapshot(&unpacked),
+    );
+    assert!(d.is_empty(), "{d}");
+    let files = layer_files(&copy);
+    // (The base layer has its own etc/hostname, which the top one hides.)
+    assert_eq!(
+        &files[0][..3],
+        ["etc/hostname", "usr/share/data/f100", "bin/busybox"],
+        "base layer order: {:?}",
+        &files[0][..4]
+    );
+    assert_eq!(files[1][0], "etc/hostname");
+
+    // A fresh store pulls it lazily and a start fetches little.
+    let proxy = FaultProxy::start(c.registry.port);
+    let image = format!("{}/converted:v1", proxy.host());
+    let store2 = c.path("store2");
+    let r = pull(&store2, &image, &[]).expect_ok("lazy pull of the conversion");
+    assert!(r.stderr.contains("2 lazy"), "{}", r.stderr);
+    let m = ImageMount::new(&store2, &image, &c.path("mnt3"), &[]);
+    for f in &lines {
+        std::fs::read(m.mnt.join(f)).unwrap();
+    }
+    let s = m.stats();
+    let busybox = std::fs::metadata("/bin/busybox").unwrap().len();
+    assert!(
+        s["bytes_fetched"] < busybox + (1 << 20),
+        "the start's files and little more: {s:?}"
+    );
+    c.assert_same_tree(&m.mnt);
+}

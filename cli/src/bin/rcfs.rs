@@ -67,6 +67,33 @@ enum Cmd {
     },
     /// Show an image's manifest digest, layers and config as JSON.
     Inspect { image: String },
+    /// Write an image from the store as a new image whose layers are
+    /// zstd:chunked (lazy for rcfs, a plain tar+zstd for other tools).
+    Convert {
+        /// The image to convert (pulled lazily if not in the store).
+        source: String,
+        /// The new image's name (REGISTRY/REPO:TAG, as `rcfs push` will use it).
+        dest: String,
+        /// Put the files this trace lists (`rcfs mount --record-trace`)
+        /// first in their layers, in that order.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// zstd compression level.
+        #[arg(long, default_value = "3")]
+        level: i32,
+        /// For a source not yet pulled: plain HTTP to its registry.
+        #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+        tls_verify: bool,
+    },
+    /// Send an image from the store to a registry.
+    Push {
+        image: String,
+        /// REGISTRY/REPO[:TAG] (default: the image's own name).
+        dest: Option<String>,
+        /// Use plain HTTP (and no TLS checks): for registries on loopback.
+        #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+        tls_verify: bool,
+    },
     /// Show an image mount's cache counters: hits, misses, bytes fetched,
     /// requests, fetch latency.
     Stats { mountpoint: PathBuf },
@@ -96,6 +123,10 @@ struct MountArgs {
     /// Fetch the image's layers whole in the background while mounted.
     #[arg(long)]
     prefetch: bool,
+    /// Write the paths of the image's files, in the order they are first
+    /// opened, to FILE (for `rcfs convert --trace`).
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
     /// Bytes of fetched chunks kept in memory (MiB).
     #[arg(long, default_value = "16", value_name = "MIB")]
     cache_memory: u64,
@@ -162,6 +193,12 @@ fn run() -> Result<()> {
                         mem_bytes: a.cache_memory << 20,
                         disk_bytes: a.cache_disk << 20,
                         prefetch: a.prefetch,
+                        trace: match &a.record_trace {
+                            Some(p) => Some(rcfs_fs::layer::Trace::create(p).map_err(|e| {
+                                anyhow::anyhow!("cannot write the trace {}: {e}", p.display())
+                            })?),
+                            None => None,
+                        },
                     },
                 });
                 req.fsname = "rcfs-image".into();
@@ -197,6 +234,26 @@ fn run() -> Result<()> {
         Cmd::Gc { all } => image::gc(&image::open_store(cli.root.as_deref())?, all),
         Cmd::Inspect { image: name } => {
             image::inspect(&image::open_store(cli.root.as_deref())?, &name)
+        }
+        Cmd::Convert {
+            source,
+            dest,
+            trace,
+            level,
+            tls_verify,
+        } => {
+            init_log(false);
+            let store = image::open_store(cli.root.as_deref())?;
+            image::convert(&store, &source, &dest, trace.as_deref(), level, !tls_verify)
+        }
+        Cmd::Push {
+            image: name,
+            dest,
+            tls_verify,
+        } => {
+            init_log(false);
+            let store = image::open_store(cli.root.as_deref())?;
+            image::push(&store, &name, dest.as_deref(), !tls_verify)
         }
         Cmd::Stats { mountpoint } => {
             let root = cli

@@ -12,14 +12,19 @@
 //! * [`pull`] — images into the store; [`open`] — a stored image's layers
 //!   for a mount.
 //! * [`store`] — the store's layout, index and garbage collection.
+//! * [`chunked`] — writing zstd:chunked blobs; [`convert`] — images made of
+//!   them; [`push`] — images to a registry.
 
 pub mod auth;
 pub mod blob;
 pub mod cas;
+pub mod chunked;
+pub mod convert;
 pub mod digest;
 pub mod index;
 pub mod open;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registries;
 pub mod registry;

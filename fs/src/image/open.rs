@@ -8,16 +8,16 @@ use std::io;
 use std::sync::Arc;
 
 use super::auth;
-use super::blob::BlobSource;
+use super::blob::{BlobSource, FileBlob};
 use super::digest::Digest;
 use super::pull::decompress_toc;
 use super::reference::Reference;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
-use super::store::{ImageRecord, LayerFormat, Store};
+use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
 use super::toc::{DataIn, Toc, TocJson};
 use crate::cache::BlockCache;
 use crate::error::layer_error;
-use crate::layer::{ImageLayer, Layer};
+use crate::layer::{ImageLayer, Layer, Trace};
 
 /// How a mounted image fetches and caches.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct CacheOptions {
     pub disk_bytes: u64,
     /// Fetch whole layers in the background.
     pub prefetch: bool,
+    /// Record the order in which files are first opened.
+    pub trace: Option<Arc<Trace>>,
 }
 
 impl Default for CacheOptions {
@@ -36,6 +38,7 @@ impl Default for CacheOptions {
             mem_bytes: 16 << 20,
             disk_bytes: 10 << 30,
             prefetch: false,
+            trace: None,
         }
     }
 }
@@ -45,6 +48,23 @@ pub type OpenImage = (Vec<Arc<dyn Layer>>, Arc<BlockCache>);
 
 /// The layers of `img`, top first, and the cache they share.
 pub fn open_image(store: &Store, img: &ImageRecord, opts: &CacheOptions) -> io::Result<OpenImage> {
+    let (layers, cache) = open_layers(store, img, opts)?;
+    Ok((
+        layers
+            .into_iter()
+            .map(|(_, l)| l as Arc<dyn Layer>)
+            .collect(),
+        cache,
+    ))
+}
+
+/// The layers of `img` with their records, top first, and their cache.
+#[allow(clippy::type_complexity)]
+pub fn open_layers(
+    store: &Store,
+    img: &ImageRecord,
+    opts: &CacheOptions,
+) -> io::Result<(Vec<(LayerRecord, Arc<ImageLayer>)>, Arc<BlockCache>)> {
     let cache = Arc::new(BlockCache::new(
         opts.mem_bytes,
         Some(store.cache.clone()),
@@ -70,7 +90,7 @@ pub fn open_image(store: &Store, img: &ImageRecord, opts: &CacheOptions) -> io::
         }
         None => None,
     };
-    let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+    let mut layers = Vec::new();
     for l in img.layers.iter().rev() {
         let d = Digest::parse(l)?;
         let missing = || {
@@ -93,35 +113,41 @@ pub fn open_image(store: &Store, img: &ImageRecord, opts: &CacheOptions) -> io::
         let (data, source): (DataIn, Option<Arc<dyn BlobSource>>) = match rec.format {
             LayerFormat::Indexed => (DataIn::Store, None),
             LayerFormat::ZstdChunked => {
-                let reg = registry.clone().ok_or_else(|| {
-                    layer_error(
-                        libc::EIO,
-                        format!(
-                            "layer {d} is lazy but {} has no registry to fetch from",
-                            img.name
-                        ),
-                    )
-                })?;
+                // The blob itself when the store has it (images rcfs
+                // converted), else by range from the registry.
+                let source: Arc<dyn BlobSource> = match store.blobs.open_object(&d)? {
+                    Some(f) => Arc::new(FileBlob::new(f, format!("stored blob {}", d.short()))),
+                    None => match &registry {
+                        Some(reg) => Arc::new(RegistryBlob {
+                            registry: reg.clone(),
+                            digest: d,
+                        }),
+                        None => {
+                            return Err(layer_error(
+                                libc::EIO,
+                                format!(
+                                    "layer {d} is lazy but {} has no registry to fetch from",
+                                    img.name
+                                ),
+                            ))
+                        }
+                    },
+                };
                 (
                     DataIn::Blob {
                         data_end: rec.data_end,
                     },
-                    Some(Arc::new(RegistryBlob {
-                        registry: reg,
-                        digest: d,
-                    })),
+                    Some(source),
                 )
             }
         };
         let toc = Toc::parse(&parsed, data)
             .map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
-        layers.push(Arc::new(ImageLayer::new(
-            d.to_string(),
-            toc,
-            source,
-            cache.clone(),
-            opts.prefetch,
-        )));
+        let layer = Arc::new(
+            ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
+                .with_trace(opts.trace.clone()),
+        );
+        layers.push((rec, layer));
     }
     Ok((layers, cache))
 }

@@ -4,7 +4,8 @@
 //! storage (without our credentials), HTTPS checked against the system's CA
 //! certificates, plain HTTP for insecure (loopback) registries.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,24 @@ pub struct Registry {
     /// The `Authorization` header value that last worked (a bearer token or
     /// basic credentials); taken alone.
     authorization: PlMutex<Option<String>>,
+}
+
+type Response = ureq::http::Response<ureq::Body>;
+
+/// The requests rcfs makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+/// What a request sends.
+enum ReqBody<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File(&'a File),
 }
 
 /// A failed request, with what to tell the user.
@@ -149,24 +168,29 @@ impl Registry {
 
     /// One GET with authentication and retries; the response of the last
     /// attempt, whatever its status, or a transport error.
-    fn get(
+    fn get(&self, url: &str, headers: &[(&str, String)]) -> io::Result<Response> {
+        self.call(Method::Get, url, headers, ReqBody::None)
+    }
+
+    /// One request with authentication and retries (a file body is sent
+    /// again from its start).
+    fn call(
         &self,
+        method: Method,
         url: &str,
         headers: &[(&str, String)],
-    ) -> io::Result<ureq::http::Response<ureq::Body>> {
+        body: ReqBody<'_>,
+    ) -> io::Result<Response> {
         let mut delay = self.opts.backoff;
         let mut tried_auth = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.agent.get(url);
-            for (k, v) in headers {
-                req = req.header(*k, v);
-            }
+            let mut auth_headers: Vec<(&str, String)> = headers.to_vec();
             if let Some(a) = self.authorization.lock().clone() {
-                req = req.header("Authorization", a);
+                auth_headers.push(("Authorization", a));
             }
-            let res = req.call();
+            let res = self.once(method, url, &auth_headers, &body);
             let retry_after;
             match res {
                 Ok(resp) if resp.status() == 401 && !tried_auth => {
@@ -209,6 +233,45 @@ impl Registry {
             }
             std::thread::sleep(retry_after.unwrap_or(delay));
             delay = (delay * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    fn once(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &ReqBody<'_>,
+    ) -> Result<Response, ureq::Error> {
+        macro_rules! with_headers {
+            ($req:expr) => {{
+                let mut r = $req;
+                for (k, v) in headers {
+                    r = r.header(*k, v);
+                }
+                r
+            }};
+        }
+        match method {
+            Method::Get => with_headers!(self.agent.get(url)).call(),
+            Method::Head => with_headers!(self.agent.head(url)).call(),
+            Method::Post | Method::Put => {
+                let req = if method == Method::Post {
+                    self.agent.post(url)
+                } else {
+                    self.agent.put(url)
+                };
+                let req = with_headers!(req);
+                match body {
+                    ReqBody::None => req.send_empty(),
+                    ReqBody::Bytes(b) => req.send(*b),
+                    ReqBody::File(f) => {
+                        let mut f: &File = f;
+                        f.seek(io::SeekFrom::Start(0)).map_err(ureq::Error::Io)?;
+                        req.send(f)
+                    }
+                }
+            }
         }
     }
 
@@ -303,7 +366,7 @@ impl Registry {
     }
 
     /// Turns a non-success status into a clear error.
-    fn status_error(&self, what: &str, resp: &mut ureq::http::Response<ureq::Body>) -> io::Error {
+    fn status_error(&self, what: &str, resp: &mut Response) -> io::Error {
         let status = resp.status();
         let body = resp
             .body_mut()
@@ -380,6 +443,73 @@ impl Registry {
             _ => return Err(self.status_error(&format!("blob {}", d.short()), &mut resp)),
         }
         Ok(Box::new(resp.into_body().into_reader()))
+    }
+
+    /// Whether the repository has blob `d`.
+    pub fn has_blob(&self, d: &Digest) -> io::Result<bool> {
+        let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repository);
+        let mut resp = self.call(Method::Head, &url, &[], ReqBody::None)?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.status_error(&format!("checking blob {}", d.short()), &mut resp)),
+        }
+    }
+
+    /// Makes blob `d`, which repository `from` of the same registry has,
+    /// part of this repository without sending it; false when the registry
+    /// did not (the caller then uploads it).
+    pub fn mount_blob(&self, d: &Digest, from: &str) -> io::Result<bool> {
+        let url = format!(
+            "{}/v2/{}/blobs/uploads/?mount={d}&from={from}",
+            self.base, self.repository
+        );
+        let resp = self.call(Method::Post, &url, &[], ReqBody::None)?;
+        Ok(resp.status().as_u16() == 201)
+    }
+
+    /// Uploads blob `d` from `file` (one monolithic PUT).
+    pub fn upload_blob(&self, d: &Digest, file: &File) -> io::Result<()> {
+        let url = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
+        let mut resp = self.call(Method::Post, &url, &[], ReqBody::None)?;
+        if resp.status().as_u16() != 202 {
+            return Err(self.status_error("starting an upload", &mut resp));
+        }
+        let loc = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| err(format!("{}: the upload answer has no Location", self.name)))?
+            .to_owned();
+        // The location may be relative, and may already have a query.
+        let loc = if loc.starts_with('/') {
+            format!("{}{loc}", self.base)
+        } else {
+            loc
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let url = format!("{loc}{sep}digest={d}");
+        let len = file.metadata()?.len();
+        let headers = [
+            ("Content-Type", "application/octet-stream".to_owned()),
+            ("Content-Length", len.to_string()),
+        ];
+        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::File(file))?;
+        if resp.status().as_u16() != 201 {
+            return Err(self.status_error(&format!("uploading blob {}", d.short()), &mut resp));
+        }
+        Ok(())
+    }
+
+    /// Stores manifest `bytes` (of `media_type`) as `reference`.
+    pub fn put_manifest(&self, reference: &str, bytes: &[u8], media_type: &str) -> io::Result<()> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
+        let headers = [("Content-Type", media_type.to_owned())];
+        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::Bytes(bytes))?;
+        if resp.status().as_u16() != 201 {
+            return Err(self.status_error(&format!("storing manifest {reference}"), &mut resp));
+        }
+        Ok(())
     }
 
     /// For messages: `host/repository`.

@@ -15,9 +15,10 @@
 //! the kernel can read it itself (passthrough) and copy-up copies it in the
 //! kernel.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,18 @@ use crate::cache::{Block, BlockCache, Claim, Fetching};
 use crate::error::layer_error;
 use crate::image::blob::{unzstd_exact, BlobSource};
 use crate::image::toc::{Chunk, Source, Toc, NONE};
+use crate::lock::{Mutex, Rank};
 
 /// The most compressed bytes one request fetches for chunks that follow
 /// each other (more goes in further requests).
 const MAX_REQUEST: u64 = 4 << 20;
+
+/// The largest gap (tar headers between files' frames) a request fetches
+/// and throws away to join two chunks.
+const MAX_GAP: u64 = 16 << 10;
+
+/// How far past what a read asked for one request goes in the blob.
+const READ_AHEAD: u64 = 512 << 10;
 
 /// What the background thread is asked to fetch.
 enum Job {
@@ -54,12 +63,46 @@ struct Inner {
     cache: Arc<BlockCache>,
     /// Files already queued for the background fetch.
     queued: Vec<AtomicBool>,
+    /// Every chunk in the blob as (start, file, chunk index), by start:
+    /// what follows a chunk in the blob, for reading ahead.
+    by_offset: Vec<(u64, u32, u32)>,
+}
+
+/// The order in which a mount's files were first opened
+/// (`rcfs mount --record-trace`): one path per line, each once.
+#[derive(Debug)]
+pub struct Trace {
+    /// The file and the paths already written; taken alone.
+    out: Mutex<(File, HashSet<Vec<u8>>)>,
+}
+
+impl Trace {
+    /// A trace written to `path` (created or truncated).
+    pub fn create(path: &Path) -> io::Result<Arc<Trace>> {
+        let f = File::create(path)?;
+        Ok(Arc::new(Trace {
+            out: Mutex::new(Rank::Trace, (f, HashSet::new())),
+        }))
+    }
+
+    fn note(&self, path: &[u8]) {
+        let mut g = self.out.lock();
+        if g.1.insert(path.to_vec()) {
+            let mut line = path.to_vec();
+            line.push(b'\n');
+            if let Err(e) = g.0.write_all(&line) {
+                log::warn!("cannot write the trace: {e}");
+            }
+        }
+    }
 }
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct ImageLayer {
     inner: Arc<Inner>,
+    /// Where first opens are recorded, if anywhere.
+    trace: Option<Arc<Trace>>,
     /// Jobs for the background thread; dropped to stop it.
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -79,12 +122,22 @@ impl ImageLayer {
         let queued = (0..toc.files.len())
             .map(|_| AtomicBool::new(false))
             .collect();
+        let mut by_offset: Vec<(u64, u32, u32)> = Vec::new();
+        for (fi, f) in toc.files.iter().enumerate() {
+            for (ci, c) in f.chunks.iter().enumerate() {
+                if let Source::Blob { start, .. } = c.source {
+                    by_offset.push((start, fi as u32, ci as u32));
+                }
+            }
+        }
+        by_offset.sort_unstable();
         let inner = Arc::new(Inner {
             id,
             toc,
             source,
             cache,
             queued,
+            by_offset,
         });
         let (tx, rx) = mpsc::channel();
         let bg = inner.clone();
@@ -94,9 +147,16 @@ impl ImageLayer {
             .ok();
         ImageLayer {
             inner,
+            trace: None,
             jobs: Some(tx),
             thread,
         }
+    }
+
+    /// Records the files this layer opens in `trace`.
+    pub fn with_trace(mut self, trace: Option<Arc<Trace>>) -> ImageLayer {
+        self.trace = trace;
+        self
     }
 
     /// The table of contents.
@@ -158,7 +218,7 @@ impl Inner {
                 }
             };
             let size = self.toc.files[file as usize].size;
-            if let Err(e) = self.fetch(file, 0, size) {
+            if let Err(e) = self.fetch(file, 0, size, false) {
                 log::warn!(
                     "layer {}: background fetch of {}: {e}",
                     self.id,
@@ -175,124 +235,238 @@ impl Inner {
     }
 
     /// Makes sure every chunk of `file` in `[start, end)` is cached;
-    /// returns their blocks (`None` for runs of zeros), in order.
-    fn fetch(&self, file: u32, start: u64, end: u64) -> io::Result<Vec<(Chunk, Option<Block>)>> {
+    /// returns their blocks (`None` for runs of zeros), in order. Missing
+    /// chunks close to each other in the blob are fetched with one request,
+    /// which goes on past the last one into the chunks that follow in the
+    /// blob (of other files) while they are missing, up to [`READ_AHEAD`]
+    /// bytes (`ahead`): a layer written in the order a program reads it
+    /// (`rcfs convert --trace`) then serves a start with few requests.
+    fn fetch(
+        &self,
+        file: u32,
+        start: u64,
+        end: u64,
+        ahead: bool,
+    ) -> io::Result<Vec<(Chunk, Option<Block>)>> {
+        self.fetch_inner(file, start, end, ahead, true)
+    }
+
+    fn fetch_inner(
+        &self,
+        file: u32,
+        start: u64,
+        end: u64,
+        ahead: bool,
+        retry: bool,
+    ) -> io::Result<Vec<(Chunk, Option<Block>)>> {
         let f = &self.toc.files[file as usize];
         let first = f.chunks.partition_point(|c| c.offset + c.len <= start);
         let mut out: Vec<(Chunk, Option<Block>)> = Vec::new();
         let mut waits = Vec::new();
-        // Claimed chunks not yet fetched: adjacent in the blob, fetched as one.
-        let mut run: Vec<(usize, Fetching<'_>)> = Vec::new();
+        let mut run: Vec<RunItem<'_>> = Vec::new();
         for c in f.chunks[first..].iter().take_while(|c| c.offset < end) {
             let i = out.len();
             out.push((c.clone(), None));
-            if c.source == Source::Zeros {
+            let Source::Blob { start: s, end: e } = c.source else {
+                if c.source == Source::Stored {
+                    match self.cache.get(&c.digest, c.len)? {
+                        Some(b) => out[i].1 = Some(b),
+                        None => return Err(self.missing(file)),
+                    }
+                }
                 continue;
-            }
+            };
             match self.cache.claim(&c.digest, c.len)? {
                 Claim::Have(b) => out[i].1 = Some(b),
                 Claim::Wait(p) => waits.push((i, p)),
                 Claim::Mine(fetching) => {
-                    // Joins the run if it starts where the run ends, and
-                    // the run is not so long that a reader waiting for a
-                    // chunk at its end would wait long.
-                    let joins = match (run.first(), run.last(), c.source) {
-                        (Some((f, _)), Some((l, _)), Source::Blob { start, end }) => {
-                            let first = match out[*f].0.source {
-                                Source::Blob { start, .. } => start,
-                                _ => u64::MAX,
-                            };
-                            matches!(out[*l].0.source, Source::Blob { end: e, .. } if e == start)
-                                && end.saturating_sub(first) <= MAX_REQUEST
-                        }
-                        _ => false,
-                    };
-                    if !joins && !run.is_empty() {
-                        self.fetch_run(file, std::mem::take(&mut run), &mut out)?;
+                    if !run.is_empty() && !Self::joins(&run, s, e) {
+                        self.fetch_run(std::mem::take(&mut run), &mut out)?;
                     }
-                    run.push((i, fetching));
+                    run.push(RunItem {
+                        out: Some(i),
+                        file,
+                        chunk: c.clone(),
+                        start: s,
+                        end: e,
+                        fetching,
+                    });
                 }
             }
         }
         if !run.is_empty() {
-            self.fetch_run(file, run, &mut out)?;
+            if ahead {
+                self.extend(&mut run);
+            }
+            self.fetch_run(run, &mut out)?;
         }
         for (i, p) in waits {
-            out[i].1 = Some(p.wait()?);
+            out[i].1 = Some(match p.wait() {
+                Ok(b) => b,
+                // The fetch this read joined failed (a read ahead or the
+                // background one, perhaps): try once itself.
+                Err(e) if retry => {
+                    let c = &out[i].0;
+                    log::info!("retrying a chunk of '{}' after: {e}", self.name_of(file));
+                    let again = self.fetch_inner(file, c.offset, c.offset + c.len, false, false)?;
+                    again
+                        .into_iter()
+                        .next()
+                        .and_then(|(_, b)| b)
+                        .ok_or_else(|| self.missing(file))?
+                }
+                Err(e) => return Err(e),
+            });
         }
         Ok(out)
     }
 
-    /// Fetches chunks that follow each other in the blob with one request.
+    /// Whether a chunk at `[s, e)` of the blob can join `run` in one
+    /// request: it starts at most [`MAX_GAP`] bytes after the run ends, and
+    /// the request stays under [`MAX_REQUEST`] bytes.
+    fn joins(run: &[RunItem<'_>], s: u64, e: u64) -> bool {
+        let (first, last) = (run[0].start, run[run.len() - 1].end);
+        s >= last && s - last <= MAX_GAP && e - first <= MAX_REQUEST
+    }
+
+    /// Adds to `run` the missing chunks that follow it in the blob.
+    fn extend<'a>(&'a self, run: &mut Vec<RunItem<'a>>) {
+        let last_end = run[run.len() - 1].end;
+        let from = self.by_offset.partition_point(|&(s, _, _)| s < last_end);
+        let limit = run[run.len() - 1].end + READ_AHEAD;
+        for &(s, file, chunk) in &self.by_offset[from..] {
+            let c = &self.toc.files[file as usize].chunks[chunk as usize];
+            let Source::Blob { end: e, .. } = c.source else {
+                continue;
+            };
+            if e > limit || !Self::joins(run, s, e) {
+                break;
+            }
+            match self.cache.claim(&c.digest, c.len) {
+                Ok(Claim::Mine(fetching)) => run.push(RunItem {
+                    out: None,
+                    file,
+                    chunk: c.clone(),
+                    start: s,
+                    end: e,
+                    fetching,
+                }),
+                // Already here or on its way: read ahead no further.
+                _ => break,
+            }
+        }
+    }
+
+    fn missing(&self, file: u32) -> io::Error {
+        layer_error(
+            libc::EIO,
+            format!(
+                "layer {}, file '{}': its data is missing from the store; pull the image again",
+                self.id,
+                self.name_of(file)
+            ),
+        )
+    }
+
+    /// Fetches the chunks of `run` with one request (skipping the bytes
+    /// between them) and fills in `out`.
     fn fetch_run(
         &self,
-        file: u32,
-        run: Vec<(usize, Fetching<'_>)>,
+        run: Vec<RunItem<'_>>,
         out: &mut [(Chunk, Option<Block>)],
     ) -> io::Result<()> {
-        let what = || format!("layer {}, file '{}'", self.id, self.name_of(file));
-        let (Some(src), Source::Blob { start, .. }) = (&self.source, out[run[0].0].0.source) else {
-            return Err(layer_error(
-                libc::EIO,
-                format!(
-                    "{}: its data is missing from the store; pull the image again",
-                    what()
-                ),
-            ));
+        let what = |file: u32| format!("layer {}, file '{}'", self.id, self.name_of(file));
+        let Some(src) = &self.source else {
+            return Err(self.missing(run[0].file));
         };
-        let Source::Blob { end, .. } = out[run[run.len() - 1].0].0.source else {
-            unreachable!("a run holds blob chunks only")
-        };
+        let (start, end) = (run[0].start, run[run.len() - 1].end);
         let t0 = Instant::now();
         let stats = &self.cache.stats;
         let mut body = match src.open_range(start, end) {
             Ok(b) => b,
             Err(e) => {
                 stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(layer_error(libc::EIO, format!("{}: {e}", what())));
+                return Err(layer_error(
+                    libc::EIO,
+                    format!("{}: {e}", what(run[0].file)),
+                ));
             }
         };
-        let mut got = 0u64;
-        for (i, fetching) in run {
-            let c = &out[i].0;
-            let Source::Blob { start: s, end: e } = c.source else {
-                unreachable!()
-            };
-            let mut frame = Vec::with_capacity((e - s) as usize);
-            let r = body
-                .by_ref()
-                .take(e - s)
-                .read_to_end(&mut frame)
-                .and_then(|n| {
-                    got += n as u64;
-                    if n as u64 != e - s {
+        let mut at = start;
+        let mut result = Ok(());
+        for item in run {
+            let RunItem {
+                out: slot,
+                file,
+                chunk: c,
+                start: s,
+                end: e,
+                fetching,
+            } = item;
+            // Once the body failed, the rest of the run fails with it (the
+            // waiters are told; a later read tries again).
+            if result.is_err() {
+                drop(fetching);
+                continue;
+            }
+            let r =
+                io::copy(&mut body.by_ref().take(s - at), &mut io::sink()).and_then(|skipped| {
+                    at += skipped;
+                    let mut frame = Vec::with_capacity((e - s) as usize);
+                    let n = body.by_ref().take(e - s).read_to_end(&mut frame)?;
+                    at += n as u64;
+                    if at != e {
                         return Err(layer_error(
                             libc::EIO,
                             format!(
-                                "{}: the blob ended after {n} of {} bytes at {s}",
-                                what(),
-                                e - s
+                                "{}: the blob ended after {} of {} bytes",
+                                what(file),
+                                at - start,
+                                end - start
                             ),
                         ));
                     }
                     unzstd_exact(
                         &frame,
                         c.len,
-                        &format_args!("{}, chunk at {}", what(), c.offset),
+                        &format_args!("{}, chunk at {}", what(file), c.offset),
                     )
                 });
             if r.is_err() {
                 stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
             }
-            let block = fetching.done(r).map_err(|e| {
-                log::error!("{e}");
-                e
-            })?;
-            out[i].1 = Some(block);
+            match fetching.done(r) {
+                Ok(block) => {
+                    if let Some(i) = slot {
+                        out[i].1 = Some(block);
+                    }
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    // A chunk read ahead failing costs nobody a read.
+                    if slot.is_some() {
+                        result = Err(e);
+                    } else {
+                        result = Ok(());
+                        break;
+                    }
+                }
+            }
         }
-        stats.note_request(got, t0.elapsed());
-        Ok(())
+        stats.note_request(at - start, t0.elapsed());
+        result
     }
+}
+
+/// A chunk claimed for one request: where its block goes in the caller's
+/// list (`None` for chunks read ahead), and the duty to fetch it.
+struct RunItem<'a> {
+    out: Option<usize>,
+    file: u32,
+    chunk: Chunk,
+    start: u64,
+    end: u64,
+    fetching: Fetching<'a>,
 }
 
 impl Layer for ImageLayer {
@@ -354,6 +528,9 @@ impl Layer for ImageLayer {
             } else {
                 libc::EINVAL
             }));
+        }
+        if let Some(t) = &self.trace {
+            t.note(path.as_os_str().as_bytes());
         }
         let data = &self.inner.toc.files[n.file as usize];
         // One chunk on disk: the file itself is a host file.
@@ -421,7 +598,7 @@ impl LowerFile for ImageFile {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
-        let blocks = self.layer.fetch(self.file, offset, end)?;
+        let blocks = self.layer.fetch(self.file, offset, end, true)?;
         // The rest of the file, in the background.
         if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {
             if let Some(tx) = &self.jobs {

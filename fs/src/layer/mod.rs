@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use dir::DirLayer;
-pub use image::ImageLayer;
+pub use image::{ImageLayer, Trace};
 
 /// The type of a layer entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,305 @@
+//! `rcfs convert`: an image whose layers are zstd:chunked, written into the
+//! store from any image the store has (its layers read through the same
+//! [`ImageLayer`]s a mount uses, so a lazily pulled image is fetched as it
+//! is converted).
+//!
+//! Each layer keeps its entries (names, attributes, xattrs, hard links,
+//! whiteouts and opaque markers as plain entries) and its bytes; only the
+//! order may change: with a trace (`rcfs mount --record-trace`), the files
+//! a start read come first in their layer, in the order they were read, so
+//! that a lazy start fetches them with few requests. The config keeps
+//! everything but `rootfs.diff_ids`, which name the new tars.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+
+use super::chunked::ChunkedWriter;
+use super::digest::Digest;
+use super::open::{open_layers, CacheOptions};
+use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
+use super::toc::{Toc, TocEntry, NONE};
+use crate::error::layer_error;
+use crate::layer::{ImageLayer, Kind, Layer, LowerFile, Time};
+
+/// How to convert.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// zstd level (podman uses 3 by default for zstd:chunked).
+    pub level: i32,
+    /// Paths in the order a program first read them (a trace file's lines).
+    pub trace: Vec<String>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            level: 3,
+            trace: Vec::new(),
+        }
+    }
+}
+
+fn rfc3339(t: Time) -> Option<String> {
+    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0)).ok()?;
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Entry `idx` of `toc` as a TOC entry (`first_name`: where its data went
+/// first, for hard links).
+fn entry_of(toc: &Toc, idx: u32, path: &str, first_name: Option<&str>) -> TocEntry {
+    let n = toc.node(idx);
+    let a = &n.attr;
+    let mut e = TocEntry {
+        name: path.to_owned(),
+        mode: i64::from(a.perm),
+        uid: i64::from(a.uid),
+        gid: i64::from(a.gid),
+        mod_time: rfc3339(a.mtime),
+        ..Default::default()
+    };
+    if !n.xattrs.is_empty() {
+        e.xattrs = Some(
+            n.xattrs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
+                .collect(),
+        );
+    }
+    e.kind = match a.kind {
+        Kind::Dir => {
+            e.name.push('/');
+            "dir"
+        }
+        Kind::File => match first_name {
+            Some(f) => {
+                e.link_name = f.to_owned();
+                "hardlink"
+            }
+            None => {
+                e.size = a.size as i64;
+                "reg"
+            }
+        },
+        Kind::Symlink => {
+            e.link_name =
+                String::from_utf8_lossy(n.target.as_deref().unwrap_or_default()).into_owned();
+            "symlink"
+        }
+        Kind::CharDev | Kind::BlockDev => {
+            e.dev_major = i64::from(a.rdev >> 20);
+            e.dev_minor = i64::from(a.rdev & 0xfffff);
+            if a.kind == Kind::CharDev {
+                "char"
+            } else {
+                "block"
+            }
+        }
+        Kind::Fifo => "fifo",
+        Kind::Socket => "fifo",
+    }
+    .into();
+    e
+}
+
+/// The entries of `toc` in the order to write them: with `first` (paths),
+/// those files and their parent dirs first, then everything else depth
+/// first, names sorted (parents always before children).
+fn order(toc: &Toc, first: &[String]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(toc.nodes.len());
+    let mut done: HashSet<u32> = HashSet::new();
+    done.insert(0);
+    let push_with_parents = |idx: u32, out: &mut Vec<u32>, done: &mut HashSet<u32>| {
+        let mut chain = Vec::new();
+        let mut i = idx;
+        while i != 0 && !done.contains(&i) {
+            chain.push(i);
+            i = toc.node(i).parent;
+        }
+        for i in chain.into_iter().rev() {
+            done.insert(i);
+            out.push(i);
+        }
+    };
+    for p in first {
+        let p = p.trim_start_matches('/');
+        if let Some(idx) = toc.lookup(p.as_bytes()) {
+            if toc.node(idx).attr.kind == Kind::File {
+                push_with_parents(idx, &mut out, &mut done);
+            }
+        }
+    }
+    let mut stack = vec![0u32];
+    while let Some(d) = stack.pop() {
+        let mut kids = toc.node(d).children.clone();
+        kids.sort_by(|a, b| toc.node(*b).name.cmp(&toc.node(*a).name));
+        for &k in kids.iter().rev() {
+            if done.insert(k) {
+                out.push(k);
+            }
+        }
+        // Depth first: visit subdirectories in name order.
+        for &k in &kids {
+            if toc.node(k).attr.kind == Kind::Dir {
+                stack.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// Reads a layer file from its start.
+struct FileReader {
+    file: Arc<dyn LowerFile>,
+    at: u64,
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes one layer as a zstd:chunked blob into the store; returns its
+/// record and diff_id.
+fn convert_layer(
+    store: &Store,
+    layer: &ImageLayer,
+    opts: &ConvertOptions,
+) -> io::Result<(
+    LayerRecord,
+    Digest,
+    std::collections::BTreeMap<String, String>,
+)> {
+    let toc = layer.toc();
+    let sink = store.blobs.writer()?;
+    let mut w = ChunkedWriter::new(sink, opts.level);
+    let mut first_name: HashMap<u32, String> = HashMap::new();
+    for idx in order(toc, &opts.trace) {
+        let path_bytes = toc.path_of(idx);
+        let path = String::from_utf8(path_bytes.clone()).map_err(|_| {
+            layer_error(
+                libc::EINVAL,
+                format!(
+                    "layer {}: '{}' is not UTF-8, which a TOC cannot name",
+                    layer.id(),
+                    String::from_utf8_lossy(&path_bytes)
+                ),
+            )
+        })?;
+        let n = toc.node(idx);
+        let prior = (n.file != NONE)
+            .then(|| first_name.get(&n.file).cloned())
+            .flatten();
+        let e = entry_of(toc, idx, &path, prior.as_deref());
+        if e.kind == "reg" {
+            first_name.insert(n.file, path.clone());
+            if e.size > 0 {
+                let file = layer.open(Path::new(std::ffi::OsStr::from_bytes(&path_bytes)))?;
+                w.add(e, Some(&mut FileReader { file, at: 0 }))?;
+                continue;
+            }
+        }
+        w.add(e, None)?;
+    }
+    let (sink, info) = w.finish()?;
+    let got = sink.commit(info.digest, true)?;
+    debug_assert_eq!(got, info.digest);
+    let toc_d = Digest::of(&info.toc);
+    store.blobs.put(&toc_d, &info.toc)?;
+    let (files, bytes) = toc.data_size();
+    let rec = LayerRecord {
+        digest: info.digest.to_string(),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        size: info.size,
+        format: LayerFormat::ZstdChunked,
+        toc: toc_d.to_string(),
+        toc_len: info.toc_len,
+        data_end: info.data_end,
+        files: files as u64,
+        bytes,
+    };
+    store.put_layer(&rec)?;
+    Ok((rec, info.diff_id, info.annotations))
+}
+
+/// Converts `src` into an image called `dst` in the store.
+pub fn convert(
+    store: &Store,
+    src: &ImageRecord,
+    dst: &str,
+    opts: &ConvertOptions,
+    progress: &dyn Fn(usize, usize),
+) -> io::Result<ImageRecord> {
+    let (layers, _cache) = open_layers(
+        store,
+        src,
+        &CacheOptions {
+            mem_bytes: 8 << 20,
+            ..Default::default()
+        },
+    )?;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let total = layers.len();
+    // Bottom first, as in the manifest.
+    for (i, (_, layer)) in layers.iter().rev().enumerate() {
+        progress(i, total);
+        let (rec, diff_id, annotations) = convert_layer(store, layer, opts)?;
+        descs.push(serde_json::json!({
+            "mediaType": rec.media_type, "digest": rec.digest, "size": rec.size, "annotations": annotations,
+        }));
+        diff_ids.push(diff_id.to_string());
+    }
+    progress(total, total);
+    let cfg_d = Digest::parse(&src.config)?;
+    let cfg_bytes = store.blobs.read(&cfg_d)?.ok_or_else(|| {
+        layer_error(
+            libc::EIO,
+            format!("the config of {} is missing from the store", src.name),
+        )
+    })?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&cfg_bytes).map_err(io::Error::other)?;
+    cfg["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+    let cfg_bytes = serde_json::to_vec(&cfg).map_err(io::Error::other)?;
+    let cfg_d = Digest::of(&cfg_bytes);
+    store.blobs.put(&cfg_d, &cfg_bytes)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg_bytes.len()},
+        "layers": descs,
+    });
+    let m_bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    let m_d = Digest::of(&m_bytes);
+    store.blobs.put(&m_d, &m_bytes)?;
+    let image = ImageRecord {
+        name: dst.to_owned(),
+        manifest: m_d.to_string(),
+        config: cfg_d.to_string(),
+        layers: descs
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+        origin: None,
+        pulled: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),
+    };
+    store.add_image(image.clone())?;
+    Ok(image)
+}

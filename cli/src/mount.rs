@@ -430,6 +430,8 @@ fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
     let mut cache = None;
     if let Some(im) = &req.image {
         let store = Store::open(&im.store)?;
+        // Held until the server exits: no gc under a mount.
+        std::mem::forget(store.lock_in_use()?);
         let img = store
             .find(&im.name)?
             .with_context(|| format!("image {} is no longer in the store", im.name))?;

@@ -24,8 +24,10 @@ impl fmt::Display for LayerError {
 }
 
 impl std::error::Error for LayerError {
+    // The cause is what Display shows: its own source comes next, so that a
+    // chain printed with `{:#}` names each cause once.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.cause.as_ref())
+        self.cause.source()
     }
 }
 

@@ -158,15 +158,26 @@ impl Store {
     }
 
     fn lock(&self, arg: FlockArg) -> io::Result<StoreLock> {
+        self.lock_file("lock", arg)
+    }
+
+    fn lock_file(&self, name: &str, arg: FlockArg) -> io::Result<StoreLock> {
         let fd = sys::open_at(
             self.root_fd.as_fd(),
-            "lock".as_ref(),
+            name.as_ref(),
             libc::O_RDWR | libc::O_CREAT,
             0o600,
         )?;
         Flock::lock(File::from(fd), arg)
             .map(StoreLock)
             .map_err(|(_, e)| io::Error::from(e))
+    }
+
+    /// Held (shared) by every server of an image mount for its lifetime:
+    /// `gc` does not run while one is alive, as it could remove what the
+    /// mount reads.
+    pub fn lock_in_use(&self) -> io::Result<StoreLock> {
+        self.lock_file("mounts.lock", FlockArg::LockShared)
     }
 
     /// Shared: the index is read, objects added.
@@ -335,6 +346,22 @@ impl Store {
     /// TOCs of removed images, and stored files no layer lists. Chunks in
     /// the cache stay (the cache's budget bounds them) unless `all`.
     pub fn gc(&self, all: bool) -> io::Result<GcReport> {
+        let _mounts = self
+            .lock_file("mounts.lock", FlockArg::LockExclusiveNonblock)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                        "images of the store at {} are mounted: unmount them first (rcfs umount), \
+                         since gc could remove what they read",
+                        self.root.display()
+                    ),
+                    )
+                } else {
+                    e
+                }
+            })?;
         let _l = self.lock_exclusive()?;
         let idx = self.index()?;
         let mut keep_blobs = std::collections::HashSet::new();

@@ -161,9 +161,11 @@ impl Fetching<'_> {
 
     fn finish(&mut self, r: Result<Block, String>) {
         self.finished = true;
+        // Out of the table first: a waiter woken by a failure that claims
+        // the chunk again must find it free, not this finished fetch.
+        self.cache.pending.lock().remove(&self.digest);
         *self.pending.done.lock() = Some(r);
         self.pending.cond.notify_all();
-        self.cache.pending.lock().remove(&self.digest);
     }
 }
 

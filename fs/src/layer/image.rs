@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,9 +48,16 @@ const READ_AHEAD: u64 = 512 << 10;
 
 /// What the background thread is asked to fetch.
 enum Job {
-    /// The whole of file `.0` (after a first read, or `will_need`).
+    /// The whole of file `.0` (after a first read).
     File(u32),
+    /// The first `.1` bytes of file `.0` (`will_need`).
+    Start(u32, u64),
 }
+
+/// What `will_need` fetches of a file whose data is in a remote blob: the
+/// start of the next files of a directory is worth a request only while it
+/// is small next to what a round trip costs.
+const WILL_NEED_REMOTE: u64 = 64 << 10;
 
 /// What the layer's reads and its background thread share.
 #[derive(Debug)]
@@ -63,6 +70,8 @@ struct Inner {
     cache: Arc<BlockCache>,
     /// Files already queued for the background fetch.
     queued: Vec<AtomicBool>,
+    /// Reads fetching now (the background waits while there are any).
+    foreground: AtomicUsize,
     /// Every chunk in the blob as (start, file, chunk index), by start:
     /// what follows a chunk in the blob, for reading ahead.
     by_offset: Vec<(u64, u32, u32)>,
@@ -137,6 +146,7 @@ impl ImageLayer {
             source,
             cache,
             queued,
+            foreground: AtomicUsize::new(0),
             by_offset,
         });
         let (tx, rx) = mpsc::channel();
@@ -170,14 +180,6 @@ impl ImageLayer {
             .lookup(path.as_os_str().as_bytes())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
-
-    fn queue(&self, file: u32) {
-        if !self.inner.queued[file as usize].swap(true, Ordering::Relaxed) {
-            if let Some(tx) = &self.jobs {
-                let _ = tx.send(Job::File(file));
-            }
-        }
-    }
 }
 
 impl Drop for ImageLayer {
@@ -206,18 +208,24 @@ impl Inner {
                     Err(_) => return,
                 }
             };
-            let file = match job {
-                Some(Job::File(f)) => f,
+            let (file, len) = match job {
+                Some(Job::File(f)) => (f, u64::MAX),
+                Some(Job::Start(f, len)) => (f, len),
                 None => {
                     next += 1;
                     let f = (next - 1) as u32;
                     if self.queued[f as usize].swap(true, Ordering::Relaxed) {
                         continue;
                     }
-                    f
+                    (f, u64::MAX)
                 }
             };
-            let size = self.toc.files[file as usize].size;
+            // Reads that wait go first: the background holds back while any
+            // is fetching.
+            while self.foreground.load(Ordering::Relaxed) > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let size = self.toc.files[file as usize].size.min(len);
             if let Err(e) = self.fetch(file, 0, size, false) {
                 log::warn!(
                     "layer {}: background fetch of {}: {e}",
@@ -548,10 +556,18 @@ impl Layer for ImageLayer {
         }))
     }
 
-    fn will_need(&self, path: &Path, _len: u64) -> io::Result<()> {
+    fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
         let n = self.inner.toc.node(self.node(path)?);
-        if n.file != NONE {
-            self.queue(n.file);
+        if n.file == NONE || self.inner.queued[n.file as usize].load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let len = if self.inner.source.is_some() {
+            len.min(WILL_NEED_REMOTE)
+        } else {
+            len
+        };
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(Job::Start(n.file, len));
         }
         Ok(())
     }
@@ -598,7 +614,10 @@ impl LowerFile for ImageFile {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
-        let blocks = self.layer.fetch(self.file, offset, end, true)?;
+        self.layer.foreground.fetch_add(1, Ordering::Relaxed);
+        let blocks = self.layer.fetch(self.file, offset, end, true);
+        self.layer.foreground.fetch_sub(1, Ordering::Relaxed);
+        let blocks = blocks?;
         // The rest of the file, in the background.
         if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {
             if let Some(tx) = &self.jobs {

@@ -371,6 +371,42 @@ impl BlockCache {
         }
     }
 
+    /// Keeps a file whose chunks were all fetched as one host file under
+    /// the file's digest (checked), so later opens can hand it to the
+    /// kernel. `pieces` are the chunks in order (`None`: a run of zeros of
+    /// that length).
+    pub fn assemble(&self, d: &Digest, pieces: &[(u64, Option<Block>)]) -> io::Result<()> {
+        let Some(cas) = &self.chunks else {
+            return Ok(());
+        };
+        if cas.size_of(d)?.is_some() {
+            return Ok(());
+        }
+        let mut w = cas.writer()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        for (len, block) in pieces {
+            let mut off = 0u64;
+            while off < *len {
+                let n = ((*len - off) as usize).min(buf.len());
+                match block {
+                    Some(b) => {
+                        if b.read_at(&mut buf[..n], off)? != n {
+                            return Err(layer_error(libc::EIO, format!("a chunk of {d} is short")));
+                        }
+                    }
+                    None => buf[..n].fill(0),
+                }
+                std::io::Write::write_all(&mut w, &buf[..n])?;
+                off += n as u64;
+            }
+            total += len;
+        }
+        w.commit(*d, false)?;
+        self.note_on_disk(d, total);
+        Ok(())
+    }
+
     fn keep_in_mem(&self, d: &Digest, b: &Arc<[u8]>) {
         let mut m = self.mem.lock();
         if m.limit == 0 || m.lru.contains(d) {

@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
-use crate::cache::{Block, BlockCache, Claim, Fetching};
+use crate::cache::{Block, BlockCache, Claim, Fetching, MEM_CHUNK_MAX};
 use crate::error::layer_error;
 use crate::image::blob::{unzstd_exact, BlobSource};
 use crate::image::toc::{Chunk, Source, Toc, NONE};
@@ -225,13 +225,28 @@ impl Inner {
             while self.foreground.load(Ordering::Relaxed) > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            let size = self.toc.files[file as usize].size.min(len);
-            if let Err(e) = self.fetch(file, 0, size, false) {
-                log::warn!(
+            let f = &self.toc.files[file as usize];
+            let size = f.size.min(len);
+            match self.fetch(file, 0, size, false) {
+                // A whole file of several chunks becomes one host file.
+                Ok(blocks) if size == f.size && f.chunks.len() > 1 && f.size > MEM_CHUNK_MAX => {
+                    if let Some(d) = f.digest {
+                        let pieces: Vec<_> = blocks.into_iter().map(|(c, b)| (c.len, b)).collect();
+                        if let Err(e) = self.cache.assemble(&d, &pieces) {
+                            log::warn!(
+                                "layer {}: keeping {} whole: {e}",
+                                self.id,
+                                self.name_of(file)
+                            );
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!(
                     "layer {}: background fetch of {}: {e}",
                     self.id,
                     self.name_of(file)
-                );
+                ),
             }
         }
     }
@@ -541,12 +556,11 @@ impl Layer for ImageLayer {
             t.note(path.as_os_str().as_bytes());
         }
         let data = &self.inner.toc.files[n.file as usize];
-        // One chunk on disk: the file itself is a host file.
-        if let [c] = &data.chunks[..] {
-            if c.source != Source::Zeros && c.len > crate::cache::MEM_CHUNK_MAX {
-                if let Some(Block::Disk(f)) = self.inner.cache.get(&c.digest, c.len)? {
-                    return Ok(Arc::new(HostFile(f)));
-                }
+        // The whole file on disk (its only chunk, or its chunks put
+        // together): a host file.
+        if let Some(d) = data.digest.filter(|_| data.size > MEM_CHUNK_MAX) {
+            if let Some(Block::Disk(f)) = self.inner.cache.get(&d, data.size)? {
+                return Ok(Arc::new(HostFile(f)));
             }
         }
         Ok(Arc::new(ImageFile {

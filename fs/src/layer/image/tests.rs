@@ -432,3 +432,38 @@ fn a_read_fetches_the_files_that_follow_it_in_the_blob_in_the_same_request() {
         "20 small files next to each other: one request"
     );
 }
+
+#[test]
+fn a_file_fetched_whole_in_chunks_becomes_a_host_file() {
+    let t = tempfile::tempdir().unwrap();
+    let root = crate::sys::open_at(
+        nix::fcntl::AT_FDCWD,
+        t.path().as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
+    let chunks =
+        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let mut data = pattern(3 << 20, 7);
+    data[1 << 20..(1 << 20) + 200_000].fill(0);
+    let cache = Arc::new(BlockCache::new(1 << 20, Some(chunks), 1 << 30, None));
+    let (l, _) = layer(&[("f", data.clone(), 100_000)], cache);
+    assert!(l.open(Path::new("f")).unwrap().host_fd().is_none());
+    let mut b = [0u8; 10];
+    l.open(Path::new("f")).unwrap().read_at(&mut b, 0).unwrap();
+    // The rest comes in the background, then the file is put together.
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let f = loop {
+        let f = l.open(Path::new("f")).unwrap();
+        if f.host_fd().is_some() || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(f.host_fd().is_some(), "not put together");
+    let mut all = vec![0u8; data.len()];
+    assert_eq!(f.read_at(&mut all, 0).unwrap(), data.len());
+    assert!(all == data);
+}

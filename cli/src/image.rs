@@ -50,7 +50,7 @@ impl Progress for Bars {
             let b = m.add(ProgressBar::new(size));
             b.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} {msg:18} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    "{prefix} {msg:18} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -185,7 +185,7 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<50} {:<14} {:>4} {:>10} {:>10}  PULLED",
+        "{:<50} {:<14} {:>6} {:>10} {:>10}  PULLED",
         "NAME", "MANIFEST", "LAYERS", "SIZE", "LAZY"
     );
     for i in imgs {

@@ -87,7 +87,7 @@ if [ ! -f "$BENCH_DIR/layouts.done" ]; then
     log "splitting the tree into 2 and 64 layers (once)..."
     rm -rf "$LAYERS"; mkdir -p "$LAYERS/two/0" "$LAYERS/two/1"
     (cd "$ROOTFS" && find . -path ./proc -prune -o -path ./sys -prune -o -print0 | sort -z) > "$BENCH_DIR/all.list"
-    (cd "$ROOTFS" && tar --null -T "$BENCH_DIR/all.list" --no-recursion -cf - ) | tar -C "$LAYERS/two/0" -xf -
+    (cd "$ROOTFS" && tar -cf - --null --no-recursion -T "$BENCH_DIR/all.list") | tar -C "$LAYERS/two/0" -xf -
     for p in usr/lib/python3 usr/lib/python3.11 usr/lib/python3/dist-packages; do
         if [ -d "$LAYERS/two/0/$p" ]; then
             mkdir -p "$LAYERS/two/1/$(dirname "$p")"
@@ -104,7 +104,7 @@ if [ ! -f "$BENCH_DIR/layouts.done" ]; then
         find "$ROOTFS/$d" -mindepth 1 -maxdepth 1 ! -type d -exec cp -a {} "$LAYERS/many/$i/$d/" \; 2>/dev/null || true
     done < "$BENCH_DIR/dirs.list"
     # Every dir in the bottom layer, as in an image.
-    (cd "$ROOTFS" && find . -path ./proc -prune -o -path ./sys -prune -o -type d -print0 | tar --null -T - --no-recursion -cf -) | tar -C "$LAYERS/many/0" -xf -
+    (cd "$ROOTFS" && find . -path ./proc -prune -o -path ./sys -prune -o -type d -print0 | tar -cf - --null --no-recursion -T -) | tar -C "$LAYERS/many/0" -xf -
     make_layout "$BENCH_DIR/oci-two" v1 "$LAYERS/two/0" "$LAYERS/two/1"
     make_layout "$BENCH_DIR/oci-many" v1 $(for i in $(seq 0 63); do echo "$LAYERS/many/$i"; done)
     touch "$BENCH_DIR/layouts.done"

@@ -40,6 +40,7 @@
 //! | [`Rank::CacheFetch`] | `cache::Pending::done` | one fetch's result is set or waited for |
 //! | [`Rank::CacheMem`] | `BlockCache::mem` | chunks in memory are looked up or added |
 //! | [`Rank::CacheDisk`] | `BlockCache::disk` | the disk cache's bookkeeping is changed |
+//! | [`Rank::FetchQueue`] | `cache::pool::Shared::queues` | background fetches are queued or taken |
 //!
 //! Not locks, and so not in the order: atomics, and `OnceLock` cells, which
 //! are set once with a value already made (a handle's upper file, the
@@ -76,6 +77,7 @@ pub(crate) enum Rank {
     CacheFetch,
     CacheMem,
     CacheDisk,
+    FetchQueue,
 }
 
 #[cfg(debug_assertions)]

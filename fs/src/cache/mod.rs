@@ -31,6 +31,11 @@ use crate::image::cas::Cas;
 use crate::image::digest::{Digest, Hasher};
 use crate::lock::{Condvar, Mutex, Rank};
 
+pub mod pool;
+
+/// Background fetches a mount keeps in flight at once.
+pub const FETCH_WORKERS: usize = 8;
+
 /// Chunks up to this size are also kept in memory.
 pub const MEM_CHUNK_MAX: u64 = 1 << 20;
 
@@ -211,6 +216,9 @@ pub struct BlockCache {
     /// Whole files of indexed layers (`files/`), never evicted here.
     files: Option<Arc<Cas>>,
     pub stats: Stats,
+    /// The mount's background fetches (read-ahead, rest of files,
+    /// prefetch).
+    pub pool: pool::FetchPool,
 }
 
 impl BlockCache {
@@ -251,6 +259,7 @@ impl BlockCache {
             chunks,
             files,
             stats: Stats::default(),
+            pool: pool::FetchPool::new(FETCH_WORKERS),
         }
     }
 

@@ -8,10 +8,13 @@
 //! chunk is decompressed, checked against its sha256 and cached before a
 //! byte of it is served, so a corrupt or truncated blob gives the reader
 //! EIO and a log line, never wrong bytes. After the first read of a file,
-//! the rest of it is fetched in the background; with `prefetch`, so is the
-//! rest of the layer, one file at a time, while nothing else is asked for.
+//! the rest of it is fetched in the background, by the mount's fetch pool
+//! ([`crate::cache::pool`]), which keeps several requests in flight and
+//! holds back while reads are fetching; with `prefetch`, so is the rest of
+//! the layer, in blob order, when nothing more urgent waits.
 //!
-//! A file that is one chunk and already on disk opens as a host file, so
+//! A file that is whole on disk (its one chunk, or its chunks put
+//! together) opens as a host file, so
 //! the kernel can read it itself (passthrough) and copy-up copies it in the
 //! kernel.
 
@@ -22,10 +25,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
@@ -46,14 +47,6 @@ const MAX_GAP: u64 = 16 << 10;
 /// How far past what a read asked for one request goes in the blob.
 const READ_AHEAD: u64 = 512 << 10;
 
-/// What the background thread is asked to fetch.
-enum Job {
-    /// The whole of file `.0` (after a first read).
-    File(u32),
-    /// The first `.1` bytes of file `.0` (`will_need`).
-    Start(u32, u64),
-}
-
 /// What `will_need` fetches of a file whose data is in a remote blob: the
 /// start of the next files of a directory is worth a request only while it
 /// is small next to what a round trip costs.
@@ -70,8 +63,6 @@ struct Inner {
     cache: Arc<BlockCache>,
     /// Files already queued for the background fetch.
     queued: Vec<AtomicBool>,
-    /// Reads fetching now (the background waits while there are any).
-    foreground: AtomicUsize,
     /// Every chunk in the blob as (start, file, chunk index), by start:
     /// what follows a chunk in the blob, for reading ahead.
     by_offset: Vec<(u64, u32, u32)>,
@@ -112,9 +103,6 @@ pub struct ImageLayer {
     inner: Arc<Inner>,
     /// Where first opens are recorded, if anywhere.
     trace: Option<Arc<Trace>>,
-    /// Jobs for the background thread; dropped to stop it.
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ImageLayer {
@@ -146,21 +134,29 @@ impl ImageLayer {
             source,
             cache,
             queued,
-            foreground: AtomicUsize::new(0),
             by_offset,
         });
-        let (tx, rx) = mpsc::channel();
-        let bg = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("rcfs-fetch".into())
-            .spawn(move || bg.background(rx, prefetch))
-            .ok();
-        ImageLayer {
-            inner,
-            trace: None,
-            jobs: Some(tx),
-            thread,
+        if prefetch {
+            // Blob order: one request can then take several files.
+            let mut order: Vec<u32> = Vec::new();
+            let mut seen = vec![false; inner.toc.files.len()];
+            for &(_, f, _) in &inner.by_offset {
+                if !std::mem::replace(&mut seen[f as usize], true) {
+                    order.push(f);
+                }
+            }
+            for f in order {
+                let weak = Arc::downgrade(&inner);
+                inner.cache.pool.idle(Box::new(move || {
+                    if let Some(l) = weak.upgrade() {
+                        if !l.queued[f as usize].swap(true, Ordering::Relaxed) {
+                            l.fetch_in_background(f, u64::MAX);
+                        }
+                    }
+                }));
+            }
         }
+        ImageLayer { inner, trace: None }
     }
 
     /// Records the files this layer opens in `trace`.
@@ -182,72 +178,42 @@ impl ImageLayer {
     }
 }
 
-impl Drop for ImageLayer {
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Inner {
-    /// Fetches queued files; with `prefetch`, every file when idle.
-    fn background(&self, rx: mpsc::Receiver<Job>, prefetch: bool) {
-        let mut next = 0usize;
-        loop {
-            let job = if prefetch && next < self.toc.files.len() {
-                match rx.try_recv() {
-                    Ok(j) => Some(j),
-                    Err(mpsc::TryRecvError::Empty) => None,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(j) => Some(j),
-                    Err(_) => return,
-                }
-            };
-            let (file, len) = match job {
-                Some(Job::File(f)) => (f, u64::MAX),
-                Some(Job::Start(f, len)) => (f, len),
-                None => {
-                    next += 1;
-                    let f = (next - 1) as u32;
-                    if self.queued[f as usize].swap(true, Ordering::Relaxed) {
-                        continue;
-                    }
-                    (f, u64::MAX)
-                }
-            };
-            // Reads that wait go first: the background holds back while any
-            // is fetching.
-            while self.foreground.load(Ordering::Relaxed) > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(2));
+    /// Queues the first `len` bytes of `file` (all of it for `u64::MAX`)
+    /// for a worker of the mount's fetch pool.
+    fn queue(self: &Arc<Inner>, file: u32, len: u64) {
+        let weak = Arc::downgrade(self);
+        self.cache.pool.urgent(Box::new(move || {
+            if let Some(l) = weak.upgrade() {
+                l.fetch_in_background(file, len);
             }
-            let f = &self.toc.files[file as usize];
-            let size = f.size.min(len);
-            match self.fetch(file, 0, size, false) {
-                // A whole file of several chunks becomes one host file.
-                Ok(blocks) if size == f.size && f.chunks.len() > 1 && f.size > MEM_CHUNK_MAX => {
-                    if let Some(d) = f.digest {
-                        let pieces: Vec<_> = blocks.into_iter().map(|(c, b)| (c.len, b)).collect();
-                        if let Err(e) = self.cache.assemble(&d, &pieces) {
-                            log::warn!(
-                                "layer {}: keeping {} whole: {e}",
-                                self.id,
-                                self.name_of(file)
-                            );
-                        }
+        }));
+    }
+
+    /// Fetches the first `len` bytes of `file`; a whole file of several
+    /// chunks is then put together into one host file.
+    fn fetch_in_background(&self, file: u32, len: u64) {
+        let f = &self.toc.files[file as usize];
+        let size = f.size.min(len);
+        match self.fetch(file, 0, size, false) {
+            Ok(blocks) if size == f.size && f.chunks.len() > 1 && f.size > MEM_CHUNK_MAX => {
+                if let Some(d) = f.digest {
+                    let pieces: Vec<_> = blocks.into_iter().map(|(c, b)| (c.len, b)).collect();
+                    if let Err(e) = self.cache.assemble(&d, &pieces) {
+                        log::warn!(
+                            "layer {}: keeping {} whole: {e}",
+                            self.id,
+                            self.name_of(file)
+                        );
                     }
                 }
-                Ok(_) => {}
-                Err(e) => log::warn!(
-                    "layer {}: background fetch of {}: {e}",
-                    self.id,
-                    self.name_of(file)
-                ),
             }
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "layer {}: background fetch of {}: {e}",
+                self.id,
+                self.name_of(file)
+            ),
         }
     }
 
@@ -566,7 +532,6 @@ impl Layer for ImageLayer {
         Ok(Arc::new(ImageFile {
             layer: self.inner.clone(),
             file: n.file,
-            jobs: self.jobs.clone(),
         }))
     }
 
@@ -580,9 +545,7 @@ impl Layer for ImageLayer {
         } else {
             len
         };
-        if let Some(tx) = &self.jobs {
-            let _ = tx.send(Job::Start(n.file, len));
-        }
+        self.inner.queue(n.file, len);
         Ok(())
     }
 
@@ -618,7 +581,6 @@ impl Layer for ImageLayer {
 struct ImageFile {
     layer: Arc<Inner>,
     file: u32,
-    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl LowerFile for ImageFile {
@@ -628,15 +590,13 @@ impl LowerFile for ImageFile {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
-        self.layer.foreground.fetch_add(1, Ordering::Relaxed);
-        let blocks = self.layer.fetch(self.file, offset, end, true);
-        self.layer.foreground.fetch_sub(1, Ordering::Relaxed);
-        let blocks = blocks?;
+        let blocks = {
+            let _fetching = self.layer.cache.pool.foreground();
+            self.layer.fetch(self.file, offset, end, true)?
+        };
         // The rest of the file, in the background.
         if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {
-            if let Some(tx) = &self.jobs {
-                let _ = tx.send(Job::File(self.file));
-            }
+            self.layer.queue(self.file, u64::MAX);
         }
         let mut done = 0usize;
         for (c, block) in blocks {

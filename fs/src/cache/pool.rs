@@ -1,0 +1,200 @@
+//! Background fetches of one mount: a few threads sharing two queues, so
+//! that reading ahead over a network keeps several requests in flight
+//! (each costs a round trip; one at a time, a start that opens hundreds of
+//! files waits for hundreds of them).
+//!
+//! * `urgent` jobs: what reads made likely soon (the start of the files a
+//!   program is about to open, the rest of a file it began reading);
+//! * `idle` jobs: whole layers (`--prefetch`), taken only when no urgent
+//!   job waits.
+//!
+//! While any read is fetching (`foreground`), workers start no new job:
+//! a read that waits never shares the link with work that can wait.
+//! The pool belongs to the mount's [`super::BlockCache`]; dropping it ends
+//! the queues, and the workers finish the job at hand and exit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::lock::{Condvar, Mutex, Rank};
+
+/// A job: it holds what it needs weakly, so a queued job keeps no layer
+/// alive.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Queues {
+    urgent: VecDeque<Job>,
+    idle: VecDeque<Job>,
+    closed: bool,
+}
+
+/// What the workers share.
+struct Shared {
+    /// Guards both queues; taken alone, never while a job runs.
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    /// Reads fetching now.
+    foreground: AtomicUsize,
+}
+
+/// See the module doc.
+pub struct FetchPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FetchPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FetchPool({} workers)", self.workers.len())
+    }
+}
+
+/// Counts a read as fetching while it lives.
+pub struct Foreground<'a>(&'a AtomicUsize);
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FetchPool {
+    /// A pool of `n` workers.
+    pub fn new(n: usize) -> FetchPool {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Rank::FetchQueue, Queues::default()),
+            ready: Condvar::default(),
+            foreground: AtomicUsize::new(0),
+        });
+        let workers = (0..n)
+            .filter_map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("rcfs-fetch-{i}"))
+                    .spawn(move || worker(&s))
+                    .ok()
+            })
+            .collect();
+        FetchPool { shared, workers }
+    }
+
+    /// Queues a job that reads made likely soon.
+    pub fn urgent(&self, job: Job) {
+        self.push(job, true);
+    }
+
+    /// Queues a job for when nothing else waits.
+    pub fn idle(&self, job: Job) {
+        self.push(job, false);
+    }
+
+    fn push(&self, job: Job, urgent: bool) {
+        let mut q = self.shared.queues.lock();
+        if q.closed {
+            return;
+        }
+        if urgent {
+            q.urgent.push_back(job);
+        } else {
+            q.idle.push_back(job);
+        }
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+
+    /// Marks a read as fetching until the guard drops.
+    pub fn foreground(&self) -> Foreground<'_> {
+        self.shared.foreground.fetch_add(1, Ordering::Relaxed);
+        Foreground(&self.shared.foreground)
+    }
+
+    /// Jobs waiting (urgent, idle).
+    pub fn queued(&self) -> (usize, usize) {
+        let q = self.shared.queues.lock();
+        (q.urgent.len(), q.idle.len())
+    }
+}
+
+fn worker(s: &Shared) {
+    loop {
+        let job = {
+            let mut q = s.queues.lock();
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(j) = q.urgent.pop_front().or_else(|| q.idle.pop_front()) {
+                    break j;
+                }
+                s.ready.wait(&mut q);
+            }
+        };
+        while s.foreground.load(Ordering::Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        job();
+    }
+}
+
+impl Drop for FetchPool {
+    fn drop(&mut self) {
+        {
+            let mut q = self.shared.queues.lock();
+            q.closed = true;
+            q.urgent.clear();
+            q.idle.clear();
+        }
+        self.shared.ready.notify_all();
+        let me = std::thread::current().id();
+        for w in self.workers.drain(..) {
+            // The last owner may be a worker finishing its job: it exits by
+            // itself once this returns.
+            if w.thread().id() != me {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn runs_urgent_jobs_first_and_in_parallel_and_stops() {
+        let pool = FetchPool::new(4);
+        let done = Arc::new(AtomicU64::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let fg = pool.foreground();
+        for _ in 0..8 {
+            let (d, r, m) = (done.clone(), running.clone(), most.clone());
+            pool.urgent(Box::new(move || {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+                r.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "nothing runs while a read fetches"
+        );
+        drop(fg);
+        let t0 = std::time::Instant::now();
+        while done.load(Ordering::SeqCst) < 8 {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(most.load(Ordering::SeqCst) > 1, "jobs ran side by side");
+        drop(pool);
+    }
+}

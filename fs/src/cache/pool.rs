@@ -8,8 +8,9 @@
 //! * `idle` jobs: whole layers (`--prefetch`), taken only when no urgent
 //!   job waits.
 //!
-//! While any read is fetching (`foreground`), workers start no new job:
-//! a read that waits never shares the link with work that can wait.
+//! While any read is fetching (`foreground`), workers start no idle job:
+//! a read that waits never shares the link with a whole layer's prefetch.
+//! Urgent jobs run at once: they are what reads will wait for next.
 //! The pool belongs to the mount's [`super::BlockCache`]; dropping it ends
 //! the queues, and the workers finish the job at hand and exit.
 
@@ -17,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::lock::{Condvar, Mutex, Rank};
 
@@ -127,15 +128,22 @@ fn worker(s: &Shared) {
                 if q.closed {
                     return;
                 }
-                if let Some(j) = q.urgent.pop_front().or_else(|| q.idle.pop_front()) {
+                if let Some(j) = q.urgent.pop_front() {
                     break j;
                 }
-                s.ready.wait(&mut q);
+                // Reading ahead is what reads will wait for next; a whole
+                // layer can wait for the reads (without holding a worker
+                // an urgent job may need).
+                if q.idle.is_empty() {
+                    s.ready.wait(&mut q);
+                } else if s.foreground.load(Ordering::Relaxed) == 0 {
+                    break q.idle.pop_front().expect("not empty");
+                } else {
+                    s.ready
+                        .wait_until(&mut q, Instant::now() + Duration::from_millis(2));
+                }
             }
         };
-        while s.foreground.load(Ordering::Relaxed) > 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
         job();
     }
 }
@@ -166,7 +174,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     #[test]
-    fn runs_urgent_jobs_first_and_in_parallel_and_stops() {
+    fn idle_jobs_wait_for_reads_and_run_in_parallel_and_the_pool_stops() {
         let pool = FetchPool::new(4);
         let done = Arc::new(AtomicU64::new(0));
         let running = Arc::new(AtomicUsize::new(0));
@@ -174,7 +182,7 @@ mod tests {
         let fg = pool.foreground();
         for _ in 0..8 {
             let (d, r, m) = (done.clone(), running.clone(), most.clone());
-            pool.urgent(Box::new(move || {
+            pool.idle(Box::new(move || {
                 let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                 m.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(50));

@@ -36,6 +36,7 @@
 //! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
 //! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
 //! | [`Rank::Trace`] | `layer::Trace::out` | a first open is written to a trace |
+//! | [`Rank::LayerReadAhead`] | `ImageLayer`'s `Inner::ra` | an image layer's read-ahead window moves |
 //! | [`Rank::CachePending`] | `BlockCache::pending` | chunk fetches in flight are looked up |
 //! | [`Rank::CacheFetch`] | `cache::Pending::done` | one fetch's result is set or waited for |
 //! | [`Rank::CacheMem`] | `BlockCache::mem` | chunks in memory are looked up or added |
@@ -73,6 +74,7 @@ pub(crate) enum Rank {
     Stop,
     LayerDirs,
     Trace,
+    LayerReadAhead,
     CachePending,
     CacheFetch,
     CacheMem,

@@ -22,6 +22,8 @@ pub trait BlobSource: Send + Sync + Debug {
         let want = (end - start) as usize;
         let mut v = Vec::with_capacity(want);
         r.by_ref().take(want as u64).read_to_end(&mut v)?;
+        // To the end: a connection is reused only after its body was read.
+        io::copy(&mut r, &mut io::sink())?;
         if v.len() != want {
             return Err(layer_error(
                 libc::EIO,

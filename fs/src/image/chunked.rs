@@ -22,6 +22,11 @@ pub const CHECKSUM_KEYS: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-checksum",
     "io.containers.zstd-chunked.manifest-checksum",
 ];
+/// rcfs's own annotation: how many bytes from a blob's start hold the
+/// files a traced start reads (`rcfs convert --trace`); a lazy mount
+/// fetches them at once.
+pub const START_KEY: &str = "io.github.rcfs.start-bytes";
+
 pub const POSITION_KEYS: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-position",
     "io.containers.zstd-chunked.manifest-position",
@@ -259,6 +264,11 @@ impl<W: Write> ChunkedWriter<W> {
         h.set_cksum();
         out.extend_from_slice(h.as_bytes());
         Ok(out)
+    }
+
+    /// Blob bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.n
     }
 
     /// Adds an entry; a regular file's `size` bytes come from `data`.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use super::chunked::ChunkedWriter;
+use super::chunked::{ChunkedWriter, START_KEY};
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
@@ -187,7 +187,19 @@ fn convert_layer(
     let sink = store.blobs.writer()?;
     let mut w = ChunkedWriter::new(sink, opts.level);
     let mut first_name: HashMap<u32, String> = HashMap::new();
+    // The traced files of this layer: where the last one ends is how much
+    // of the blob a start needs.
+    let mut traced: HashSet<u32> = opts
+        .trace
+        .iter()
+        .filter_map(|p| toc.lookup(p.trim_start_matches('/').as_bytes()))
+        .filter(|&i| toc.node(i).attr.kind == Kind::File)
+        .collect();
+    let mut start_bytes = 0;
     for idx in order(toc, &opts.trace) {
+        if traced.remove(&idx) && traced.is_empty() {
+            start_bytes = u64::MAX;
+        }
         let path_bytes = toc.path_of(idx);
         let path = String::from_utf8(path_bytes.clone()).map_err(|_| {
             layer_error(
@@ -209,12 +221,22 @@ fn convert_layer(
             if e.size > 0 {
                 let file = layer.open(Path::new(std::ffi::OsStr::from_bytes(&path_bytes)))?;
                 w.add(e, Some(&mut FileReader { file, at: 0 }))?;
+                if start_bytes == u64::MAX {
+                    start_bytes = w.written();
+                }
                 continue;
             }
         }
         w.add(e, None)?;
+        if start_bytes == u64::MAX {
+            start_bytes = w.written();
+        }
     }
-    let (sink, info) = w.finish()?;
+    let (sink, mut info) = w.finish()?;
+    if start_bytes > 0 {
+        info.annotations
+            .insert(START_KEY.to_owned(), start_bytes.to_string());
+    }
     let got = sink.commit(info.digest, true)?;
     debug_assert_eq!(got, info.digest);
     let toc_d = Digest::of(&info.toc);
@@ -230,6 +252,7 @@ fn convert_layer(
         data_end: info.data_end,
         files: files as u64,
         bytes,
+        start_bytes,
     };
     store.put_layer(&rec)?;
     Ok((rec, info.diff_id, info.annotations))

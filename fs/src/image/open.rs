@@ -145,7 +145,8 @@ pub fn open_layers(
             .map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
         let layer = Arc::new(
             ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
-                .with_trace(opts.trace.clone()),
+                .with_trace(opts.trace.clone())
+                .with_start(rec.start_bytes),
         );
         layers.push((rec, layer));
     }

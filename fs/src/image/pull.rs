@@ -304,6 +304,10 @@ fn fetch_toc(
             data_end: offset - 8,
             files: files as u64,
             bytes,
+            start_bytes: annotation(desc, &[super::chunked::START_KEY])
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n <= offset - 8)
+                .unwrap_or(0),
         },
         len,
     ))
@@ -378,6 +382,7 @@ fn index_whole(
             data_end: 0,
             files: ix.files,
             bytes: ix.bytes,
+            start_bytes: 0,
         },
         ix.blob_size,
     ))

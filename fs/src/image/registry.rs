@@ -149,6 +149,10 @@ impl Registry {
             .http_status_as_error(false)
             .tls_config(tls)
             .max_redirects(8)
+            // Lazy reads keep several requests in flight (the fetch pool):
+            // keep their connections, a new one costs round trips.
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(32)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))

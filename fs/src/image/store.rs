@@ -62,6 +62,10 @@ pub struct LayerRecord {
     pub files: u64,
     #[serde(default)]
     pub bytes: u64,
+    /// zstd:chunked written by `rcfs convert --trace`: the blob's first
+    /// bytes that hold what a start reads, fetched at once when mounted.
+    #[serde(default)]
+    pub start_bytes: u64,
 }
 
 /// Where an image's blobs can be fetched again.
@@ -486,6 +490,7 @@ mod tests {
             data_end: 0,
             files: 1,
             bytes: 1,
+            start_bytes: 0,
         };
         s.put_layer(&rec).unwrap();
         assert_eq!(s.layer(&layer_d).unwrap(), Some(rec.clone()));

@@ -44,8 +44,27 @@ const MAX_REQUEST: u64 = 4 << 20;
 /// and throws away to join two chunks.
 const MAX_GAP: u64 = 16 << 10;
 
-/// How far past what a read asked for one request goes in the blob.
-const READ_AHEAD: u64 = 512 << 10;
+/// How far past what a read asked for its own request goes in the blob
+/// (what the read waits for: little, on a slow link every KiB counts).
+const READ_AHEAD_WAITED: u64 = 32 << 10;
+
+/// How far past that the fetch pool reads ahead in the blob, in the
+/// background, after a read that missed (the first window, and the size
+/// of one background request).
+const READ_AHEAD: u64 = 1 << 20;
+
+/// The largest read-ahead window, for a layer read in blob order.
+const READ_AHEAD_MAX: u64 = 1 << 20;
+
+/// Where reading ahead in a layer's blob stands.
+#[derive(Debug, Default)]
+struct ReadAheadState {
+    /// Where the read that set the window started.
+    start: u64,
+    /// The end of the window asked for (0: none yet).
+    next: u64,
+    window: u64,
+}
 
 /// What `will_need` fetches of a file whose data is in a remote blob: the
 /// start of the next files of a directory is worth a request only while it
@@ -66,6 +85,11 @@ struct Inner {
     /// Every chunk in the blob as (start, file, chunk index), by start:
     /// what follows a chunk in the blob, for reading ahead.
     by_offset: Vec<(u64, u32, u32)>,
+    /// This layer, for the jobs it gives the fetch pool (weak: a queued
+    /// job keeps no layer alive).
+    me: std::sync::Weak<Inner>,
+    /// The read-ahead window; taken alone.
+    ra: Mutex<ReadAheadState>,
 }
 
 /// The order in which a mount's files were first opened
@@ -128,13 +152,15 @@ impl ImageLayer {
             }
         }
         by_offset.sort_unstable();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             id,
             toc,
             source,
             cache,
             queued,
             by_offset,
+            me: me.clone(),
+            ra: Mutex::new(Rank::LayerReadAhead, ReadAheadState::default()),
         });
         if prefetch {
             // Blob order: one request can then take several files.
@@ -159,6 +185,26 @@ impl ImageLayer {
         ImageLayer { inner, trace: None }
     }
 
+    /// Fetches the blob's first `bytes` now, in the background, several
+    /// requests at once: a layer `rcfs convert --trace` wrote holds there
+    /// what a start reads.
+    pub fn with_start(self, bytes: u64) -> ImageLayer {
+        if bytes > 0 && self.inner.source.is_some() {
+            let mut at = 0;
+            while at < bytes {
+                let piece = READ_AHEAD.min(bytes - at);
+                let weak = self.inner.me.clone();
+                self.inner.cache.pool.urgent(Box::new(move || {
+                    if let Some(l) = weak.upgrade() {
+                        l.read_ahead_from(at, piece);
+                    }
+                }));
+                at += piece;
+            }
+        }
+        self
+    }
+
     /// Records the files this layer opens in `trace`.
     pub fn with_trace(mut self, trace: Option<Arc<Trace>>) -> ImageLayer {
         self.trace = trace;
@@ -180,14 +226,66 @@ impl ImageLayer {
 
 impl Inner {
     /// Queues the first `len` bytes of `file` (all of it for `u64::MAX`)
-    /// for a worker of the mount's fetch pool.
-    fn queue(self: &Arc<Inner>, file: u32, len: u64) {
-        let weak = Arc::downgrade(self);
-        self.cache.pool.urgent(Box::new(move || {
+    /// for a worker of the mount's fetch pool: urgent for a start
+    /// (`will_need`), idle for the rest of a file.
+    fn queue(&self, file: u32, len: u64, urgent: bool) {
+        let weak = self.me.clone();
+        let job: crate::cache::pool::Job = Box::new(move || {
             if let Some(l) = weak.upgrade() {
                 l.fetch_in_background(file, len);
             }
-        }));
+        });
+        if urgent {
+            self.cache.pool.urgent(job);
+        } else {
+            self.cache.pool.idle(job);
+        }
+    }
+
+    /// Reads ahead after a read of blob bytes `[start, end)`, as the
+    /// kernel does for a file: a read that follows the last window (a
+    /// layer read in its blob order, as `rcfs convert --trace` writes one
+    /// for a start) doubles the window, up to [`READ_AHEAD_MAX`]; any other
+    /// read that missed starts over at [`READ_AHEAD`]. A hit in the second
+    /// half of the window starts the next one before it is needed. Windows
+    /// go to the fetch pool in pieces of [`READ_AHEAD`], several requests
+    /// in flight.
+    fn after_read(&self, start: u64, end: u64, missed: bool) {
+        let (from, len) = {
+            let mut ra = self.ra.lock();
+            let sequential =
+                ra.next > 0 && start + MAX_GAP >= ra.start && start <= ra.next + MAX_GAP;
+            if missed {
+                ra.window = if sequential {
+                    (ra.window * 2).min(READ_AHEAD_MAX)
+                } else {
+                    READ_AHEAD
+                };
+                let from = if sequential { ra.next.max(end) } else { end };
+                ra.start = start;
+                ra.next = from + ra.window;
+                (from, ra.window)
+            } else if sequential && end + ra.window / 2 >= ra.next {
+                ra.window = (ra.window * 2).min(READ_AHEAD_MAX);
+                let from = ra.next;
+                ra.start = start;
+                ra.next = from + ra.window;
+                (from, ra.window)
+            } else {
+                return;
+            }
+        };
+        let mut at = from;
+        while at < from + len {
+            let piece = READ_AHEAD.min(from + len - at);
+            let weak = self.me.clone();
+            self.cache.pool.urgent(Box::new(move || {
+                if let Some(l) = weak.upgrade() {
+                    l.read_ahead_from(at, piece);
+                }
+            }));
+            at += piece;
+        }
     }
 
     /// Fetches the first `len` bytes of `file`; a whole file of several
@@ -285,9 +383,14 @@ impl Inner {
         }
         if !run.is_empty() {
             if ahead {
-                self.extend(&mut run);
+                self.extend(&mut run, READ_AHEAD_WAITED);
+                // More comes in the background (see `after_read`).
+                let (start, end) = (run[0].start, run[run.len() - 1].end);
+                self.fetch_run(run, &mut out)?;
+                self.after_read(start, end, true);
+            } else {
+                self.fetch_run(run, &mut out)?;
             }
-            self.fetch_run(run, &mut out)?;
         }
         for (i, p) in waits {
             out[i].1 = Some(match p.wait() {
@@ -318,11 +421,12 @@ impl Inner {
         s >= last && s - last <= MAX_GAP && e - first <= MAX_REQUEST
     }
 
-    /// Adds to `run` the missing chunks that follow it in the blob.
-    fn extend<'a>(&'a self, run: &mut Vec<RunItem<'a>>) {
+    /// Adds to `run` the missing chunks that follow it in the blob, up to
+    /// `limit` bytes past its end.
+    fn extend<'a>(&'a self, run: &mut Vec<RunItem<'a>>, limit: u64) {
         let last_end = run[run.len() - 1].end;
         let from = self.by_offset.partition_point(|&(s, _, _)| s < last_end);
-        let limit = run[run.len() - 1].end + READ_AHEAD;
+        let limit = last_end + limit;
         for &(s, file, chunk) in &self.by_offset[from..] {
             let c = &self.toc.files[file as usize].chunks[chunk as usize];
             let Source::Blob { end: e, .. } = c.source else {
@@ -343,6 +447,47 @@ impl Inner {
                 // Already here or on its way: read ahead no further.
                 _ => break,
             }
+        }
+    }
+
+    /// Reads ahead in the blob from offset `from`: the missing chunks there
+    /// (skipping those already cached at the start), up to `limit` bytes,
+    /// with one request. Run by the fetch pool after a read that missed, so
+    /// that the read waits only for its own bytes.
+    fn read_ahead_from(&self, from: u64, limit: u64) {
+        let first = self.by_offset.partition_point(|&(s, _, _)| s < from);
+        let mut run: Vec<RunItem<'_>> = Vec::new();
+        for &(s, file, chunk) in &self.by_offset[first..] {
+            let c = &self.toc.files[file as usize].chunks[chunk as usize];
+            let Source::Blob { end: e, .. } = c.source else {
+                continue;
+            };
+            if e > from + limit {
+                break;
+            }
+            if !run.is_empty() && !Self::joins(&run, s, e) {
+                self.fetch_ahead(std::mem::take(&mut run));
+            }
+            // Chunks already here or on their way are skipped.
+            if let Ok(Claim::Mine(fetching)) = self.cache.claim(&c.digest, c.len) {
+                run.push(RunItem {
+                    out: None,
+                    file,
+                    chunk: c.clone(),
+                    start: s,
+                    end: e,
+                    fetching,
+                });
+            }
+        }
+        if !run.is_empty() {
+            self.fetch_ahead(run);
+        }
+    }
+
+    fn fetch_ahead(&self, run: Vec<RunItem<'_>>) {
+        if let Err(e) = self.fetch_run(run, &mut []) {
+            log::debug!("layer {}: read-ahead: {e}", self.id);
         }
     }
 
@@ -441,6 +586,11 @@ impl Inner {
                     }
                 }
             }
+        }
+        // Read to the end, so the connection goes back to the pool (an
+        // HTTP client reuses a connection only after its body was read).
+        if result.is_ok() && at == end {
+            let _ = io::copy(&mut body, &mut io::sink());
         }
         stats.note_request(at - start, t0.elapsed());
         result
@@ -545,7 +695,10 @@ impl Layer for ImageLayer {
         } else {
             len
         };
-        self.inner.queue(n.file, len);
+        // From a remote blob, reading ahead in blob order (after each
+        // read that missed) is what keeps a start's requests few; these
+        // wait until no read is fetching.
+        self.inner.queue(n.file, len, self.inner.source.is_none());
         Ok(())
     }
 
@@ -594,9 +747,16 @@ impl LowerFile for ImageFile {
             let _fetching = self.layer.cache.pool.foreground();
             self.layer.fetch(self.file, offset, end, true)?
         };
+        // A read of chunks read ahead moves the window along.
+        if let (Some(Source::Blob { start, .. }), Some(Source::Blob { end: e, .. })) = (
+            blocks.first().map(|b| b.0.source),
+            blocks.last().map(|b| b.0.source),
+        ) {
+            self.layer.after_read(start, e, false);
+        }
         // The rest of the file, in the background.
         if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {
-            self.layer.queue(self.file, u64::MAX);
+            self.layer.queue(self.file, u64::MAX, false);
         }
         let mut done = 0usize;
         for (c, block) in blocks {

@@ -194,7 +194,7 @@ run_case() { # NAME RUN
             chroot "$RUN/bundle-$i/rootfs" /usr/bin/python3 -c "$START" >/dev/null ;;
     esac
     t1=$(now)
-    T[$name,$i]=$(echo "($t1 - $t0) * 1000" | bc -l)
+    T[$name,$i]=$(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.0f')
     B[$name,$i]=$(( $(proxy_bytes) - b0 ))
     if [ "$name" = lazy ]; then
         # The server's memory with the start's files read.

@@ -609,7 +609,12 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         detach_stdio(fd.as_raw_fd(), req.log.as_deref());
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
-    session.run().context("serving the mount")
+    let served = session.run().context("serving the mount");
+    // The stats socket of an image mount goes with it.
+    if let Some(im) = &req.image {
+        let _ = std::fs::remove_file(crate::stats::socket_path(&im.store, &req.mountpoint));
+    }
+    served
 }
 
 /// A background server keeps no terminal: its stdio goes to /dev/null.

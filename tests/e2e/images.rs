@@ -162,6 +162,13 @@ fn zstd_chunked_image_is_mounted_lazily_and_reads_what_was_pushed() {
         std::fs::metadata(m.mnt.join("usr/share/data/f000-link")).unwrap(),
     );
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    // Unmounted, the server is gone with its stats socket.
+    let run_dir = c.store().join("run");
+    drop(m);
+    let left: Vec<_> = std::fs::read_dir(&run_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

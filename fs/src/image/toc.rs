@@ -455,6 +455,19 @@ impl Toc {
                 prev_end = end;
             }
         }
+        // Directories the TOC does not list (often the root) get the
+        // newest time of the layer, not the epoch.
+        let newest = toc
+            .nodes
+            .iter()
+            .map(|n| n.attr.mtime)
+            .max()
+            .unwrap_or(Time(0));
+        for (n, _) in toc.nodes.iter_mut().zip(&implied).filter(|(_, i)| **i) {
+            n.attr.mtime = newest;
+            n.attr.atime = newest;
+            n.attr.ctime = newest;
+        }
         // Ids: a regular file's is its data's index (shared by its hard
         // links), anything else's its entry index above every file's.
         let nfiles = toc.files.len() as u64;

@@ -84,6 +84,12 @@ fn builds_a_tree_with_made_up_parents_hard_links_and_chunks() {
     });
     let t = toc(entries).unwrap();
     assert_eq!(t.node(0).attr.perm, 0o700);
+    let bin = t.lookup(b"usr/bin").unwrap();
+    assert_eq!(
+        t.node(bin).attr.mtime,
+        Time(1_682_936_430_123_456_789),
+        "a dir the TOC does not list gets the layer's newest time"
+    );
     let usr = t.lookup(b"usr").unwrap();
     assert_eq!(
         (t.node(usr).attr.perm, t.node(usr).attr.uid),
@@ -232,4 +238,10 @@ fn json_round_trips_in_the_zstd_chunked_spelling() {
         "zeros are omitted: {s}"
     );
     assert_eq!(serde_json::from_str::<TocEntry>(&s).unwrap(), e);
+}
+
+#[test]
+fn an_unlisted_root_gets_the_newest_time() {
+    let t = toc(vec![reg("a", b"x", 1, 2)]).unwrap();
+    assert_eq!(t.node(0).attr.mtime, Time(1_682_936_430_123_456_789));
 }

@@ -238,28 +238,30 @@ impl Drop for CasWriter<'_> {
     }
 }
 
+/// A content dir `name` in the temp dir `dir`, with its own `tmp/`
+/// (tests).
+#[cfg(test)]
+pub(crate) fn temp_cas(dir: &std::path::Path, name: &str) -> Cas {
+    let root = sys::open_at(
+        nix::fcntl::AT_FDCWD,
+        dir.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .expect("opening the temp dir");
+    let tmp = make_dir(root.as_fd(), "tmp").expect("tmp/");
+    Cas::open(root.as_fd(), name, tmp.as_fd()).expect("the content dir")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn cas(t: &tempfile::TempDir) -> (OwnedFd, Cas) {
-        let root = sys::open_at(
-            nix::fcntl::AT_FDCWD,
-            t.path().as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .unwrap();
-        let tmp = make_dir(root.as_fd(), "tmp").unwrap();
-        let c = Cas::open(root.as_fd(), "blobs", tmp.as_fd()).unwrap();
-        (root, c)
-    }
-
     #[test]
     fn stores_checks_and_leaves_nothing_on_a_mismatch() {
         let t = tempfile::tempdir().unwrap();
-        let (_root, c) = cas(&t);
+        let c = temp_cas(t.path(), "blobs");
         let d = Digest::of(b"hello");
         c.put(&d, b"hello").unwrap();
         assert_eq!(c.read(&d).unwrap().unwrap(), b"hello");

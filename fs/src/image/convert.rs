@@ -22,9 +22,9 @@ use super::chunked::{ChunkedWriter, START_KEY};
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
-use super::toc::{Toc, TocEntry, NONE};
+use super::toc::{rfc3339, Toc, TocEntry, NONE};
 use crate::error::layer_error;
-use crate::layer::{ImageLayer, Kind, Layer, LowerFile, Time};
+use crate::layer::{ImageLayer, Kind, Layer, LowerFile};
 
 /// How to convert.
 #[derive(Debug, Clone)]
@@ -42,12 +42,6 @@ impl Default for ConvertOptions {
             trace: Vec::new(),
         }
     }
-}
-
-fn rfc3339(t: Time) -> Option<String> {
-    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0)).ok()?;
-    dt.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 /// Entry `idx` of `toc` as a TOC entry (`first_name`: where its data went
@@ -318,9 +312,7 @@ pub fn convert(
             .map(|d| d["digest"].as_str().unwrap_or_default().to_owned())
             .collect(),
         origin: None,
-        pulled: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        pulled: super::pull::now_rfc3339(),
         size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),
     };
     store.add_image(image.clone())?;

@@ -19,6 +19,7 @@ use super::cas::Cas;
 use super::digest::{Digest, Hasher};
 use super::toc::{normalize, TocEntry, TocJson};
 use crate::error::layer_error;
+use crate::layer::Time;
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +111,7 @@ fn hostile(msg: String) -> io::Error {
 }
 
 fn rfc3339(secs: i64, nanos: u32) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?
-        + time::Duration::nanoseconds(nanos as i64);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    super::toc::rfc3339(Time::from_timespec(secs, i64::from(nanos)))
 }
 
 /// A PAX time (`1700000000.123456789`) as seconds and nanoseconds.
@@ -321,7 +319,6 @@ fn read_entries<R: Read>(ar: &mut tar::Archive<R>, files: &Cas) -> io::Result<(T
 mod tests {
     use super::*;
     use crate::image::toc::{DataIn, Toc};
-    use std::os::fd::AsFd;
 
     fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -340,15 +337,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Cas) {
         let t = tempfile::tempdir().unwrap();
-        let root = crate::sys::open_at(
-            nix::fcntl::AT_FDCWD,
-            t.path().as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .unwrap();
-        let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
-        let c = Cas::open(root.as_fd(), "files", tmp.as_fd()).unwrap();
+        let c = crate::image::cas::temp_cas(t.path(), "files");
         (t, c)
     }
 

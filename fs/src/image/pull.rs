@@ -452,7 +452,8 @@ fn pull_one(
     Ok((d, desc.size(), outcome))
 }
 
-fn now_rfc3339() -> String {
+/// Now, as the store records times.
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

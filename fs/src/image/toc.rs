@@ -216,6 +216,13 @@ fn parse_time(s: &Option<String>, what: &str, name: &str) -> Result<Option<Time>
     Ok(Some(Time(i64::try_from(ns).unwrap_or(i64::MAX))))
 }
 
+/// A time in the spelling of TOCs (RFC 3339, nanoseconds).
+pub fn rfc3339(t: Time) -> Option<String> {
+    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0)).ok()?;
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 fn parse_digest(s: &str, what: &str, name: &str) -> Result<Digest, BadToc> {
     Digest::parse(s).or_else(|_| bad(format!("entry '{name}' has a bad {what} '{s}'")))
 }

@@ -1,9 +1,10 @@
 //! The image layer against a blob in memory that counts requests and can
 //! corrupt or cut what it serves.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use super::*;
 use crate::image::digest::Digest;
@@ -310,16 +311,7 @@ fn concurrent_readers_of_a_missing_chunk_cause_one_fetch() {
 #[test]
 fn identical_content_in_two_layers_is_fetched_once_and_disk_cache_is_checked() {
     let t = tempfile::tempdir().unwrap();
-    let root = crate::sys::open_at(
-        nix::fcntl::AT_FDCWD,
-        t.path().as_os_str(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .unwrap();
-    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
-    let chunks =
-        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let chunks = Arc::new(crate::image::cas::temp_cas(t.path(), "cache"));
     let data = pattern(3 << 20, 5);
     let cache = Arc::new(BlockCache::new(
         1 << 20,
@@ -360,16 +352,7 @@ fn identical_content_in_two_layers_is_fetched_once_and_disk_cache_is_checked() {
 #[test]
 fn the_disk_cache_stays_within_its_budget() {
     let t = tempfile::tempdir().unwrap();
-    let root = crate::sys::open_at(
-        nix::fcntl::AT_FDCWD,
-        t.path().as_os_str(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .unwrap();
-    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
-    let chunks =
-        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let chunks = Arc::new(crate::image::cas::temp_cas(t.path(), "cache"));
     let cache = Arc::new(BlockCache::new(0, Some(chunks.clone()), 1 << 20, None));
     let files: Vec<(String, Vec<u8>)> = (0..10)
         .map(|i| (format!("f{i}"), pattern(300_000, i as u8)))
@@ -436,16 +419,7 @@ fn a_read_fetches_the_files_that_follow_it_in_the_blob_in_the_same_request() {
 #[test]
 fn a_file_fetched_whole_in_chunks_becomes_a_host_file() {
     let t = tempfile::tempdir().unwrap();
-    let root = crate::sys::open_at(
-        nix::fcntl::AT_FDCWD,
-        t.path().as_os_str(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .unwrap();
-    let tmp = crate::image::cas::make_dir(root.as_fd(), "tmp").unwrap();
-    let chunks =
-        Arc::new(crate::image::cas::Cas::open(root.as_fd(), "cache", tmp.as_fd()).unwrap());
+    let chunks = Arc::new(crate::image::cas::temp_cas(t.path(), "cache"));
     let mut data = pattern(3 << 20, 7);
     data[1 << 20..(1 << 20) + 200_000].fill(0);
     let cache = Arc::new(BlockCache::new(1 << 20, Some(chunks), 1 << 30, None));

@@ -266,6 +266,24 @@ impl Upper {
         })
     }
 
+    /// Calls `f` with those of `names` that directory `dir` holds, and
+    /// their lstat.
+    pub(crate) fn each_named(
+        &self,
+        dir: BorrowedFd<'_>,
+        names: &[&OsStr],
+        mut f: impl FnMut(&OsStr, &libc::stat) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for &name in names {
+            match crate::sys::at::stat_at(dir, name, libc::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => f(name, &st)?,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn mkdir(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
         Ok(nix::sys::stat::mkdirat(
             dir,

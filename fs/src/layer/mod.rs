@@ -22,6 +22,12 @@
 //! for bytes to arrive. The union never calls them while holding a lock that
 //! operations on other files need (at most the file's own copy-up lock).
 //!
+//! The exception is a layer still arriving ([`StreamLayer`], a tar layer
+//! being pulled), which is not [`Layer::complete`]: its answers about a
+//! path wait until the stream has reached that path, and its listings until
+//! the stream ends. The union first waits without locks
+//! ([`Layer::settle`], [`Layer::wait_complete`]) for what it will ask.
+//!
 //! # Errors
 //!
 //! Errors are `io::Error`s. One that carries no errno (a network error of an
@@ -30,6 +36,7 @@
 
 mod dir;
 mod image;
+mod stream;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Debug;
@@ -44,6 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use dir::DirLayer;
 pub use image::{ImageLayer, Trace};
+pub use stream::{Stream, StreamLayer};
 
 /// The type of a layer entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -296,6 +304,21 @@ pub trait Layer: Send + Sync + Debug {
     /// Capacity and usage of where the layer lives (a read-only union's
     /// `statfs`).
     fn statfs(&self) -> io::Result<FsStats>;
+    /// Whether every entry of the layer is there (only a layer still
+    /// arriving says no).
+    fn complete(&self) -> bool {
+        true
+    }
+    /// Waits until the layer knows whether each of `paths` exists and what
+    /// it is; at once for a complete layer.
+    fn settle(&self, paths: &[PathBuf]) -> io::Result<()> {
+        let _ = paths;
+        Ok(())
+    }
+    /// Waits until the layer is complete (or can never be: an error).
+    fn wait_complete(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Joins a relative union path and a name (`""` is the root).

@@ -9,6 +9,7 @@ use std::io::Result;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::node::{self, Child, Children, DirState, Lower, LowerRef, NameSet, Node, NodeState};
@@ -27,6 +28,83 @@ struct DirSource {
 }
 
 impl Union {
+    /// Waits, holding nothing, until each lower layer of `src` that can
+    /// matter knows what it holds of `names`: the name, its whiteout and
+    /// the directory's opaque marker. Layers are asked top first, down to
+    /// the first that hides those below for this name (a non-directory of
+    /// that name, a whiteout of it, an opaque directory) or the last with
+    /// the name below it; returns how many matter. Of the last that matters
+    /// only the name itself is settled.
+    fn settle_name(&self, src: &DirSource, names: &[&OsStr; 3]) -> Result<usize> {
+        let exists = |l: &dyn layer::Layer, p: &Path| match l.stat(p) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        for (k, &li) in src.lower_dirs.iter().enumerate() {
+            let l = self.lowers[li as usize].as_ref();
+            let [name, wh, opq] = names.map(|n| layer::join(&src.lower_path, n));
+            l.settle(std::slice::from_ref(&name))?;
+            if exists(l, &name)?.is_some_and(|a| a.kind != Kind::Dir) {
+                return Ok(k + 1);
+            }
+            // What hides entries below matters only if a layer below has
+            // the name.
+            let mut held_below = false;
+            for &m in &src.lower_dirs[k + 1..] {
+                let m = self.lowers[m as usize].as_ref();
+                m.settle(std::slice::from_ref(&name))?;
+                if exists(m, &name)?.is_some() {
+                    held_below = true;
+                    break;
+                }
+            }
+            if !held_below {
+                return Ok(k + 1);
+            }
+            l.settle(&[wh.clone(), opq.clone()])?;
+            let opaque = whiteout::is_opaque_dir(&l.list_xattrs(&src.lower_path)?, |x| {
+                l.get_xattr(&src.lower_path, x).ok().flatten()
+            });
+            if opaque || exists(l, &wh)?.is_some() || exists(l, &opq)?.is_some() {
+                return Ok(k + 1);
+            }
+        }
+        Ok(src.lower_dirs.len())
+    }
+
+    /// What loading `dir` reads, or `None` when it is loaded.
+    fn dir_source(&self, dir: &Node) -> Result<Option<DirSource>> {
+        let st = dir.state.read();
+        let Some(d) = st.dir.as_ref() else {
+            return Err(errno(libc::ENOTDIR));
+        };
+        if d.children.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(DirSource {
+            upper: st.upper,
+            lower_path: st
+                .lower
+                .as_ref()
+                .and_then(|l| l.path.as_deref())
+                .map_or_else(PathBuf::new, |p| p.to_path_buf()),
+            lower_dirs: d.lower_dirs.clone(),
+        }))
+    }
+
+    /// Whether every lower layer is complete (none is still arriving).
+    pub(crate) fn all_complete(&self) -> bool {
+        if !self.streaming.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.lowers.iter().all(|l| l.complete()) {
+            self.streaming.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// Makes sure `dir`'s merged children are in memory.
     pub(crate) fn ensure_loaded(&self, dir: &Arc<Node>) -> Result<()> {
         if dir.kind != Kind::Dir {
@@ -35,39 +113,78 @@ impl Union {
         if dir.state.read().children().is_some() {
             return Ok(());
         }
+        if !self.all_complete() {
+            // A layer still arriving: wait for its end holding nothing, so
+            // lookups of names it has already passed go on meanwhile.
+            if let Some(src) = self.dir_source(dir)? {
+                for &li in &src.lower_dirs {
+                    self.lowers[li as usize].wait_complete()?;
+                }
+            }
+        }
         // Loading holds only `load_lock`, so the directory's attributes stay
         // readable meanwhile (a listing of its parent is not held up).
         let _load = dir.load_lock.lock();
-        let src = {
-            let st = dir.state.read();
-            let Some(d) = st.dir.as_ref() else {
-                return Err(errno(libc::ENOTDIR));
-            };
-            if d.children.is_some() {
-                return Ok(());
-            }
-            DirSource {
-                upper: st.upper,
-                lower_path: st
-                    .lower
-                    .as_ref()
-                    .and_then(|l| l.path.as_deref())
-                    .map_or_else(PathBuf::new, |p| p.to_path_buf()),
-                lower_dirs: d.lower_dirs.clone(),
-            }
+        let Some(src) = self.dir_source(dir)? else {
+            return Ok(());
         };
-        let (children, used) = self.load_dir(dir, &src)?;
+        let (children, used) = self.load_dir(dir, &src, None)?;
         let mut st = dir.state.write();
         let d = st.dir.get_or_insert_with(Default::default);
         d.lower_dirs = used;
         d.children = Some(children);
+        d.early = None;
         Ok(())
+    }
+
+    /// Looks up `name` in `dir` by itself when the directory cannot be
+    /// loaded yet because a layer it merges is still arriving: waits only
+    /// until each such layer has reached `name` (or its whiteout, or the
+    /// directory's opaque marker) or ended, then notes the child among the
+    /// directory's early children. False when `dir` can be loaded at once
+    /// (or is): the caller loads it.
+    pub(crate) fn lookup_early(&self, dir: &Arc<Node>, name: &OsStr) -> Result<bool> {
+        if dir.kind != Kind::Dir || self.all_complete() {
+            return Ok(false);
+        }
+        let Some(src) = self.dir_source(dir)? else {
+            return Ok(false);
+        };
+        if src
+            .lower_dirs
+            .iter()
+            .all(|&li| self.lowers[li as usize].complete())
+        {
+            return Ok(false);
+        }
+        let wh = whiteout::whiteout_name(name);
+        let names = [name, wh.as_os_str(), OsStr::new(whiteout::OPAQUE_MARKER)];
+        let keep = self.settle_name(&src, &names)?;
+        let _load = dir.load_lock.lock();
+        let Some(mut src) = self.dir_source(dir)? else {
+            return Ok(false);
+        };
+        if early_child(dir, name).is_some() {
+            return Ok(true);
+        }
+        src.lower_dirs.truncate(keep);
+        let (children, _) = self.load_dir(dir, &src, Some(&names))?;
+        if let Some((n, c)) = children.map.get_key_value(name) {
+            let mut st = dir.state.write();
+            if let Some(d) = st.dir.as_mut() {
+                d.early
+                    .get_or_insert_with(Default::default)
+                    .insert(n.clone(), *c);
+            }
+        }
+        Ok(true)
     }
 
     /// Loads directory `ino` if it is not loaded yet (prefetching).
     pub fn preload(&self, ino: u64) {
         if let Ok(node) = self.node(ino) {
-            if node.kind == Kind::Dir {
+            // Never waits for a layer still arriving.
+            if node.kind == Kind::Dir && self.all_complete() {
                 let _ = self.ensure_loaded(&node);
             }
         }
@@ -105,7 +222,32 @@ impl Union {
     /// them and the lower layers that contributed. Entries are merged as the
     /// layers hand them out, so a large directory costs nothing per entry
     /// beyond its nodes.
-    fn load_dir(&self, dir: &Node, src: &DirSource) -> Result<(Children, Vec<u32>)> {
+    ///
+    /// With `only`, just those names are read (a lookup before the
+    /// directory can be loaded, see [`Self::lookup_early`]). Without, the
+    /// nodes of early children are taken over: those children were merged
+    /// from every layer already.
+    fn load_dir(
+        &self,
+        dir: &Node,
+        src: &DirSource,
+        only: Option<&[&OsStr]>,
+    ) -> Result<(Children, Vec<u32>)> {
+        let early = match only {
+            Some(_) => None,
+            None => dir.state.write().dir.as_mut().and_then(|d| d.early.take()),
+        };
+        // Takes over the early node for `name`, if there is one.
+        let take_early = |name: &OsStr| -> Option<(Arc<OsStr>, Child)> {
+            let (n, c) = early.as_ref()?.get_key_value(name)?;
+            self.node_by_id(c.id())
+                .is_ok_and(|node| node.is_linked())
+                .then(|| {
+                    self.refresh_early(c.id());
+                    (n.clone(), *c)
+                })
+        };
+        let mut premade: HashSet<u64> = HashSet::new();
         let mut map: HashMap<Arc<OsStr>, Child> = HashMap::new();
         let mut lower_names = NameSet::default();
         let mut hidden: HashSet<OsString> = HashSet::new();
@@ -126,7 +268,7 @@ impl Union {
             opaque = whiteout::is_opaque_dir(&names, |x| {
                 Loc::Dir(fd.clone()).get_xattr(x).ok().flatten()
             });
-            upper.each_entry(fd.as_fd(), |name, st| {
+            let each = |name: &OsStr, st: &libc::stat| {
                 let Ok(attr) = Attr::from_stat(st) else {
                     return Ok(());
                 };
@@ -139,6 +281,11 @@ impl Union {
                         hidden.insert(n.to_owned());
                     }
                     whiteout::Kind::Entry => {
+                        if let Some((name, c)) = take_early(name) {
+                            premade.insert(c.id());
+                            map.insert(name, c);
+                            return Ok(());
+                        }
                         let entry = Loc::Entry {
                             dir: fd.clone(),
                             name: name.to_owned(),
@@ -150,7 +297,11 @@ impl Union {
                     }
                 }
                 Ok(())
-            })?;
+            };
+            match only {
+                None => upper.each_entry(fd.as_fd(), each)?,
+                Some(names) => upper.each_named(fd.as_fd(), names, each)?,
+            }
         }
         if !opaque {
             let lower_path = &src.lower_path;
@@ -159,50 +310,78 @@ impl Union {
                 let layer = &self.lowers[li as usize];
                 let mut layer_hidden = Vec::new();
                 let mut layer_opaque = false;
-                let xattr_names = layer.read_dir(lower_path, &mut |name, kind, attr| {
-                    let class = if kind == Kind::CharDev {
-                        whiteout::classify(name, attr()?.is_whiteout_device())
-                    } else {
-                        whiteout::classify(name, false)
-                    };
-                    match class {
-                        whiteout::Kind::Opaque => layer_opaque = true,
-                        whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
-                        whiteout::Kind::Entry => {
-                            lower_names.insert(name);
-                            if hidden.contains(name) {
-                                return Ok(());
-                            }
-                            match map.get(name).copied() {
-                                None => {
-                                    let attr = match attr() {
-                                        Ok(a) => a,
-                                        // Gone since the listing.
-                                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                                            return Ok(())
+                let mut each =
+                    |name: &OsStr, kind: Kind, attr: &mut dyn FnMut() -> Result<Attr>| {
+                        let class = if kind == Kind::CharDev {
+                            whiteout::classify(name, attr()?.is_whiteout_device())
+                        } else {
+                            whiteout::classify(name, false)
+                        };
+                        match class {
+                            whiteout::Kind::Opaque => layer_opaque = true,
+                            whiteout::Kind::Whiteout(n) => layer_hidden.push(n.to_owned()),
+                            whiteout::Kind::Entry => {
+                                lower_names.insert(name);
+                                if hidden.contains(name) {
+                                    return Ok(());
+                                }
+                                match map.get(name).copied() {
+                                    None => {
+                                        if let Some((name, c)) = take_early(name) {
+                                            premade.insert(c.id());
+                                            map.insert(name, c);
+                                            return Ok(());
                                         }
-                                        Err(e) => return Err(e),
-                                    };
-                                    let kind = attr.kind;
-                                    let name = node::shared(name);
-                                    let id = self.lower_child(dir.id, &name, li, lower_path, attr);
-                                    map.insert(name, Child::new(id, kind));
+                                        let attr = match attr() {
+                                            Ok(a) => a,
+                                            // Gone since the listing.
+                                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                                                return Ok(())
+                                            }
+                                            Err(e) => return Err(e),
+                                        };
+                                        let kind = attr.kind;
+                                        let name = node::shared(name);
+                                        let id =
+                                            self.lower_child(dir.id, &name, li, lower_path, attr);
+                                        map.insert(name, Child::new(id, kind));
+                                    }
+                                    // A directory above merges with one here.
+                                    Some(c) if premade.contains(&c.id()) => {}
+                                    Some(c) if kind == Kind::Dir && c.kind() == Kind::Dir => {
+                                        self.merge_lower_dir(
+                                            c.id(),
+                                            li,
+                                            layer::join(lower_path, name),
+                                            attr,
+                                        )?;
+                                    }
+                                    Some(_) => {}
                                 }
-                                // A directory above merges with one here.
-                                Some(c) if kind == Kind::Dir && c.kind() == Kind::Dir => {
-                                    self.merge_lower_dir(
-                                        c.id(),
-                                        li,
-                                        layer::join(lower_path, name),
-                                        attr,
-                                    )?;
-                                }
-                                Some(_) => {}
                             }
                         }
+                        Ok(())
+                    };
+                let xattr_names = match only {
+                    None => layer.read_dir(lower_path, &mut each)?,
+                    Some(names) => {
+                        // Of the last layer only the name is settled (see
+                        // `settle_name`), and only it matters.
+                        let last = li == *src.lower_dirs.last().expect("in the loop");
+                        for &n in if last { &names[..1] } else { names } {
+                            match layer.stat(&layer::join(lower_path, n)) {
+                                Ok(a) => each(n, a.kind, &mut || Ok(a.clone()))?,
+                                Err(e)
+                                    if matches!(
+                                        e.raw_os_error(),
+                                        Some(libc::ENOENT | libc::ENOTDIR)
+                                    ) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        layer.list_xattrs(lower_path)?
                     }
-                    Ok(())
-                })?;
+                };
                 layer_opaque |= whiteout::is_opaque_dir(&xattr_names, |x| {
                     layer.get_xattr(lower_path, x).ok().flatten()
                 });
@@ -216,6 +395,34 @@ impl Union {
             }
         }
         Ok((Children::loaded(map, lower_names), used))
+    }
+
+    /// An early child's lower file may have gained hard links since it was
+    /// looked up (later entries of its layer): gives it the link count and
+    /// the link group loading would have.
+    fn refresh_early(&self, id: u64) {
+        let Ok(node) = self.node_by_id(id) else {
+            return;
+        };
+        if node.kind == Kind::Dir {
+            return;
+        }
+        let Some(lower) = self.lower_of(&node) else {
+            return;
+        };
+        let Ok(attr) = self.lowers[lower.layer as usize].stat(&lower.path) else {
+            return;
+        };
+        if attr.nlink > 1 {
+            self.links
+                .lock()
+                .entry((lower.layer, attr.file_id))
+                .or_insert(id);
+        }
+        let mut st = node.state.write();
+        if let Some(l) = st.lower.as_mut().filter(|l| l.layer == lower.layer) {
+            l.attr = (&attr).into();
+        }
     }
 
     /// Adds lower layer `layer`'s directory at `path` to the sources of the
@@ -416,6 +623,7 @@ impl Union {
             st.dir = Some(Box::new(DirState {
                 lower_dirs: vec![layer],
                 children: None,
+                early: None,
             }));
             Some(Box::new(layer::join(dir_path, name)))
         } else {
@@ -453,6 +661,18 @@ impl Union {
         st.aliases_mut().push((parent, name.clone()));
         Some(id)
     }
+}
+
+/// The early child `name` of not yet loaded directory `dir`, if looked up.
+pub(crate) fn early_child(dir: &Node, name: &OsStr) -> Option<Child> {
+    dir.state
+        .read()
+        .dir
+        .as_ref()?
+        .early
+        .as_ref()?
+        .get(name)
+        .copied()
 }
 
 /// A layer's id as 64 bits (FNV-1a, the same in every build): what upper

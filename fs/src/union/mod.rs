@@ -41,7 +41,7 @@ use std::ffi::OsStr;
 use std::io::Result;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::errno;
@@ -135,6 +135,9 @@ pub enum TimeSet {
 #[derive(Debug)]
 pub struct Union {
     lowers: Vec<Arc<dyn Layer>>,
+    /// Some lower layer may still be arriving (see
+    /// [`Union::lookup_early`]); false once all are complete.
+    streaming: AtomicBool,
     upper: Option<Upper>,
     metacopy: bool,
     fsync: bool,
@@ -244,6 +247,7 @@ impl Union {
         Ok(Union {
             flusher,
             boot_id: flush::boot_id(),
+            streaming: AtomicBool::new(config.lowers.iter().any(|l| !l.complete())),
             lowers: config.lowers,
             upper,
             metacopy: config.metacopy,

@@ -27,7 +27,9 @@ impl Union {
             return Err(errno(libc::ENAMETOOLONG));
         }
         let dir = self.node(parent)?;
-        self.ensure_loaded(&dir)?;
+        if !self.lookup_early(&dir, name)? {
+            self.ensure_loaded(&dir)?;
+        }
         let tree = self.read_tree();
         let child = child_of(&dir, name).ok_or_else(|| errno(libc::ENOENT))?;
         let node = self.node_by_id(child.id())?;
@@ -236,6 +238,7 @@ impl Union {
             st.dir = Some(Box::new(DirState {
                 lower_dirs: Vec::new(),
                 children: Some(Children::default()),
+                early: None,
             }));
         }
         let node = self.new_node(kind, st);
@@ -530,9 +533,15 @@ impl Union {
     }
 }
 
-/// The child `name` of loaded directory `dir`, if it has one.
+/// The child `name` of directory `dir`, if it has one: of its children
+/// once loaded, else of those looked up early.
 pub(crate) fn child_of(dir: &Node, name: &OsStr) -> Option<Child> {
-    dir.state.read().children()?.get(name)
+    let st = dir.state.read();
+    let d = st.dir.as_ref()?;
+    match &d.children {
+        Some(c) => c.get(name),
+        None => d.early.as_ref()?.get(name).copied(),
+    }
 }
 
 /// Whether deleting `name` is recorded by a device in its place.

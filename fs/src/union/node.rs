@@ -161,6 +161,11 @@ pub(crate) struct DirState {
     pub(crate) lower_dirs: Vec<u32>,
     /// Merged children, `None` until first needed.
     pub(crate) children: Option<Children>,
+    /// Children looked up one by one before the directory could be loaded
+    /// (a layer still arriving): loading takes these nodes over. Boxed:
+    /// 8 bytes in every directory instead of a map's 48.
+    #[allow(clippy::box_collection)]
+    pub(crate) early: Option<Box<HashMap<Arc<OsStr>, Child>>>,
 }
 
 /// The topmost lower entry a node shows (or, for a metacopy upper file, the

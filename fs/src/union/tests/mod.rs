@@ -5,6 +5,7 @@ mod copyup;
 mod inodes;
 mod merge;
 mod readahead;
+mod stream;
 
 pub(super) use super::*;
 pub(super) use crate::layer::DirLayer;

@@ -157,16 +157,8 @@ pub fn resolve(
     pull_if_missing: bool,
     insecure: bool,
 ) -> Result<ImageRecord> {
-    if let Some(i) = store.find(name)? {
+    if let Some(i) = find(store, name)? {
         return Ok(i);
-    }
-    // The name as the store lists it (`debian` → `docker.io/library/debian:latest`).
-    if let Ok(rcfs_fs::image::reference::Source::Registry(r)) =
-        rcfs_fs::image::reference::Source::parse(name, "docker.io")
-    {
-        if let Some(i) = store.find(&r.canonical())? {
-            return Ok(i);
-        }
     }
     if !pull_if_missing {
         bail!(
@@ -175,6 +167,20 @@ pub fn resolve(
         );
     }
     Ok(pull(store, name, true, insecure, false)?.image)
+}
+
+/// The image `name` from the store, if it is there.
+pub fn find(store: &Store, name: &str) -> Result<Option<ImageRecord>> {
+    if let Some(i) = store.find(name)? {
+        return Ok(Some(i));
+    }
+    // The name as the store lists it (`debian` → `docker.io/library/debian:latest`).
+    if let Ok(rcfs_fs::image::reference::Source::Registry(r)) =
+        rcfs_fs::image::reference::Source::parse(name, "docker.io")
+    {
+        return Ok(store.find(&r.canonical())?);
+    }
+    Ok(None)
 }
 
 /// `rcfs images`.

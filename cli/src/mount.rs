@@ -14,7 +14,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
 use rcfs_fs::cache::BlockCache;
 use rcfs_fs::fuse::{MountOptions, UnionFs};
+use rcfs_fs::image::live::LivePull;
 use rcfs_fs::image::open::{open_image, CacheOptions};
+use rcfs_fs::image::pull::PullOptions;
 use rcfs_fs::image::store::Store;
 use rcfs_fs::layer::{DirLayer, Layer};
 use rcfs_fs::union::{Config, Union, UpperConfig};
@@ -56,9 +58,13 @@ pub struct MountRequest {
 #[derive(Debug, Clone)]
 pub struct ImageMount {
     pub store: PathBuf,
-    /// As the store lists it.
+    /// As the store lists it; or as the user gave it, with `pull`.
     pub name: String,
     pub cache: CacheOptions,
+    /// Not in the store yet: the server pulls it while mounted (see
+    /// `rcfs_fs::image::live`), with `--tls-verify=false` if `insecure`.
+    pub pull: bool,
+    pub insecure: bool,
 }
 
 impl MountRequest {
@@ -432,13 +438,28 @@ fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
         let store = Store::open(&im.store)?;
         // Held until the server exits: no gc under a mount.
         std::mem::forget(store.lock_in_use()?);
-        let img = store
-            .find(&im.name)?
-            .with_context(|| format!("image {} is no longer in the store", im.name))?;
-        let (layers, c) = open_image(&store, &img, &im.cache)
-            .with_context(|| format!("cannot open the layers of {}", im.name))?;
-        lowers.extend(layers);
-        cache = Some(c);
+        match store.find(&im.name)? {
+            Some(img) => {
+                let (layers, c) = open_image(&store, &img, &im.cache)
+                    .with_context(|| format!("cannot open the layers of {}", im.name))?;
+                lowers.extend(layers);
+                cache = Some(c);
+            }
+            None if im.pull => {
+                let opts = PullOptions {
+                    lazy: true,
+                    insecure: im.insecure,
+                    // Every layer streams at once: a lookup may wait for
+                    // any of them.
+                    jobs: 8,
+                };
+                let (layers, c, _pull) = LivePull::start(store, &im.name, opts, im.cache.clone())
+                    .with_context(|| format!("cannot pull {}", im.name))?;
+                lowers.extend(layers);
+                cache = Some(c);
+            }
+            None => bail!("image {} is no longer in the store", im.name),
+        }
     }
     let upper = match (&req.upper, &req.work) {
         (Some(u), Some(w)) => Some(UpperConfig {

@@ -35,6 +35,7 @@
 //! | [`Rank::ReadAheadMark`] | `ReadAhead::enough_before` | how far reading ahead got is noted |
 //! | [`Rank::Stop`] | `Flusher::thread` | the flush thread is told to end |
 //! | [`Rank::LayerDirs`] | `DirLayer::dirs` | a host layer's directory fds are looked up |
+//! | [`Rank::Pull`] | `image::live::LivePull::ready` | a mount learns that its image's layers are known |
 //! | [`Rank::Stream`] | `layer::Stream::st` | a streaming layer's entries are added or looked up |
 //! | [`Rank::Trace`] | `layer::Trace::out` | a first open is written to a trace |
 //! | [`Rank::LayerReadAhead`] | `ImageLayer`'s `Inner::ra` | an image layer's read-ahead window moves |
@@ -74,6 +75,7 @@ pub(crate) enum Rank {
     ReadAheadMark,
     Stop,
     LayerDirs,
+    Pull,
     Stream,
     Trace,
     LayerReadAhead,

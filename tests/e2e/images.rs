@@ -193,6 +193,60 @@ fn gzip_and_zstd_images_are_indexed_and_served_as_pushed() {
 }
 
 #[test]
+fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
+    let c = Case::new(12);
+    c.registry.push(&c.layout, "v1", "streamed", "gzip");
+    let proxy = FaultProxy::start(c.registry.port);
+    // The base layer's first 3 MiB (busybox and /etc, not the 6 MB file
+    // after them nor the 300 files after that) arrive; the rest waits.
+    proxy
+        .faults
+        .hold_blobs_after
+        .store(3 << 20, Ordering::SeqCst);
+    let image = format!("{}/streamed:v1", proxy.host());
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &["--tls-verify=false"]);
+    assert_eq!(
+        std::fs::read_to_string(m.mnt.join("etc/hostname")).unwrap(),
+        "top 12\n"
+    );
+    let busybox = m.mnt.join("bin/busybox");
+    let out = run(&mut cmd(busybox.to_str().unwrap(), ["echo", "ran"]), T).expect_ok("busybox");
+    assert_eq!(out.stdout, "ran\n");
+    // Not streamed yet: waits.
+    let late = m.mnt.join("usr/share/data/f100");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(late));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+    let listed = run(&mut rcfs(&c.store(), &["images"]), T).expect_ok("images");
+    assert!(
+        !listed.stdout.contains("streamed"),
+        "recorded before its layers were: {}",
+        listed.stdout
+    );
+    proxy.faults.release.store(true, Ordering::SeqCst);
+    let got = rx.recv_timeout(T).unwrap().unwrap();
+    assert_eq!(got, "small file 100 of 12\n".repeat(100 % 7 + 1));
+    c.assert_same_tree(&m.mnt);
+    // Recorded once every layer is: a later mount needs no pull.
+    let t0 = std::time::Instant::now();
+    while !run(&mut rcfs(&c.store(), &["images"]), T)
+        .expect_ok("images")
+        .stdout
+        .contains("streamed")
+    {
+        assert!(t0.elapsed() < T, "the image was never recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(m);
+    let requests = proxy.faults.requests.load(Ordering::SeqCst);
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+    c.assert_same_tree(&m.mnt);
+    assert_eq!(proxy.faults.requests.load(Ordering::SeqCst), requests);
+}
+
+#[test]
 fn what_images_share_is_fetched_once() {
     let c = Case::new(20);
     let a = c.registry.push(&c.layout, "v1", "first", "gzip");

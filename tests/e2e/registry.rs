@@ -268,6 +268,10 @@ pub struct Faults {
     pub log: Mutex<Vec<String>>,
     /// Body bytes passed to clients.
     pub bytes: AtomicU64,
+    /// Send only this many body bytes of a larger blob answer, and the
+    /// rest once `release` is set (0: no holding back).
+    pub hold_blobs_after: AtomicU64,
+    pub release: AtomicBool,
 }
 
 /// An HTTP proxy in front of a registry (one request per connection).
@@ -378,6 +382,17 @@ impl FaultProxy {
         }
         f.bytes
             .fetch_add((resp.len() - split) as u64, Ordering::SeqCst);
+        let hold = f.hold_blobs_after.load(Ordering::SeqCst) as usize;
+        if hold > 0 && line.contains("/blobs/") && resp.len() - split > hold {
+            if c.write_all(&resp[..split + hold]).is_err() {
+                return;
+            }
+            while !f.release.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.write_all(&resp[split + hold..]);
+            return;
+        }
         let _ = c.write_all(&resp);
     }
 

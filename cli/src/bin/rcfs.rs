@@ -185,10 +185,18 @@ fn run() -> Result<()> {
             let mut req = MountRequest::new(lowers, a.upper, a.work, mountpoint);
             if let Some(name) = image {
                 let store = image::open_store(cli.root.as_deref())?;
-                let img = image::resolve(&store, &name, true, !a.tls_verify)?;
+                let found = image::find(&store, &name)?;
+                if found.is_none() {
+                    eprintln!(
+                        "{name} is not in the store: it is pulled while mounted, and its files \
+                         are readable as they arrive (rcfs stats MOUNTPOINT shows what was fetched)"
+                    );
+                }
                 req.image = Some(ImageMount {
                     store: store.root.clone(),
-                    name: img.name,
+                    pull: found.is_none(),
+                    insecure: !a.tls_verify,
+                    name: found.map_or(name, |i| i.name),
                     cache: CacheOptions {
                         mem_bytes: a.cache_memory << 20,
                         disk_bytes: a.cache_disk << 20,

@@ -134,6 +134,19 @@ pub fn index_layer(
     files: &Cas,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Indexed> {
+    index_layer_with(blob, comp, files, progress, &mut |_| {})
+}
+
+/// [`index_layer`], calling `on_entry` with each entry once its data is in
+/// `files` (a layer being mounted while it streams, see
+/// [`crate::layer::Stream`]). A path listed again is given again.
+pub fn index_layer_with(
+    blob: impl Read,
+    comp: Compression,
+    files: &Cas,
+    progress: &mut dyn FnMut(u64),
+    on_entry: &mut dyn FnMut(&TocEntry),
+) -> io::Result<Indexed> {
     struct Counting<'p, R> {
         inner: HashingReader<R>,
         progress: &'p mut dyn FnMut(u64),
@@ -163,7 +176,7 @@ pub fn index_layer(
     let (toc, nfiles, bytes) = {
         let mut ar = tar::Archive::new(&mut tar_hash);
         ar.set_ignore_zeros(false);
-        read_entries(&mut ar, files)?
+        read_entries(&mut ar, files, on_entry)?
     };
     let (diff_id, _) = tar_hash
         .finish()
@@ -179,7 +192,11 @@ pub fn index_layer(
     })
 }
 
-fn read_entries<R: Read>(ar: &mut tar::Archive<R>, files: &Cas) -> io::Result<(TocJson, u64, u64)> {
+fn read_entries<R: Read>(
+    ar: &mut tar::Archive<R>,
+    files: &Cas,
+    on_entry: &mut dyn FnMut(&TocEntry),
+) -> io::Result<(TocJson, u64, u64)> {
     let mut entries: Vec<TocEntry> = Vec::new();
     // Path → index in `entries`, for later entries of the same path (the
     // last one wins, as when a tar is unpacked).
@@ -297,9 +314,11 @@ fn read_entries<R: Read>(ar: &mut tar::Archive<R>, files: &Cas) -> io::Result<(T
                 } else {
                     entries[i] = entry;
                 }
+                on_entry(&entries[i]);
             }
             None => {
                 by_path.insert(path, entries.len());
+                on_entry(&entry);
                 entries.push(entry);
             }
         }

@@ -22,6 +22,7 @@ pub mod chunked;
 pub mod convert;
 pub mod digest;
 pub mod index;
+pub mod live;
 pub mod open;
 pub mod pull;
 pub mod push;

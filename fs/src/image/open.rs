@@ -13,7 +13,7 @@ use super::digest::Digest;
 use super::pull::decompress_toc;
 use super::reference::Reference;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
-use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
+use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
 use super::toc::{DataIn, Toc, TocJson};
 use crate::cache::BlockCache;
 use crate::error::layer_error;
@@ -65,90 +65,110 @@ pub fn open_layers(
     img: &ImageRecord,
     opts: &CacheOptions,
 ) -> io::Result<(Vec<(LayerRecord, Arc<ImageLayer>)>, Arc<BlockCache>)> {
-    let cache = Arc::new(BlockCache::new(
+    let cache = new_cache(store, opts);
+    let registry = registry_for(img.origin.as_ref());
+    let mut layers = Vec::new();
+    for l in img.layers.iter().rev() {
+        let d = Digest::parse(l)?;
+        layers.push(open_layer(
+            store,
+            &img.name,
+            &d,
+            registry.as_ref(),
+            &cache,
+            opts,
+        )?);
+    }
+    Ok((layers, cache))
+}
+
+/// The cache a mount's layers share.
+pub fn new_cache(store: &Store, opts: &CacheOptions) -> Arc<BlockCache> {
+    Arc::new(BlockCache::new(
         opts.mem_bytes,
         Some(store.cache.clone()),
         opts.disk_bytes,
         Some(store.files.clone()),
-    ));
-    let registry = match &img.origin {
-        Some(o) => {
-            let r = Reference {
-                registry: o.registry.clone(),
-                repository: o.repository.clone(),
-                tag: None,
-                digest: None,
-            };
-            let copts = ClientOptions {
-                insecure: o.insecure,
-                credentials: auth::lookup(&auth::auth_files(), &o.registry, &o.repository),
-                // A reader waits for these: fewer, quicker retries.
-                attempts: 3,
-                ..Default::default()
-            };
-            Some(Arc::new(Registry::new(&r, copts)))
-        }
-        None => None,
+    ))
+}
+
+/// A client for the registry an image came from, if it came from one.
+pub fn registry_for(origin: Option<&Origin>) -> Option<Arc<Registry>> {
+    let o = origin?;
+    let r = Reference {
+        registry: o.registry.clone(),
+        repository: o.repository.clone(),
+        tag: None,
+        digest: None,
     };
-    let mut layers = Vec::new();
-    for l in img.layers.iter().rev() {
-        let d = Digest::parse(l)?;
-        let missing = || {
-            layer_error(
-                libc::EIO,
-                format!(
-                    "layer {d} of {} is missing from the store; pull the image again",
-                    img.name
-                ),
+    let copts = ClientOptions {
+        insecure: o.insecure,
+        credentials: auth::lookup(&auth::auth_files(), &o.registry, &o.repository),
+        // A reader waits for these: fewer, quicker retries.
+        attempts: 3,
+        ..Default::default()
+    };
+    Some(Arc::new(Registry::new(&r, copts)))
+}
+
+/// Stored layer `d` of image `image` (named for errors), with its record;
+/// a lazy layer's data comes from `registry`.
+pub fn open_layer(
+    store: &Store,
+    image: &str,
+    d: &Digest,
+    registry: Option<&Arc<Registry>>,
+    cache: &Arc<BlockCache>,
+    opts: &CacheOptions,
+) -> io::Result<(LayerRecord, Arc<ImageLayer>)> {
+    let missing = || {
+        layer_error(
+            libc::EIO,
+            format!("layer {d} of {image} is missing from the store; pull the image again"),
+        )
+    };
+    let rec = store.layer(d)?.ok_or_else(missing)?;
+    let comp = store
+        .blobs
+        .read(&Digest::parse(&rec.toc)?)?
+        .ok_or_else(missing)?;
+    let json = decompress_toc(&comp, rec.toc_len)?;
+    let parsed: TocJson = serde_json::from_slice(&json)
+        .map_err(|e| layer_error(libc::EIO, format!("layer {d}: stored TOC: {e}")))?;
+    let (data, source): (DataIn, Option<Arc<dyn BlobSource>>) = match rec.format {
+        LayerFormat::Indexed => (DataIn::Store, None),
+        LayerFormat::ZstdChunked => {
+            // The blob itself when the store has it (images rcfs
+            // converted), else by range from the registry.
+            let source: Arc<dyn BlobSource> = match store.blobs.open_object(d)? {
+                Some(f) => Arc::new(FileBlob::new(f, format!("stored blob {}", d.short()))),
+                None => match registry {
+                    Some(reg) => Arc::new(RegistryBlob {
+                        registry: reg.clone(),
+                        digest: *d,
+                    }),
+                    None => {
+                        return Err(layer_error(
+                            libc::EIO,
+                            format!("layer {d} is lazy but {image} has no registry to fetch from"),
+                        ))
+                    }
+                },
+            };
+            (
+                DataIn::Blob {
+                    data_end: rec.data_end,
+                },
+                Some(source),
             )
-        };
-        let rec = store.layer(&d)?.ok_or_else(missing)?;
-        let comp = store
-            .blobs
-            .read(&Digest::parse(&rec.toc)?)?
-            .ok_or_else(missing)?;
-        let json = decompress_toc(&comp, rec.toc_len)?;
-        let parsed: TocJson = serde_json::from_slice(&json)
-            .map_err(|e| layer_error(libc::EIO, format!("layer {d}: stored TOC: {e}")))?;
-        let (data, source): (DataIn, Option<Arc<dyn BlobSource>>) = match rec.format {
-            LayerFormat::Indexed => (DataIn::Store, None),
-            LayerFormat::ZstdChunked => {
-                // The blob itself when the store has it (images rcfs
-                // converted), else by range from the registry.
-                let source: Arc<dyn BlobSource> = match store.blobs.open_object(&d)? {
-                    Some(f) => Arc::new(FileBlob::new(f, format!("stored blob {}", d.short()))),
-                    None => match &registry {
-                        Some(reg) => Arc::new(RegistryBlob {
-                            registry: reg.clone(),
-                            digest: d,
-                        }),
-                        None => {
-                            return Err(layer_error(
-                                libc::EIO,
-                                format!(
-                                    "layer {d} is lazy but {} has no registry to fetch from",
-                                    img.name
-                                ),
-                            ))
-                        }
-                    },
-                };
-                (
-                    DataIn::Blob {
-                        data_end: rec.data_end,
-                    },
-                    Some(source),
-                )
-            }
-        };
-        let toc = Toc::parse(&parsed, data)
-            .map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
-        let layer = Arc::new(
-            ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
-                .with_trace(opts.trace.clone())
-                .with_start(rec.start_bytes),
-        );
-        layers.push((rec, layer));
-    }
-    Ok((layers, cache))
+        }
+    };
+    let toc =
+        Toc::parse(&parsed, data).map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
+    let layer = Arc::new(
+        ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
+            .with_trace(opts.trace.clone())
+            .with_start(rec.start_bytes),
+    );
+    Ok((rec, layer))
 }

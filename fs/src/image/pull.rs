@@ -24,12 +24,12 @@ use serde::Deserialize;
 use super::auth;
 use super::blob::{BlobSource, FileBlob};
 use super::digest::Digest;
-use super::index::{index_layer, Compression};
+use super::index::{index_layer_with, Compression};
 use super::reference::{Reference, Source};
 use super::registries::Registries;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
-use super::toc::{DataIn, Toc, TocJson};
+use super::toc::{DataIn, Toc, TocEntry, TocJson};
 use crate::error::layer_error;
 
 /// Annotation keys of zstd:chunked layers, newer spelling first.
@@ -77,6 +77,15 @@ pub trait Progress: Sync {
     fn layer_bytes(&self, digest: &Digest, done: u64);
     fn layer_done(&self, digest: &Digest, outcome: &LayerOutcome);
     fn note(&self, msg: &str);
+    /// The image's manifest and config are in hand: it is `name`, from
+    /// `origin`, with `layers` (bottom first), before any layer is pulled.
+    fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest]) {
+        let _ = (name, origin, layers);
+    }
+    /// An entry of a layer being indexed, its data already stored.
+    fn entry(&self, layer: &Digest, entry: &TocEntry) {
+        let _ = (layer, entry);
+    }
 }
 
 /// Progress that shows nothing.
@@ -336,9 +345,13 @@ fn index_whole(
         fail(format!("layer {d} has media type '{mt}', which is not a layer rcfs can read (tar, tar+gzip, tar+zstd)"))
     })?;
     let reader = blobs.open(&d)?;
-    let ix = index_layer(reader, comp, &store.files, &mut |n| {
-        progress.layer_bytes(&d, n)
-    })
+    let ix = index_layer_with(
+        reader,
+        comp,
+        &store.files,
+        &mut |n| progress.layer_bytes(&d, n),
+        &mut |e| progress.entry(&d, e),
+    )
     .map_err(|e| fail(format!("layer {d}: {e}")))?;
     if ix.blob_digest != d {
         return Err(fail(format!(
@@ -487,6 +500,12 @@ fn finish(
             config.rootfs().diff_ids().len()
         )));
     }
+    let digests = manifest
+        .layers()
+        .iter()
+        .map(|l| Digest::parse(l.digest().as_ref()).map_err(io::Error::from))
+        .collect::<io::Result<Vec<_>>>()?;
+    progress.image(&name, origin.as_ref(), &digests);
     let layers = pull_layers(store, blobs, &manifest, &config, opts, progress)?;
     store.blobs.put(&cfg_d, &cfg_bytes)?;
     let m_d = Digest::of(&manifest_bytes);

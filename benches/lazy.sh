@@ -62,7 +62,10 @@ make_layout() { # DIR TAG LAYERDIR...
     local layers= diffs= t sum size
     for l in "$@"; do
         t=$dir/layer.tar
-        tar --sort=name --numeric-owner --xattrs --mtime=@1700000000 -cf "$t" -C "$l" .
+        # Times as installed: python's .pyc files name their source's mtime, and
+        # one made-up time for every file would make each start compile
+        # every module again.
+        tar --sort=name --numeric-owner --xattrs -cf "$t" -C "$l" .
         sum=$(sha256sum "$t" | cut -d' ' -f1); size=$(stat -c %s "$t")
         mv "$t" "$dir/blobs/sha256/$sum"
         layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$sum\",\"size\":$size}"

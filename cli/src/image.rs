@@ -289,21 +289,23 @@ pub fn convert(
     insecure: bool,
 ) -> Result<()> {
     let src = resolve(store, source, true, insecure)?;
-    let trace = match trace {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read the trace {}", p.display()))?
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        None => Vec::new(),
+    let (trace, reads) = match trace {
+        Some(p) => rcfs_fs::image::convert::parse_trace(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the trace {}", p.display()))?,
+        ),
+        None => Default::default(),
     };
     let name = match rcfs_fs::image::reference::Reference::parse(dest, "docker.io") {
         Ok(r) => r.canonical(),
         Err(_) => dest.to_owned(),
     };
     let t0 = std::time::Instant::now();
-    let opts = rcfs_fs::image::convert::ConvertOptions { level, trace };
+    let opts = rcfs_fs::image::convert::ConvertOptions {
+        level,
+        trace,
+        reads,
+    };
     let img = rcfs_fs::image::convert::convert(store, &src, &name, &opts, &|i, n| {
         if i < n {
             eprintln!("converting layer {}/{n}", i + 1);

@@ -426,7 +426,11 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
+/// The union of `req`, the cache of its image, and the pull of an image
+/// pulled while mounted.
+type Built = (Union, Option<Arc<BlockCache>>, Option<Arc<LivePull>>);
+
+fn build_union(req: &MountRequest) -> Result<Built> {
     let mut lowers: Vec<Arc<dyn Layer>> = Vec::new();
     for l in &req.lowers {
         lowers.push(Arc::new(
@@ -434,6 +438,7 @@ fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
         ));
     }
     let mut cache = None;
+    let mut live = None;
     if let Some(im) = &req.image {
         let store = Store::open(&im.store)?;
         // Held until the server exits: no gc under a mount.
@@ -453,10 +458,11 @@ fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
                     // any of them.
                     jobs: 8,
                 };
-                let (layers, c, _pull) = LivePull::start(store, &im.name, opts, im.cache.clone())
+                let (layers, c, pull) = LivePull::start(store, &im.name, opts, im.cache.clone())
                     .with_context(|| format!("cannot pull {}", im.name))?;
                 lowers.extend(layers);
                 cache = Some(c);
+                live = Some(pull);
             }
             None => bail!("image {} is no longer in the store", im.name),
         }
@@ -475,7 +481,7 @@ fn build_union(req: &MountRequest) -> Result<(Union, Option<Arc<BlockCache>>)> {
         fsync: req.fsync,
     })
     .context("cannot set up the union")?;
-    Ok((union, cache))
+    Ok((union, cache, live))
 }
 
 /// Mounts and serves `req`. In the foreground this returns when the mount is
@@ -578,7 +584,7 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         sigs.thread_block().context("blocking signals")?;
         // Modes come from the caller as the kernel computed them.
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let (union, cache) = build_union(req)?;
+        let (union, cache, live) = build_union(req)?;
         let union = Arc::new(union);
         let fs = UnionFs::new(
             union,
@@ -601,7 +607,8 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
             .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
         if let (Some(cache), Some(im)) = (cache, &req.image) {
-            crate::stats::serve(&im.store, &req.mountpoint, &im.name, cache);
+            let more = live.map(|l| Box::new(move || l.status()) as Box<dyn Fn() -> String + Send>);
+            crate::stats::serve(&im.store, &req.mountpoint, &im.name, cache, more);
         }
         let mut unmounter = session.unmount_callable();
         std::thread::Builder::new()

@@ -22,7 +22,14 @@ pub fn socket_path(store: &Path, mountpoint: &Path) -> PathBuf {
 
 /// Starts answering stats requests for this mount (for the life of the
 /// process). Failing to listen costs only the stats.
-pub fn serve(store: &Path, mountpoint: &Path, image: &str, cache: Arc<BlockCache>) {
+/// `more` adds lines (the pull of an image pulled while mounted).
+pub fn serve(
+    store: &Path,
+    mountpoint: &Path,
+    image: &str,
+    cache: Arc<BlockCache>,
+    more: Option<Box<dyn Fn() -> String + Send>>,
+) {
     let path = socket_path(store, mountpoint);
     let listen = || -> std::io::Result<UnixListener> {
         std::fs::create_dir_all(path.parent().expect("in run/"))?;
@@ -49,8 +56,9 @@ pub fn serve(store: &Path, mountpoint: &Path, image: &str, cache: Arc<BlockCache
                 let Ok(mut c) = conn else { continue };
                 let (mem, disk) = cache.usage();
                 let text = format!(
-                    "{head}{}cache_memory_bytes {mem}\ncache_disk_bytes {disk}\n",
-                    cache.stats.render()
+                    "{head}{}cache_memory_bytes {mem}\ncache_disk_bytes {disk}\n{}",
+                    cache.stats.render(),
+                    more.as_ref().map(|f| f()).unwrap_or_default()
                 );
                 let _ = c.write_all(text.as_bytes());
             }

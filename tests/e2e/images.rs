@@ -225,6 +225,9 @@ fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
         "recorded before its layers were: {}",
         listed.stdout
     );
+    let s = m.stats();
+    assert!(s["pull_layers_pending"] >= 1, "{s:?}");
+    assert_eq!(s["pull_layers"], 2, "{s:?}");
     proxy.faults.release.store(true, Ordering::SeqCst);
     let got = rx.recv_timeout(T).unwrap().unwrap();
     assert_eq!(got, "small file 100 of 12\n".repeat(100 % 7 + 1));
@@ -239,6 +242,7 @@ fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
         assert!(t0.elapsed() < T, "the image was never recorded");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(m.stats()["pull_layers_pending"], 0);
     drop(m);
     let requests = proxy.faults.requests.load(Ordering::SeqCst);
     let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
@@ -546,15 +550,20 @@ fn convert_with_a_trace_push_and_pull_lazily_and_other_tools_read_it() {
             std::fs::read(m.mnt.join(f)).unwrap();
         }
     }
-    let lines: Vec<String> = std::fs::read_to_string(&trace)
-        .unwrap()
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let (lines, reads): (Vec<String>, Vec<String>) = text
         .lines()
         .map(str::to_owned)
-        .collect();
+        .partition(|l| !l.starts_with("/read "));
     assert_eq!(
         lines,
         ["etc/hostname", "usr/share/data/f100", "bin/busybox"],
         "first opens, each once"
+    );
+    // And the first read of each chunk the server read for them.
+    assert!(
+        reads.contains(&"/read 0 7 etc/hostname".to_owned()),
+        "{reads:?}"
     );
 
     let dst = format!("{}/converted:v1", c.registry.host());
@@ -617,6 +626,18 @@ fn convert_with_a_trace_push_and_pull_lazily_and_other_tools_read_it() {
         &snapshot(&unpacked),
     );
     assert!(d.is_empty(), "{d}");
+    // The base layer says where the start's reads are, in their order.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
+    let m_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("blobs/sha256").join(m_hex)).unwrap())
+            .unwrap();
+    let order = manifest["layers"][1]["annotations"]["io.github.rcfs.start-order"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(order.contains('+'), "{manifest}");
     let files = layer_files(&copy);
     // (The base layer has its own etc/hostname, which the top one hides.)
     assert_eq!(

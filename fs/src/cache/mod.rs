@@ -364,7 +364,7 @@ impl BlockCache {
         let len = bytes.len() as u64;
         let b: Arc<[u8]> = bytes.into();
         if let Some(cas) = &self.chunks {
-            match cas.put(d, &b) {
+            match cas.put_verified(d, &b) {
                 Ok(()) => self.note_on_disk(d, len),
                 // A full disk costs the cache, not the read.
                 Err(e) => log::warn!("cannot keep chunk {d} on disk: {e}"),

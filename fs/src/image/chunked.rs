@@ -26,6 +26,32 @@ pub const CHECKSUM_KEYS: [&str; 2] = [
 /// files a traced start reads (`rcfs convert --trace`); a lazy mount
 /// fetches them at once.
 pub const START_KEY: &str = "io.github.rcfs.start-bytes";
+/// The annotation of a layer `rcfs convert --trace` wrote: the blob ranges
+/// of the chunks a traced start read, in the order it read them, as
+/// `START+LEN` pairs separated by commas.
+pub const START_ORDER_KEY: &str = "io.github.rcfs.start-order";
+
+/// The value of [`START_ORDER_KEY`] for `ranges` ((start, end) pairs).
+pub fn format_ranges(ranges: &[(u64, u64)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(s, e)| format!("{s}+{}", e - s))
+        .collect();
+    parts.join(",")
+}
+
+/// The ranges of a [`START_ORDER_KEY`] value that lie within `[0, end)`;
+/// anything malformed is left out (it is a hint).
+pub fn parse_ranges(v: &str, end: u64) -> Vec<(u64, u64)> {
+    v.split(',')
+        .filter_map(|p| {
+            let (s, n) = p.split_once('+')?;
+            let (s, n): (u64, u64) = (s.trim().parse().ok()?, n.trim().parse().ok()?);
+            let e = s.checked_add(n)?;
+            (n > 0 && e <= end).then_some((s, e))
+        })
+        .collect()
+}
 
 pub const POSITION_KEYS: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-position",

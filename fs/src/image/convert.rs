@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use super::chunked::{ChunkedWriter, START_KEY};
+use super::chunked::{format_ranges, ChunkedWriter, START_KEY, START_ORDER_KEY};
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
+use super::pull::decompress_toc;
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
-use super::toc::{rfc3339, Toc, TocEntry, NONE};
+use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
 use crate::error::layer_error;
 use crate::layer::{ImageLayer, Kind, Layer, LowerFile};
 
@@ -31,8 +32,11 @@ use crate::layer::{ImageLayer, Kind, Layer, LowerFile};
 pub struct ConvertOptions {
     /// zstd level (podman uses 3 by default for zstd:chunked).
     pub level: i32,
-    /// Paths in the order a program first read them (a trace file's lines).
+    /// Paths in the order a program first opened them (see
+    /// [`parse_trace`]).
     pub trace: Vec<String>,
+    /// Pieces (path, offset, length) in the order it first read them.
+    pub reads: Vec<(String, u64, u64)>,
 }
 
 impl Default for ConvertOptions {
@@ -40,8 +44,61 @@ impl Default for ConvertOptions {
         ConvertOptions {
             level: 3,
             trace: Vec::new(),
+            reads: Vec::new(),
         }
     }
+}
+
+/// The opens and reads a trace file (`rcfs mount --record-trace`) lists:
+/// a line is a path, or `/read OFFSET LEN PATH`.
+pub fn parse_trace(text: &str) -> (Vec<String>, Vec<(String, u64, u64)>) {
+    let (mut opens, mut reads) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        match line.strip_prefix("/read ") {
+            Some(rest) => {
+                let mut it = rest.splitn(3, ' ');
+                let parsed = (|| {
+                    let off = it.next()?.parse().ok()?;
+                    let len = it.next()?.parse().ok()?;
+                    Some((it.next()?.to_owned(), off, len))
+                })();
+                reads.extend(parsed);
+            }
+            None => opens.push(line.to_owned()),
+        }
+    }
+    (opens, reads)
+}
+
+/// The blob ranges of the chunks of `toc` (a layer just written) that the
+/// pieces of `reads` cover, in that order, each once, neighbours joined.
+fn start_order(toc: &Toc, reads: &[(String, u64, u64)]) -> Vec<(u64, u64)> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (path, off, len) in reads {
+        let Some(idx) = toc.lookup(path.trim_start_matches('/').as_bytes()) else {
+            continue;
+        };
+        let n = toc.node(idx);
+        if n.file == NONE {
+            continue;
+        }
+        for c in toc.files[n.file as usize].chunks.iter() {
+            if c.offset + c.len <= *off || c.offset >= off + len {
+                continue;
+            }
+            if let Source::Blob { start, end } = c.source {
+                if !seen.insert(start) {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => out.push((start, end)),
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Entry `idx` of `toc` as a TOC entry (`first_name`: where its data went
@@ -231,6 +288,23 @@ fn convert_layer(
         info.annotations
             .insert(START_KEY.to_owned(), start_bytes.to_string());
     }
+    let mut order = Vec::new();
+    if !opts.reads.is_empty() {
+        let json = decompress_toc(&info.toc, info.toc_len)?;
+        let written: TocJson = serde_json::from_slice(&json).map_err(io::Error::other)?;
+        let written = Toc::parse(
+            &written,
+            DataIn::Blob {
+                data_end: info.data_end,
+            },
+        )
+        .map_err(|e| layer_error(libc::EIO, format!("the converted layer's TOC: {e}")))?;
+        order = start_order(&written, &opts.reads);
+        if !order.is_empty() {
+            info.annotations
+                .insert(START_ORDER_KEY.to_owned(), format_ranges(&order));
+        }
+    }
     let got = sink.commit(info.digest, true)?;
     debug_assert_eq!(got, info.digest);
     let toc_d = Digest::of(&info.toc);
@@ -247,6 +321,7 @@ fn convert_layer(
         files: files as u64,
         bytes,
         start_bytes,
+        start_order: order,
     };
     store.put_layer(&rec)?;
     Ok((rec, info.diff_id, info.annotations))

@@ -107,6 +107,25 @@ impl LivePull {
         self.ended.get().is_some()
     }
 
+    /// Lines for `rcfs stats`: how far the pull is.
+    pub fn status(&self) -> String {
+        let (total, pending) = self.image.get().map_or((0, 0), |k| {
+            let left = k.streams.iter().filter(|(_, s)| !s.ended()).count();
+            (k.streams.len(), left)
+        });
+        let state = match self.ended.get() {
+            None => "pulling".to_owned(),
+            Some(Ok(_)) => "done".to_owned(),
+            Some(Err(why)) => format!("failed: {why}"),
+        };
+        format!(
+            "pull {state}
+pull_layers {total}
+pull_layers_pending {pending}
+"
+        )
+    }
+
     fn end(&self, r: io::Result<PullReport>) {
         let r = r.map_err(|e| format!("{e}"));
         if let Err(why) = &r {

@@ -168,7 +168,7 @@ pub fn open_layer(
     let layer = Arc::new(
         ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
             .with_trace(opts.trace.clone())
-            .with_start(rec.start_bytes),
+            .with_start(rec.start_bytes, &rec.start_order),
     );
     Ok((rec, layer))
 }

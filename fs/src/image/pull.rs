@@ -317,6 +317,9 @@ fn fetch_toc(
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n <= offset - 8)
                 .unwrap_or(0),
+            start_order: annotation(desc, &[super::chunked::START_ORDER_KEY])
+                .map(|v| super::chunked::parse_ranges(v, offset - 8))
+                .unwrap_or_default(),
         },
         len,
     ))
@@ -396,6 +399,7 @@ fn index_whole(
             files: ix.files,
             bytes: ix.bytes,
             start_bytes: 0,
+            start_order: Vec::new(),
         },
         ix.blob_size,
     ))

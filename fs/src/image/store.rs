@@ -66,6 +66,11 @@ pub struct LayerRecord {
     /// bytes that hold what a start reads, fetched at once when mounted.
     #[serde(default)]
     pub start_bytes: u64,
+    /// zstd:chunked written by `rcfs convert --trace`: blob ranges
+    /// (start, end) of the chunks a traced start read, in the order it
+    /// read them; fetched first when mounted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_order: Vec<(u64, u64)>,
 }
 
 /// Where an image's blobs can be fetched again.
@@ -491,6 +496,7 @@ mod tests {
             files: 1,
             bytes: 1,
             start_bytes: 0,
+            start_order: Vec::new(),
         };
         s.put_layer(&rec).unwrap();
         assert_eq!(s.layer(&layer_d).unwrap(), Some(rec.clone()));

@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
@@ -34,12 +34,49 @@ use crate::error::layer_error;
 use crate::image::blob::BlobSource;
 use crate::image::toc::{Source, Toc, NONE};
 use crate::lock::{Mutex, Rank};
-use fetch::{ReadAheadState, READ_AHEAD};
+use fetch::ReadAheadState;
 
 /// What `will_need` fetches of a file whose data is in a remote blob: the
 /// start of the next files of a directory is worth a request only while it
 /// is small next to what a round trip costs.
 const WILL_NEED_REMOTE: u64 = 64 << 10;
+
+/// Requests in flight for the start of a traced layer (see
+/// [`ImageLayer::with_start`]).
+const START_STREAMS: usize = 4;
+
+/// The requests of a start: the ranges of `order`, neighbours in the blob
+/// joined up to [`START_PIECE`], then `[0, bytes)` in pieces of that size.
+fn start_jobs(bytes: u64, order: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut jobs: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in order {
+        match jobs.last_mut() {
+            Some(last) if s >= last.1 && s - last.1 <= 16 << 10 && e - last.0 <= START_PIECE => {
+                last.1 = e;
+            }
+            _ => jobs.push((s, e)),
+        }
+    }
+    let mut at = 0;
+    while at < bytes {
+        let end = (at + START_PIECE).min(bytes);
+        jobs.push((at, end));
+        at = end;
+    }
+    jobs
+}
+
+/// The blob ranges a start fetches, in order, and the next to take.
+#[derive(Debug)]
+struct StartJobs {
+    jobs: Vec<(u64, u64)>,
+    next: AtomicUsize,
+}
+
+/// Bytes of the start asked for at once: small enough that a read which
+/// misses is not queued behind much of it on the link, large enough (with
+/// [`START_STREAMS`] in flight) to keep a 20 ms, 100 Mbit/s link busy.
+const START_PIECE: u64 = 256 << 10;
 
 /// What the layer's reads and its background thread share.
 #[derive(Debug)]
@@ -63,28 +100,59 @@ struct Inner {
 }
 
 /// The order in which a mount's files were first opened
-/// (`rcfs mount --record-trace`): one path per line, each once.
+/// (`rcfs mount --record-trace`): one path per line, each once; and, as
+/// they happen, the first read of each chunk of a file as a line
+/// `/read OFFSET LEN PATH` (never a path: those are relative), from which
+/// `rcfs convert --trace` learns in what order a start reads its bytes.
 #[derive(Debug)]
 pub struct Trace {
-    /// The file and the paths already written; taken alone.
-    out: Mutex<(File, HashSet<Vec<u8>>)>,
+    /// The file, the paths already written and the chunks already read;
+    /// taken alone.
+    out: Mutex<TraceOut>,
+}
+
+#[derive(Debug)]
+struct TraceOut {
+    file: File,
+    opened: HashSet<Vec<u8>>,
+    read: HashSet<(Vec<u8>, u64)>,
 }
 
 impl Trace {
     /// A trace written to `path` (created or truncated).
     pub fn create(path: &Path) -> io::Result<Arc<Trace>> {
-        let f = File::create(path)?;
+        let file = File::create(path)?;
         Ok(Arc::new(Trace {
-            out: Mutex::new(Rank::Trace, (f, HashSet::new())),
+            out: Mutex::new(
+                Rank::Trace,
+                TraceOut {
+                    file,
+                    opened: HashSet::new(),
+                    read: HashSet::new(),
+                },
+            ),
         }))
     }
 
     fn note(&self, path: &[u8]) {
         let mut g = self.out.lock();
-        if g.1.insert(path.to_vec()) {
+        if g.opened.insert(path.to_vec()) {
             let mut line = path.to_vec();
             line.push(b'\n');
-            if let Err(e) = g.0.write_all(&line) {
+            if let Err(e) = g.file.write_all(&line) {
+                log::warn!("cannot write the trace: {e}");
+            }
+        }
+    }
+
+    /// The chunk at `offset` (`len` bytes) of `path` was read.
+    fn note_read(&self, path: &[u8], offset: u64, len: u64) {
+        let mut g = self.out.lock();
+        if g.read.insert((path.to_vec(), offset)) {
+            let mut line = format!("/read {offset} {len} ").into_bytes();
+            line.extend_from_slice(path);
+            line.push(b'\n');
+            if let Err(e) = g.file.write_all(&line) {
                 log::warn!("cannot write the trace: {e}");
             }
         }
@@ -155,22 +223,23 @@ impl ImageLayer {
         ImageLayer { inner, trace: None }
     }
 
-    /// Fetches the blob's first `bytes` now, in the background, several
-    /// requests at once: a layer `rcfs convert --trace` wrote holds there
-    /// what a start reads.
-    pub fn with_start(self, bytes: u64) -> ImageLayer {
-        if bytes > 0 && self.inner.source.is_some() {
-            let mut at = 0;
-            while at < bytes {
-                let piece = READ_AHEAD.min(bytes - at);
-                let weak = self.inner.me.clone();
-                self.inner.cache.pool.urgent(Box::new(move || {
-                    if let Some(l) = weak.upgrade() {
-                        l.read_ahead_from(at, piece);
-                    }
-                }));
-                at += piece;
-            }
+    /// Fetches what a start reads, in the background, [`START_STREAMS`]
+    /// requests in flight: first the blob ranges of `order` (the chunks a
+    /// traced start read, in the order it read them), then the blob's first
+    /// `bytes` in blob order, skipping what is there. A layer `rcfs convert
+    /// --trace` wrote holds the files a start opens there. More requests at
+    /// once would share the link and delay what the start waits for first,
+    /// and a read that misses would queue behind more of them.
+    pub fn with_start(self, bytes: u64, order: &[(u64, u64)]) -> ImageLayer {
+        if self.inner.source.is_none() || (bytes == 0 && order.is_empty()) {
+            return self;
+        }
+        let start = Arc::new(StartJobs {
+            jobs: start_jobs(bytes, order),
+            next: AtomicUsize::new(0),
+        });
+        for _ in 0..START_STREAMS {
+            Inner::fetch_start(self.inner.me.clone(), start.clone());
         }
         self
     }
@@ -195,6 +264,24 @@ impl ImageLayer {
 }
 
 impl Inner {
+    /// Queues the fetch of the next job of `start`; each, once done,
+    /// queues the next (see [`ImageLayer::with_start`]).
+    fn fetch_start(me: std::sync::Weak<Inner>, start: Arc<StartJobs>) {
+        let Some(l) = me.upgrade() else {
+            return;
+        };
+        let i = start.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&(s, e)) = start.jobs.get(i) else {
+            return;
+        };
+        l.cache.pool.urgent(Box::new(move || {
+            if let Some(l) = me.upgrade() {
+                l.read_ahead_from(s, e - s);
+                Inner::fetch_start(me, start);
+            }
+        }));
+    }
+
     /// Queues the first `len` bytes of `file` (all of it for `u64::MAX`)
     /// for a worker of the mount's fetch pool: urgent for a start
     /// (`will_need`), idle for the rest of a file.
@@ -320,6 +407,10 @@ impl Layer for ImageLayer {
         Ok(Arc::new(ImageFile {
             layer: self.inner.clone(),
             file: n.file,
+            trace: self
+                .trace
+                .clone()
+                .map(|t| (t, path.as_os_str().as_bytes().into())),
         }))
     }
 
@@ -372,6 +463,8 @@ impl Layer for ImageLayer {
 struct ImageFile {
     layer: Arc<Inner>,
     file: u32,
+    /// Where its reads are recorded, and the path it was opened by.
+    trace: Option<(Arc<Trace>, Box<[u8]>)>,
 }
 
 impl LowerFile for ImageFile {
@@ -381,16 +474,29 @@ impl LowerFile for ImageFile {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
+        let t0 = std::time::Instant::now();
         let blocks = {
             let _fetching = self.layer.cache.pool.foreground();
             self.layer.fetch(self.file, offset, end, true)?
         };
+        if log::log_enabled!(log::Level::Trace) && t0.elapsed().as_millis() > 0 {
+            log::trace!(
+                "read of '{}' at {offset} waited {:?}",
+                self.layer.name_of(self.file),
+                t0.elapsed()
+            );
+        }
         // A read of chunks read ahead moves the window along.
         if let (Some(Source::Blob { start, .. }), Some(Source::Blob { end: e, .. })) = (
             blocks.first().map(|b| b.0.source),
             blocks.last().map(|b| b.0.source),
         ) {
             self.layer.after_read(start, e, false);
+        }
+        if let Some((t, path)) = &self.trace {
+            for (c, _) in &blocks {
+                t.note_read(path, c.offset, c.len);
+            }
         }
         // The rest of the file, in the background.
         if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {

@@ -341,6 +341,13 @@ impl Inner {
             let _ = io::copy(&mut body, &mut io::sink());
         }
         stats.note_request(at - start, t0.elapsed());
+        log::trace!(
+            "layer {}: fetched {start}..{end} ({} bytes, {} for a read) in {:?}",
+            self.id,
+            end - start,
+            if out.is_empty() { "not" } else { "" },
+            t0.elapsed()
+        );
         result
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::fetch::READ_AHEAD;
 use super::*;
 use crate::image::digest::Digest;
 use crate::image::toc::{DataIn, TocEntry, TocJson};
@@ -440,4 +441,56 @@ fn a_file_fetched_whole_in_chunks_becomes_a_host_file() {
     let mut all = vec![0u8; data.len()];
     assert_eq!(f.read_at(&mut all, 0).unwrap(), data.len());
     assert!(all == data);
+}
+
+#[test]
+fn a_start_asks_for_what_was_read_first_then_the_rest_in_blob_order() {
+    const K: u64 = 1 << 10;
+    let order = [(500 * K, 510 * K), (515 * K, 530 * K), (100 * K, 110 * K)];
+    assert_eq!(
+        start_jobs(600 * K, &order),
+        [
+            // Near neighbours in one request; a jump back starts another.
+            (500 * K, 530 * K),
+            (100 * K, 110 * K),
+            (0, 256 * K),
+            (256 * K, 512 * K),
+            (512 * K, 600 * K),
+        ]
+    );
+    assert!(start_jobs(0, &[]).is_empty());
+}
+
+#[test]
+fn a_start_fetches_each_byte_once_and_serves_it() {
+    let cache = Arc::new(BlockCache::new(64 << 20, None, 0, None));
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    let files: Vec<(&str, Vec<u8>, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), pattern(40_000, i as u8), 0))
+        .collect();
+    let (l, blob) = layer(&files, cache);
+    let src: Vec<(u64, u64)> = (0..6)
+        .map(|f| match l.toc().files[f].chunks[0].source {
+            Source::Blob { start, end } => (start, end),
+            _ => unreachable!(),
+        })
+        .collect();
+    let (first, data_end) = (src[0].0, src[5].1);
+    let l = l.with_start(data_end, &[src[4], src[1]]);
+    let t0 = Instant::now();
+    while blob.bytes.load(Ordering::SeqCst) < data_end - first {
+        assert!(t0.elapsed().as_secs() < 10, "the start was not fetched");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let before = blob.requests.load(Ordering::SeqCst);
+    for (name, data, _) in &files {
+        assert_eq!(&read_all(&l, name).unwrap(), data, "{name}");
+    }
+    assert_eq!(blob.requests.load(Ordering::SeqCst), before, "all there");
+    // f4, f1, and the rest in one request (which may take the bytes of f4
+    // and f1 along rather than make three).
+    assert!(before <= 3, "{:?}", blob.ranges.lock().unwrap());
+    assert!(blob.bytes.load(Ordering::SeqCst) <= 2 * (data_end - first));
 }

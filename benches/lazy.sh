@@ -205,8 +205,9 @@ run_case() { # NAME RUN
         pid=$(pgrep -f "rcfs --root $store mount" | head -1)
         RSS[$i]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
         # Bytes of the files the start opened (from the trace).
-        READ[$i]=$(cd "$mnt" && tr '\n' '\0' < "$RUN/trace-$i" | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
-        NFILES[$i]=$(wc -l < "$RUN/trace-$i")
+        # (The trace's other lines, "/read ...", are the chunks read.)
+        READ[$i]=$(cd "$mnt" && grep -v '^/read ' "$RUN/trace-$i" | tr '\n' '\0' | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+        NFILES[$i]=$(grep -cv '^/read ' "$RUN/trace-$i")
     fi
     mountpoint -q "$mnt" && "$RCFS" umount "$mnt"
     rm -rf "$store" "$RUN/oci-$i" "$RUN/bundle-$i"

@@ -142,6 +142,12 @@ impl Cas {
         written
     }
 
+    /// Flushes every object written without flushing (the filesystem the
+    /// store is on), so that what a record says is here survives a crash.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(nix::unistd::syncfs(self.dir.as_fd())?)
+    }
+
     /// A writer of a new object, named when committed.
     pub fn writer(&self) -> io::Result<CasWriter<'_>> {
         let name = tmp_name("obj");

@@ -381,6 +381,10 @@ fn index_whole(
             }
         }
     }
+    // The files were written without a flush each: one for all of them
+    // before the layer is recorded (an indexed layer has no blob to fetch
+    // them from again).
+    store.files.sync()?;
     let json = serde_json::to_vec(&ix.toc).map_err(io::Error::other)?;
     // Check what we wrote parses as we will read it.
     Toc::parse(&ix.toc, DataIn::Store).map_err(|e| fail(format!("layer {d}: {e}")))?;

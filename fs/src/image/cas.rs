@@ -145,7 +145,14 @@ impl Cas {
     /// Flushes every object written without flushing (the filesystem the
     /// store is on), so that what a record says is here survives a crash.
     pub fn sync(&self) -> io::Result<()> {
-        Ok(nix::unistd::syncfs(self.dir.as_fd())?)
+        // (`dir` is an O_PATH fd, which syncfs refuses.)
+        let d = sys::open_at(
+            self.dir.as_fd(),
+            std::ffi::OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(nix::unistd::syncfs(d.as_fd())?)
     }
 
     /// A writer of a new object, named when committed.

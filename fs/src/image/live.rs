@@ -150,7 +150,7 @@ pull_layers_pending {pending}
 
 impl Progress for LivePull {
     fn layer_start(&self, digest: &Digest, size: u64, what: &str) {
-        log::info!("pulling {what} of layer {digest} ({size} bytes)");
+        log::debug!("pulling the {what} of layer {digest} ({size} bytes)");
     }
 
     fn layer_bytes(&self, _: &Digest, _: u64) {}
@@ -159,7 +159,7 @@ impl Progress for LivePull {
         let (Some(k), Some(s)) = (self.image.get(), self.stream(digest)) else {
             return;
         };
-        log::info!("layer {digest}: {outcome:?}");
+        log::debug!("layer {digest}: {outcome:?}");
         let opened = open_layer(
             &self.store,
             &k.name,
@@ -175,7 +175,7 @@ impl Progress for LivePull {
     }
 
     fn note(&self, msg: &str) {
-        log::info!("{msg}");
+        log::debug!("{msg}");
     }
 
     fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest]) {

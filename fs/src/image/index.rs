@@ -221,7 +221,9 @@ fn read_entries<R: Read>(
             // Metadata entries the tar crate has not folded in already.
             _ => continue,
         };
-        if raw_path.starts_with('/') {
+        // The root itself, as umoci writes it ("/"), names nothing
+        // outside the layer; any other absolute name is refused.
+        if raw_path.starts_with('/') && !raw_path.bytes().all(|b| b == b'/') {
             return Err(hostile(format!(
                 "tar entry '{raw_path}' has an absolute path; a layer holds relative paths only"
             )));
@@ -447,6 +449,18 @@ mod tests {
             let err = index_layer(&tar[..], Compression::None, &files, &mut |_| {}).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
         }
+        // The root written as "/" (umoci) is the root.
+        let (_t, files) = store();
+        let mut root = raw("/", tar::EntryType::Directory, None);
+        root.truncate(root.len() - 1024);
+        root.extend_from_slice(&tar_of(|b| {
+            b.append_data(&mut header(tar::EntryType::Regular, 2), "a", &b"hi"[..])
+                .unwrap();
+        }));
+        let ix = index_layer(&root[..], Compression::None, &files, &mut |_| {}).unwrap();
+        let toc = Toc::parse(&ix.toc, DataIn::Store).unwrap();
+        assert_eq!(toc.node(0).attr.kind, crate::layer::Kind::Dir);
+        assert!(toc.lookup(b"a").is_some());
         let (_t, files) = store();
         let err = index_layer(
             &b"\x1f\x8bnot gzip at all"[..],

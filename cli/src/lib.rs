@@ -3,10 +3,12 @@
 //! * [`mount`] — checks a mount request, mounts a union and serves it, in the
 //!   foreground or from a background process that outlives the command.
 //! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
+//! * [`run`] — `rcfs run`: a rootless container on the image's union.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
 pub mod image;
 pub mod mount;
 pub mod overlay_args;
+pub mod run;
 pub mod stats;

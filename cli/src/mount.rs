@@ -572,9 +572,52 @@ fn keep_large_blocks_out_of_the_heap() {
     }
 }
 
-fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
+/// A mounted union, not served yet.
+pub struct Started {
+    pub session: rcfs_fs::Session<UnionFs>,
+    /// The pull of an image pulled while mounted.
+    pub live: Option<Arc<LivePull>>,
+}
+
+/// Builds the union of `req` and mounts it (the one path of `rcfs mount`
+/// and `rcfs run`); an image mount also answers `rcfs stats`.
+pub fn start(req: &MountRequest) -> Result<Started> {
     raise_fd_limit();
     keep_large_blocks_out_of_the_heap();
+    // Modes come from the caller as the kernel computed them.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let (union, cache, live) = build_union(req)?;
+    let union = Arc::new(union);
+    let fs = UnionFs::new(
+        union,
+        MountOptions {
+            ttl: req.ttl,
+            debug: req.debug,
+            passthrough: req.passthrough,
+            prefetch: true,
+        },
+    );
+    let cfg = MountConfig {
+        allow_other: req.allow_other,
+        fsname: req.fsname.clone(),
+        subtype: req.subtype.clone(),
+        threads: req.threads,
+        read_only: req.upper.is_none(),
+        noatime: req.noatime,
+        ..MountConfig::default()
+    };
+    let session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
+        .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
+    if let (Some(cache), Some(im)) = (cache, &req.image) {
+        let more = live
+            .clone()
+            .map(|l| Box::new(move || l.status()) as Box<dyn Fn() -> String + Send>);
+        crate::stats::serve(&im.store, &req.mountpoint, &im.name, cache, more);
+    }
+    Ok(Started { session, live })
+}
+
+fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
     let result = (|| {
         // Signals go to the thread that unmounts, not to the workers.
         let mut sigs = SigSet::empty();
@@ -582,34 +625,7 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         sigs.add(Signal::SIGTERM);
         sigs.add(Signal::SIGHUP);
         sigs.thread_block().context("blocking signals")?;
-        // Modes come from the caller as the kernel computed them.
-        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let (union, cache, live) = build_union(req)?;
-        let union = Arc::new(union);
-        let fs = UnionFs::new(
-            union,
-            MountOptions {
-                ttl: req.ttl,
-                debug: req.debug,
-                passthrough: req.passthrough,
-                prefetch: true,
-            },
-        );
-        let cfg = MountConfig {
-            allow_other: req.allow_other,
-            fsname: req.fsname.clone(),
-            subtype: req.subtype.clone(),
-            threads: req.threads,
-            read_only: req.upper.is_none(),
-            noatime: req.noatime,
-            ..MountConfig::default()
-        };
-        let mut session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
-            .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
-        if let (Some(cache), Some(im)) = (cache, &req.image) {
-            let more = live.map(|l| Box::new(move || l.status()) as Box<dyn Fn() -> String + Send>);
-            crate::stats::serve(&im.store, &req.mountpoint, &im.name, cache, more);
-        }
+        let mut session = start(req)?.session;
         let mut unmounter = session.unmount_callable();
         std::thread::Builder::new()
             .name("rcfs-signals".into())

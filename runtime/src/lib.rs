@@ -1,8 +1,174 @@
-//! rcfs container runtime.
+//! rcfs container runtime: the namespaces and the root around a command.
 //!
-//! Starts a container rootless: a new user namespace (the caller's uid mapped
-//! to 0, subuid ranges through newuidmap/newgidmap when configured), a new
-//! mount namespace, the rcfs union filesystem mounted as the container's root,
-//! `pivot_root`, `/proc`, `/dev` and `/sys`, then the image's entrypoint in new
-//! pid, uts and ipc namespaces. Built in issue [3]; this crate holds only this
-//! description until then.
+//! The sequence (driven by `rcfs run`, see `cli/src/run.rs`):
+//!
+//! 1. [`enter_user_namespace`]: the `rcfs run` process enters a new user
+//!    namespace in which it is root (the caller's uid mapped to 0; as real
+//!    root, every id to itself) and a new mount namespace with private
+//!    propagation. Nothing it mounts from here on is seen by the host, and
+//!    all of it goes when its last process does.
+//! 2. [`Container::fork`]: still single-threaded, it forks the container's
+//!    init, pid 1 of a new pid namespace. The init waits.
+//! 3. The `rcfs run` process, which stays outside that pid namespace, mounts
+//!    the image's union as the container's root (the fs daemon: threads of
+//!    this process) and sends the init the [`Spec`].
+//! 4. The init ([`init`]) makes its own mount, uts and ipc namespaces (and a
+//!    network one with no interfaces for `--net none`), mounts `/proc`,
+//!    `/dev`, `/dev/pts`, `/dev/shm`, `/sys` and the host's `resolv.conf`
+//!    and `hosts` into the root, `pivot_root`s into it and detaches the old
+//!    root, sets the hostname and `no_new_privs`, and runs the command as
+//!    its child: it reaps every zombie, forwards SIGINT, SIGTERM, SIGHUP,
+//!    SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits with its exit code
+//!    (128+N when signal N killed it). It dies with the `rcfs run` process
+//!    (`PR_SET_PDEATHSIG`), and the kernel then kills the rest of the pid
+//!    namespace.
+//!
+//! Exit codes follow podman: 125 when rcfs failed, 126 when the command
+//! could not be executed, 127 when it was not found.
+
+mod init;
+mod ns;
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use ns::{enter_user_namespace, IdMap};
+
+/// rcfs itself failed.
+pub const EXIT_RCFS: i32 = 125;
+/// The command was found but could not be executed.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// What the container's init needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// The mounted root (in the `rcfs run` process's mount namespace).
+    pub root: PathBuf,
+    /// The command and its arguments.
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory inside the container (made if missing).
+    pub cwd: String,
+    pub hostname: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// No network: a new network namespace with only a loopback (down).
+    pub net_none: bool,
+    /// Keep stdin (`-i`); otherwise the command reads /dev/null.
+    pub stdin: bool,
+    /// Host files bound read-only over files of the root, as (host path,
+    /// path in the container): `/etc/resolv.conf`, `/etc/hosts`.
+    pub host_files: Vec<(PathBuf, String)>,
+}
+
+/// The container's init, forked and waiting for its [`Spec`].
+pub struct Container {
+    pub pid: Pid,
+    go: Option<OwnedFd>,
+}
+
+impl Container {
+    /// Forks the init as pid 1 of a new pid namespace. Call while the
+    /// process has no other threads: the child runs Rust code after fork.
+    pub fn fork() -> io::Result<Container> {
+        let (rd, wr) = nix::unistd::pipe()?;
+        let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
+        // The init runs on a stack of its own, in a copy of this process
+        // (no CLONE_VM), as pid 1 of a new pid namespace. (A new pid
+        // namespace by unshare would keep this process from making
+        // threads, which the fs daemon needs.)
+        let mut stack = vec![0u8; 1 << 20];
+        let child = Box::new(move || -> isize {
+            // Dies with `rcfs run` (had that happened already, the pipe
+            // below would say so: it would end empty).
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            // SAFETY: this copy of the write end is the init's, unused; it
+            // must go for the read below to end.
+            unsafe { libc::close(wr_fd) };
+            // SAFETY: this copy of the read end is the init's alone.
+            let mut f = unsafe { std::fs::File::from_raw_fd(rd_fd) };
+            let mut text = String::new();
+            if f.read_to_string(&mut text).is_err() || text.is_empty() {
+                // `rcfs run` gave up before the container started.
+                return EXIT_RCFS as isize;
+            }
+            drop(f);
+            let code = match serde_json::from_str::<Spec>(&text) {
+                Ok(spec) => init::run(&spec),
+                Err(e) => {
+                    eprintln!("rcfs: bad container spec: {e}");
+                    EXIT_RCFS
+                }
+            };
+            std::process::exit(code);
+        });
+        // SAFETY: the caller guarantees a single thread; the child runs
+        // in its own copy of memory, on `stack`.
+        let pid = unsafe {
+            nix::sched::clone(
+                child,
+                &mut stack,
+                nix::sched::CloneFlags::CLONE_NEWPID,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(|e| io::Error::other(format!("cannot make a pid namespace: {e}")))?;
+        drop(rd);
+        Ok(Container { pid, go: Some(wr) })
+    }
+
+    /// Lets the init go on with `spec`.
+    pub fn start(&mut self, spec: &Spec) -> io::Result<()> {
+        let fd = self
+            .go
+            .take()
+            .ok_or_else(|| io::Error::other("the container was started already"))?;
+        let mut f = std::fs::File::from(fd);
+        f.write_all(&serde_json::to_vec(spec).map_err(io::Error::other)?)?;
+        Ok(())
+    }
+
+    /// Lets the init go without a spec: it exits ([`EXIT_RCFS`]).
+    pub fn start_never(&mut self) {
+        self.go.take();
+    }
+
+    /// The init's exit code: its own, or 128+N when signal N killed it.
+    pub fn wait(&self) -> io::Result<i32> {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Closes every fd above stderr except `keep` (the command must not
+/// inherit the store's or the daemon's fds).
+pub(crate) fn close_fds_except(keep: &[i32]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .collect();
+    for fd in fds {
+        // SAFETY: no live object of the init owns these any more (the one
+        // of the listing is closed already, which makes this EBADF).
+        unsafe { libc::close(fd) };
+    }
+}

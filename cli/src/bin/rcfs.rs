@@ -31,6 +31,9 @@ enum Cmd {
     /// Mount an image (fetched lazily) or read-only layer dirs, optionally
     /// with a writable upper dir.
     Mount(MountArgs),
+    /// Run a command in a new container of an image, rootless: its root is
+    /// the image's union (pulled while it runs if the store lacks it).
+    Run(RunArgs),
     /// Pull an image into the store: REGISTRY/REPO[:TAG|@DIGEST], a short
     /// name (registries.conf), oci:DIR[:TAG] or docker-archive:FILE.
     Pull {
@@ -102,6 +105,41 @@ enum Cmd {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// The container's name (default: a random id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY for the caller's).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// Run as UID[:GID] or USER[:GROUP] of the image.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Keep stdin open (otherwise the command reads /dev/null).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// host: the host's network; none: only a loopback.
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    net: String,
+    /// Use plain HTTP (and no TLS checks) when the image must be pulled.
+    #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// The image.
+    image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +262,29 @@ fn run() -> Result<()> {
                 req.threads = t;
             }
             mount::run(req)
+        }
+        Cmd::Run(a) => {
+            // The container's output is the user's: only warnings here.
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            let store = image::open_store(cli.root.as_deref())?;
+            let code = rcfs::run::run(
+                &store,
+                &rcfs::run::RunOptions {
+                    image: a.image,
+                    args: a.command,
+                    name: a.name,
+                    rm: a.rm,
+                    env: a.env,
+                    workdir: a.workdir,
+                    user: a.user,
+                    hostname: a.hostname,
+                    interactive: a.interactive,
+                    net_none: a.net == "none",
+                    insecure: !a.tls_verify,
+                },
+            );
+            std::process::exit(code);
         }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Pull {

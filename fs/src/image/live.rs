@@ -44,6 +44,8 @@ pub struct LivePull {
 
 struct Known {
     name: String,
+    /// The image's config blob.
+    config: Vec<u8>,
     registry: Option<Arc<Registry>>,
     /// Bottom first, as the manifest lists them.
     streams: Vec<(Digest, Arc<Stream>)>,
@@ -90,6 +92,11 @@ impl LivePull {
             .map(|(_, s)| Arc::new(s.layer()) as Arc<dyn Layer>)
             .collect();
         Ok((layers, cache, live))
+    }
+
+    /// The image's config blob (known once [`LivePull::start`] returned).
+    pub fn config(&self) -> Option<&[u8]> {
+        self.image.get().map(|k| &k.config[..])
     }
 
     /// Waits for the pull to end; its report or error.
@@ -178,9 +185,10 @@ impl Progress for LivePull {
         log::debug!("{msg}");
     }
 
-    fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest]) {
+    fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest], config: &[u8]) {
         let known = Known {
             name: name.to_owned(),
+            config: config.to_vec(),
             registry: registry_for(origin),
             streams: Vec::new(),
         };

@@ -78,9 +78,10 @@ pub trait Progress: Sync {
     fn layer_done(&self, digest: &Digest, outcome: &LayerOutcome);
     fn note(&self, msg: &str);
     /// The image's manifest and config are in hand: it is `name`, from
-    /// `origin`, with `layers` (bottom first), before any layer is pulled.
-    fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest]) {
-        let _ = (name, origin, layers);
+    /// `origin`, with `layers` (bottom first) and `config` (the config
+    /// blob), before any layer is pulled.
+    fn image(&self, name: &str, origin: Option<&Origin>, layers: &[Digest], config: &[u8]) {
+        let _ = (name, origin, layers, config);
     }
     /// An entry of a layer being indexed, its data already stored.
     fn entry(&self, layer: &Digest, entry: &TocEntry) {
@@ -513,7 +514,7 @@ fn finish(
         .iter()
         .map(|l| Digest::parse(l.digest().as_ref()).map_err(io::Error::from))
         .collect::<io::Result<Vec<_>>>()?;
-    progress.image(&name, origin.as_ref(), &digests);
+    progress.image(&name, origin.as_ref(), &digests, &cfg_bytes);
     let layers = pull_layers(store, blobs, &manifest, &config, opts, progress)?;
     store.blobs.put(&cfg_d, &cfg_bytes)?;
     let m_d = Digest::of(&manifest_bytes);

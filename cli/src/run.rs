@@ -1,0 +1,379 @@
+//! `rcfs run`: a container on the image's lazy union root, rootless.
+//!
+//! This process enters a user and mount namespace of its own, forks the
+//! container's init (while it is still single-threaded), mounts the image's
+//! union there as the container's root (the same daemon code as `rcfs
+//! mount`, in threads of this process, outside the container's pid
+//! namespace), hands the init its spec, passes signals on to it, and exits
+//! with its exit code once it is gone, unmounting first. See
+//! `rcfs_runtime` for what the init does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, SigSet, Signal};
+use oci_spec::image::ImageConfiguration;
+use rcfs_fs::image::digest::Digest;
+use rcfs_fs::image::open::CacheOptions;
+use rcfs_fs::image::store::Store;
+use rcfs_runtime::{Container, Spec, EXIT_RCFS};
+
+use crate::mount::{self, ImageMount, MountRequest};
+
+/// What `rcfs run` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub image: String,
+    /// Replaces the image's Cmd.
+    pub args: Vec<String>,
+    pub name: Option<String>,
+    /// Remove the container (its upper dir) when it ends.
+    pub rm: bool,
+    /// `KEY=VALUE`, or `KEY` to take the caller's value.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// `UID[:GID]` or `USER[:GROUP]`.
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub interactive: bool,
+    pub net_none: bool,
+    pub insecure: bool,
+}
+
+/// Runs the container; returns the exit code to exit with.
+pub fn run(store: &Store, opts: &RunOptions) -> i32 {
+    match run_inner(store, opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rcfs run: {e:#}");
+            EXIT_RCFS
+        }
+    }
+}
+
+/// A container's name: letters, digits, `_.-`, not starting with a
+/// punctuation mark (as podman takes them).
+fn check_name(n: &str) -> Result<()> {
+    let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && n.len() <= 128;
+    if !ok {
+        bail!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    let seed = format!(
+        "{:?}{}{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::thread::current().id()
+    );
+    Digest::of(seed.as_bytes()).hex()[..12].to_owned()
+}
+
+fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
+    let found = crate::image::find(store, &opts.image)?;
+    let name = match &opts.name {
+        Some(n) => {
+            check_name(n)?;
+            n.clone()
+        }
+        None => new_id(),
+    };
+    let dir = store.root.join("containers").join(&name);
+    if dir.exists() {
+        bail!(
+            "a container named {name} exists already ({}): remove it or choose another --name",
+            dir.display()
+        );
+    }
+    for d in ["rootfs", "upper", "work"] {
+        std::fs::create_dir_all(dir.join(d))
+            .with_context(|| format!("cannot make {}", dir.join(d).display()))?;
+    }
+    let cleanup = |code: i32| {
+        if opts.rm {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        code
+    };
+    // Still one thread: the namespaces, and the init forked.
+    let entered = rcfs_runtime::enter_user_namespace().map_err(anyhow::Error::from);
+    let mut container = match entered.and_then(|_| Container::fork().map_err(Into::into)) {
+        Ok(c) => c,
+        Err(e) => {
+            cleanup(0);
+            return Err(e);
+        }
+    };
+    let code = match serve(store, opts, found, &name, &dir, &mut container) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rcfs run: {e:#}");
+            // The init, never started, goes with us; wait for it.
+            container.start_never();
+            let _ = container.wait();
+            EXIT_RCFS
+        }
+    };
+    Ok(cleanup(code))
+}
+
+/// In the namespaces: mounts the root, starts the init, waits for it.
+fn serve(
+    store: &Store,
+    opts: &RunOptions,
+    found: Option<rcfs_fs::image::store::ImageRecord>,
+    name: &str,
+    dir: &Path,
+    container: &mut Container,
+) -> Result<i32> {
+    let rootfs = dir.join("rootfs");
+    let mut req = MountRequest::new(
+        Vec::new(),
+        Some(dir.join("upper")),
+        Some(dir.join("work")),
+        rootfs.clone(),
+    );
+    req.image = Some(ImageMount {
+        store: store.root.clone(),
+        name: found
+            .as_ref()
+            .map_or_else(|| opts.image.clone(), |i| i.name.clone()),
+        cache: CacheOptions::default(),
+        pull: found.is_none(),
+        insecure: opts.insecure,
+    });
+    req.fsname = "rcfs-container".into();
+    // The command may run as another id of the namespace.
+    req.allow_other = true;
+    req.foreground = true;
+    // Signals for the container are taken by one thread and passed on; the
+    // daemon's threads, made next, inherit the mask.
+    let mut sigs = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        sigs.add(s);
+    }
+    sigs.thread_block().context("blocking signals")?;
+    let started = mount::start(&req)?;
+    let config = match (&found, &started.live) {
+        (Some(img), _) => store
+            .blobs
+            .read(&Digest::parse(&img.config)?)?
+            .context("the image's config is missing from the store: pull it again")?,
+        (None, Some(live)) => live
+            .config()
+            .context("the pull gave no image config")?
+            .to_vec(),
+        (None, None) => bail!("no image {}", opts.image),
+    };
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config).context("the image's config is not an image config")?;
+    let mut session = started.session;
+    let mut unmounter = session.unmount_callable();
+    let served = std::thread::Builder::new()
+        .name("rcfs-serve".into())
+        .spawn(move || session.run())?;
+    let spec = spec_of(&config, opts, name, &rootfs);
+    let pid = container.pid;
+    let result = spec.and_then(|spec| container.start(&spec).map_err(Into::into));
+    if result.is_ok() {
+        std::thread::Builder::new()
+            .name("rcfs-signals".into())
+            .spawn(move || loop {
+                if let Ok(sig) = sigs.wait() {
+                    let _ = kill(pid, sig);
+                }
+            })?;
+    }
+    let code = match result {
+        Ok(()) => container.wait()?,
+        Err(e) => {
+            eprintln!("rcfs run: {e:#}");
+            container.start_never();
+            let _ = container.wait();
+            EXIT_RCFS
+        }
+    };
+    if let Err(e) = unmounter.unmount() {
+        log::warn!("unmounting the container's root: {e}");
+    }
+    // The daemon ends with its mount; do not wait long for a stuck one.
+    let t0 = std::time::Instant::now();
+    while !served.is_finished() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(crate::stats::socket_path(&store.root, &rootfs));
+    Ok(code)
+}
+
+/// The init's spec from the image config and the options.
+fn spec_of(
+    config: &ImageConfiguration,
+    opts: &RunOptions,
+    name: &str,
+    rootfs: &Path,
+) -> Result<Spec> {
+    let c = config.config().clone().unwrap_or_default();
+    let mut args: Vec<String> = c.entrypoint().clone().unwrap_or_default();
+    if opts.args.is_empty() {
+        args.extend(c.cmd().clone().unwrap_or_default());
+    } else {
+        args.extend(opts.args.iter().cloned());
+    }
+    if args.is_empty() {
+        bail!(
+            "{} has no entrypoint or cmd: give a command (rcfs run IMAGE CMD ...)",
+            opts.image
+        );
+    }
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut set = |k: String, v: String| {
+        if env.insert(k.clone(), v).is_none() {
+            order.push(k);
+        }
+    };
+    set(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    for kv in c.env().clone().unwrap_or_default() {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k.into(), v.into());
+        }
+    }
+    set(
+        "HOSTNAME".into(),
+        opts.hostname.clone().unwrap_or_else(|| name.into()),
+    );
+    for kv in &opts.env {
+        match kv.split_once('=') {
+            Some((k, v)) => set(k.into(), v.into()),
+            None => {
+                if let Ok(v) = std::env::var(kv) {
+                    set(kv.clone(), v);
+                }
+            }
+        }
+    }
+    if !env.contains_key("HOME") {
+        env.insert("HOME".into(), "/root".into());
+        order.push("HOME".into());
+    }
+    let env = order
+        .iter()
+        .map(|k| format!("{k}={}", env[k]))
+        .collect::<Vec<_>>();
+    let cwd = opts
+        .workdir
+        .clone()
+        .or_else(|| c.working_dir().clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        bail!("the working directory {cwd:?} is not absolute");
+    }
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| c.user().clone().filter(|u| !u.is_empty()));
+    let (uid, gid) = match user {
+        Some(u) => parse_user(&u, rootfs)?,
+        None => (0, 0),
+    };
+    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
+        .into_iter()
+        .filter(|p| Path::new(p).is_file())
+        .map(|p| (PathBuf::from(p), p.to_owned()))
+        .collect();
+    Ok(Spec {
+        root: rootfs.to_owned(),
+        args,
+        env,
+        cwd,
+        hostname: opts.hostname.clone().unwrap_or_else(|| name.into()),
+        uid,
+        gid,
+        net_none: opts.net_none,
+        stdin: opts.interactive,
+        host_files,
+    })
+}
+
+/// `UID[:GID]` or `USER[:GROUP]`, names looked up in the image's
+/// `/etc/passwd` and `/etc/group`.
+fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
+    let (user, group) = match u.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (u, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name) && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid user {u:?}: give UID[:GID] or a USER[:GROUP] the image's /etc/passwd and /etc/group know"
+        )
+    };
+    if user.is_empty() {
+        return Err(bad());
+    }
+    let (uid, mut gid) = match user.parse::<u32>() {
+        Ok(n) => (n, lookup("etc/passwd", user).map_or(n, |(_, g)| g)),
+        Err(_) => lookup("etc/passwd", user).ok_or_else(bad)?,
+    };
+    if let Some(g) = group {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup("etc/group", g).map(|(g, _)| g).ok_or_else(bad)?,
+        };
+    }
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_by_number_and_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("etc")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let p = |u: &str| parse_user(u, t.path());
+        assert_eq!(p("0").unwrap(), (0, 0));
+        assert_eq!(p("1000").unwrap(), (1000, 1001));
+        assert_eq!(p("app").unwrap(), (1000, 1001));
+        assert_eq!(p("app:staff").unwrap(), (1000, 50));
+        assert_eq!(p("7:8").unwrap(), (7, 8));
+        assert!(p("nobody-here").is_err());
+        assert!(p(":5").is_err());
+        assert!(p("app:nogroup").is_err());
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a/b").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Entering a user namespace in which the caller is root, with a mount
+//! namespace of its own.
+
+use std::io::{self, Read, Write};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{ForkResult, Pid};
+
+/// How ids map into the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdMap {
+    /// Real root: every id maps to itself, so files keep their owners.
+    Identity,
+    /// An ordinary user: only the caller's uid and gid, as 0. Files of the
+    /// image owned by other ids show as the overflow id (65534).
+    Single { uid: u32, gid: u32 },
+}
+
+/// Writes `map` as the id maps of process `pid`'s user namespace.
+fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
+    let write = |file: &str, text: &str| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| io::Error::other(format!("cannot write /proc/{pid}/{file}: {e}")))
+    };
+    match map {
+        IdMap::Identity => {
+            write("uid_map", "0 0 4294967295\n")?;
+            write("gid_map", "0 0 4294967295\n")?;
+        }
+        IdMap::Single { uid, gid } => {
+            // An unprivileged map of one's own gid needs setgroups denied.
+            write("setgroups", "deny")?;
+            write("uid_map", &format!("0 {uid} 1\n"))?;
+            write("gid_map", &format!("0 {gid} 1\n"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves this process into a new user namespace (as root of it, with the
+/// ids mapped as [`IdMap`] says) and a new mount namespace whose mounts do
+/// not propagate anywhere. Call while single-threaded.
+pub fn enter_user_namespace() -> io::Result<IdMap> {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let map = if uid == 0 {
+        IdMap::Identity
+    } else {
+        IdMap::Single { uid, gid }
+    };
+    // The maps are written from outside the namespace (a process inside
+    // has no capability over the parent's ids): by a helper forked first,
+    // which waits until this process has unshared.
+    let me = nix::unistd::getpid();
+    let (go_rd, go_wr) = nix::unistd::pipe()?;
+    let (done_rd, done_wr) = nix::unistd::pipe()?;
+    // SAFETY: the caller guarantees a single thread.
+    let helper = match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            drop(go_wr);
+            drop(done_rd);
+            let mut b = [0u8; 1];
+            let r = match std::fs::File::from(go_rd).read(&mut b) {
+                Ok(1) => write_maps(me, map),
+                _ => Err(io::Error::other("rcfs run gave up")),
+            };
+            let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+            let _ = std::fs::File::from(done_wr).write_all(msg.as_bytes());
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_rd);
+    drop(done_wr);
+    let unshared = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS);
+    {
+        let mut w = std::fs::File::from(go_wr);
+        if unshared.is_ok() {
+            let _ = w.write_all(b"1");
+        }
+    }
+    let mut msg = String::new();
+    let _ = std::fs::File::from(done_rd).read_to_string(&mut msg);
+    let _ = nix::sys::wait::waitpid(helper, None);
+    unshared.map_err(|e| {
+        io::Error::other(format!(
+            "cannot make a user namespace ({e}): user namespaces may be disabled \
+             (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)"
+        ))
+    })?;
+    if !msg.is_empty() {
+        return Err(io::Error::other(msg));
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::other(format!("cannot make mounts private: {e}")))?;
+    Ok(map)
+}

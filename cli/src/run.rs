@@ -328,6 +328,15 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
                 .flatten()
         })
     };
+    let primary_gid = |uid: u32| -> Option<u32> {
+        let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[2].parse() == Ok(uid))
+                .then(|| f[3].parse().ok())
+                .flatten()
+        })
+    };
     let bad = || {
         anyhow::anyhow!(
             "invalid user {u:?}: give UID[:GID] or a USER[:GROUP] the image's /etc/passwd and /etc/group know"
@@ -337,7 +346,8 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
         return Err(bad());
     }
     let (uid, mut gid) = match user.parse::<u32>() {
-        Ok(n) => (n, lookup("etc/passwd", user).map_or(n, |(_, g)| g)),
+        // A uid's group is its passwd entry's, if it has one, else 0.
+        Ok(n) => (n, primary_gid(n).unwrap_or(0)),
         Err(_) => lookup("etc/passwd", user).ok_or_else(bad)?,
     };
     if let Some(g) = group {
@@ -369,6 +379,7 @@ mod tests {
         assert_eq!(p("app").unwrap(), (1000, 1001));
         assert_eq!(p("app:staff").unwrap(), (1000, 50));
         assert_eq!(p("7:8").unwrap(), (7, 8));
+        assert_eq!(p("7").unwrap(), (7, 0));
         assert!(p("nobody-here").is_err());
         assert!(p(":5").is_err());
         assert!(p("app:nogroup").is_err());

@@ -353,7 +353,17 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
     if let Some(g) = group {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => lookup("etc/group", g).map(|(g, _)| g).ok_or_else(bad)?,
+            Err(_) => {
+                let text = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+                text.lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() > 2 && f[0] == g)
+                            .then(|| f[2].parse().ok())
+                            .flatten()
+                    })
+                    .ok_or_else(bad)?
+            }
         };
     }
     Ok((uid, gid))

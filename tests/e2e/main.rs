@@ -46,6 +46,7 @@ mod sys;
 mod attrs;
 mod cli;
 mod concurrency;
+mod containers;
 mod copyup;
 mod dirs;
 mod durability;

@@ -1,0 +1,209 @@
+//! `rcfs run` end to end: containers of an image built here (busybox-static
+//! and generated files, 2 layers), pushed to a real registry on loopback,
+//! run as root and as an unprivileged user (uid 65534): exit codes and
+//! signals, the container's own root, pid namespace and hostname, the
+//! image config and the options that change it, zombies reaped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::temp_dir;
+use crate::mounts::{cmd, require_privileges, run, Run, RCFS};
+use crate::registry::{standard_layers, write_layout, Registry};
+
+const T: Duration = Duration::from_secs(180);
+
+/// A registry holding one image, and a store for rcfs.
+struct Fixture {
+    dir: tempfile::TempDir,
+    _registry: Registry,
+    image: String,
+}
+
+impl Fixture {
+    fn new(seed: u64, format: &str) -> Fixture {
+        require_privileges();
+        let dir = temp_dir();
+        let layout = dir.path().join("layout");
+        write_layout(&layout, "v1", &standard_layers(seed));
+        let registry = Registry::start();
+        let image = registry.push(&layout, "v1", "ctr", format);
+        Fixture {
+            dir,
+            _registry: registry,
+            image,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// `rcfs --root STORE run --tls-verify=false ARGS...` as root.
+    fn run(&self, args: &[&str]) -> Run {
+        let mut c = cmd(
+            RCFS,
+            [
+                "--root".to_owned(),
+                self.store().display().to_string(),
+                "run".into(),
+                "--tls-verify=false".into(),
+            ],
+        );
+        c.args(args);
+        run(&mut c, T)
+    }
+
+    /// The same as uid 65534, with its own store under `home`.
+    fn run_rootless(&self, home: &Path, args: &[&str]) -> Run {
+        let _ = Command::new("chmod").args(["666", "/dev/fuse"]).status();
+        std::fs::create_dir_all(home).unwrap();
+        std::os::unix::fs::chown(self.dir.path(), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(home, Some(65534), Some(65534)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", RCFS]);
+        c.args(["run", "--tls-verify=false"]);
+        c.args(args);
+        c.env("HOME", home).env_remove("XDG_DATA_HOME");
+        run(&mut c, T)
+    }
+}
+
+fn code(r: &Run) -> Option<i32> {
+    r.status.code()
+}
+
+#[test]
+fn exit_codes_signals_and_the_containers_own_root() {
+    let f = Fixture::new(80, "gzip");
+    let img = f.image.as_str();
+    // The image's Cmd is /bin/sh; arguments replace it.
+    let r = f.run(&["--rm", img, "/bin/sh", "-c", "exit 3"]);
+    assert_eq!(code(&r), Some(3), "{}", r.stderr);
+    let r = f.run(&["--rm", img, "/bin/sh", "-c", "kill -TERM $$"]);
+    assert_eq!(code(&r), Some(128 + 15), "{}", r.stderr);
+    let r = f.run(&["--rm", img, "no-such-command"]);
+    assert_eq!(code(&r), Some(127), "{}", r.stderr);
+    assert!(r.stderr.contains("command not found"), "{}", r.stderr);
+    let r = f.run(&["--rm", img, "/etc/hostname"]);
+    assert_eq!(code(&r), Some(126), "{}", r.stderr);
+    let r = f.run(&["--rm", "127.0.0.1:1/nothing:here", "/bin/sh"]);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("rcfs run:"), "{}", r.stderr);
+
+    // Its own root (the image's files, none of the host's), its own pid
+    // namespace (the init is 1, the command 2), hostname, /proc, /dev.
+    let script = "busybox ls /; echo ---; busybox cat /etc/hostname; busybox hostname; \
+                  echo $$; busybox ls /dev; test -e /proc/self/status && echo proc-ok; \
+                  test -e /var/tmp || echo no-host-var";
+    let r = f.run(&["--rm", "--hostname", "box", img, "/bin/sh", "-c", script]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    let out = r.stdout;
+    let (root, rest) = out.split_once("---\n").unwrap();
+    let mut listed: Vec<&str> = root.split_whitespace().collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["bin", "dev", "etc", "new.txt", "opaque", "proc", "sys", "usr"],
+        "{out}"
+    );
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(lines[0], "top 80");
+    assert_eq!(lines[1], "box");
+    assert_eq!(lines[2], "2", "the command is pid 2 under the init");
+    for d in ["null", "zero", "urandom", "pts", "shm", "ptmx"] {
+        assert!(rest.contains(d), "/dev lacks {d}: {rest}");
+    }
+    assert!(
+        rest.contains("proc-ok") && rest.contains("no-host-var"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn image_config_options_and_zombies() {
+    let f = Fixture::new(81, "zstd:chunked");
+    let img = f.image.as_str();
+    // Env from the image (PATH=/bin), -e adds and overrides, -w makes the
+    // directory, -u switches the user.
+    let r = f.run(&[
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "-e",
+        "PATH=/bin:/usr/bin",
+        "-w",
+        "/work/here",
+        "-u",
+        "1234:5678",
+        img,
+        "/bin/sh",
+        "-c",
+        "echo $GREETING $PATH; busybox pwd; busybox id -u; busybox id -g",
+    ]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["hi /bin:/usr/bin", "/work/here", "1234", "5678"],
+        "{}",
+        r.stderr
+    );
+    // No command: the image's Cmd (/bin/sh) reading stdin, which is
+    // /dev/null without -i: it ends at once.
+    let r = f.run(&["--rm", img]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    // Orphans re-parented to the init are reaped: no zombie is left.
+    let script = "for i in 1 2 3; do busybox sh -c 'busybox sleep 0.1 &'; done; \
+                  busybox sleep 1; busybox ps -o stat,pid,comm";
+    let r = f.run(&["--rm", img, "/bin/sh", "-c", script]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert!(
+        !r.stdout.lines().any(|l| l.trim_start().starts_with('Z')),
+        "zombies: {}",
+        r.stdout
+    );
+    // --rm leaves nothing; without it the container's dir stays.
+    let containers = f.store().join("containers");
+    let left = std::fs::read_dir(&containers).map_or(0, |d| d.count());
+    assert_eq!(left, 0);
+    let r = f.run(&["--name", "keep", img, "/bin/sh", "-c", "echo kept > /file"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(containers.join("keep/upper/file")).unwrap(),
+        "kept\n"
+    );
+    let r = f.run(&["--name", "keep", img, "/bin/sh"]);
+    assert_eq!(code(&r), Some(125));
+    assert!(r.stderr.contains("exists already"), "{}", r.stderr);
+}
+
+#[test]
+fn an_unprivileged_user_runs_a_container() {
+    let f = Fixture::new(82, "gzip");
+    let home = f.dir.path().join("home");
+    let script = "busybox id -u; busybox hostname; busybox cat /etc/hostname; \
+                  echo written > /new; busybox cat /new; echo $$";
+    let r = f.run_rootless(
+        &home,
+        &[
+            "--rm",
+            "--hostname",
+            "rootless",
+            &f.image,
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["0", "rootless", "top 82", "written", "2"],
+        "{}",
+        r.stderr
+    );
+    assert!(home.join(".local/share/rcfs/blobs/sha256").is_dir());
+    let r = f.run_rootless(&home, &["--rm", &f.image, "/bin/sh", "-c", "exit 7"]);
+    assert_eq!(code(&r), Some(7), "{}", r.stderr);
+}

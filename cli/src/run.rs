@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub interactive: bool,
     pub net_none: bool,
     pub insecure: bool,
+    /// `-v HOST:CTR[:ro]`.
+    pub volumes: Vec<String>,
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -77,6 +79,10 @@ fn new_id() -> String {
 }
 
 fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
+    // Bad options fail before anything is made.
+    for v in &opts.volumes {
+        rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
+    }
     let found = crate::image::find(store, &opts.image)?;
     let name = match &opts.name {
         Some(n) => {
@@ -309,6 +315,12 @@ fn spec_of(
         net_none: opts.net_none,
         stdin: opts.interactive,
         host_files,
+        binds: opts
+            .volumes
+            .iter()
+            .map(|v| rcfs_runtime::Bind::parse(v))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
     })
 }
 

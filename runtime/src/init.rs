@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -79,25 +79,120 @@ fn err(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
-fn mount_err(what: &str, target: &Path, e: nix::errno::Errno) -> io::Error {
-    io::Error::other(format!("mounting {what} on {}: {e}", target.display()))
+/// `openat2` of `path` under `dir` with `resolve` flags.
+fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve,
+    };
+    let c = CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: valid pointers to a C string and an open_how of the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the syscall returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
 
-/// An empty file (or dir) at `p` to mount over, made if missing.
-fn ensure_file(p: &Path) -> io::Result<()> {
-    if p.symlink_metadata().is_ok() {
-        return Ok(());
+/// Resolves `rel` in the container's root `root` as the container will
+/// (symlinks never lead above the root, whatever the image holds), makes
+/// what is missing (directories; the last component a directory if `dir`,
+/// else an empty file), and returns an `O_PATH` fd of it. Nothing is made
+/// or reached outside the root by a path string.
+fn in_root(root: BorrowedFd<'_>, rel: &str, dir: bool) -> io::Result<OwnedFd> {
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    let comps: Vec<&str> = rel
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let mut cur = openat2(root, ".", libc::O_PATH | libc::O_DIRECTORY, 0, resolve)?;
+    for (i, c) in comps.iter().enumerate() {
+        if *c == ".." {
+            return Err(io::Error::other(format!("{rel}: '..' in a container path")));
+        }
+        let prefix = comps[..=i].join("/");
+        let last = i + 1 == comps.len();
+        cur = match openat2(root, &prefix, libc::O_PATH, 0, resolve) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // Made by name in the directory resolved so far.
+                if !last || dir {
+                    nix::sys::stat::mkdirat(
+                        &cur,
+                        *c,
+                        nix::sys::stat::Mode::from_bits_truncate(0o755),
+                    )?;
+                } else {
+                    let fd = nix::fcntl::openat(
+                        &cur,
+                        *c,
+                        nix::fcntl::OFlag::O_CREAT
+                            | nix::fcntl::OFlag::O_EXCL
+                            | nix::fcntl::OFlag::O_WRONLY
+                            | nix::fcntl::OFlag::O_NOFOLLOW
+                            | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::from_bits_truncate(0o644),
+                    )?;
+                    drop(fd);
+                }
+                openat2(root, &prefix, libc::O_PATH, 0, resolve)?
+            }
+            Err(e) => return Err(e),
+        };
     }
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(p)
-        .map(drop)
+    Ok(cur)
+}
+
+/// The path by which `mount` reaches what `fd` is.
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Mounts `source` (of type `fstype`) on `rel` in the root (see
+/// [`in_root`]); returns the target's fd (of what was there before).
+fn mount_in(
+    root: BorrowedFd<'_>,
+    rel: &str,
+    dir: bool,
+    source: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let target = in_root(root, rel, dir).map_err(|e| err(&format!("the container's {rel}"), e))?;
+    mount(Some(source), fd_path(&target).as_str(), fstype, flags, data)
+        .map_err(|e| err(&format!("mounting {source} on the container's {rel}"), e))
+}
+
+/// Makes `rel` in the root read-only (a bind mount there).
+fn readonly_in(root: BorrowedFd<'_>, rel: &str) -> io::Result<()> {
+    let fd = in_root(root, rel, false)?;
+    readonly(Path::new(&fd_path(&fd)));
+    Ok(())
 }
 
 fn setup(spec: &Spec) -> io::Result<()> {
@@ -115,91 +210,117 @@ fn setup(spec: &Spec) -> io::Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         none,
     )
-    .map_err(|e| mount_err("the root", root, e))?;
-    // /proc of the container's pid namespace.
-    let proc_ = root.join("proc");
-    fs::create_dir_all(&proc_)?;
+    .map_err(|e| err(&format!("binding the root {}", root.display()), e))?;
+    // Everything below is reached through this fd of the root, never by
+    // a path into the image's tree.
+    let rootfd = fs::File::open(root)?;
+    let r = rootfd.as_fd();
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), &proc_, Some("proc"), nosuid, none)
-        .map_err(|e| mount_err("proc", &proc_, e))?;
+    // /proc of the container's pid namespace.
+    mount_in(r, "proc", true, "proc", Some("proc"), nosuid, none)?;
     // /dev: a tmpfs with the host's harmless devices bound in.
-    let dev = root.join("dev");
-    fs::create_dir_all(&dev)?;
-    mount(
-        Some("tmpfs"),
-        &dev,
+    mount_in(
+        r,
+        "dev",
+        true,
+        "tmpfs",
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
-    )
-    .map_err(|e| mount_err("tmpfs", &dev, e))?;
+    )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let target = dev.join(name);
-        ensure_file(&target)?;
-        let host = Path::new("/dev").join(name);
-        mount(Some(&host), &target, none, MsFlags::MS_BIND, none)
-            .map_err(|e| mount_err(&host.display().to_string(), &target, e))?;
+        let host = format!("/dev/{name}");
+        mount_in(
+            r,
+            &format!("dev/{name}"),
+            false,
+            &host,
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )?;
     }
-    let pts = dev.join("pts");
-    fs::create_dir_all(&pts)?;
-    mount(
-        Some("devpts"),
-        &pts,
+    mount_in(
+        r,
+        "dev/pts",
+        true,
+        "devpts",
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
-    )
-    .map_err(|e| mount_err("devpts", &pts, e))?;
-    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
-    let shm = dev.join("shm");
-    fs::create_dir_all(&shm)?;
-    mount(
-        Some("shm"),
-        &shm,
+    )?;
+    mount_in(
+        r,
+        "dev/shm",
+        true,
+        "shm",
         Some("tmpfs"),
         nosuid,
         Some("mode=1777,size=65536k"),
-    )
-    .map_err(|e| mount_err("tmpfs", &shm, e))?;
+    )?;
+    let dev = in_root(r, "dev", true)?;
     for (name, target) in [
+        ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(target, dev.join(name))?;
+        // In our own fresh tmpfs.
+        nix::unistd::symlinkat(target, &dev, name).map_err(|e| err(&format!("/dev/{name}"), e))?;
     }
+    drop(dev);
     // /sys: its own with a network namespace of its own; otherwise the
     // host's, read-only.
-    let sys = root.join("sys");
-    fs::create_dir_all(&sys)?;
     if spec.net_none {
-        mount(
-            Some("sysfs"),
-            &sys,
+        mount_in(
+            r,
+            "sys",
+            true,
+            "sysfs",
             Some("sysfs"),
             nosuid | MsFlags::MS_RDONLY,
             none,
-        )
-        .map_err(|e| mount_err("sysfs", &sys, e))?;
+        )?;
     } else {
-        mount(
-            Some("/sys"),
-            &sys,
+        mount_in(
+            r,
+            "sys",
+            true,
+            "/sys",
             none,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             none,
-        )
-        .map_err(|e| mount_err("/sys", &sys, e))?;
-        readonly(&sys);
+        )?;
+        readonly_in(r, "sys")?;
     }
     for (host, inside) in &spec.host_files {
-        let target = root.join(inside.trim_start_matches('/'));
-        ensure_file(&target)?;
-        mount(Some(host), &target, none, MsFlags::MS_BIND, none)
-            .map_err(|e| mount_err(&host.display().to_string(), &target, e))?;
-        readonly(&target);
+        mount_in(
+            r,
+            inside,
+            false,
+            &host.display().to_string(),
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )?;
+        readonly_in(r, inside)?;
     }
+    for b in &spec.binds {
+        mount_in(
+            r,
+            &b.target,
+            b.host.is_dir(),
+            &b.host.display().to_string(),
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )?;
+        if b.read_only {
+            readonly_in(r, &b.target)?;
+        }
+    }
+    drop(rootfd);
     nix::unistd::sethostname(&spec.hostname).map_err(|e| err("sethostname", e))?;
     // Into the root; the old one detached, so no host path stays reachable.
     nix::unistd::chdir(root).map_err(|e| err("chdir to the root", e))?;

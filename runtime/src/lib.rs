@@ -66,6 +66,49 @@ pub struct Spec {
     /// Host files bound read-only over files of the root, as (host path,
     /// path in the container): `/etc/resolv.conf`, `/etc/hosts`.
     pub host_files: Vec<(PathBuf, String)>,
+    /// The user's `-v HOST:CTR[:ro]` binds, in order.
+    #[serde(default)]
+    pub binds: Vec<Bind>,
+}
+
+/// A host file or directory bound into the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bind {
+    pub host: PathBuf,
+    /// Absolute, inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl Bind {
+    /// `HOST:CTR[:ro|:rw]`, as podman's `-v`; the host path must exist.
+    pub fn parse(v: &str) -> Result<Bind, String> {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (host, target, read_only) = match parts[..] {
+            [h, c] => (h, c, false),
+            [h, c, "ro"] => (h, c, true),
+            [h, c, "rw"] => (h, c, false),
+            _ => return Err(format!("invalid volume {v:?}: use HOST:CONTAINER[:ro]")),
+        };
+        if !host.starts_with('/') || !target.starts_with('/') {
+            return Err(format!("invalid volume {v:?}: both paths must be absolute"));
+        }
+        if target.split('/').any(|c| c == "..") {
+            return Err(format!("invalid volume {v:?}: the container path has '..'"));
+        }
+        let host = PathBuf::from(host);
+        if let Err(e) = host.metadata() {
+            return Err(format!(
+                "volume {v:?}: the host path {}: {e}",
+                host.display()
+            ));
+        }
+        Ok(Bind {
+            host,
+            target: target.to_owned(),
+            read_only,
+        })
+    }
 }
 
 /// The container's init, forked and waiting for its [`Spec`].

@@ -207,3 +207,102 @@ fn an_unprivileged_user_runs_a_container() {
     let r = f.run_rootless(&home, &["--rm", &f.image, "/bin/sh", "-c", "exit 7"]);
     assert_eq!(code(&r), Some(7), "{}", r.stderr);
 }
+
+#[test]
+fn an_images_symlinks_stay_inside_it_and_volumes_bind() {
+    require_privileges();
+    let dir = temp_dir();
+    // A hostile image: the places rcfs mounts on are symlinks to host
+    // paths, which as root it could make or mount over if it followed them
+    // from outside the container's root.
+    let escape = format!("/var/tmp/rcfs-escape-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&escape);
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut layers = standard_layers(84);
+    layers.push(crate::registry::tar_layer(&[
+        crate::registry::Item::Symlink("sys", leak(format!("{escape}/sys"))),
+        crate::registry::Item::Dir("etc", 0o755),
+        crate::registry::Item::Symlink("etc/resolv.conf", leak(format!("{escape}/resolv.conf"))),
+        crate::registry::Item::Symlink("data", leak(format!("{escape}/data"))),
+    ]));
+    let layout = dir.path().join("layout");
+    write_layout(&layout, "v1", &layers);
+    let registry = Registry::start();
+    let hostile = registry.push(&layout, "v1", "hostile", "gzip");
+    let plain_layout = dir.path().join("plain");
+    write_layout(&plain_layout, "v1", &standard_layers(84));
+    let image = registry.push(&plain_layout, "v1", "plain", "gzip");
+    let host_dir = dir.path().join("vol");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("in"), "from the host\n").unwrap();
+    let store = dir.path().join("store");
+    let mut c = cmd(
+        RCFS,
+        [
+            "--root".to_owned(),
+            store.display().to_string(),
+            "run".into(),
+            "--rm".into(),
+            "--tls-verify=false".into(),
+            "-v".into(),
+            format!("{}:/vol", host_dir.display()),
+            "-v".into(),
+            format!("{}:/ro:ro", host_dir.display()),
+            image.clone(),
+            "/bin/sh".into(),
+            "-c".into(),
+            "busybox cat /vol/in; echo out > /vol/out; echo x > /ro/nope || echo ro-refused".into(),
+        ],
+    );
+    let r = run(&mut c, T);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "from the host\nro-refused\n", "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("out")).unwrap(),
+        "out\n"
+    );
+    // The hostile image: refused clearly (a dangling symlink where a mount
+    // goes), and nothing made on the host.
+    let mut c = cmd(
+        RCFS,
+        [
+            "--root".to_owned(),
+            store.display().to_string(),
+            "run".into(),
+            "--rm".into(),
+            "--tls-verify=false".into(),
+            "-v".into(),
+            format!("{}:/data/x", host_dir.display()),
+            hostile,
+            "/bin/sh".into(),
+            "-c".into(),
+            "true".into(),
+        ],
+    );
+    let r = run(&mut c, T);
+    assert!(
+        !Path::new(&escape).exists(),
+        "rcfs made {escape} on the host following the image's symlinks: {}",
+        r.stderr
+    );
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("the container's"), "{}", r.stderr);
+    // A missing volume source is refused before anything starts.
+    let mut c = cmd(
+        RCFS,
+        [
+            "--root".to_owned(),
+            store.display().to_string(),
+            "run".into(),
+            "--rm".into(),
+            "--tls-verify=false".into(),
+            "-v".into(),
+            "/no/such/dir:/x".into(),
+            image,
+            "/bin/sh".into(),
+        ],
+    );
+    let r = run(&mut c, T);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("/no/such/dir"), "{}", r.stderr);
+}

@@ -118,6 +118,9 @@ struct RunArgs {
     /// Set an environment variable (KEY=VALUE, or KEY for the caller's).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Bind a host path into the container (HOST:CONTAINER[:ro]).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    volume: Vec<String>,
     /// Working directory in the container.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
@@ -282,6 +285,7 @@ fn run() -> Result<()> {
                     interactive: a.interactive,
                     net_none: a.net == "none",
                     insecure: !a.tls_verify,
+                    volumes: a.volume,
                 },
             );
             std::process::exit(code);

@@ -306,3 +306,57 @@ fn an_images_symlinks_stay_inside_it_and_volumes_bind() {
     assert_eq!(code(&r), Some(125), "{}", r.stderr);
     assert!(r.stderr.contains("/no/such/dir"), "{}", r.stderr);
 }
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn killing_rcfs_leaves_no_process_and_no_mount() {
+    let f = Fixture::new(85, "gzip");
+    let marker = format!("busybox sleep {}", 1000 + std::process::id() % 1000);
+    let mut child = std::process::Command::new(RCFS)
+        .args(["--root", f.store().to_str().unwrap(), "run", "--rm"])
+        .args(["--tls-verify=false", &f.image, "/bin/sh", "-c", &marker])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while processes_with(&marker).len() < 2 {
+        assert!(t0.elapsed() < T, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the container outlived rcfs: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let store = f.store().display().to_string();
+    assert!(
+        !mounts.contains(&store),
+        "a mount of the container is left on the host: {mounts}"
+    );
+}

@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     pub hostname: Option<String>,
     pub interactive: bool,
+    /// `-t`: a terminal for the command.
+    pub tty: bool,
     pub net_none: bool,
     pub insecure: bool,
     /// `-v HOST:CTR[:ro]`.
@@ -169,6 +171,7 @@ fn serve(
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        Signal::SIGWINCH,
     ] {
         sigs.add(s);
     }
@@ -195,12 +198,27 @@ fn serve(
     let spec = spec_of(&config, opts, name, &rootfs);
     let pid = container.pid;
     let result = spec.and_then(|spec| container.start(&spec).map_err(Into::into));
+    let mut terminal = None;
+    if result.is_ok() && opts.tty {
+        if let Some(master) = container.terminal()? {
+            terminal = Some(Terminal::attach(master, opts.interactive)?);
+        }
+    }
     if result.is_ok() {
+        let master = terminal.as_ref().map(|t| t.master.clone());
         std::thread::Builder::new()
             .name("rcfs-signals".into())
             .spawn(move || loop {
-                if let Ok(sig) = sigs.wait() {
-                    let _ = kill(pid, sig);
+                match sigs.wait() {
+                    Ok(Signal::SIGWINCH) => {
+                        if let Some(m) = &master {
+                            copy_window_size(m);
+                        }
+                    }
+                    Ok(sig) => {
+                        let _ = kill(pid, sig);
+                    }
+                    Err(_) => {}
                 }
             })?;
     }
@@ -213,6 +231,9 @@ fn serve(
             EXIT_RCFS
         }
     };
+    if let Some(t) = terminal {
+        t.detach();
+    }
     if let Err(e) = unmounter.unmount() {
         log::warn!("unmounting the container's root: {e}");
     }
@@ -223,6 +244,97 @@ fn serve(
     }
     let _ = std::fs::remove_file(crate::stats::socket_path(&store.root, &rootfs));
     Ok(code)
+}
+
+/// The container's terminal seen from `rcfs run`: its master, relayed to
+/// and from this process's stdio, and the user's terminal in raw mode
+/// meanwhile.
+struct Terminal {
+    master: std::sync::Arc<std::os::fd::OwnedFd>,
+    saved: Option<nix::sys::termios::Termios>,
+    output: std::thread::JoinHandle<()>,
+}
+
+/// Gives the container's terminal the size of ours.
+fn copy_window_size(master: &std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: ioctls with a winsize buffer of the right type.
+    unsafe {
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+impl Terminal {
+    fn attach(master: std::os::fd::OwnedFd, input: bool) -> Result<Terminal> {
+        use nix::sys::termios;
+        use std::io::{Read, Write};
+        let master = std::sync::Arc::new(master);
+        copy_window_size(&master);
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+        }
+        if input {
+            let m = master.clone();
+            std::thread::Builder::new()
+                .name("rcfs-tty-in".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut out = std::fs::File::from(m.try_clone().expect("dup"));
+                    loop {
+                        match std::io::stdin().lock().read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })?;
+        }
+        let m = master.clone();
+        let output = std::thread::Builder::new()
+            .name("rcfs-tty-out".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut from = std::fs::File::from(m.try_clone().expect("dup"));
+                let mut stdout = std::io::stdout();
+                // Ends with EIO once the container's side is closed.
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || stdout.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    let _ = stdout.flush();
+                }
+            })?;
+        Ok(Terminal {
+            master,
+            saved,
+            output,
+        })
+    }
+
+    /// After the container: the rest of its output, and our terminal back.
+    fn detach(self) {
+        let t0 = std::time::Instant::now();
+        while !self.output.is_finished() && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
 }
 
 /// The init's spec from the image config and the options.
@@ -314,6 +426,7 @@ fn spec_of(
         gid,
         net_none: opts.net_none,
         stdin: opts.interactive,
+        tty: opts.tty,
         host_files,
         binds: opts
             .volumes

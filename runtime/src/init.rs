@@ -26,11 +26,26 @@ const FORWARDED: [Signal; 6] = [
 ];
 
 /// Sets up the container and runs the command; returns the exit code.
-pub(crate) fn run(spec: &Spec) -> i32 {
-    if let Err(e) = setup(spec) {
+pub(crate) fn run(spec: &Spec, tty_sock: i32) -> i32 {
+    if let Err(e) = setup(spec, tty_sock) {
         eprintln!("rcfs: cannot set up the container: {e}");
         return EXIT_RCFS;
     }
+    // The terminal: a pty of the container's own devpts; the master goes
+    // to `rcfs run`, the slave becomes the command's.
+    let slave = if spec.tty {
+        match terminal(tty_sock) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("rcfs: cannot make the container's terminal: {e}");
+                return EXIT_RCFS;
+            }
+        }
+    } else {
+        None
+    };
+    // SAFETY: the socket is the init's, and done with.
+    unsafe { libc::close(tty_sock) };
     let mut sigs = SigSet::empty();
     for s in FORWARDED {
         sigs.add(s);
@@ -42,14 +57,50 @@ pub(crate) fn run(spec: &Spec) -> i32 {
     }
     // SAFETY: the init has one thread.
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec(spec),
-        Ok(ForkResult::Parent { child }) => child,
+        Ok(ForkResult::Child) => exec(spec, slave),
+        Ok(ForkResult::Parent { child }) => {
+            // Only the command holds the terminal: it hangs up with it.
+            drop(slave);
+            child
+        }
         Err(e) => {
             eprintln!("rcfs: fork: {e}");
             return EXIT_RCFS;
         }
     };
     supervise(child, &sigs)
+}
+
+/// Opens a pty in the container's `/dev/pts`, sends its master over the
+/// unix socket `sock`, and returns its slave.
+fn terminal(sock: i32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    // The slave of this very master, not a path someone could swap.
+    // SAFETY: TIOCGPTPEER on a pty master returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    let fds = [master.as_raw_fd()];
+    sendmsg::<()>(
+        sock,
+        &[io::IoSlice::new(b"t")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(slave)
 }
 
 /// Reaps every child, passes signals on to `child`; its exit code once it
@@ -195,7 +246,7 @@ fn readonly_in(root: BorrowedFd<'_>, rel: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn setup(spec: &Spec) -> io::Result<()> {
+fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.net_none {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -331,7 +382,7 @@ fn setup(spec: &Spec) -> io::Result<()> {
         .map_err(|e| err(&format!("making the working directory {}", spec.cwd), e))?;
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| err(&format!("chdir to {}", spec.cwd), e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", e))?;
-    crate::close_fds_except(&[]);
+    crate::close_fds_except(&[keep_fd]);
     Ok(())
 }
 
@@ -366,9 +417,26 @@ fn readonly(p: &Path) {
 }
 
 /// In the command's process: its user, stdin and signals, then exec.
-fn exec(spec: &Spec) -> ! {
+fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
-    if !spec.stdin {
+    if let Some(t) = tty {
+        // A session of its own, with the pty as its controlling terminal
+        // and its stdio.
+        let _ = nix::unistd::setsid();
+        // SAFETY: TIOCSCTTY on our own tty fd.
+        if unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+            eprintln!(
+                "rcfs: cannot take the terminal: {}",
+                io::Error::last_os_error()
+            );
+            std::process::exit(EXIT_RCFS);
+        }
+        for n in 0..3 {
+            // SAFETY: dup2 onto stdio.
+            unsafe { libc::dup2(t.as_raw_fd(), n) };
+        }
+        drop(t);
+    } else if !spec.stdin {
         if let Ok(f) = fs::File::open("/dev/null") {
             let _ = nix::unistd::dup2_stdin(f);
         }

@@ -69,6 +69,11 @@ pub struct Spec {
     /// The user's `-v HOST:CTR[:ro]` binds, in order.
     #[serde(default)]
     pub binds: Vec<Bind>,
+    /// A terminal (`-t`): the command gets the slave of a pty of the
+    /// container's devpts; the master goes to `rcfs run` (see
+    /// [`Container::terminal`]).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// A host file or directory bound into the container.
@@ -115,6 +120,8 @@ impl Bind {
 pub struct Container {
     pub pid: Pid,
     go: Option<OwnedFd>,
+    /// Where the init sends a terminal's master.
+    tty_sock: OwnedFd,
 }
 
 impl Container {
@@ -123,6 +130,13 @@ impl Container {
     pub fn fork() -> io::Result<Container> {
         let (rd, wr) = nix::unistd::pipe()?;
         let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
+        let (tty_sock, tty_peer) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        let (sock_fd, peer_fd) = (tty_sock.as_raw_fd(), tty_peer.as_raw_fd());
         // The init runs on a stack of its own, in a copy of this process
         // (no CLONE_VM), as pid 1 of a new pid namespace. (A new pid
         // namespace by unshare would keep this process from making
@@ -135,6 +149,8 @@ impl Container {
             // SAFETY: this copy of the write end is the init's, unused; it
             // must go for the read below to end.
             unsafe { libc::close(wr_fd) };
+            // SAFETY: likewise `rcfs run`'s end of the terminal socket.
+            unsafe { libc::close(sock_fd) };
             // SAFETY: this copy of the read end is the init's alone.
             let mut f = unsafe { std::fs::File::from_raw_fd(rd_fd) };
             let mut text = String::new();
@@ -144,7 +160,7 @@ impl Container {
             }
             drop(f);
             let code = match serde_json::from_str::<Spec>(&text) {
-                Ok(spec) => init::run(&spec),
+                Ok(spec) => init::run(&spec, peer_fd),
                 Err(e) => {
                     eprintln!("rcfs: bad container spec: {e}");
                     EXIT_RCFS
@@ -164,7 +180,12 @@ impl Container {
         }
         .map_err(|e| io::Error::other(format!("cannot make a pid namespace: {e}")))?;
         drop(rd);
-        Ok(Container { pid, go: Some(wr) })
+        drop(tty_peer);
+        Ok(Container {
+            pid,
+            go: Some(wr),
+            tty_sock,
+        })
     }
 
     /// Lets the init go on with `spec`.
@@ -176,6 +197,31 @@ impl Container {
         let mut f = std::fs::File::from(fd);
         f.write_all(&serde_json::to_vec(spec).map_err(io::Error::other)?)?;
         Ok(())
+    }
+
+    /// The master of the container's terminal, once the init has made it
+    /// (after [`Container::start`] with [`Spec::tty`]); `None` if the init
+    /// failed first.
+    pub fn terminal(&self) -> io::Result<Option<OwnedFd>> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut buf = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            self.tty_sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: a new fd the kernel passed us.
+                    return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Lets the init go without a spec: it exits ([`EXIT_RCFS`]).

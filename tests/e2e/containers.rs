@@ -360,3 +360,56 @@ fn killing_rcfs_leaves_no_process_and_no_mount() {
         "a mount of the container is left on the host: {mounts}"
     );
 }
+
+#[test]
+fn a_terminal_with_our_size_and_stdin_with_i() {
+    let f = Fixture::new(86, "gzip");
+    let store = f.store();
+    // `script` gives rcfs a terminal of a known size.
+    let inner = format!(
+        "stty cols 91 rows 33; {RCFS} --root {} run -t --rm --tls-verify=false {} \
+         /bin/sh -c 'busybox tty; busybox stty size; exit 5'",
+        store.display(),
+        f.image
+    );
+    let r = run(
+        Command::new("script").args(["-qec", &inner, "/dev/null"]),
+        T,
+    );
+    assert_eq!(code(&r), Some(5), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("/dev/pts/0"), "{}", r.stdout);
+    assert!(r.stdout.contains("33 91"), "{}", r.stdout);
+    // -i: stdin reaches the command; without it, /dev/null does.
+    for (flag, want) in [("-i", "typed\n"), ("--rm", "")] {
+        let mut c = cmd(
+            RCFS,
+            [
+                "--root".to_owned(),
+                store.display().to_string(),
+                "run".into(),
+                "--rm".into(),
+                flag.into(),
+                "--tls-verify=false".into(),
+                f.image.clone(),
+                "/bin/sh".into(),
+                "-c".into(),
+                "busybox cat".into(),
+            ],
+        );
+        c.stdin(std::process::Stdio::piped());
+        let mut child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let _ = child.stdin.take().unwrap().write_all(b"typed\n");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            want,
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

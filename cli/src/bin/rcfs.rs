@@ -132,6 +132,9 @@ struct RunArgs {
     /// Keep stdin open (otherwise the command reads /dev/null).
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Give the command a terminal (a pty that follows this one's size).
+    #[arg(short = 't', long)]
+    tty: bool,
     /// host: the host's network; none: only a loopback.
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     net: String,
@@ -283,6 +286,7 @@ fn run() -> Result<()> {
                     user: a.user,
                     hostname: a.hostname,
                     interactive: a.interactive,
+                    tty: a.tty,
                     net_none: a.net == "none",
                     insecure: !a.tls_verify,
                     volumes: a.volume,

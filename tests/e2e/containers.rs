@@ -413,3 +413,31 @@ fn a_terminal_with_our_size_and_stdin_with_i() {
         );
     }
 }
+
+#[test]
+fn signals_to_rcfs_reach_the_command() {
+    let f = Fixture::new(87, "gzip");
+    let script = "trap 'echo got-term; exit 9' TERM; echo ready; busybox sleep 30 & wait";
+    let mut child = std::process::Command::new(RCFS)
+        .args(["--root", f.store().to_str().unwrap(), "run", "--rm"])
+        .args(["--tls-verify=false", &f.image, "/bin/sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(9));
+}

@@ -4,9 +4,11 @@
 //!   foreground or from a background process that outlives the command.
 //! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
 //! * [`run`] — `rcfs run`: a rootless container on the image's union.
+//! * [`containers`] — their records: `rcfs ps`, `rcfs rm`.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
+pub mod containers;
 pub mod image;
 pub mod mount;
 pub mod overlay_args;

@@ -104,9 +104,25 @@ fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
         std::fs::create_dir_all(dir.join(d))
             .with_context(|| format!("cannot make {}", dir.join(d).display()))?;
     }
-    let cleanup = |code: i32| {
+    let mut record = crate::containers::Record {
+        name: name.clone(),
+        image: found
+            .as_ref()
+            .map_or_else(|| opts.image.clone(), |i| i.name.clone()),
+        command: opts.args.clone(),
+        created: rcfs_fs::image::pull::now_rfc3339(),
+        pid: std::process::id(),
+        exit_code: None,
+    };
+    crate::containers::write(&dir, &record)?;
+    let mut cleanup = |code: i32| {
         if opts.rm {
             let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            record.exit_code = Some(code);
+            if let Err(e) = crate::containers::write(&dir, &record) {
+                eprintln!("rcfs run: {e:#}");
+            }
         }
         code
     };

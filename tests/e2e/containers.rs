@@ -176,6 +176,27 @@ fn image_config_options_and_zombies() {
     let r = f.run(&["--name", "keep", img, "/bin/sh"]);
     assert_eq!(code(&r), Some(125));
     assert!(r.stderr.contains("exists already"), "{}", r.stderr);
+    // ps lists it (stopped: only with -a), rm removes it.
+    let rcfs = |args: &[&str]| {
+        let mut c = cmd(RCFS, ["--root".to_owned(), f.store().display().to_string()]);
+        c.args(args);
+        run(&mut c, T)
+    };
+    let r = rcfs(&["ps"]).expect_ok("ps");
+    assert!(!r.stdout.contains("keep"), "{}", r.stdout);
+    let r = rcfs(&["ps", "-a", "--json"]).expect_ok("ps -a");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["name"], "keep", "{v}");
+    assert_eq!(v[0]["exit_code"], 0, "{v}");
+    assert_eq!(v[0]["running"], false, "{v}");
+    rcfs(&["rm", "keep"]).expect_ok("rm");
+    assert!(!containers.join("keep").exists());
+    let r = rcfs(&["rm", "keep"]);
+    assert!(
+        !r.success() && r.stderr.contains("no container keep"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -430,6 +451,20 @@ fn signals_to_rcfs_reach_the_command() {
     use std::io::BufRead;
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
+    // Listed as running meanwhile.
+    let mut c = cmd(
+        RCFS,
+        [
+            "--root".to_owned(),
+            f.store().display().to_string(),
+            "ps".into(),
+            "--json".into(),
+        ],
+    );
+    let r = run(&mut c, T).expect_ok("ps");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v.as_array().map(|a| a.len()), Some(1), "{v}");
+    assert_eq!(v[0]["running"], true, "{v}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

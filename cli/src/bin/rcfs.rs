@@ -34,6 +34,18 @@ enum Cmd {
     /// Run a command in a new container of an image, rootless: its root is
     /// the image's union (pulled while it runs if the store lacks it).
     Run(RunArgs),
+    /// List containers (running ones; -a: all).
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stopped containers and their upper dirs.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Pull an image into the store: REGISTRY/REPO[:TAG|@DIGEST], a short
     /// name (registries.conf), oci:DIR[:TAG] or docker-archive:FILE.
     Pull {
@@ -294,6 +306,10 @@ fn run() -> Result<()> {
             );
             std::process::exit(code);
         }
+        Cmd::Ps { all, json } => {
+            rcfs::containers::ps(&image::open_store(cli.root.as_deref())?, all, json)
+        }
+        Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Pull {
             image: name,

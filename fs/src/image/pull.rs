@@ -475,7 +475,7 @@ fn pull_one(
 }
 
 /// Now, as the store records times.
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -1,0 +1,124 @@
+//! Containers in the store: `containers/NAME/` holds a container's upper
+//! and work dirs, its mountpoint and `container.json`, its record (what it
+//! runs, and whether and how it ended). `rcfs ps` lists them and `rcfs rm`
+//! removes them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rcfs_fs::image::store::Store;
+use serde::{Deserialize, Serialize};
+
+/// What `container.json` says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub created: String,
+    /// The `rcfs run` process while it runs.
+    pub pid: u32,
+    /// Set when it ended.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+/// Where containers live in `store`.
+pub fn dir(store: &Store) -> PathBuf {
+    store.root.join("containers")
+}
+
+/// Writes `rec` into container dir `d` (whole, by rename).
+pub fn write(d: &Path, rec: &Record) -> Result<()> {
+    let tmp = d.join(".container.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rec)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, d.join("container.json"))?;
+    Ok(())
+}
+
+/// Whether the container of `rec` still runs: its `rcfs run` process is
+/// alive and is an rcfs.
+pub fn running(rec: &Record) -> bool {
+    rec.exit_code.is_none()
+        && std::fs::read(format!("/proc/{}/cmdline", rec.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rcfs"))
+}
+
+/// Every container of the store with a record.
+pub fn list(store: &Store) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir(store)) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        if let Ok(bytes) = std::fs::read(e.path().join("container.json")) {
+            if let Ok(r) = serde_json::from_slice::<Record>(&bytes) {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// `rcfs ps`.
+pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
+    let recs: Vec<Record> = list(store)?
+        .into_iter()
+        .filter(|r| all || running(r))
+        .collect();
+    if json {
+        let v: Vec<serde_json::Value> = recs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["running"] = running(r).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<40} {:<24} {:<12} COMMAND",
+        "NAME", "IMAGE", "CREATED", "STATUS"
+    );
+    for r in &recs {
+        let status = match (running(r), r.exit_code) {
+            (true, _) => "running".to_owned(),
+            (false, Some(c)) => format!("exited ({c})"),
+            (false, None) => "exited (?)".to_owned(),
+        };
+        println!(
+            "{:<20} {:<40} {:<24} {:<12} {}",
+            r.name,
+            r.image,
+            r.created,
+            status,
+            r.command.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `rcfs rm`: removes stopped containers (their upper dirs too).
+pub fn rm(store: &Store, names: &[String]) -> Result<()> {
+    for n in names {
+        let d = dir(store).join(n);
+        let rec: Record = match std::fs::read(d.join("container.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: a broken record", d.display()))?,
+            Err(_) => bail!("no container {n} in {}", dir(store).display()),
+        };
+        if running(&rec) {
+            bail!(
+                "container {n} is running (rcfs run, pid {}): stop it first",
+                rec.pid
+            );
+        }
+        std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+        println!("{n}");
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use rcfs_fs::image::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// What `container.json` says.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub name: String,
     pub image: String,
@@ -21,6 +21,9 @@ pub struct Record {
     /// Set when it ended.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// How it was made, for `rcfs start`.
+    #[serde(default)]
+    pub options: Option<crate::run::RunOptions>,
 }
 
 /// Where containers live in `store`.

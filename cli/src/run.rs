@@ -22,8 +22,9 @@ use rcfs_runtime::{Container, Spec, EXIT_RCFS};
 
 use crate::mount::{self, ImageMount, MountRequest};
 
-/// What `rcfs run` was asked.
-#[derive(Debug, Clone, Default)]
+/// What `rcfs run` was asked (kept in the container's record, for `rcfs
+/// start`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunOptions {
     pub image: String,
     /// Replaces the image's Cmd.
@@ -48,7 +49,7 @@ pub struct RunOptions {
 
 /// Runs the container; returns the exit code to exit with.
 pub fn run(store: &Store, opts: &RunOptions) -> i32 {
-    match run_inner(store, opts) {
+    match run_inner(store, opts, false) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
@@ -80,7 +81,41 @@ fn new_id() -> String {
     Digest::of(seed.as_bytes()).hex()[..12].to_owned()
 }
 
-fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
+/// `rcfs start -a NAME`: runs the stopped container NAME again, as it was
+/// made (the same image, command and options), on its upper dir.
+pub fn start(store: &Store, name: &str) -> i32 {
+    let go = || -> Result<i32> {
+        let d = crate::containers::dir(store).join(name);
+        let rec: crate::containers::Record = match std::fs::read(d.join("container.json")) {
+            Ok(b) => serde_json::from_slice(&b).context("the container's record")?,
+            Err(_) => bail!(
+                "no container {name} in {}",
+                crate::containers::dir(store).display()
+            ),
+        };
+        if crate::containers::running(&rec) {
+            bail!(
+                "container {name} is running already (rcfs run, pid {})",
+                rec.pid
+            );
+        }
+        let mut opts = rec
+            .options
+            .context("the container's record has no options: made by an older rcfs")?;
+        opts.name = Some(name.to_owned());
+        opts.rm = false;
+        run_inner(store, &opts, true)
+    };
+    match go() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rcfs start: {e:#}");
+            EXIT_RCFS
+        }
+    }
+}
+
+fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
     // Bad options fail before anything is made.
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
@@ -94,7 +129,7 @@ fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
         None => new_id(),
     };
     let dir = store.root.join("containers").join(&name);
-    if dir.exists() {
+    if dir.exists() && !again {
         bail!(
             "a container named {name} exists already ({}): remove it or choose another --name",
             dir.display()
@@ -113,6 +148,7 @@ fn run_inner(store: &Store, opts: &RunOptions) -> Result<i32> {
         created: rcfs_fs::image::pull::now_rfc3339(),
         pid: std::process::id(),
         exit_code: None,
+        options: Some(opts.clone()),
     };
     crate::containers::write(&dir, &record)?;
     let mut cleanup = |code: i32| {

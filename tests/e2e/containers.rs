@@ -167,8 +167,10 @@ fn image_config_options_and_zombies() {
     let containers = f.store().join("containers");
     let left = std::fs::read_dir(&containers).map_or(0, |d| d.count());
     assert_eq!(left, 0);
-    let r = f.run(&["--name", "keep", img, "/bin/sh", "-c", "echo kept > /file"]);
+    let keep = "echo kept >> /file; busybox cat /file";
+    let r = f.run(&["--name", "keep", img, "/bin/sh", "-c", keep]);
     assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "kept\n");
     assert_eq!(
         std::fs::read_to_string(containers.join("keep/upper/file")).unwrap(),
         "kept\n"
@@ -189,6 +191,10 @@ fn image_config_options_and_zombies() {
     assert_eq!(v[0]["name"], "keep", "{v}");
     assert_eq!(v[0]["exit_code"], 0, "{v}");
     assert_eq!(v[0]["running"], false, "{v}");
+    // start runs it again, on what it wrote.
+    let r = rcfs(&["start", "-a", "keep"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "kept\nkept\n", "{}", r.stderr);
     rcfs(&["rm", "keep"]).expect_ok("rm");
     assert!(!containers.join("keep").exists());
     let r = rcfs(&["rm", "keep"]);

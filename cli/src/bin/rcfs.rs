@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a stopped container again, attached, on its upper dir.
+    Start {
+        /// Attach (the only way today: rcfs start runs in the foreground).
+        #[arg(short = 'a', long, required = true)]
+        attach: bool,
+        name: String,
+    },
     /// Remove stopped containers and their upper dirs.
     Rm {
         #[arg(required = true)]
@@ -308,6 +315,12 @@ fn run() -> Result<()> {
         }
         Cmd::Ps { all, json } => {
             rcfs::containers::ps(&image::open_store(cli.root.as_deref())?, all, json)
+        }
+        Cmd::Start { attach: _, name } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            let store = image::open_store(cli.root.as_deref())?;
+            std::process::exit(rcfs::run::start(&store, &name));
         }
         Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),

@@ -105,6 +105,24 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes `d` from a child in a user namespace where the caller is root
+/// (with its subuid ranges); whether that worked.
+fn remove_in_namespace(d: &Path) -> bool {
+    // SAFETY: `rcfs rm` has a single thread.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let ok =
+                rcfs_runtime::enter_user_namespace().is_ok() && std::fs::remove_dir_all(d).is_ok();
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(
+            nix::sys::wait::waitpid(child, None),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+        ),
+        Err(_) => false,
+    }
+}
+
 /// `rcfs rm`: removes stopped containers (their upper dirs too).
 pub fn rm(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
@@ -120,7 +138,13 @@ pub fn rm(store: &Store, names: &[String]) -> Result<()> {
                 rec.pid
             );
         }
-        std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            // Files the container gave ids of the caller's subuid range:
+            // removable as root of a user namespace with those ids mapped.
+            if nix::unistd::geteuid().is_root() || !remove_in_namespace(&d) {
+                return Err(e).with_context(|| format!("cannot remove {}", d.display()));
+            }
+        }
         println!("{n}");
     }
     Ok(())

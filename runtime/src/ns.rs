@@ -15,6 +15,77 @@ pub enum IdMap {
     /// An ordinary user: only the caller's uid and gid, as 0. Files of the
     /// image owned by other ids show as the overflow id (65534).
     Single { uid: u32, gid: u32 },
+    /// An ordinary user with `/etc/subuid` and `/etc/subgid` ranges (and
+    /// newuidmap/newgidmap): the caller as 0, the ranges as 1 and up, so
+    /// files of other owners keep distinct owners.
+    Ranges {
+        uid: u32,
+        gid: u32,
+        /// (first host id, count)
+        subuid: (u32, u32),
+        subgid: (u32, u32),
+    },
+}
+
+/// The first range of `file` (`/etc/subuid` form: `USER:START:COUNT`, the
+/// user by name or number) for the user `name` / `id`.
+fn sub_range(file: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.trim().split(':').collect();
+        if f.len() != 3 || !(Some(f[0]) == name || f[0] == id.to_string()) {
+            return None;
+        }
+        let (start, count) = (f[1].parse().ok()?, f[2].parse().ok()?);
+        (count > 0).then_some((start, count))
+    })
+}
+
+/// Where a program is on the PATH.
+fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+/// How the caller's ids map: identity for root; the subuid ranges when it
+/// has some and newuidmap/newgidmap are there; else only its own ids.
+fn choose_map() -> IdMap {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    if uid == 0 {
+        return IdMap::Identity;
+    }
+    let name = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let ranges = (
+        sub_range("/etc/subuid", name.as_deref(), uid),
+        sub_range("/etc/subgid", name.as_deref(), uid),
+        which("newuidmap").zip(which("newgidmap")),
+    );
+    match ranges {
+        (Some(subuid), Some(subgid), Some(_)) => IdMap::Ranges {
+            uid,
+            gid,
+            subuid,
+            subgid,
+        },
+        _ => {
+            eprintln!(
+                "rcfs: note: only your own uid is mapped into the container (no /etc/subuid and \
+                 /etc/subgid range for {}, or no newuidmap/newgidmap: package uidmap); files \
+                 the image gives other owners show as nobody",
+                name.as_deref().unwrap_or("you")
+            );
+            IdMap::Single { uid, gid }
+        }
+    }
 }
 
 /// Writes `map` as the id maps of process `pid`'s user namespace.
@@ -34,6 +105,36 @@ fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
             write("uid_map", &format!("0 {uid} 1\n"))?;
             write("gid_map", &format!("0 {gid} 1\n"))?;
         }
+        IdMap::Ranges {
+            uid,
+            gid,
+            subuid,
+            subgid,
+        } => {
+            // The setuid helpers check the ranges against /etc/sub[ug]id.
+            for (prog, own, (start, count)) in
+                [("newuidmap", uid, subuid), ("newgidmap", gid, subgid)]
+            {
+                let out = std::process::Command::new(prog)
+                    .arg(pid.to_string())
+                    .args([
+                        "0",
+                        &own.to_string(),
+                        "1",
+                        "1",
+                        &start.to_string(),
+                        &count.to_string(),
+                    ])
+                    .output()
+                    .map_err(|e| io::Error::other(format!("cannot run {prog}: {e}")))?;
+                if !out.status.success() {
+                    return Err(io::Error::other(format!(
+                        "{prog} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -42,15 +143,7 @@ fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
 /// ids mapped as [`IdMap`] says) and a new mount namespace whose mounts do
 /// not propagate anywhere. Call while single-threaded.
 pub fn enter_user_namespace() -> io::Result<IdMap> {
-    let (uid, gid) = (
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-    );
-    let map = if uid == 0 {
-        IdMap::Identity
-    } else {
-        IdMap::Single { uid, gid }
-    };
+    let map = choose_map();
     // The maps are written from outside the namespace (a process inside
     // has no capability over the parent's ids): by a helper forked first,
     // which waits until this process has unshared.

@@ -482,3 +482,68 @@ fn signals_to_rcfs_reach_the_command() {
     assert_eq!(rest, "got-term\n");
     assert_eq!(status.code(), Some(9));
 }
+
+#[test]
+fn a_user_with_subuid_ranges_gets_distinct_owners() {
+    let f = Fixture::new(88, "gzip");
+    // A user made as Debian makes them: with /etc/subuid and /etc/subgid
+    // ranges (useradd adds them).
+    let user = "rcfs-e2e-sub";
+    if Command::new("id")
+        .arg(user)
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        let r = run(Command::new("useradd").args(["-m", user]), T);
+        assert!(r.success(), "useradd: {}", r.stderr);
+    }
+    let line = std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .map(str::to_owned)
+        .expect("useradd gave the user a subuid range");
+    let start: u32 = line.split(':').nth(1).unwrap().parse().unwrap();
+    let home = f.dir.path().join("subhome");
+    std::fs::create_dir_all(&home).unwrap();
+    let _ = Command::new("chmod").args(["666", "/dev/fuse"]).status();
+    let _ = Command::new("chown")
+        .args(["-R", &format!("{user}:"), f.dir.path().to_str().unwrap()])
+        .status();
+    let as_user = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            RCFS,
+        ]);
+        c.args(args).env("HOME", &home).env_remove("XDG_DATA_HOME");
+        run(&mut c, T)
+    };
+    let r = as_user(&[
+        "run",
+        "--name",
+        "owners",
+        "--tls-verify=false",
+        &f.image,
+        "/bin/sh",
+        "-c",
+        "busybox touch /x; busybox chown 1000:1000 /x; busybox stat -c %u:%g /x; busybox wc -l < /proc/self/uid_map",
+    ]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "1000:1000\n2\n", "{}", r.stderr);
+    let upper = home.join(".local/share/rcfs/containers/owners/upper/x");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&upper).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (start + 999, m.gid()),
+        "{}",
+        upper.display()
+    );
+    // Its files owned by the range go with rm too.
+    as_user(&["rm", "owners"]).expect_ok("rm");
+    assert!(!upper.exists());
+}

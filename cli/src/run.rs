@@ -45,6 +45,13 @@ pub struct RunOptions {
     pub insecure: bool,
     /// `-v HOST:CTR[:ro]`.
     pub volumes: Vec<String>,
+    /// `--memory`, `--cpus`, `--pids-limit`.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -247,6 +254,21 @@ fn serve(
     let served = std::thread::Builder::new()
         .name("rcfs-serve".into())
         .spawn(move || session.run())?;
+    let limits = rcfs_runtime::cgroup::Limits {
+        memory: opts.memory,
+        cpus: opts.cpus,
+        pids: opts.pids_limit,
+    };
+    // The init, still waiting, goes into the cgroups: all it starts too.
+    let mut cgroups = if limits.any() {
+        Some(rcfs_runtime::cgroup::Cgroups::apply(
+            name,
+            container.pid.as_raw(),
+            &limits,
+        )?)
+    } else {
+        None
+    };
     let spec = spec_of(&config, opts, name, &rootfs);
     let pid = container.pid;
     let result = spec.and_then(|spec| container.start(&spec).map_err(Into::into));
@@ -285,6 +307,9 @@ fn serve(
     };
     if let Some(t) = terminal {
         t.detach();
+    }
+    if let Some(c) = cgroups.as_mut() {
+        c.remove();
     }
     if let Err(e) = unmounter.unmount() {
         log::warn!("unmounting the container's root: {e}");

@@ -26,6 +26,7 @@
 //! Exit codes follow podman: 125 when rcfs failed, 126 when the command
 //! could not be executed, 127 when it was not found.
 
+pub mod cgroup;
 mod init;
 mod ns;
 

@@ -547,3 +547,77 @@ fn a_user_with_subuid_ranges_gets_distinct_owners() {
     as_user(&["rm", "owners"]).expect_ok("rm");
     assert!(!upper.exists());
 }
+
+#[test]
+fn resource_limits_are_applied_or_refused() {
+    let f = Fixture::new(89, "gzip");
+    let img = f.image.as_str();
+    // Over --memory: killed (SIGKILL, 137).
+    let r = f.run(&[
+        "--rm",
+        "--memory",
+        "32m",
+        img,
+        "/bin/busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    assert_eq!(code(&r), Some(137), "{}", r.stderr);
+    let r = f.run(&[
+        "--rm",
+        "--memory",
+        "64m",
+        img,
+        "/bin/busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=8M",
+        "count=1",
+    ]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    // Over --pids-limit: fork fails.
+    let r = f.run(&[
+        "--rm",
+        "--pids-limit",
+        "5",
+        img,
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do busybox sleep 1 & done; wait",
+    ]);
+    assert!(r.stderr.contains("can't fork"), "{}", r.stderr);
+    let r = f.run(&["--rm", "--cpus", "0.5", img, "/bin/sh", "-c", "exit 0"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    // An ordinary user: the limit holds where it may write cgroups (a
+    // delegated subtree; here, cgroupfs lets it), else asking fails
+    // clearly; never ignored.
+    let home = f.dir.path().join("home");
+    let r = f.run_rootless(
+        &home,
+        &[
+            "--rm",
+            "--memory",
+            "32m",
+            img,
+            "/bin/busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64M",
+            "count=1",
+        ],
+    );
+    match code(&r) {
+        Some(137) => {}
+        Some(125) => assert!(
+            r.stderr.contains("cannot apply the resource limits"),
+            "{}",
+            r.stderr
+        ),
+        c => panic!("{c:?}: the limit was ignored: {}", r.stderr),
+    }
+}

@@ -154,6 +154,16 @@ struct RunArgs {
     /// Give the command a terminal (a pty that follows this one's size).
     #[arg(short = 't', long)]
     tty: bool,
+    /// Memory limit (bytes, or with k, m, g): over it, the container's
+    /// processes are killed.
+    #[arg(long, value_parser = rcfs_runtime::cgroup::parse_memory)]
+    memory: Option<u64>,
+    /// CPUs' worth of time the container may use (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes (and threads) the container may have.
+    #[arg(long)]
+    pids_limit: Option<u64>,
     /// host: the host's network; none: only a loopback.
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     net: String,
@@ -309,6 +319,9 @@ fn run() -> Result<()> {
                     net_none: a.net == "none",
                     insecure: !a.tls_verify,
                     volumes: a.volume,
+                    memory: a.memory,
+                    cpus: a.cpus,
+                    pids_limit: a.pids_limit,
                 },
             );
             std::process::exit(code);

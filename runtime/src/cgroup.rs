@@ -1,0 +1,205 @@
+//! Resource limits for a container: `--memory`, `--cpus`, `--pids-limit`
+//! with podman's meanings, through cgroup v2 (the unified hierarchy, where
+//! the caller may write: root, or a delegated subtree) or v1 (where the
+//! caller may write: root). When a limit cannot be applied, asking for it is
+//! an error, never ignored.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What to limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (and of memory + swap: no swapping past it).
+    pub memory: Option<u64>,
+    /// CPUs' worth of time per period.
+    pub cpus: Option<f64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpus.is_some() || self.pids.is_some()
+    }
+}
+
+/// `--memory`: a number of bytes with an optional b, k, m or g suffix.
+pub fn parse_memory(v: &str) -> Result<u64, String> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, mul) = match v.chars().last() {
+        Some('b') => (&v[..v.len() - 1], 1),
+        Some('k') => (&v[..v.len() - 1], 1 << 10),
+        Some('m') => (&v[..v.len() - 1], 1 << 20),
+        Some('g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (&v[..], 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid --memory {v:?}: give bytes, or a number with k, m or g"))?;
+    n.checked_mul(mul)
+        .filter(|&b| b >= 6 << 20)
+        .ok_or_else(|| format!("--memory {v}: at least 6m, as podman requires"))
+}
+
+/// The cgroups a container was put in; removed by [`Cgroups::remove`].
+#[derive(Debug, Default)]
+pub struct Cgroups {
+    dirs: Vec<PathBuf>,
+}
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+fn write(dir: &Path, file: &str, v: &str) -> io::Result<()> {
+    fs::write(dir.join(file), v)
+        .map_err(|e| io::Error::other(format!("{}: {e}", dir.join(file).display())))
+}
+
+impl Cgroups {
+    /// Puts process `pid` (the container's init, before it runs anything)
+    /// in new cgroups named `name` with `limits`.
+    pub fn apply(name: &str, pid: i32, limits: &Limits) -> io::Result<Cgroups> {
+        let mut cg = Cgroups::default();
+        let r = if Path::new(ROOT).join("cgroup.controllers").exists() {
+            cg.apply_v2(Path::new(ROOT), name, pid, limits)
+        } else {
+            cg.apply_v1(name, pid, limits)
+        };
+        if let Err(e) = r {
+            cg.remove();
+            return Err(io::Error::other(format!(
+                "cannot apply the resource limits ({e}); as an ordinary user they need a \
+                 cgroup v2 subtree delegated to you (a systemd user session)"
+            )));
+        }
+        Ok(cg)
+    }
+
+    fn apply_v2(&mut self, root: &Path, name: &str, pid: i32, l: &Limits) -> io::Result<()> {
+        // Ours: the cgroup this process is in (root: the top), with the
+        // controllers handed down to a child for the container.
+        let own = fs::read_to_string("/proc/self/cgroup")?
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap_or_default();
+        let base = if nix::unistd::geteuid().is_root() {
+            root.join("rcfs")
+        } else {
+            root.join(own.trim_start_matches('/'))
+        };
+        fs::create_dir_all(&base)?;
+        let wanted: Vec<&str> = [
+            l.memory.map(|_| "memory"),
+            l.cpus.map(|_| "cpu"),
+            l.pids.map(|_| "pids"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut dir = root.to_path_buf();
+        for comp in base
+            .strip_prefix(root)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            let enable: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
+            write(&dir, "cgroup.subtree_control", &enable.join(" "))?;
+            dir.push(comp);
+        }
+        write(
+            &base,
+            "cgroup.subtree_control",
+            &wanted
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )?;
+        let leaf = base.join(format!("rcfs-{name}"));
+        fs::create_dir(&leaf)?;
+        self.dirs.push(leaf.clone());
+        if let Some(m) = l.memory {
+            write(&leaf, "memory.max", &m.to_string())?;
+            if leaf.join("memory.swap.max").exists() {
+                write(&leaf, "memory.swap.max", "0")?;
+            }
+        }
+        if let Some(c) = l.cpus {
+            write(
+                &leaf,
+                "cpu.max",
+                &format!("{} 100000", (c * 100_000.0) as u64),
+            )?;
+        }
+        if let Some(p) = l.pids {
+            write(&leaf, "pids.max", &p.to_string())?;
+        }
+        write(&leaf, "cgroup.procs", &pid.to_string())
+    }
+
+    fn apply_v1(&mut self, name: &str, pid: i32, l: &Limits) -> io::Result<()> {
+        let root = Path::new(ROOT);
+        let leaf = |ctl: &str| root.join(ctl).join("rcfs").join(format!("rcfs-{name}"));
+        let mut made = |ctl: &str| -> io::Result<PathBuf> {
+            let d = leaf(ctl);
+            fs::create_dir_all(&d)?;
+            self.dirs.push(d.clone());
+            Ok(d)
+        };
+        let mut dirs = Vec::new();
+        if let Some(m) = l.memory {
+            let d = made("memory")?;
+            write(&d, "memory.limit_in_bytes", &m.to_string())?;
+            if d.join("memory.memsw.limit_in_bytes").exists() {
+                write(&d, "memory.memsw.limit_in_bytes", &m.to_string())?;
+            }
+            dirs.push(d);
+        }
+        if let Some(c) = l.cpus {
+            let ctl = if root.join("cpu,cpuacct").exists() {
+                "cpu,cpuacct"
+            } else {
+                "cpu"
+            };
+            let d = made(ctl)?;
+            write(&d, "cpu.cfs_period_us", "100000")?;
+            write(
+                &d,
+                "cpu.cfs_quota_us",
+                &((c * 100_000.0) as u64).to_string(),
+            )?;
+            dirs.push(d);
+        }
+        if let Some(p) = l.pids {
+            let d = made("pids")?;
+            write(&d, "pids.max", &p.to_string())?;
+            dirs.push(d);
+        }
+        for d in dirs {
+            write(&d, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroups (empty once the container is gone).
+    pub fn remove(&mut self) {
+        for d in self.dirs.drain(..).rev() {
+            let _ = fs::remove_dir(&d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64m"), Ok(64 << 20));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert_eq!(parse_memory("8388608"), Ok(8 << 20));
+        assert!(parse_memory("1k").is_err());
+        assert!(parse_memory("lots").is_err());
+    }
+}

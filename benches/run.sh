@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Warm container start: `/bin/true` in a container of a small image (busybox
+# and /etc, 2 layers) already in the store, as root and as an unprivileged
+# user. Compared in the same run:
+#   rcfs run --rm IMAGE /bin/busybox true      (namespaces, the image's union
+#                                               mounted, init, exec, teardown)
+#   fuse-overlayfs mount of the same 2 layers + bwrap --unshare-all into it
+#   + fusermount -u                             (what a rootless runtime over
+#                                               fuse-overlayfs does)
+# Run as root after `cargo build --release`:  benches/run.sh
+# Knobs: RUNS=20, RCFS=target/release/rcfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-20}
+RCFS=${RCFS:-$PWD/target/release/rcfs}
+OUT=${OUT:-$PWD/benches/results/run-$(date +%Y%m%d-%H%M%S).md}
+[ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
+for p in bubblewrap fuse-overlayfs docker-registry skopeo busybox-static; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || apt-get install -y -qq "$p" >/dev/null
+done
+scripts/setup-fuse
+W=$(mktemp -d /var/tmp/rcfs-runbench.XXXXXX)
+chmod 755 "$W"
+trap 'kill $REG 2>/dev/null || true; rm -rf "$W"' EXIT
+mkdir -p "$W/l0/bin" "$W/l1/etc" "$W/l0/etc" "$W/l0/proc" "$W/l0/dev" "$W/l0/sys" "$W/l0/tmp"
+cp /bin/busybox "$W/l0/bin/busybox"
+echo bench > "$W/l1/etc/hostname"
+# The image: the same two trees as layers, in a registry on loopback.
+mk_layout() {
+    local d=$1; shift; mkdir -p "$d/blobs/sha256"; local layers= diffs=
+    for l in "$@"; do
+        tar --sort=name --numeric-owner -cf "$d/t" -C "$l" .
+        local s; s=$(sha256sum "$d/t" | cut -d' ' -f1); local n; n=$(stat -c %s "$d/t"); mv "$d/t" "$d/blobs/sha256/$s"
+        layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$s\",\"size\":$n}"
+        diffs+="${diffs:+,}\"sha256:$s\""
+    done
+    printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/busybox","true"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$(dpkg --print-architecture)" "$diffs" > "$d/c"
+    local cs; cs=$(sha256sum "$d/c" | cut -d' ' -f1); local cn; cn=$(stat -c %s "$d/c"); mv "$d/c" "$d/blobs/sha256/$cs"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cs" "$cn" "$layers" > "$d/m"
+    local ms; ms=$(sha256sum "$d/m" | cut -d' ' -f1); local mn; mn=$(stat -c %s "$d/m"); mv "$d/m" "$d/blobs/sha256/$ms"
+    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' "$ms" "$mn" > "$d/index.json"
+    echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
+}
+mk_layout "$W/layout" "$W/l0" "$W/l1"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$W/registry" "$PORT" > "$W/reg.yml"
+docker-registry serve "$W/reg.yml" >/dev/null 2>&1 & REG=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false "oci:$W/layout:v1" "docker://127.0.0.1:$PORT/bench:v1"
+IMAGE=127.0.0.1:$PORT/bench:v1
+useradd -M -d "$W/home" rcfs-bench 2>/dev/null || true
+mkdir -p "$W/home"; chown rcfs-bench: "$W/home"
+chmod 666 /dev/fuse
+as_user() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" "$@"; }
+"$RCFS" --root "$W/store" pull -q --tls-verify=false "$IMAGE"
+as_user "$RCFS" pull -q --tls-verify=false "$IMAGE"
+ms() { python3 -c 'import sys,time,subprocess; t=time.monotonic(); subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL); print("%.1f"%((time.monotonic()-t)*1000))' "$@"; }
+fovl_bwrap() { # UPPER WORK MNT
+    fuse-overlayfs -o "lowerdir=$W/l1:$W/l0,upperdir=$1,workdir=$2" "$3"
+    bwrap --unshare-all --die-with-parent --bind "$3" / --proc /proc --dev /dev /bin/busybox true
+    fusermount3 -u "$3"
+}
+export -f fovl_bwrap
+export W
+declare -A T
+for i in $(seq 1 "$RUNS"); do
+    T[rcfs-root,$i]=$(ms "$RCFS" --root "$W/store" run --rm "$IMAGE" /bin/busybox true)
+    d=$W/f-$i; mkdir -p "$d/u" "$d/w" "$d/m"
+    T[bwrap-root,$i]=$(ms bash -c "fovl_bwrap $d/u $d/w $d/m")
+    T[rcfs-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" "$RCFS" run --rm "$IMAGE" /bin/busybox true)
+    d=$W/g-$i; mkdir -p "$d/u" "$d/w" "$d/m"; chown -R rcfs-bench: "$d"
+    T[bwrap-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env W="$W" bash -c "$(declare -f fovl_bwrap); fovl_bwrap $d/u $d/w $d/m")
+done
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+med() { for i in $(seq 1 "$RUNS"); do echo "${T[$1,$i]}"; done | median; }
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# Warm container start: /bin/true"
+    echo
+    echo "rcfs $(git rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, medians in ms."
+    echo
+    echo "| who | rcfs run | fuse-overlayfs + bwrap | ratio | target | |"
+    echo "| --- | ---: | ---: | ---: | --- | --- |"
+    for who in root user; do
+        r=$(med rcfs-$who); b=$(med bwrap-$who)
+        ratio=$(echo "scale=2; $r / $b" | bc -l | sed 's/^\./0./')
+        ok=$(awk -v r="$r" -v q="$ratio" 'BEGIN{print (q <= 1.0 && r < 50) ? "ok" : "MISS"}')
+        echo "| $who | $r | $b | $ratio | ≤ 1.0x and < 50 ms | $ok |"
+    done
+    echo
+    for k in rcfs-root bwrap-root rcfs-user bwrap-user; do
+        echo -n "- $k:"; for i in $(seq 1 "$RUNS"); do echo -n " ${T[$k,$i]}"; done; echo
+    done
+} | tee "$OUT"

@@ -25,6 +25,9 @@ use base64::Engine;
 use super::digest::{Digest, Hasher};
 use super::toc::{TocEntry, TocJson};
 
+mod tarsplit;
+use tarsplit::{Crc64, TarSplit};
+
 /// Annotation keys, in both spellings podman has used.
 pub const CHECKSUM_KEYS: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-checksum",
@@ -65,100 +68,6 @@ pub fn parse_ranges(v: &str, end: u64) -> Vec<(u64, u64)> {
 /// as containers/storage 1.53 read it (later ones read `tarSplitDigest`).
 pub const TARSPLIT_POSITION_KEY: &str = "io.github.containers.zstd-chunked.tarsplit-position";
 pub const TARSPLIT_CHECKSUM_KEY: &str = "io.github.containers.zstd-chunked.tarsplit-checksum";
-
-/// CRC-64 with the ISO polynomial, reflected, as Go's `hash/crc64` with
-/// `crc64.ISO` computes it (what tar-split records of each file).
-#[derive(Clone, Copy)]
-struct Crc64(u64);
-
-impl Crc64 {
-    fn table() -> &'static [u64; 256] {
-        static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
-        TABLE.get_or_init(|| {
-            let mut t = [0u64; 256];
-            for (i, v) in t.iter_mut().enumerate() {
-                let mut c = i as u64;
-                for _ in 0..8 {
-                    c = if c & 1 == 1 {
-                        (c >> 1) ^ 0xd800_0000_0000_0000
-                    } else {
-                        c >> 1
-                    };
-                }
-                *v = c;
-            }
-            t
-        })
-    }
-
-    fn new() -> Crc64 {
-        Crc64(!0)
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        let t = Self::table();
-        for &b in data {
-            self.0 = t[((self.0 ^ u64::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
-        }
-    }
-
-    fn finish(self) -> u64 {
-        !self.0
-    }
-}
-
-/// The tar-split of a tar being written: JSON lines, one per piece.
-#[derive(Default)]
-struct TarSplit {
-    lines: Vec<u8>,
-    position: u64,
-    /// Tar bytes other than file data since the last entry line.
-    raw: Vec<u8>,
-}
-
-impl TarSplit {
-    fn line(&mut self, mut obj: serde_json::Map<String, serde_json::Value>) {
-        obj.insert("position".into(), self.position.into());
-        self.position += 1;
-        serde_json::to_writer(&mut self.lines, &obj).expect("JSON of plain values");
-        self.lines.push(b'\n');
-    }
-
-    /// The raw bytes gathered so far, as a segment.
-    fn segment(&mut self) {
-        if self.raw.is_empty() {
-            return;
-        }
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.raw);
-        self.raw.clear();
-        let mut obj = serde_json::Map::new();
-        obj.insert("type".into(), 2.into());
-        obj.insert("payload".into(), b64.into());
-        self.line(obj);
-    }
-
-    /// The entry `name`, after its header: `size` bytes of data with CRC
-    /// `crc` (`None` when it has none).
-    fn file(&mut self, name: &str, size: u64, crc: Option<u64>) {
-        self.segment();
-        let mut obj = serde_json::Map::new();
-        obj.insert("type".into(), 1.into());
-        obj.insert("name".into(), name.into());
-        if size > 0 {
-            obj.insert("size".into(), size.into());
-        }
-        obj.insert(
-            "payload".into(),
-            match crc {
-                Some(c) => base64::engine::general_purpose::STANDARD
-                    .encode(c.to_be_bytes())
-                    .into(),
-                None => serde_json::Value::Null,
-            },
-        );
-        self.line(obj);
-    }
-}
 
 pub const POSITION_KEYS: [&str; 2] = [
     "io.github.containers.zstd-chunked.manifest-position",
@@ -602,7 +511,7 @@ mod tests {
     use super::*;
     use crate::image::toc::{DataIn, Toc};
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
+    pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..len)
             .map(|_| {
@@ -614,7 +523,7 @@ mod tests {
             .collect()
     }
 
-    fn entry(kind: &str, name: &str, size: usize) -> TocEntry {
+    pub(super) fn entry(kind: &str, name: &str, size: usize) -> TocEntry {
         TocEntry {
             kind: kind.into(),
             name: name.into(),
@@ -719,143 +628,6 @@ mod tests {
             .iter()
             .all(|c| c.source == crate::image::toc::Source::Zeros));
         assert_eq!(toc.node(toc.lookup(long.as_bytes()).unwrap()).attr.size, 3);
-    }
-
-    #[test]
-    fn crc64_is_go_iso() {
-        let mut c = Crc64::new();
-        c.update(b"1234");
-        c.update(b"56789");
-        assert_eq!(c.finish(), 0xb909_56c7_75a4_1001);
-    }
-
-    /// The tar-split, read as containers/storage reads it: found by its
-    /// annotation, checked against the TOC's `tarSplitDigest`; segments
-    /// and file contents (their CRCs checked) rebuild the tar byte for byte;
-    /// each segment holds one header, after the previous file's padding,
-    /// that agrees with the TOC entry of its name.
-    #[test]
-    fn the_tar_split_rebuilds_the_tar_and_agrees_with_the_toc() {
-        use std::collections::HashMap;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let big = noise(700_000, 3);
-        let long = format!("d/{}", "y".repeat(130));
-        let mut files: HashMap<String, Vec<u8>> = HashMap::new();
-        let mut w = ChunkedWriter::new(Vec::new(), 3);
-        w.add(entry("dir", "d/", 0), None).unwrap();
-        for (name, data) in [("d/big", big.clone()), (long.as_str(), b"abc".to_vec())] {
-            w.add(entry("reg", name, data.len()), Some(&mut &data[..]))
-                .unwrap();
-            files.insert(name.to_owned(), data);
-        }
-        let mut h = entry("hardlink", "d/big-link", 0);
-        h.link_name = "d/big".into();
-        w.add(h, None).unwrap();
-        let mut x = entry("reg", "empty", 0);
-        x.access_time = Some("2024-01-02T03:04:05.25Z".into());
-        x.xattrs = Some([("user.k".to_owned(), b64.encode(b"v"))].into());
-        w.add(x, None).unwrap();
-        let (blob, info) = w.finish().unwrap();
-        let tar_bytes = zstd::stream::decode_all(&blob[..]).unwrap();
-
-        let pos: Vec<u64> = info.annotations[TARSPLIT_POSITION_KEY]
-            .split(':')
-            .map(|n| n.parse().unwrap())
-            .collect();
-        let packed = &blob[pos[0] as usize..(pos[0] + pos[1]) as usize];
-        let p: Vec<u64> = info.annotations[POSITION_KEYS[0]]
-            .split(':')
-            .map(|n| n.parse().unwrap())
-            .collect();
-        let toc: TocJson = serde_json::from_slice(
-            &zstd::stream::decode_all(&blob[p[0] as usize..(p[0] + p[1]) as usize]).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            toc.tar_split_digest.as_deref(),
-            Some(Digest::of(packed).to_string().as_str())
-        );
-        assert_eq!(
-            info.annotations[TARSPLIT_CHECKSUM_KEY],
-            Digest::of(packed).to_string()
-        );
-        let lines = zstd::stream::decode_all(packed).unwrap();
-        assert_eq!(lines.len() as u64, pos[2]);
-        // The footer says the same.
-        let footer = &blob[blob.len() - 64..];
-        let f = |i: usize| u64::from_le_bytes(footer[i * 8..i * 8 + 8].try_into().unwrap());
-        assert_eq!((f(4), f(5), f(6)), (pos[0], pos[1], pos[2]));
-
-        let mut rebuilt = Vec::new();
-        let mut by_name: HashMap<&str, &TocEntry> = toc
-            .entries
-            .iter()
-            .filter(|e| e.kind != "chunk")
-            .map(|e| (e.name.as_str(), e))
-            .collect();
-        let mut pending_pad = 0usize;
-        for (i, line) in lines
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
-            assert_eq!(v["position"], i as u64, "{v}");
-            match v["type"].as_u64().unwrap() {
-                2 => {
-                    let seg = b64.decode(v["payload"].as_str().unwrap()).unwrap();
-                    rebuilt.extend_from_slice(&seg);
-                    let rest = &seg[pending_pad..];
-                    let mut ar = tar::Archive::new(rest);
-                    let Some(e) = ar.entries().unwrap().next() else {
-                        pending_pad = 0;
-                        continue;
-                    };
-                    let e = e.unwrap();
-                    let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
-                    let name = match e.header().entry_type() {
-                        tar::EntryType::Directory if !name.ends_with('/') => name + "/",
-                        _ => name,
-                    };
-                    let t = by_name
-                        .remove(name.as_str())
-                        .unwrap_or_else(|| panic!("{name}"));
-                    let hd = e.header();
-                    assert_eq!(hd.mode().unwrap() as i64, t.mode, "{name}");
-                    assert_eq!(hd.entry_size().unwrap() as i64, t.size, "{name}");
-                    let link = e
-                        .link_name_bytes()
-                        .map(|l| l.into_owned())
-                        .unwrap_or_default();
-                    assert_eq!(link, t.link_name.as_bytes(), "{name}");
-                    let size = hd.entry_size().unwrap();
-                    pending_pad = pad(size);
-                }
-                1 => {
-                    let name = v["name"].as_str().unwrap();
-                    let size = v["size"].as_u64().unwrap_or(0);
-                    if size == 0 {
-                        assert!(v["payload"].is_null(), "{v}");
-                        continue;
-                    }
-                    let data = &files[name];
-                    assert_eq!(data.len() as u64, size);
-                    let mut c = Crc64::new();
-                    c.update(data);
-                    assert_eq!(
-                        v["payload"].as_str().unwrap(),
-                        b64.encode(c.finish().to_be_bytes())
-                    );
-                    rebuilt.extend_from_slice(data);
-                }
-                t => panic!("type {t}"),
-            }
-        }
-        assert!(rebuilt == tar_bytes, "the tar-split rebuilds the tar");
-        assert!(
-            by_name.is_empty(),
-            "TOC entries missing from the tar-split: {by_name:?}"
-        );
     }
 
     #[test]

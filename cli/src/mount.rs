@@ -407,6 +407,12 @@ fn check_fuse_device() -> Result<()> {
         // Only root (in its user namespace) may call mount(2) itself.
         bail!("mounting as a normal user needs the fusermount3 helper: install fuse3 (apt-get install fuse3)");
     }
+    check_fuse_open()
+}
+
+/// That this process can open /dev/fuse itself (to mount with mount(2),
+/// as root or as root of its user namespace).
+pub fn check_fuse_open() -> Result<()> {
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(

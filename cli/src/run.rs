@@ -123,7 +123,8 @@ pub fn start(store: &Store, name: &str) -> i32 {
 }
 
 fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
-    // Bad options fail before anything is made.
+    // Bad options, and no usable /dev/fuse, fail before anything is made.
+    mount::check_fuse_open()?;
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
@@ -174,7 +175,7 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
     let mut container = match entered.and_then(|_| Container::fork().map_err(Into::into)) {
         Ok(c) => c,
         Err(e) => {
-            cleanup(0);
+            cleanup(EXIT_RCFS);
             return Err(e);
         }
     };
@@ -223,17 +224,11 @@ fn serve(
     // Signals for the container are taken by one thread and passed on; the
     // daemon's threads, made next, inherit the mask.
     let mut sigs = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
+    for s in rcfs_runtime::FORWARDED {
         sigs.add(s);
     }
+    // Ours: the container's terminal follows our size.
+    sigs.add(Signal::SIGWINCH);
     sigs.thread_block().context("blocking signals")?;
     let started = mount::start(&req)?;
     let config = match (&found, &started.live) {
@@ -521,8 +516,15 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
         Some((a, b)) => (a, Some(b)),
         None => (u, None),
     };
+    // The image's files, reached inside its root: a symlink there must not
+    // lead to the host's.
+    let read = |file: &str| -> String {
+        rcfs_runtime::read_in_root(rootfs, file)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        let text = read(file);
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.first() == Some(&name) && f.len() > 3)
@@ -531,7 +533,7 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
         })
     };
     let primary_gid = |uid: u32| -> Option<u32> {
-        let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+        let text = read("etc/passwd");
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() > 3 && f[2].parse() == Ok(uid))
@@ -556,7 +558,7 @@ fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => {
-                let text = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+                let text = read("etc/group");
                 text.lines()
                     .find_map(|l| {
                         let f: Vec<&str> = l.split(':').collect();

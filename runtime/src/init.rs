@@ -15,8 +15,9 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::{Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_RCFS};
 
-/// Signals passed on to the command.
-const FORWARDED: [Signal; 6] = [
+/// Signals passed on to the command (by the init; `rcfs run` passes them on
+/// to the init).
+pub const FORWARDED: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -130,6 +131,11 @@ fn err(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
+/// `openat2` resolve flags: symlinks resolve as if `dir` were `/`, and
+/// no /proc magic links.
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
 /// `openat2` of `path` under `dir` with `resolve` flags.
 fn openat2(
     dir: BorrowedFd<'_>,
@@ -173,8 +179,6 @@ fn openat2(
 /// else an empty file), and returns an `O_PATH` fd of it. Nothing is made
 /// or reached outside the root by a path string.
 fn in_root(root: BorrowedFd<'_>, rel: &str, dir: bool) -> io::Result<OwnedFd> {
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_IN_ROOT: u64 = 0x10;
     let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
     let comps: Vec<&str> = rel
         .split('/')
@@ -216,6 +220,26 @@ fn in_root(root: BorrowedFd<'_>, rel: &str, dir: bool) -> io::Result<OwnedFd> {
         };
     }
     Ok(cur)
+}
+
+/// The contents of the regular file `rel` of the container's root at
+/// `root`, reached as the container would (see [`in_root`]); made nothing.
+pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
+    let dir = fs::File::open(root)?;
+    let fd = openat2(
+        dir.as_fd(),
+        rel,
+        libc::O_RDONLY | libc::O_NOCTTY,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )?;
+    let mut f = fs::File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{rel} is not a regular file")));
+    }
+    let mut out = Vec::new();
+    io::Read::read_to_end(&mut f, &mut out)?;
+    Ok(out)
 }
 
 /// The path by which `mount` reaches what `fd` is.

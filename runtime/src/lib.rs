@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub use init::{read_in_root, FORWARDED};
 pub use ns::{enter_user_namespace, IdMap};
 
 /// rcfs itself failed.

@@ -552,32 +552,26 @@ fn a_user_with_subuid_ranges_gets_distinct_owners() {
 fn resource_limits_are_applied_or_refused() {
     let f = Fixture::new(89, "gzip");
     let img = f.image.as_str();
+    // dd with a buffer of `bs` under `--memory limit`.
+    let dd = |limit: &str, bs: &str| {
+        let bs = format!("bs={bs}");
+        f.run(&[
+            "--rm",
+            "--memory",
+            limit,
+            img,
+            "/bin/busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            &bs,
+            "count=1",
+        ])
+    };
     // Over --memory: killed (SIGKILL, 137).
-    let r = f.run(&[
-        "--rm",
-        "--memory",
-        "32m",
-        img,
-        "/bin/busybox",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=64M",
-        "count=1",
-    ]);
+    let r = dd("32m", "64M");
     assert_eq!(code(&r), Some(137), "{}", r.stderr);
-    let r = f.run(&[
-        "--rm",
-        "--memory",
-        "64m",
-        img,
-        "/bin/busybox",
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=8M",
-        "count=1",
-    ]);
+    let r = dd("64m", "8M");
     assert_eq!(code(&r), Some(0), "{}", r.stderr);
     // Over --pids-limit: fork fails.
     let r = f.run(&[

@@ -112,11 +112,8 @@ impl Cas {
         Ok(())
     }
 
-    /// Stores `data`, whose digest the caller has just checked to be `d`,
-    /// neither hashing it again nor flushing it: for a cache, whose objects
-    /// are checked before a later mount uses them, so one torn by a crash
-    /// is fetched again.
-    pub fn put_verified(&self, d: &Digest, data: &[u8]) -> io::Result<()> {
+    /// A new temp file for an object, and its name in `tmp/`.
+    fn tmp_file(&self) -> io::Result<(String, OwnedFd)> {
         let name = tmp_name("obj");
         let fd = sys::open_at(
             self.tmp.as_fd(),
@@ -124,6 +121,15 @@ impl Cas {
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             0o600,
         )?;
+        Ok((name, fd))
+    }
+
+    /// Stores `data`, whose digest the caller has just checked to be `d`,
+    /// neither hashing it again nor flushing it: for a cache, whose objects
+    /// are checked before a later mount uses them, so one torn by a crash
+    /// is fetched again.
+    pub fn put_verified(&self, d: &Digest, data: &[u8]) -> io::Result<()> {
+        let (name, fd) = self.tmp_file()?;
         let written = File::from(fd).write_all(data).and_then(|()| {
             Ok(renameat(
                 self.tmp.as_fd(),
@@ -157,13 +163,7 @@ impl Cas {
 
     /// A writer of a new object, named when committed.
     pub fn writer(&self) -> io::Result<CasWriter<'_>> {
-        let name = tmp_name("obj");
-        let fd = sys::open_at(
-            self.tmp.as_fd(),
-            name.as_ref(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
-        )?;
+        let (name, fd) = self.tmp_file()?;
         Ok(CasWriter {
             cas: self,
             file: Some(io::BufWriter::with_capacity(1 << 20, File::from(fd))),

@@ -99,21 +99,6 @@ impl LivePull {
         self.image.get().map(|k| &k.config[..])
     }
 
-    /// Waits for the pull to end; its report or error.
-    pub fn wait(&self) -> Result<PullReport, String> {
-        loop {
-            if let Some(r) = self.ended.get() {
-                return r.clone();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the pull has ended.
-    pub fn ended(&self) -> bool {
-        self.ended.get().is_some()
-    }
-
     /// Lines for `rcfs stats`: how far the pull is.
     pub fn status(&self) -> String {
         let (total, pending) = self.image.get().map_or((0, 0), |k| {

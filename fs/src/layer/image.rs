@@ -474,16 +474,16 @@ impl LowerFile for ImageFile {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
-        let t0 = std::time::Instant::now();
+        // (Timed only when traced: every read of a lazy file comes here.)
+        let t0 = log::log_enabled!(log::Level::Trace).then(std::time::Instant::now);
         let blocks = {
             let _fetching = self.layer.cache.pool.foreground();
             self.layer.fetch(self.file, offset, end, true)?
         };
-        if log::log_enabled!(log::Level::Trace) && t0.elapsed().as_millis() > 0 {
+        if let Some(waited) = t0.map(|t| t.elapsed()).filter(|w| w.as_millis() > 0) {
             log::trace!(
-                "read of '{}' at {offset} waited {:?}",
-                self.layer.name_of(self.file),
-                t0.elapsed()
+                "read of '{}' at {offset} waited {waited:?}",
+                self.layer.name_of(self.file)
             );
         }
         // A read of chunks read ahead moves the window along.

@@ -25,7 +25,7 @@ use super::pull::decompress_toc;
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
 use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
 use crate::error::layer_error;
-use crate::layer::{ImageLayer, Kind, Layer, LowerFile};
+use crate::layer::{Attr, ImageLayer, Kind, Layer, LowerFile};
 
 /// How to convert.
 #[derive(Debug, Clone)]
@@ -105,7 +105,25 @@ fn start_order(toc: &Toc, reads: &[(String, u64, u64)]) -> Vec<(u64, u64)> {
 /// first, for hard links).
 fn entry_of(toc: &Toc, idx: u32, path: &str, first_name: Option<&str>) -> TocEntry {
     let n = toc.node(idx);
-    let a = &n.attr;
+    toc_entry(
+        &n.attr,
+        path,
+        first_name,
+        n.target.as_deref(),
+        n.xattrs.iter().map(|(k, v)| (&k[..], &v[..])),
+    )
+}
+
+/// A TOC entry for a file with attributes `a` at `path` (directories get
+/// their trailing `/` here): a hard link to `first_name` when given, a
+/// symlink to `target`, with `xattrs` (name, value).
+pub(crate) fn toc_entry<'a>(
+    a: &Attr,
+    path: &str,
+    first_name: Option<&str>,
+    target: Option<&[u8]>,
+    xattrs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> TocEntry {
     let mut e = TocEntry {
         name: path.to_owned(),
         mode: i64::from(a.perm),
@@ -114,18 +132,16 @@ fn entry_of(toc: &Toc, idx: u32, path: &str, first_name: Option<&str>) -> TocEnt
         mod_time: rfc3339(a.mtime),
         ..Default::default()
     };
-    if !n.xattrs.is_empty() {
-        e.xattrs = Some(
-            n.xattrs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8_lossy(k).into_owned(),
-                        base64::engine::general_purpose::STANDARD.encode(v),
-                    )
-                })
-                .collect(),
-        );
+    let xattrs: HashMap<String, String> = xattrs
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
+        .collect();
+    if !xattrs.is_empty() {
+        e.xattrs = Some(xattrs);
     }
     e.kind = match a.kind {
         Kind::Dir => {
@@ -143,13 +159,13 @@ fn entry_of(toc: &Toc, idx: u32, path: &str, first_name: Option<&str>) -> TocEnt
             }
         },
         Kind::Symlink => {
-            e.link_name =
-                String::from_utf8_lossy(n.target.as_deref().unwrap_or_default()).into_owned();
+            e.link_name = String::from_utf8_lossy(target.unwrap_or_default()).into_owned();
             "symlink"
         }
         Kind::CharDev | Kind::BlockDev => {
-            e.dev_major = i64::from(a.rdev >> 20);
-            e.dev_minor = i64::from(a.rdev & 0xfffff);
+            let (major, minor) = a.major_minor();
+            e.dev_major = i64::from(major);
+            e.dev_minor = i64::from(minor);
             if a.kind == Kind::CharDev {
                 "char"
             } else {

@@ -331,7 +331,7 @@ impl Toc {
                 gid,
                 nlink: 1,
                 rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
-                    (major << 20) | minor
+                    Attr::rdev_of(major, minor)
                 } else {
                     0
                 },

@@ -189,6 +189,18 @@ impl Attr {
     pub fn is_whiteout_device(&self) -> bool {
         self.kind == Kind::CharDev && self.rdev == 0
     }
+
+    /// The device number `major:minor` as [`Attr::rdev`] holds it: the
+    /// `dev_t` of `stat` (what FUSE and `mknod` take), in 32 bits.
+    pub fn rdev_of(major: u32, minor: u32) -> u32 {
+        libc::makedev(major, minor) as u32
+    }
+
+    /// The (major, minor) of [`Attr::rdev`].
+    pub fn major_minor(&self) -> (u32, u32) {
+        let d = libc::dev_t::from(self.rdev);
+        (libc::major(d), libc::minor(d))
+    }
 }
 
 /// What [`Layer::read_dir`] calls for each raw entry: with its name, its

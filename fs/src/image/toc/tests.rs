@@ -245,3 +245,26 @@ fn an_unlisted_root_gets_the_newest_time() {
     let t = toc(vec![reg("a", b"x", 1, 2)]).unwrap();
     assert_eq!(t.node(0).attr.mtime, Time(1_682_936_430_123_456_789));
 }
+
+#[test]
+fn device_numbers_are_the_dev_t_that_stat_and_fuse_use() {
+    let dev = |name: &str, major, minor| TocEntry {
+        kind: "char".into(),
+        name: name.into(),
+        mode: 0o666,
+        dev_major: major,
+        dev_minor: minor,
+        ..Default::default()
+    };
+    let t = toc(vec![dev("null", 1, 3), dev("big", 259, 70000)]).unwrap();
+    let null = &t.node(t.lookup(b"null").unwrap()).attr;
+    let host = std::fs::metadata("/dev/null").unwrap();
+    assert_eq!(
+        u64::from(null.rdev),
+        std::os::unix::fs::MetadataExt::rdev(&host),
+        "1:3 is /dev/null's number"
+    );
+    assert_eq!(null.major_minor(), (1, 3));
+    let big = &t.node(t.lookup(b"big").unwrap()).attr;
+    assert_eq!(big.major_minor(), (259, 70000));
+}

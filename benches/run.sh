@@ -7,21 +7,50 @@
 #   fuse-overlayfs mount of the same 2 layers + bwrap --unshare-all into it
 #   + fusermount -u                             (what a rootless runtime over
 #                                               fuse-overlayfs does)
+#   podman run --rm --net=host IMAGE /bin/busybox true
+#                                              (rootless only: podman 4 with
+#                                               runc, cgroupfs and the overlay
+#                                               driver over fuse-overlayfs, as
+#                                               /work/shared/PEERS.md says; the
+#                                               image pulled into its store first)
 # Run as root after `cargo build --release`:  benches/run.sh
-# Knobs: RUNS=20, RCFS=target/release/rcfs.
+# Knobs: RUNS=20, RCFS=target/release/rcfs, PODMAN=1 (0: leave podman out).
+# Needs the packages bubblewrap fuse-overlayfs docker-registry skopeo
+# busybox-static, and for podman: podman runc uidmap (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
 RCFS=${RCFS:-$PWD/target/release/rcfs}
 OUT=${OUT:-$PWD/benches/results/run-$(date +%Y%m%d-%H%M%S).md}
+PODMAN=${PODMAN:-1}
 [ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in bubblewrap fuse-overlayfs docker-registry skopeo busybox-static; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || apt-get install -y -qq "$p" >/dev/null
+    installed "$p" || apt-get install -y -qq "$p" >/dev/null
 done
+# Why podman is left out, if it is (printed with the results).
+NO_PODMAN=
+if [ "$PODMAN" = 1 ]; then
+    for p in podman runc uidmap; do
+        installed "$p" || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1 \
+            || NO_PODMAN="apt-get install $p failed"
+    done
+else
+    NO_PODMAN="PODMAN=0"
+fi
 scripts/setup-fuse
 W=$(mktemp -d /var/tmp/rcfs-runbench.XXXXXX)
 chmod 755 "$W"
-trap 'kill $REG 2>/dev/null || true; rm -rf "$W"' EXIT
+REG=
+cleanup() {
+    # rootless podman leaves a pause process holding its user namespace
+    if [ -f "$W/run/libpod/tmp/pause.pid" ]; then kill "$(cat "$W/run/libpod/tmp/pause.pid")" 2>/dev/null || true; fi
+    [ -z "$REG" ] || kill "$REG" 2>/dev/null || true
+    # anything still mounted under $W (a run that was interrupted)
+    { grep -o " $W/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
 mkdir -p "$W/l0/bin" "$W/l1/etc" "$W/l0/etc" "$W/l0/proc" "$W/l0/dev" "$W/l0/sys" "$W/l0/tmp"
 cp /bin/busybox "$W/l0/bin/busybox"
 echo bench > "$W/l1/etc/hostname"
@@ -54,6 +83,35 @@ chmod 666 /dev/fuse
 as_user() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" "$@"; }
 "$RCFS" --root "$W/store" pull -q --tls-verify=false "$IMAGE"
 as_user "$RCFS" pull -q --tls-verify=false "$IMAGE"
+# Rootless podman for rcfs-bench: subordinate ids (useradd gives them only
+# with SUB_UID_MIN.. in login.defs; take the range after the highest in use),
+# its config in ~/.config/containers, its store in ~/.local/share/containers
+# and its runtime dir in $W/run (all under $W, removed at exit).
+if [ -z "$NO_PODMAN" ]; then
+    for f in subuid subgid; do
+        grep -q '^rcfs-bench:' "/etc/$f" && continue
+        s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
+        [ "$f" = subuid ] && o=--add-subuids || o=--add-subgids
+        usermod "$o" "$s-$((s + 65535))" rcfs-bench
+    done
+    mkdir -p "$W/home/.config/containers" "$W/run"
+    chmod 700 "$W/run"
+    printf '[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n' \
+        > "$W/home/.config/containers/storage.conf"
+    printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n' \
+        > "$W/home/.config/containers/containers.conf"
+    printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$PORT" \
+        > "$W/home/.config/containers/registries.conf"
+    chown -R rcfs-bench: "$W/home" "$W/run"
+fi
+as_podman() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" podman "$@"; }
+if [ -z "$NO_PODMAN" ]; then
+    if ! e=$(as_podman pull -q "$IMAGE" 2>&1 >/dev/null); then
+        NO_PODMAN="podman pull failed: $(echo "$e" | tail -n 3 | tr '\n' ' ')"
+    elif ! e=$(as_podman run --rm --net=host "$IMAGE" /bin/busybox true 2>&1); then
+        NO_PODMAN="podman run failed: $(echo "$e" | tail -n 3 | tr '\n' ' ')"
+    fi
+fi
 ms() { python3 -c 'import sys,time,subprocess; t=time.monotonic(); subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL); print("%.1f"%((time.monotonic()-t)*1000))' "$@"; }
 fovl_bwrap() { # UPPER WORK MNT
     fuse-overlayfs -o "lowerdir=$W/l1:$W/l0,upperdir=$1,workdir=$2" "$3"
@@ -70,25 +128,33 @@ for i in $(seq 1 "$RUNS"); do
     T[rcfs-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" "$RCFS" run --rm "$IMAGE" /bin/busybox true)
     d=$W/g-$i; mkdir -p "$d/u" "$d/w" "$d/m"; chown -R rcfs-bench: "$d"
     T[bwrap-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env W="$W" bash -c "$(declare -f fovl_bwrap); fovl_bwrap $d/u $d/w $d/m")
+    [ -n "$NO_PODMAN" ] || T[podman-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" podman run --rm --net=host "$IMAGE" /bin/busybox true)
 done
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 med() { for i in $(seq 1 "$RUNS"); do echo "${T[$1,$i]}"; done | median; }
+ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# Warm container start: /bin/true"
     echo
     echo "rcfs $(git rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, medians in ms."
     echo
-    echo "| who | rcfs run | fuse-overlayfs + bwrap | ratio | target | |"
-    echo "| --- | ---: | ---: | ---: | --- | --- |"
+    echo "| who | rcfs run | fuse-overlayfs + bwrap | ratio | rootless podman (runc, fuse-overlayfs) | ratio to podman | target | |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"
     for who in root user; do
         r=$(med rcfs-$who); b=$(med bwrap-$who)
-        ratio=$(echo "scale=2; $r / $b" | bc -l | sed 's/^\./0./')
-        ok=$(awk -v r="$r" -v q="$ratio" 'BEGIN{print (q <= 1.0 && r < 50) ? "ok" : "MISS"}')
-        echo "| $who | $r | $b | $ratio | ≤ 1.0x and < 50 ms | $ok |"
+        q=$(ratio "$r" "$b")
+        p=- pq=-
+        if [ "$who" = user ] && [ -z "$NO_PODMAN" ]; then p=$(med podman-user); pq=$(ratio "$r" "$p"); fi
+        ok=$(awk -v r="$r" -v q="$q" 'BEGIN{print (q <= 1.0 && r < 50) ? "ok" : "MISS"}')
+        echo "| $who | $r | $b | $q | $p | $pq | ≤ 1.0x (bwrap) and < 50 ms | $ok |"
     done
     echo
-    for k in rcfs-root bwrap-root rcfs-user bwrap-user; do
+    [ -z "$NO_PODMAN" ] && echo "podman: $(podman --version), runtime $(runc --version | head -n 1), rootless as rcfs-bench, root not measured." \
+        || echo "podman: not measured ($NO_PODMAN)."
+    echo
+    keys="rcfs-root bwrap-root rcfs-user bwrap-user"; [ -n "$NO_PODMAN" ] || keys+=" podman-user"
+    for k in $keys; do
         echo -n "- $k:"; for i in $(seq 1 "$RUNS"); do echo -n " ${T[$k,$i]}"; done; echo
     done
 } | tee "$OUT"

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub struct Record {
     pub name: String,
     pub image: String,
+    /// The image's manifest digest when it was in the store at the start
+    /// (a later pull may move its name to another image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     pub command: Vec<String>,
     pub created: String,
     /// The `rcfs run` process while it runs.
@@ -38,6 +42,20 @@ pub fn write(d: &Path, rec: &Record) -> Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, d.join("container.json"))?;
     Ok(())
+}
+
+/// The dir and record of the container `name`.
+pub fn load(store: &Store, name: &str) -> Result<(PathBuf, Record)> {
+    crate::run::check_name(name)?;
+    let d = dir(store).join(name);
+    match std::fs::read(d.join("container.json")) {
+        Ok(b) => {
+            let rec = serde_json::from_slice(&b)
+                .with_context(|| format!("{}: a broken record", d.display()))?;
+            Ok((d, rec))
+        }
+        Err(_) => bail!("no container {name} in {}", dir(store).display()),
+    }
 }
 
 /// Whether the container of `rec` still runs: its `rcfs run` process is
@@ -126,12 +144,7 @@ fn remove_in_namespace(d: &Path) -> bool {
 /// `rcfs rm`: removes stopped containers (their upper dirs too).
 pub fn rm(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
-        let d = dir(store).join(n);
-        let rec: Record = match std::fs::read(d.join("container.json")) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("{}: a broken record", d.display()))?,
-            Err(_) => bail!("no container {n} in {}", dir(store).display()),
-        };
+        let (d, rec) = load(store, n)?;
         if running(&rec) {
             bail!(
                 "container {n} is running (rcfs run, pid {}): stop it first",
@@ -147,5 +160,72 @@ pub fn rm(store: &Store, names: &[String]) -> Result<()> {
         }
         println!("{n}");
     }
+    Ok(())
+}
+
+/// `rcfs commit`: the stopped container `name`'s changes as the image
+/// `dest`, a new zstd:chunked layer on top of its image's layers.
+pub fn commit(
+    store: &Store,
+    name: &str,
+    dest: &str,
+    message: Option<String>,
+    author: Option<String>,
+) -> Result<()> {
+    let (d, rec) = load(store, name)?;
+    if running(&rec) {
+        bail!(
+            "container {name} is running (rcfs run, pid {}): commit it once it has stopped",
+            rec.pid
+        );
+    }
+    let by_id = match &rec.image_id {
+        Some(id) => store.find(id)?,
+        None => None,
+    };
+    let img = match by_id {
+        Some(i) => i,
+        None => crate::image::find(store, &rec.image)?.with_context(|| {
+            format!(
+                "the image of container {name}, {}, is no longer in the store: pull it again",
+                rec.image
+            )
+        })?,
+    };
+    let dest = crate::image::canonical_name(dest);
+    // Read the upper dir with the ids the container gave its files: as
+    // root of a user namespace that maps them as `rcfs run` did.
+    if !nix::unistd::geteuid().is_root() {
+        rcfs_runtime::enter_user_namespace()
+            .context("cannot enter a user namespace to read the container's files")?;
+    }
+    let t0 = std::time::Instant::now();
+    let c = rcfs_fs::image::commit::commit(
+        store,
+        &img,
+        &rcfs_fs::union::UpperConfig {
+            upper: d.join("upper"),
+            work: d.join("work"),
+        },
+        &dest,
+        &rcfs_fs::image::commit::CommitOptions {
+            level: 3,
+            created_by: format!("rcfs commit {name}"),
+            comment: message,
+            author,
+            mount_targets: rcfs_runtime::MOUNT_TARGETS.map(str::to_owned).to_vec(),
+        },
+    )
+    .with_context(|| format!("cannot commit {name}"))?;
+    eprintln!(
+        "committed {name} as {dest} in {:.1}s: a layer of {} entries ({} whiteouts, {} files, {}), {} compressed",
+        t0.elapsed().as_secs_f64(),
+        c.entries,
+        c.whiteouts,
+        c.files,
+        crate::image::human(c.bytes),
+        crate::image::human(c.layer_size),
+    );
+    println!("{}", c.image.manifest);
     Ok(())
 }

@@ -183,6 +183,15 @@ pub fn find(store: &Store, name: &str) -> Result<Option<ImageRecord>> {
     Ok(None)
 }
 
+/// The name under which the store keeps a new image called `dest`
+/// (`demo` → `docker.io/library/demo:latest`, as a pull would name it).
+pub fn canonical_name(dest: &str) -> String {
+    match rcfs_fs::image::reference::Reference::parse(dest, "docker.io") {
+        Ok(r) => r.canonical(),
+        Err(_) => dest.to_owned(),
+    }
+}
+
 /// `rcfs images`.
 pub fn images(store: &Store, json: bool) -> Result<()> {
     let imgs = store.images()?;
@@ -296,10 +305,7 @@ pub fn convert(
         ),
         None => Default::default(),
     };
-    let name = match rcfs_fs::image::reference::Reference::parse(dest, "docker.io") {
-        Ok(r) => r.canonical(),
-        Err(_) => dest.to_owned(),
-    };
+    let name = canonical_name(dest);
     let t0 = std::time::Instant::now();
     let opts = rcfs_fs::image::convert::ConvertOptions {
         level,

@@ -67,7 +67,7 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
 
 /// A container's name: letters, digits, `_.-`, not starting with a
 /// punctuation mark (as podman takes them).
-fn check_name(n: &str) -> Result<()> {
+pub(crate) fn check_name(n: &str) -> Result<()> {
     let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -92,14 +92,7 @@ fn new_id() -> String {
 /// made (the same image, command and options), on its upper dir.
 pub fn start(store: &Store, name: &str) -> i32 {
     let go = || -> Result<i32> {
-        let d = crate::containers::dir(store).join(name);
-        let rec: crate::containers::Record = match std::fs::read(d.join("container.json")) {
-            Ok(b) => serde_json::from_slice(&b).context("the container's record")?,
-            Err(_) => bail!(
-                "no container {name} in {}",
-                crate::containers::dir(store).display()
-            ),
-        };
+        let (_, rec) = crate::containers::load(store, name)?;
         if crate::containers::running(&rec) {
             bail!(
                 "container {name} is running already (rcfs run, pid {})",
@@ -152,6 +145,7 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
         image: found
             .as_ref()
             .map_or_else(|| opts.image.clone(), |i| i.name.clone()),
+        image_id: found.as_ref().map(|i| i.manifest.clone()),
         command: opts.args.clone(),
         created: rcfs_fs::image::pull::now_rfc3339(),
         pid: std::process::id(),
@@ -483,10 +477,15 @@ fn spec_of(
         Some(u) => parse_user(&u, rootfs)?,
         None => (0, 0),
     };
-    let host_files = ["/etc/resolv.conf", "/etc/hosts"]
+    let host_files = rcfs_runtime::MOUNT_TARGETS
         .into_iter()
-        .filter(|p| Path::new(p).is_file())
-        .map(|p| (PathBuf::from(p), p.to_owned()))
+        .filter(|t| t.starts_with("etc/"))
+        .map(|t| PathBuf::from("/").join(t))
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let inside = p.display().to_string();
+            (p, inside)
+        })
         .collect();
     Ok(Spec {
         root: rootfs.to_owned(),

@@ -26,6 +26,12 @@ pub const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// What the init mounts over in every container (with the host's
+/// `resolv.conf` and `hosts`, when the host has them), made in the root
+/// when the image lacks them: an empty directory or file that `rcfs commit`
+/// leaves out.
+pub const MOUNT_TARGETS: [&str; 5] = ["proc", "dev", "sys", "etc/resolv.conf", "etc/hosts"];
+
 /// Sets up the container and runs the command; returns the exit code.
 pub(crate) fn run(spec: &Spec, tty_sock: i32) -> i32 {
     if let Err(e) = setup(spec, tty_sock) {

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use init::{read_in_root, FORWARDED};
+pub use init::{read_in_root, FORWARDED, MOUNT_TARGETS};
 pub use ns::{enter_user_namespace, IdMap};
 
 /// rcfs itself failed.

@@ -15,14 +15,14 @@ use crate::registry::{standard_layers, write_layout, Registry};
 const T: Duration = Duration::from_secs(180);
 
 /// A registry holding one image, and a store for rcfs.
-struct Fixture {
-    dir: tempfile::TempDir,
-    _registry: Registry,
-    image: String,
+pub(crate) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub registry: Registry,
+    pub image: String,
 }
 
 impl Fixture {
-    fn new(seed: u64, format: &str) -> Fixture {
+    pub fn new(seed: u64, format: &str) -> Fixture {
         require_privileges();
         let dir = temp_dir();
         let layout = dir.path().join("layout");
@@ -31,46 +31,51 @@ impl Fixture {
         let image = registry.push(&layout, "v1", "ctr", format);
         Fixture {
             dir,
-            _registry: registry,
+            registry,
             image,
         }
     }
 
-    fn store(&self) -> PathBuf {
+    pub fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
     /// `rcfs --root STORE run --tls-verify=false ARGS...` as root.
-    fn run(&self, args: &[&str]) -> Run {
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.rcfs(&[&["run", "--tls-verify=false"], args].concat())
+    }
+
+    /// `rcfs --root STORE ARGS...` as root.
+    pub fn rcfs(&self, args: &[&str]) -> Run {
         let mut c = cmd(
             RCFS,
-            [
-                "--root".to_owned(),
-                self.store().display().to_string(),
-                "run".into(),
-                "--tls-verify=false".into(),
-            ],
+            ["--root".to_owned(), self.store().display().to_string()],
         );
         c.args(args);
         run(&mut c, T)
     }
 
-    /// The same as uid 65534, with its own store under `home`.
-    fn run_rootless(&self, home: &Path, args: &[&str]) -> Run {
+    /// `rcfs run --tls-verify=false ARGS...` as uid 65534, with its own
+    /// store under `home`.
+    pub fn run_rootless(&self, home: &Path, args: &[&str]) -> Run {
+        self.rcfs_rootless(home, &[&["run", "--tls-verify=false"], args].concat())
+    }
+
+    /// `rcfs ARGS...` as uid 65534, with its own store under `home`.
+    pub fn rcfs_rootless(&self, home: &Path, args: &[&str]) -> Run {
         let _ = Command::new("chmod").args(["666", "/dev/fuse"]).status();
         std::fs::create_dir_all(home).unwrap();
         std::os::unix::fs::chown(self.dir.path(), Some(65534), Some(65534)).unwrap();
         std::os::unix::fs::chown(home, Some(65534), Some(65534)).unwrap();
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", RCFS]);
-        c.args(["run", "--tls-verify=false"]);
         c.args(args);
         c.env("HOME", home).env_remove("XDG_DATA_HOME");
         run(&mut c, T)
     }
 }
 
-fn code(r: &Run) -> Option<i32> {
+pub(crate) fn code(r: &Run) -> Option<i32> {
     r.status.code()
 }
 
@@ -179,11 +184,7 @@ fn image_config_options_and_zombies() {
     assert_eq!(code(&r), Some(125));
     assert!(r.stderr.contains("exists already"), "{}", r.stderr);
     // ps lists it (stopped: only with -a), rm removes it.
-    let rcfs = |args: &[&str]| {
-        let mut c = cmd(RCFS, ["--root".to_owned(), f.store().display().to_string()]);
-        c.args(args);
-        run(&mut c, T)
-    };
+    let rcfs = |args: &[&str]| f.rcfs(args);
     let r = rcfs(&["ps"]).expect_ok("ps");
     assert!(!r.stdout.contains("keep"), "{}", r.stdout);
     let r = rcfs(&["ps", "-a", "--json"]).expect_ok("ps -a");
@@ -543,6 +544,36 @@ fn a_user_with_subuid_ranges_gets_distinct_owners() {
         "{}",
         upper.display()
     );
+    // A commit keeps the owners the container gave, and so does a
+    // container of the new image.
+    let r = as_user(&["commit", "owners", "localhost/owners:v1"]).expect_ok("commit");
+    let blobs = home.join(".local/share/rcfs/blobs/sha256");
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blobs.join(r.stdout.trim().trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
+    let top = m["layers"][2]["digest"].as_str().unwrap();
+    let mut c = cmd("tar", ["--zstd".to_owned(), "-tvf".into()]);
+    c.arg(blobs.join(top.trim_start_matches("sha256:")));
+    let r = run(&mut c, T).expect_ok("tar -tv");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains(" 1000/1000 ") && l.ends_with(" x")),
+        "{}",
+        r.stdout
+    );
+    let r = as_user(&[
+        "run",
+        "--rm",
+        "localhost/owners:v1",
+        "/bin/busybox",
+        "stat",
+        "-c",
+        "%u:%g",
+        "/x",
+    ]);
+    assert_eq!(r.stdout, "1000:1000\n", "{}", r.stderr);
     // Its files owned by the range go with rm too.
     as_user(&["rm", "owners"]).expect_ok("rm");
     assert!(!upper.exists());

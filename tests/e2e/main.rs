@@ -45,6 +45,7 @@ mod sys;
 
 mod attrs;
 mod cli;
+mod commit;
 mod concurrency;
 mod containers;
 mod copyup;

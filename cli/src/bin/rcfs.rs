@@ -48,6 +48,19 @@ enum Cmd {
         attach: bool,
         name: String,
     },
+    /// Make an image of a stopped container: its changes become a new
+    /// zstd:chunked layer on top of its image's layers.
+    Commit {
+        /// The history entry's comment.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        #[arg(long)]
+        author: Option<String>,
+        /// The container.
+        name: String,
+        /// The new image's name (pushable with `rcfs push`).
+        image: String,
+    },
     /// Remove stopped containers and their upper dirs.
     Rm {
         #[arg(required = true)]
@@ -335,6 +348,18 @@ fn run() -> Result<()> {
             let store = image::open_store(cli.root.as_deref())?;
             std::process::exit(rcfs::run::start(&store, &name));
         }
+        Cmd::Commit {
+            message,
+            author,
+            name,
+            image: dest,
+        } => rcfs::containers::commit(
+            &image::open_store(cli.root.as_deref())?,
+            &name,
+            &dest,
+            message,
+            author,
+        ),
         Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Pull {

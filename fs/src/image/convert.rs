@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use super::chunked::{format_ranges, ChunkedWriter, START_KEY, START_ORDER_KEY};
+use super::cas::CasWriter;
+use super::chunked::{format_ranges, ChunkedBlob, ChunkedWriter, START_KEY, START_ORDER_KEY};
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
 use super::pull::decompress_toc;
-use super::store::{ImageRecord, LayerFormat, LayerRecord, Store};
+use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
 use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
 use crate::error::layer_error;
 use crate::layer::{Attr, ImageLayer, Kind, Layer, LowerFile};
@@ -321,26 +322,112 @@ fn convert_layer(
                 .insert(START_ORDER_KEY.to_owned(), format_ranges(&order));
         }
     }
+    let (files, bytes) = toc.data_size();
+    let rec = store_layer(
+        store,
+        sink,
+        &info,
+        (files as u64, bytes),
+        start_bytes,
+        order,
+    )?;
+    Ok((rec, info.diff_id, info.annotations))
+}
+
+/// Records a zstd:chunked blob written by a [`ChunkedWriter`] into `sink`
+/// (`info` from its `finish`; `data`: its regular files and their bytes)
+/// as a layer of the store.
+pub(crate) fn store_layer(
+    store: &Store,
+    sink: CasWriter<'_>,
+    info: &ChunkedBlob,
+    data: (u64, u64),
+    start_bytes: u64,
+    start_order: Vec<(u64, u64)>,
+) -> io::Result<LayerRecord> {
     let got = sink.commit(info.digest, true)?;
     debug_assert_eq!(got, info.digest);
     let toc_d = Digest::of(&info.toc);
     store.blobs.put(&toc_d, &info.toc)?;
-    let (files, bytes) = toc.data_size();
     let rec = LayerRecord {
         digest: info.digest.to_string(),
-        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        media_type: CHUNKED_MEDIA_TYPE.into(),
         size: info.size,
         format: LayerFormat::ZstdChunked,
         toc: toc_d.to_string(),
         toc_len: info.toc_len,
         data_end: info.data_end,
-        files: files as u64,
-        bytes,
+        files: data.0,
+        bytes: data.1,
         start_bytes,
-        start_order: order,
+        start_order,
     };
     store.put_layer(&rec)?;
-    Ok((rec, info.diff_id, info.annotations))
+    Ok(rec)
+}
+
+/// The media type of a zstd:chunked layer (a zstd tar, to those who do
+/// not know the format).
+pub(crate) const CHUNKED_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// The manifest descriptor of a layer written by [`store_layer`].
+pub(crate) fn layer_descriptor(
+    rec: &LayerRecord,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": rec.media_type, "digest": rec.digest, "size": rec.size, "annotations": annotations,
+    })
+}
+
+/// Stores `cfg` and an OCI manifest of it and the layers `descs` (bottom
+/// first), and records them as the image `name` (fetching layers it
+/// serves lazily from `origin`).
+pub(crate) fn write_image(
+    store: &Store,
+    name: &str,
+    cfg: &serde_json::Value,
+    descs: &[serde_json::Value],
+    origin: Option<Origin>,
+) -> io::Result<ImageRecord> {
+    let cfg_bytes = serde_json::to_vec(cfg).map_err(io::Error::other)?;
+    let cfg_d = Digest::of(&cfg_bytes);
+    store.blobs.put(&cfg_d, &cfg_bytes)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg_bytes.len()},
+        "layers": descs,
+    });
+    let m_bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    let m_d = Digest::of(&m_bytes);
+    store.blobs.put(&m_d, &m_bytes)?;
+    let image = ImageRecord {
+        name: name.to_owned(),
+        manifest: m_d.to_string(),
+        config: cfg_d.to_string(),
+        layers: descs
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+        origin,
+        pulled: super::pull::now_rfc3339(),
+        size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),
+    };
+    store.add_image(image.clone())?;
+    Ok(image)
+}
+
+/// The config of `img`, parsed.
+pub(crate) fn read_config(store: &Store, img: &ImageRecord) -> io::Result<serde_json::Value> {
+    let cfg_d = Digest::parse(&img.config)?;
+    let bytes = store.blobs.read(&cfg_d)?.ok_or_else(|| {
+        layer_error(
+            libc::EIO,
+            format!("the config of {} is missing from the store", img.name),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
 }
 
 /// Converts `src` into an image called `dst` in the store.
@@ -366,46 +453,11 @@ pub fn convert(
     for (i, (_, layer)) in layers.iter().rev().enumerate() {
         progress(i, total);
         let (rec, diff_id, annotations) = convert_layer(store, layer, opts)?;
-        descs.push(serde_json::json!({
-            "mediaType": rec.media_type, "digest": rec.digest, "size": rec.size, "annotations": annotations,
-        }));
+        descs.push(layer_descriptor(&rec, &annotations));
         diff_ids.push(diff_id.to_string());
     }
     progress(total, total);
-    let cfg_d = Digest::parse(&src.config)?;
-    let cfg_bytes = store.blobs.read(&cfg_d)?.ok_or_else(|| {
-        layer_error(
-            libc::EIO,
-            format!("the config of {} is missing from the store", src.name),
-        )
-    })?;
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&cfg_bytes).map_err(io::Error::other)?;
+    let mut cfg = read_config(store, src)?;
     cfg["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
-    let cfg_bytes = serde_json::to_vec(&cfg).map_err(io::Error::other)?;
-    let cfg_d = Digest::of(&cfg_bytes);
-    store.blobs.put(&cfg_d, &cfg_bytes)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg_bytes.len()},
-        "layers": descs,
-    });
-    let m_bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
-    let m_d = Digest::of(&m_bytes);
-    store.blobs.put(&m_d, &m_bytes)?;
-    let image = ImageRecord {
-        name: dst.to_owned(),
-        manifest: m_d.to_string(),
-        config: cfg_d.to_string(),
-        layers: descs
-            .iter()
-            .map(|d| d["digest"].as_str().unwrap_or_default().to_owned())
-            .collect(),
-        origin: None,
-        pulled: super::pull::now_rfc3339(),
-        size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),
-    };
-    store.add_image(image.clone())?;
-    Ok(image)
+    write_image(store, dst, &cfg, &descs, None)
 }

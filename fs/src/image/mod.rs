@@ -19,6 +19,7 @@ pub mod auth;
 pub mod blob;
 pub mod cas;
 pub mod chunked;
+pub mod commit;
 pub mod convert;
 pub mod digest;
 pub mod index;

@@ -137,9 +137,9 @@ chmod 700 "$W/run"
 if [[ " $PEERS " == *" podman "* ]]; then
     # subordinate ids for podman's user namespace (useradd gives them only
     # with SUB_UID_MIN.. in login.defs): the range after the highest in use
+    s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
     for f in subuid subgid; do
         grep -q '^rcfs-bench:' "/etc/$f" && continue
-        s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
         [ "$f" = subuid ] && o=--add-subuids || o=--add-subgids
         usermod "$o" "$s-$((s + 65535))" rcfs-bench
     done

@@ -88,9 +88,9 @@ as_user "$RCFS" pull -q --tls-verify=false "$IMAGE"
 # its config in ~/.config/containers, its store in ~/.local/share/containers
 # and its runtime dir in $W/run (all under $W, removed at exit).
 if [ -z "$NO_PODMAN" ]; then
+    s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
     for f in subuid subgid; do
         grep -q '^rcfs-bench:' "/etc/$f" && continue
-        s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
         [ "$f" = subuid ] && o=--add-subuids || o=--add-subgids
         usermod "$o" "$s-$((s + 65535))" rcfs-bench
     done
@@ -137,7 +137,7 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# Warm container start: /bin/true"
     echo
-    echo "rcfs $(git rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, medians in ms."
+    echo "rcfs $(git rev-parse --short HEAD) ($RCFS), $(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, medians in ms."
     echo
     echo "| who | rcfs run | fuse-overlayfs + bwrap | ratio | rootless podman (runc, fuse-overlayfs) | ratio to podman | target | |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"

@@ -10,7 +10,7 @@
 //! * A chunk is keyed by the sha256 of its bytes, so identical content in
 //!   different layers and images is fetched and kept once; nothing enters
 //!   the cache before its digest is checked, and an object read back from
-//!   disk is checked again the first time this process uses it.
+//!   disk is checked again the first time it is used after a boot.
 //! * Single flight: the first reader of a missing chunk [`claims`] it and
 //!   fetches; readers that come meanwhile wait for that fetch instead of
 //!   starting their own.
@@ -27,7 +27,7 @@ use std::time::Duration;
 use lru::LruCache;
 
 use crate::error::layer_error;
-use crate::image::cas::Cas;
+use crate::image::cas::{self, Cas};
 use crate::image::digest::{Digest, Hasher};
 use crate::lock::{Condvar, Mutex, Rank};
 
@@ -303,10 +303,14 @@ impl BlockCache {
         Ok(None)
     }
 
-    /// Whether `f` holds the bytes of `d`, hashing it the first time this
-    /// process sees it.
+    /// Whether `f` holds the bytes of `d`, hashing it unless this process
+    /// or another has since the system booted (see [`cas::mark_checked`]).
     fn check_once(&self, d: &Digest, f: &File) -> io::Result<bool> {
         if self.disk.lock().verified.contains(d) {
+            return Ok(true);
+        }
+        if cas::checked_this_boot(f) {
+            self.disk.lock().verified.insert(*d);
             return Ok(true);
         }
         let mut h = Hasher::new();
@@ -322,6 +326,7 @@ impl BlockCache {
         }
         let ok = h.finish() == *d;
         if ok {
+            cas::mark_checked(f);
             self.disk.lock().verified.insert(*d);
         }
         Ok(ok)

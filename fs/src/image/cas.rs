@@ -28,6 +28,67 @@ pub struct Cas {
     tmp: OwnedFd,
 }
 
+/// The xattr that marks an object checked against its digest since the
+/// system booted and not written since: its value is the boot id, the
+/// object's mtime and its size (see [`mark`]). Objects are written without
+/// a flush where a check before use stands in for one (see
+/// [`Cas::put_verified`]): a crash can tear them, but a crash also changes
+/// the boot id, so after one every object is checked again on first use;
+/// until one, each is hashed once in all (not once per process, which made
+/// every container re-read whole files before their first byte). A write
+/// to an object changes its mtime or size, so it is checked again too.
+const CHECKED_XATTR: &std::ffi::CStr = c"user.rcfs.checked";
+
+/// This boot's id.
+fn boot_id() -> Option<&'static [u8]> {
+    static ID: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    ID.get_or_init(crate::flush::boot_id).as_deref()
+}
+
+/// The value of [`CHECKED_XATTR`] for the object open as `f`, now.
+fn mark(f: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    let id = boot_id()?;
+    let st = sys::fstat(&f).ok()?;
+    let mut v = id.to_vec();
+    v.extend_from_slice(format!(" {}.{} {}", st.st_mtime, st.st_mtime_nsec, st.st_size).as_bytes());
+    Some(v)
+}
+
+/// Whether the object open as `f` was checked against its digest since
+/// the system booted, and not written since (see [`mark_checked`]).
+pub fn checked_this_boot(f: &impl AsFd) -> bool {
+    let Some(want) = mark(f.as_fd()) else {
+        return false;
+    };
+    let mut buf = [0u8; 128];
+    // SAFETY: a valid fd, a C string and a buffer of the length given.
+    let n = unsafe {
+        libc::fgetxattr(
+            std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()),
+            CHECKED_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n > 0 && buf[..n as usize] == want[..]
+}
+
+/// Marks the object open as `f` as checked in this boot. Best effort: on a
+/// filesystem without user xattrs each process checks it once instead.
+pub fn mark_checked(f: &impl AsFd) {
+    let Some(v) = mark(f.as_fd()) else { return };
+    // SAFETY: a valid fd, a C string and a buffer of the length given.
+    unsafe {
+        libc::fsetxattr(
+            std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()),
+            CHECKED_XATTR.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+}
+
 /// Distinguishes temp files of one process.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -130,7 +191,9 @@ impl Cas {
     /// is fetched again.
     pub fn put_verified(&self, d: &Digest, data: &[u8]) -> io::Result<()> {
         let (name, fd) = self.tmp_file()?;
-        let written = File::from(fd).write_all(data).and_then(|()| {
+        let mut file = File::from(fd);
+        let written = file.write_all(data).and_then(|()| {
+            mark_checked(&file);
             Ok(renameat(
                 self.tmp.as_fd(),
                 name.as_str(),
@@ -242,6 +305,7 @@ impl CasWriter<'_> {
                 ));
             }
         }
+        mark_checked(&file);
         if durable {
             file.sync_all()?;
         }
@@ -318,6 +382,28 @@ mod tests {
         assert!(c.read(&d).unwrap_err().to_string().contains("corrupt"));
         c.remove(&d).unwrap();
         assert!(c.open_object(&d).unwrap().is_none());
+        // Objects come marked as checked in this boot; a write, or a mark
+        // of another boot, takes that back.
+        c.put_verified(&d, b"hello").unwrap();
+        let f = c.open_object(&d).unwrap().unwrap();
+        assert!(checked_this_boot(&f));
+        let p = t.path().join("blobs/sha256").join(d.hex());
+        std::fs::write(&p, b"jello!").unwrap();
+        assert!(!checked_this_boot(&f), "its size changed");
+        mark_checked(&f);
+        assert!(checked_this_boot(&f));
+        let other = b"another-boot 1.0 6";
+        // SAFETY: a valid fd, C string and buffer.
+        unsafe {
+            libc::fsetxattr(
+                f.as_raw_fd(),
+                CHECKED_XATTR.as_ptr(),
+                other.as_ptr().cast(),
+                other.len(),
+                0,
+            )
+        };
+        assert!(!checked_this_boot(&f));
         assert!(c.dir().as_raw_fd() >= 0);
     }
 }

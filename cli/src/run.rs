@@ -240,9 +240,15 @@ fn serve(
         serde_json::from_slice(&config).context("the image's config is not an image config")?;
     let mut session = started.session;
     let mut unmounter = session.unmount_callable();
-    let served = std::thread::Builder::new()
+    // Says when the daemon has ended (its union dropped: flushed).
+    let (served_tx, served) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
         .name("rcfs-serve".into())
-        .spawn(move || session.run())?;
+        .spawn(move || {
+            let r = session.run();
+            let _ = served_tx.send(());
+            r
+        })?;
     let limits = rcfs_runtime::cgroup::Limits {
         memory: opts.memory,
         cpus: opts.cpus,
@@ -304,10 +310,7 @@ fn serve(
         log::warn!("unmounting the container's root: {e}");
     }
     // The daemon ends with its mount; do not wait long for a stuck one.
-    let t0 = std::time::Instant::now();
-    while !served.is_finished() && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = served.recv_timeout(Duration::from_secs(5));
     let _ = std::fs::remove_file(crate::stats::socket_path(&store.root, &rootfs));
     Ok(code)
 }

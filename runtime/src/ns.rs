@@ -112,10 +112,12 @@ fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
             subgid,
         } => {
             // The setuid helpers check the ranges against /etc/sub[ug]id.
+            // Both run at once: each is a setuid exec, a few ms here.
+            let mut running = Vec::new();
             for (prog, own, (start, count)) in
                 [("newuidmap", uid, subuid), ("newgidmap", gid, subgid)]
             {
-                let out = std::process::Command::new(prog)
+                let child = std::process::Command::new(prog)
                     .arg(pid.to_string())
                     .args([
                         "0",
@@ -125,14 +127,25 @@ fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
                         &start.to_string(),
                         &count.to_string(),
                     ])
-                    .output()
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
                     .map_err(|e| io::Error::other(format!("cannot run {prog}: {e}")))?;
-                if !out.status.success() {
-                    return Err(io::Error::other(format!(
+                running.push((prog, child));
+            }
+            let mut failed = None;
+            for (prog, child) in running {
+                let out = child.wait_with_output()?;
+                if !out.status.success() && failed.is_none() {
+                    failed = Some(format!(
                         "{prog} failed: {}",
                         String::from_utf8_lossy(&out.stderr).trim()
-                    )));
+                    ));
                 }
+            }
+            if let Some(f) = failed {
+                return Err(io::Error::other(f));
             }
         }
     }

@@ -44,6 +44,7 @@
 //! | [`Rank::CacheMem`] | `BlockCache::mem` | chunks in memory are looked up or added |
 //! | [`Rank::CacheDisk`] | `BlockCache::disk` | the disk cache's bookkeeping is changed |
 //! | [`Rank::FetchQueue`] | `cache::pool::Shared::queues` | background fetches are queued or taken |
+//! | [`Rank::FetchWorkers`] | `cache::pool::FetchPool::workers` | a fetch worker is started |
 //!
 //! Not locks, and so not in the order: atomics, and `OnceLock` cells, which
 //! are set once with a value already made (a handle's upper file, the
@@ -84,6 +85,7 @@ pub(crate) enum Rank {
     CacheMem,
     CacheDisk,
     FetchQueue,
+    FetchWorkers,
 }
 
 #[cfg(debug_assertions)]

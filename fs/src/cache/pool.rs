@@ -42,15 +42,19 @@ struct Shared {
     foreground: AtomicUsize,
 }
 
-/// See the module doc.
+/// See the module doc. Workers start with the jobs, one per job queued
+/// until there are `n`: a mount that fetches nothing (an image all in the
+/// store) starts none.
 pub struct FetchPool {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    /// Guards the list; taken alone, after the queues are let go.
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    max: usize,
 }
 
 impl std::fmt::Debug for FetchPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FetchPool({} workers)", self.workers.len())
+        write!(f, "FetchPool(up to {} workers)", self.max)
     }
 }
 
@@ -64,23 +68,33 @@ impl Drop for Foreground<'_> {
 }
 
 impl FetchPool {
-    /// A pool of `n` workers.
+    /// A pool of up to `n` workers.
     pub fn new(n: usize) -> FetchPool {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Rank::FetchQueue, Queues::default()),
             ready: Condvar::default(),
             foreground: AtomicUsize::new(0),
         });
-        let workers = (0..n)
-            .filter_map(|i| {
-                let s = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("rcfs-fetch-{i}"))
-                    .spawn(move || worker(&s))
-                    .ok()
-            })
-            .collect();
-        FetchPool { shared, workers }
+        FetchPool {
+            shared,
+            workers: Mutex::new(Rank::FetchWorkers, Vec::new()),
+            max: n,
+        }
+    }
+
+    /// Starts one more worker unless all are running.
+    fn grow(&self) {
+        let mut w = self.workers.lock();
+        if w.len() >= self.max {
+            return;
+        }
+        let s = self.shared.clone();
+        if let Ok(h) = std::thread::Builder::new()
+            .name(format!("rcfs-fetch-{}", w.len()))
+            .spawn(move || worker(&s))
+        {
+            w.push(h);
+        }
     }
 
     /// Queues a job that reads made likely soon.
@@ -104,6 +118,7 @@ impl FetchPool {
             q.idle.push_back(job);
         }
         drop(q);
+        self.grow();
         self.shared.ready.notify_one();
     }
 
@@ -158,7 +173,8 @@ impl Drop for FetchPool {
         }
         self.shared.ready.notify_all();
         let me = std::thread::current().id();
-        for w in self.workers.drain(..) {
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for w in workers {
             // The last owner may be a worker finishing its job: it exits by
             // itself once this returns.
             if w.thread().id() != me {

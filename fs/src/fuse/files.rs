@@ -51,7 +51,7 @@ impl UnionFs {
         }
         let exec = self.union.exec_guard(ino, flags);
         if let OpenFile::Tail(_) = file {
-            let fh = self.handles.add(ino, file, None, exec);
+            let fh = self.handles.add(ino, file, None, exec, false);
             return Ok((
                 fh,
                 FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
@@ -65,12 +65,12 @@ impl UnionFs {
         }
         match backing {
             Backing::Through(b) => {
-                let fh = self.handles.add(ino, file, Some(b.clone()), exec);
+                let fh = self.handles.add(ino, file, Some(b.clone()), exec, false);
                 Ok((fh, FopenFlags::FOPEN_NOFLUSH, Some(b)))
             }
-            Backing::Here => {
+            Backing::Here(cached) => {
                 self.cache.store_small(&self.union, ino, &file, flags);
-                let fh = self.handles.add(ino, file, None, exec);
+                let fh = self.handles.add(ino, file, None, exec, cached);
                 Ok((
                     fh,
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
@@ -112,7 +112,7 @@ impl UnionFs {
             .backing_for(stat.ino, &file, |fd| reply.open_backing(fd))
         {
             Backing::Through(b) => {
-                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None);
+                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None, false);
                 reply.created_passthrough(
                     &self.opts.ttl,
                     &attr,
@@ -122,8 +122,9 @@ impl UnionFs {
                     &b,
                 );
             }
-            Backing::Here | Backing::Pinned => {
-                let fh = self.handles.add(stat.ino, file, None, None);
+            b @ (Backing::Here(_) | Backing::Pinned) => {
+                let cached = matches!(b, Backing::Here(true));
+                let fh = self.handles.add(stat.ino, file, None, None, cached);
                 reply.created(
                     &self.opts.ttl,
                     &attr,

@@ -8,6 +8,9 @@
 //! copy-up) must then reach another kernel inode: the union gives the node a
 //! new inode number ([`Union::reincarnate`]) and the open answers ESTALE,
 //! on which the kernel looks the name up again and opens the new inode.
+//! Likewise an inode open through the page cache (served here: a lazy file
+//! not yet a host file when it was opened) takes no backing file until
+//! those opens are closed, or the kernel fails the new open (EIO).
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +34,9 @@ pub(crate) struct Handle {
     /// Held while this handle is open; the kernel needs the backing file for
     /// as long as any handle uses it.
     _backing: Option<Arc<BackingId>>,
+    /// Counted in [`Inodes::cached`]: served here through the page cache
+    /// while passthrough is on.
+    cached: bool,
     /// For a handle that executes the file: keeps opens from truncating it.
     _exec: Option<ExecGuard>,
 }
@@ -68,19 +74,28 @@ pub(crate) struct Handles {
     passthrough: AtomicBool,
     /// A backing file has been registered: passthrough really works here.
     passthrough_works: AtomicBool,
-    /// Per kernel inode: the backing file in use and whether it is the
-    /// upper file.
-    backing: Mutex<IdMap<(Weak<BackingId>, bool)>>,
+    /// Per kernel inode: how it is open.
+    backing: Mutex<Inodes>,
     /// Signalled (with `backing`) when a handle is released.
     released: Condvar,
+}
+
+/// How the kernel's inodes are open, as far as passthrough goes.
+#[derive(Debug, Default)]
+struct Inodes {
+    /// The backing file in use and whether it is the upper file.
+    backing: IdMap<(Weak<BackingId>, bool)>,
+    /// Open handles served here through the page cache.
+    cached: IdMap<u32>,
 }
 
 /// What [`Handles::backing_for`] found.
 pub(crate) enum Backing {
     /// Pass through to this backing file.
     Through(Arc<BackingId>),
-    /// Serve this open here.
-    Here,
+    /// Serve this open here, through the page cache; `true`: counted in
+    /// [`Inodes::cached`] (pass it to [`Handles::add`]).
+    Here(bool),
     /// The inode passes through to another file (its lower file), which
     /// the kernel does not allow to change while it is open.
     Pinned,
@@ -93,7 +108,7 @@ impl Handles {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             passthrough_works: AtomicBool::new(false),
-            backing: Mutex::new(Rank::Backing, IdMap::default()),
+            backing: Mutex::new(Rank::Backing, Inodes::default()),
             released: Condvar::default(),
         }
     }
@@ -108,12 +123,14 @@ impl Handles {
         self.files.read().values().find(|h| h.ino == ino).cloned()
     }
 
+    /// Adds an open handle (`cached`: as [`Backing::Here`] said).
     pub(crate) fn add(
         &self,
         ino: u64,
         file: OpenFile,
         backing: Option<Arc<BackingId>>,
         exec: Option<ExecGuard>,
+        cached: bool,
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.write().insert(
@@ -123,6 +140,7 @@ impl Handles {
                 file,
                 copied_up: OnceLock::new(),
                 _backing: backing,
+                cached,
                 _exec: exec,
             }),
         );
@@ -133,10 +151,23 @@ impl Handles {
     /// outside the table lock).
     pub(crate) fn release(&self, ino: u64, fh: FileHandle) {
         let handle = self.files.write().remove(&fh.0);
+        let cached = handle.as_ref().is_some_and(|h| h.cached);
         drop(handle);
         let mut map = self.backing.lock();
-        if map.get(&ino).is_some_and(|(w, _)| w.strong_count() == 0) {
-            map.remove(&ino);
+        if map
+            .backing
+            .get(&ino)
+            .is_some_and(|(w, _)| w.strong_count() == 0)
+        {
+            map.backing.remove(&ino);
+        }
+        if cached {
+            if let Some(n) = map.cached.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    map.cached.remove(&ino);
+                }
+            }
         }
         drop(map);
         self.released.notify_all();
@@ -153,7 +184,7 @@ impl Handles {
 
     /// True while `ino` passes through to its lower file.
     pub(crate) fn lower_backed(&self, ino: u64) -> bool {
-        lower_backed_in(&self.backing.lock(), ino)
+        lower_backed_in(&self.backing.lock().backing, ino)
     }
 
     /// Waits a little for `ino`'s lower backing file to be let go. close()
@@ -163,9 +194,9 @@ impl Handles {
     pub(crate) fn lower_let_go(&self, ino: u64) -> bool {
         let deadline = Instant::now() + Duration::from_millis(200);
         let mut map = self.backing.lock();
-        while lower_backed_in(&map, ino) {
+        while lower_backed_in(&map.backing, ino) {
             if self.released.wait_until(&mut map, deadline) {
-                return !lower_backed_in(&map, ino);
+                return !lower_backed_in(&map.backing, ino);
             }
         }
         true
@@ -211,39 +242,49 @@ impl Handles {
         open: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Backing {
         if !self.passthrough() {
-            return Backing::Here;
+            return Backing::Here(false);
         }
-        let Some(fd) = file.host_fd() else {
-            return Backing::Here;
+        // What the inode's other opens decide; else None.
+        let existing = |m: &mut Inodes, host: bool| {
+            if let Some(b) = m.backing.get(&ino).and_then(|(w, _)| w.upgrade()) {
+                let same = m.backing.get(&ino).is_some_and(|(_, up)| *up == file.is_upper());
+                return Some(if same {
+                    Backing::Through(b)
+                } else {
+                    Backing::Pinned
+                });
+            }
+            if !host || m.cached.get(&ino).is_some_and(|n| *n > 0) {
+                *m.cached.entry(ino).or_insert(0) += 1;
+                return Some(Backing::Here(true));
+            }
+            None
         };
-        let existing = |map: &IdMap<(Weak<BackingId>, bool)>| {
-            let (weak, is_upper) = map.get(&ino)?;
-            let b = weak.upgrade()?;
-            Some(if *is_upper == file.is_upper() {
-                Backing::Through(b)
-            } else {
-                Backing::Pinned
-            })
-        };
-        if let Some(r) = existing(&self.backing.lock()) {
+        let fd = file.host_fd();
+        if let Some(r) = existing(&mut self.backing.lock(), fd.is_some()) {
             return r;
         }
+        let Some(fd) = fd else {
+            // (`existing` decides every open without a host fd.)
+            return Backing::Here(false);
+        };
         // The ioctl runs without the lock, so other opens do not wait on it.
         let created = open(fd);
         let mut map = self.backing.lock();
-        if let Some(r) = existing(&map) {
+        if let Some(r) = existing(&mut map, true) {
             return r; // another open won the race; ours is dropped (closed)
         }
         match created {
             Ok(b) => {
                 self.passthrough_works.store(true, Ordering::Relaxed);
                 let b = Arc::new(b);
-                map.insert(ino, (Arc::downgrade(&b), file.is_upper()));
+                map.backing
+                    .insert(ino, (Arc::downgrade(&b), file.is_upper()));
                 Backing::Through(b)
             }
             Err(e) => {
                 self.passthrough_off(&e);
-                Backing::Here
+                Backing::Here(false)
             }
         }
     }

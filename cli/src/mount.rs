@@ -45,6 +45,9 @@ pub struct MountRequest {
     pub subtype: String,
     /// Do not update access times (fuse-overlayfs's default).
     pub noatime: bool,
+    /// Honour setuid bits and device nodes (root only; see
+    /// `rcfs_fs::MountConfig::suid_dev`).
+    pub suid_dev: bool,
     pub threads: usize,
     /// Where a background server writes its log (warnings, errors; with
     /// `debug`, every operation); `None`: nowhere.
@@ -90,6 +93,7 @@ impl MountRequest {
             fsname: "rcfs".into(),
             subtype: "rcfs".into(),
             noatime: false,
+            suid_dev: nix::unistd::geteuid().is_root(),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             log: None,
             image: None,
@@ -610,7 +614,7 @@ pub fn start(req: &MountRequest) -> Result<Started> {
         threads: req.threads,
         read_only: req.upper.is_none(),
         noatime: req.noatime,
-        ..MountConfig::default()
+        suid_dev: req.suid_dev,
     };
     let session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
         .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;

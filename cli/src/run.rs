@@ -165,8 +165,17 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
         code
     };
     // Still one thread: the namespaces, and the init forked.
-    let entered = rcfs_runtime::enter_user_namespace().map_err(anyhow::Error::from);
-    let mut container = match entered.and_then(|_| Container::fork().map_err(Into::into)) {
+    // Real root keeps its user namespace (and with it FUSE passthrough for
+    // the daemon); the container gets one of its own. Anyone else's daemon
+    // needs one to mount, and the container shares it.
+    let root = nix::unistd::geteuid().is_root();
+    let entered = if root {
+        rcfs_runtime::enter_mount_namespace()
+    } else {
+        rcfs_runtime::enter_user_namespace().map(|_| ())
+    };
+    let entered = entered.map_err(anyhow::Error::from);
+    let mut container = match entered.and_then(|_| Container::fork(root).map_err(Into::into)) {
         Ok(c) => c,
         Err(e) => {
             cleanup(EXIT_RCFS);
@@ -214,6 +223,13 @@ fn serve(
     req.fsname = "rcfs-container".into();
     // The command may run as another id of the namespace.
     req.allow_other = true;
+    // Device nodes and setuid bits of an image are not the host's to honour
+    // (root's daemon mounts in the host's user namespace).
+    req.suid_dev = false;
+    // A container removed when it ends needs nothing it wrote to survive a
+    // crash: copy-ups are not flushed (fsync by its programs still is),
+    // and its end does not wait for the disk.
+    req.fsync = !opts.rm;
     req.foreground = true;
     // Signals for the container are taken by one thread and passed on; the
     // daemon's threads, made next, inherit the mask.

@@ -38,7 +38,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use init::{read_in_root, FORWARDED, MOUNT_TARGETS};
-pub use ns::{enter_user_namespace, IdMap};
+pub use ns::{enter_mount_namespace, enter_user_namespace, IdMap};
 
 /// rcfs itself failed.
 pub const EXIT_RCFS: i32 = 125;
@@ -127,9 +127,12 @@ pub struct Container {
 }
 
 impl Container {
-    /// Forks the init as pid 1 of a new pid namespace. Call while the
-    /// process has no other threads: the child runs Rust code after fork.
-    pub fn fork() -> io::Result<Container> {
+    /// Forks the init as pid 1 of a new pid namespace; with `own_user_ns`
+    /// (real root, which stays in the host's user namespace: see
+    /// [`enter_mount_namespace`]), in a new user namespace too, every id
+    /// mapped to itself. Call while the process has no other threads: the
+    /// child runs Rust code after fork.
+    pub fn fork(own_user_ns: bool) -> io::Result<Container> {
         let (rd, wr) = nix::unistd::pipe()?;
         let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
         let (tty_sock, tty_peer) = nix::sys::socket::socketpair(
@@ -172,17 +175,23 @@ impl Container {
         });
         // SAFETY: the caller guarantees a single thread; the child runs
         // in its own copy of memory, on `stack`.
-        let pid = unsafe {
-            nix::sched::clone(
-                child,
-                &mut stack,
-                nix::sched::CloneFlags::CLONE_NEWPID,
-                Some(libc::SIGCHLD),
-            )
+        let mut flags = nix::sched::CloneFlags::CLONE_NEWPID;
+        if own_user_ns {
+            flags |= nix::sched::CloneFlags::CLONE_NEWUSER;
         }
-        .map_err(|e| io::Error::other(format!("cannot make a pid namespace: {e}")))?;
+        let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(|e| io::Error::other(format!("cannot make the container's namespaces: {e}")))?;
         drop(rd);
         drop(tty_peer);
+        if own_user_ns {
+            // The init waits for its spec meanwhile; without maps, closing
+            // the pipe lets it go (EXIT_RCFS).
+            if let Err(e) = ns::write_maps(pid, IdMap::Identity) {
+                drop(wr);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(e);
+            }
+        }
         Ok(Container {
             pid,
             go: Some(wr),

@@ -89,7 +89,7 @@ fn choose_map() -> IdMap {
 }
 
 /// Writes `map` as the id maps of process `pid`'s user namespace.
-fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
+pub(crate) fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
     let write = |file: &str, text: &str| {
         std::fs::write(format!("/proc/{pid}/{file}"), text)
             .map_err(|e| io::Error::other(format!("cannot write /proc/{pid}/{file}: {e}")))
@@ -200,6 +200,21 @@ pub fn enter_user_namespace() -> io::Result<IdMap> {
     if !msg.is_empty() {
         return Err(io::Error::other(msg));
     }
+    make_private()?;
+    Ok(map)
+}
+
+/// Moves this process (real root) into a new mount namespace whose mounts
+/// do not propagate anywhere, staying in the host's user namespace: root's
+/// fs daemon keeps the capabilities FUSE passthrough needs, and the
+/// container gets a user namespace of its own ([`crate::Container::fork`]).
+pub fn enter_mount_namespace() -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io::Error::other(format!("cannot make a mount namespace: {e}")))?;
+    make_private()
+}
+
+fn make_private() -> io::Result<()> {
     mount(
         None::<&str>,
         "/",
@@ -207,6 +222,5 @@ pub fn enter_user_namespace() -> io::Result<IdMap> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| io::Error::other(format!("cannot make mounts private: {e}")))?;
-    Ok(map)
+    .map_err(|e| io::Error::other(format!("cannot make mounts private: {e}")))
 }

@@ -180,7 +180,9 @@ impl Container {
             flags |= nix::sched::CloneFlags::CLONE_NEWUSER;
         }
         let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-            .map_err(|e| io::Error::other(format!("cannot make the container's namespaces: {e}")))?;
+            .map_err(|e| {
+                io::Error::other(format!("cannot make the container's namespaces: {e}"))
+            })?;
         drop(rd);
         drop(tty_peer);
         if own_user_ns {

@@ -112,7 +112,9 @@ impl UnionFs {
             .backing_for(stat.ino, &file, |fd| reply.open_backing(fd))
         {
             Backing::Through(b) => {
-                let fh = self.handles.add(stat.ino, file, Some(b.clone()), None, false);
+                let fh = self
+                    .handles
+                    .add(stat.ino, file, Some(b.clone()), None, false);
                 reply.created_passthrough(
                     &self.opts.ttl,
                     &attr,

@@ -247,7 +247,10 @@ impl Handles {
         // What the inode's other opens decide; else None.
         let existing = |m: &mut Inodes, host: bool| {
             if let Some(b) = m.backing.get(&ino).and_then(|(w, _)| w.upgrade()) {
-                let same = m.backing.get(&ino).is_some_and(|(_, up)| *up == file.is_upper());
+                let same = m
+                    .backing
+                    .get(&ino)
+                    .is_some_and(|(_, up)| *up == file.is_upper());
                 return Some(if same {
                     Backing::Through(b)
                 } else {

@@ -153,8 +153,10 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
         options: Some(opts.clone()),
     };
     crate::containers::write(&dir, &record)?;
-    let mut cleanup = |code: i32| {
-        if opts.rm {
+    // A container whose command never started leaves nothing (unless it
+    // is one being started again, which keeps what it had).
+    let mut cleanup = |code: i32, started: bool| {
+        if opts.rm || (!started && !again) {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
             record.exit_code = Some(code);
@@ -178,24 +180,26 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
     let mut container = match entered.and_then(|_| Container::fork(root).map_err(Into::into)) {
         Ok(c) => c,
         Err(e) => {
-            cleanup(EXIT_RCFS);
+            cleanup(EXIT_RCFS, false);
             return Err(e);
         }
     };
-    let code = match serve(store, opts, found, &name, &dir, &mut container) {
-        Ok(code) => code,
+    let (code, started) = match serve(store, opts, found, &name, &dir, &mut container) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
             // The init, never started, goes with us; wait for it.
             container.start_never();
             let _ = container.wait();
-            EXIT_RCFS
+            (EXIT_RCFS, false)
         }
     };
-    Ok(cleanup(code))
+    Ok(cleanup(code, started))
 }
 
-/// In the namespaces: mounts the root, starts the init, waits for it.
+/// In the namespaces: mounts the root, starts the init, waits for it;
+/// returns its exit code and whether it got its spec (the command started,
+/// or the init failed setting it up).
 fn serve(
     store: &Store,
     opts: &RunOptions,
@@ -203,7 +207,7 @@ fn serve(
     name: &str,
     dir: &Path,
     container: &mut Container,
-) -> Result<i32> {
+) -> Result<(i32, bool)> {
     let rootfs = dir.join("rootfs");
     let mut req = MountRequest::new(
         Vec::new(),
@@ -227,8 +231,8 @@ fn serve(
     // (root's daemon mounts in the host's user namespace).
     req.suid_dev = false;
     // A container removed when it ends needs nothing it wrote to survive a
-    // crash: copy-ups are not flushed (fsync by its programs still is),
-    // and its end does not wait for the disk.
+    // crash: its upper dir is volatile (podman's --rm does the same), and
+    // its end does not wait for the disk.
     req.fsync = !opts.rm;
     req.foreground = true;
     // Signals for the container are taken by one thread and passed on; the
@@ -307,6 +311,7 @@ fn serve(
                 }
             })?;
     }
+    let started = result.is_ok();
     let code = match result {
         Ok(()) => container.wait()?,
         Err(e) => {
@@ -328,7 +333,7 @@ fn serve(
     // The daemon ends with its mount; do not wait long for a stuck one.
     let _ = served.recv_timeout(Duration::from_secs(5));
     let _ = std::fs::remove_file(crate::stats::socket_path(&store.root, &rootfs));
-    Ok(code)
+    Ok((code, started))
 }
 
 /// The container's terminal seen from `rcfs run`: its master, relayed to

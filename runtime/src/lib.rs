@@ -181,7 +181,13 @@ impl Container {
         }
         let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
             .map_err(|e| {
-                io::Error::other(format!("cannot make the container's namespaces: {e}"))
+                let hint = if own_user_ns {
+                    " (a user namespace among them: user namespaces may be disabled or all \
+                     used, see sysctl user.max_user_namespaces)"
+                } else {
+                    ""
+                };
+                io::Error::other(format!("cannot make the container's namespaces: {e}{hint}"))
             })?;
         drop(rd);
         drop(tty_peer);

@@ -44,6 +44,7 @@ mod snapshot;
 mod sys;
 
 mod attrs;
+mod bad_runs;
 mod cli;
 mod commit;
 mod concurrency;

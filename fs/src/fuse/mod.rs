@@ -507,6 +507,9 @@ impl Filesystem for UnionFs {
     ) {
         let t = Instant::now();
         let r = self.handle(fh).and_then(|h| {
+            if self.union.volatile() {
+                return Ok(());
+            }
             // A copy-up's data may still be on its way to disk, its marker
             // with it, and its name not yet flushed: finish those first.
             self.union.finish_flush(ino.0)?;

@@ -174,7 +174,7 @@ impl Union {
         if node.kind != Kind::Dir {
             return Err(errno(libc::ENOTDIR));
         }
-        let Some(upper) = &self.upper else {
+        let Some(upper) = self.upper.as_ref().filter(|_| self.fsync) else {
             return Ok(());
         };
         let fd = {

@@ -81,8 +81,9 @@ pub struct Config {
     /// Metadata changes to a lower file copy no data (marked by an xattr);
     /// off for upper dirs that other tools read as plain trees.
     pub metacopy: bool,
-    /// Flush copied-up data to disk before it becomes visible; off for
-    /// throwaway upper dirs (fuse-overlayfs's `volatile`).
+    /// Flush copied-up data to disk before it becomes visible, and the
+    /// upper dir at unmount; off for throwaway upper dirs (fuse-overlayfs's
+    /// `volatile`/`fsync=0`), where programs' fsyncs are no-ops too.
     pub fsync: bool,
 }
 
@@ -471,6 +472,12 @@ impl Union {
             f.finish(node.id)?;
         }
         self.sync_copy_up_dirs(&node)
+    }
+
+    /// Whether the upper dir is throwaway: nothing is flushed to disk, not
+    /// even when a program asks (see [`Config::fsync`]).
+    pub fn volatile(&self) -> bool {
+        !self.fsync
     }
 
     /// Finishes every pending flush of copied-up data (unmount).

@@ -468,12 +468,19 @@ fn an_unprivileged_user_pulls_and_mounts_into_its_own_store() {
     std::os::unix::fs::chown(c.dir.path(), Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(home.join("mnt"), Some(65534), Some(65534)).unwrap();
+    // The 6 MB file twice: fetched lazily, then (a new mount) from the
+    // store file it became, which a rootless server reads through a
+    // mapping (no passthrough).
     let script = format!(
         "set -e; {rcfs} pull --tls-verify=false {image}; {rcfs} mount {image} {mnt}; cat {mnt}/etc/hostname; \
-         {rcfs} stats {mnt} | grep -q requests; {rcfs} umount {mnt}; test -d {home}/.local/share/rcfs/blobs/sha256",
+         sha256sum {mnt}/{big}; \
+         {rcfs} stats {mnt} | grep -q requests; {rcfs} umount {mnt}; test -d {home}/.local/share/rcfs/blobs/sha256; \
+         {rcfs} mount {image} {mnt}; sha256sum {mnt}/{big}; dd if={mnt}/{big} bs=1000 skip=5000 count=3 status=none | sha256sum; \
+         {rcfs} umount {mnt}",
         rcfs = RCFS,
         mnt = home.join("mnt").display(),
         home = home.display(),
+        big = "usr/share/data/big.bin",
     );
     let mut sh = Command::new("setpriv");
     sh.args([
@@ -487,6 +494,16 @@ fn an_unprivileged_user_pulls_and_mounts_into_its_own_store() {
     sh.env("HOME", &home).env_remove("XDG_DATA_HOME");
     let r = run(&mut sh, T).expect_ok("rootless pull + mount");
     assert!(r.stdout.contains("top 60"), "{}", r.stdout);
+    let big = crate::registry::noise(6 << 20, 60);
+    let whole = rcfs_fs::image::digest::Digest::of(&big).hex();
+    let piece = rcfs_fs::image::digest::Digest::of(&big[5_000_000..5_003_000]).hex();
+    let sums: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 64)
+        .collect();
+    assert_eq!(sums, [&whole, &whole, &piece], "{}", r.stdout);
 }
 
 /// The regular files of each layer of `oci:LAYOUT:TAG` (bottom first), in

@@ -414,15 +414,31 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let t = Instant::now();
+        // A mapped store file: the reply copies straight from the mapping.
+        let handle = self.handle(fh);
+        if let Ok(h) = &handle {
+            if let Ok(Some(bytes)) = h
+                .current_file(&self.union)
+                .map(crate::union::OpenFile::mapped)
+            {
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                self.trace(
+                    "read",
+                    || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
+                    t,
+                    &Ok::<usize, io::Error>(end - start),
+                );
+                return reply.data(&bytes[start..end]);
+            }
+        }
         READ_BUF.with_borrow_mut(|buf| {
             let size = size as usize;
             if buf.len() < size {
                 buf.resize(size, 0);
             }
             let buf = &mut buf[..size];
-            let r = self
-                .handle(fh)
-                .and_then(|h| h.current_file(&self.union)?.read_at(buf, offset));
+            let r = handle.and_then(|h| h.current_file(&self.union)?.read_at(buf, offset));
             self.trace(
                 "read",
                 || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),

@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
 use crate::cache::{Block, BlockCache, MEM_CHUNK_MAX};
@@ -401,7 +401,7 @@ impl Layer for ImageLayer {
         // together): a host file.
         if let Some(d) = data.digest.filter(|_| data.size > MEM_CHUNK_MAX) {
             if let Some(Block::Disk(f)) = self.inner.cache.get(&d, data.size)? {
-                return Ok(Arc::new(HostFile(f)));
+                return Ok(Arc::new(HostFile(f, OnceLock::new())));
             }
         }
         Ok(Arc::new(ImageFile {
@@ -529,9 +529,10 @@ impl LowerFile for ImageFile {
     }
 }
 
-/// A file whose bytes are one host file in the store.
+/// A file whose bytes are one host file in the store, mapped when first
+/// read through [`LowerFile::mapped`].
 #[derive(Debug)]
-struct HostFile(Arc<File>);
+struct HostFile(Arc<File>, OnceLock<Option<crate::sys::Mapping>>);
 
 impl LowerFile for HostFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -540,6 +541,16 @@ impl LowerFile for HostFile {
 
     fn host_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
+    }
+
+    fn mapped(&self) -> Option<&[u8]> {
+        // Store objects are never changed in place (a new one is renamed
+        // over), so the mapping holds the checked bytes for as long as the
+        // file is open. A mapping that cannot be made: reads use `read_at`.
+        self.1
+            .get_or_init(|| crate::sys::Mapping::of(&self.0).ok())
+            .as_ref()
+            .map(|m| m.bytes())
     }
 
     fn copy_to(&self, dst: &File, len: u64, durable: bool) -> io::Result<()> {

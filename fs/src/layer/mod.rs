@@ -251,6 +251,14 @@ pub trait LowerFile: Send + Sync + Debug {
     /// can then serve reads itself (FUSE passthrough).
     fn host_fd(&self) -> Option<BorrowedFd<'_>>;
 
+    /// The file's bytes mapped into memory, when it is a store object that
+    /// nothing changes: a read is then answered from the mapping, one copy
+    /// (into the kernel's reply) instead of two (a read into a buffer, and
+    /// the reply). What serves reads without passthrough (rootless).
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
+
     /// Copies the first `len` bytes into `dst` at the same offsets (copy-up).
     /// `dst` ends up at least `len` bytes long, and bytes it holds past
     /// `len` are kept. With `durable`, writeback may start as the copy goes,

@@ -12,6 +12,7 @@
 pub mod at;
 pub mod copy;
 pub mod dir;
+pub mod mmap;
 pub mod xattr;
 
 use std::ffi::{CString, OsStr};
@@ -23,6 +24,7 @@ pub use copy::{
     copy_data, copy_file_range, fallocate, fstat, pread_full, punch_hole, seek, will_need,
 };
 pub use dir::DirFd;
+pub use mmap::Mapping;
 
 /// `name` as a C string; a NUL byte inside is EINVAL.
 pub fn cname(name: &OsStr) -> io::Result<CString> {

@@ -76,6 +76,15 @@ impl OpenFile {
         }
     }
 
+    /// The file's bytes mapped into memory, for a lower file that has
+    /// them so (see [`LowerFile::mapped`]).
+    pub fn mapped(&self) -> Option<&[u8]> {
+        match self {
+            OpenFile::Lower(f) => f.mapped(),
+            _ => None,
+        }
+    }
+
     /// Whether this is the upper file (as opposed to a lower one).
     pub fn is_upper(&self) -> bool {
         !matches!(self, OpenFile::Lower(_))

@@ -180,6 +180,19 @@ for p in $PEERS; do
     [ "$(echo "$got" | tail -n +2 | tr -d ' ')" = "$want" ] || { printf 'datapath.sh: %s reads other data: got\n%s\nwant\n%s\n' "$p" "$got" "$want" >&2; exit 1; }
 done
 
+# How podman runs fuse-overlayfs for a --rm container (its options: whether
+# the upper dir is volatile, i.e. fsync is ignored, as for rcfs run --rm).
+FOVL_ARGS=-
+if [[ " $PEERS " == *" podman "* ]]; then
+    peer_run podman "$B sleep 2" >/dev/null 2>&1 & bg=$!
+    for _ in $(seq 30); do
+        FOVL_ARGS=$(ps -eo args | grep -E '^(/usr/bin/)?fuse-overlayfs ' | grep -o -- '-o [^ ]*' | head -1 | sed -E 's/(lowerdir|upperdir|workdir)=[^,]*/\1=…/g') || true
+        [ -n "$FOVL_ARGS" ] && break
+        sleep 0.1
+    done
+    wait "$bg" || true
+fi
+
 # --- the timed runs ----------------------------------------------------------
 now="$B echo | $B ts %.s"
 case_script() { # CASE: prints "RESULT T0 T1 [LOGSIZE]"
@@ -259,6 +272,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "$(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, medians in ms of the command inside a fresh container, as an unprivileged user."
     echo "/usr in the image: $USR_USED."
     for p in $PEERS; do echo "$p's / in the container: \`${ROOTFS[$p]}\`."; done
+    echo "podman's fuse-overlayfs for a --rm container: \`${FOVL_ARGS:--}\`."
     [ "$NOISY" = 0 ] || echo "$NOISY timed runs started on a busy machine (> $IDLE_BUSY % CPU after ${IDLE_WAIT}s)."
     echo
     hdr="| case | cache |"; sep="| --- | --- |"

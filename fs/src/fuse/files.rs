@@ -1,19 +1,75 @@
 //! Opening files for the kernel: which file an open gets, whether the
-//! kernel passes its I/O through to a host fd, and what the reply says.
+//! kernel passes its I/O through to a host fd, and what the reply says;
+//! reading them when it does not.
 
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fuser::{BackingId, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen};
+use fuser::{
+    BackingId, FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyData, ReplyOpen,
+};
 
 use super::handles::Backing;
 use super::reply::{copy_err, reply_err, to_file_attr};
 use super::UnionFs;
 use crate::union::{Caller, OpenFile};
 
+thread_local! {
+    /// A server thread's buffer for READ replies, kept between requests: a
+    /// new 128 KiB buffer per READ is a fresh mapping from malloc (see the
+    /// CLI's mmap threshold), 32 page faults and its zeroing each time.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl UnionFs {
+    /// READ of `size` bytes at `offset` of handle `fh` of `ino`: from the
+    /// file's mapping when it has one (a store file: one copy, into the
+    /// reply), else into this thread's buffer and from there.
+    pub(super) fn do_read(
+        &self,
+        ino: u64,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        let t = Instant::now();
+        let what = || format!("{ino}, fh {}, {offset}, {size}", fh.0);
+        let handle = self.handle(fh);
+        let file = handle
+            .as_ref()
+            .map_err(copy_err)
+            .and_then(|h| h.current_file(&self.union));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                self.trace("read", what, t, &Err::<usize, io::Error>(copy_err(&e)));
+                return reply.error(reply_err(e));
+            }
+        };
+        if let Some(bytes) = file.mapped() {
+            let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+            let end = start.saturating_add(size as usize).min(bytes.len());
+            self.trace("read", what, t, &Ok::<usize, io::Error>(end - start));
+            return reply.data(&bytes[start..end]);
+        }
+        READ_BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let buf = &mut buf[..size];
+            let r = file.read_at(buf, offset);
+            self.trace("read", what, t, &r.as_ref().map_err(copy_err));
+            match r {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(reply_err(e)),
+            }
+        });
+    }
+
     /// Opens `ino` with `flags`: which file, whether it passes through, and
     /// the open flags to reply with.
     pub(super) fn do_open(

@@ -52,13 +52,6 @@ use handles::Handles;
 use pagecache::PageCache;
 use reply::{caller, copy_err, negative_entry, reply_empty, reply_err, time_set, to_file_attr};
 
-thread_local! {
-    /// A server thread's buffer for READ replies, kept between requests: a
-    /// new 128 KiB buffer per READ is a fresh mapping from malloc (see the
-    /// CLI's mmap threshold), 32 page faults and its zeroing each time.
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// How to serve a union over FUSE.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -413,43 +406,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let t = Instant::now();
-        // A mapped store file: the reply copies straight from the mapping.
-        let handle = self.handle(fh);
-        if let Ok(h) = &handle {
-            if let Ok(Some(bytes)) = h
-                .current_file(&self.union)
-                .map(crate::union::OpenFile::mapped)
-            {
-                let start = (offset as usize).min(bytes.len());
-                let end = start.saturating_add(size as usize).min(bytes.len());
-                self.trace(
-                    "read",
-                    || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
-                    t,
-                    &Ok::<usize, io::Error>(end - start),
-                );
-                return reply.data(&bytes[start..end]);
-            }
-        }
-        READ_BUF.with_borrow_mut(|buf| {
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            let buf = &mut buf[..size];
-            let r = handle.and_then(|h| h.current_file(&self.union)?.read_at(buf, offset));
-            self.trace(
-                "read",
-                || format!("{}, fh {}, {offset}, {size}", ino.0, fh.0),
-                t,
-                &r.as_ref().map_err(copy_err),
-            );
-            match r {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(reply_err(e)),
-            }
-        });
+        self.do_read(ino.0, fh, offset, size, reply);
     }
 
     fn write(

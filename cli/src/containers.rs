@@ -115,7 +115,8 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
             "{:<20} {:<40} {:<24} {:<12} {}",
             r.name,
             r.image,
-            r.created,
+            // To the second, as the column has room for.
+            r.created.get(..19).unwrap_or(&r.created).replace('T', " "),
             status,
             r.command.join(" ")
         );

@@ -51,8 +51,7 @@ fn mount_use_unmount(
     );
     let weak = Arc::downgrade(&union);
     let fs = UnionFs::new(union, MountOptions::default());
-    let mut session = rcfs_fs::mount(fs, mnt, &MountConfig::default()).unwrap();
-    let mut unmounter = session.unmount_callable();
+    let session = rcfs_fs::mount(fs, mnt, &MountConfig::default()).unwrap();
     let server = std::thread::spawn(move || session.run());
     // List (prefetching starts), read ahead (a lower file opened), copy up,
     // write, and leave a file open across nothing.
@@ -70,12 +69,14 @@ fn mount_use_unmount(
     drop(f);
     // Children that other tests fork meanwhile get copies of this
     // process's fds, ours among them, and keep the mount busy until they
-    // exit: wait for them.
+    // exit: wait for them. (Not with fuser's unmounter: the first EBUSY
+    // uses it up, and a retry then "succeeds" without unmounting, which
+    // left this test waiting for a server that never ended.)
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match unmounter.unmount() {
+        match nix::mount::umount2(mnt, nix::mount::MntFlags::empty()) {
             Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => panic!("unmounting {}: {e}", mnt.display()),

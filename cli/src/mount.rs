@@ -663,7 +663,13 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         detach_stdio(fd.as_raw_fd(), req.log.as_deref());
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
-    let served = session.run().context("serving the mount");
+    // A request the kernel was handing over as the unmount aborted the
+    // connection ends the read with ECONNABORTED instead of ENODEV: an
+    // unmount all the same.
+    let served = match session.run() {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        r => r.context("serving the mount"),
+    };
     // The stats socket of an image mount goes with it.
     if let Some(im) = &req.image {
         let _ = std::fs::remove_file(crate::stats::socket_path(&im.store, &req.mountpoint));

@@ -82,7 +82,14 @@ fn mount_use_unmount(
             Err(e) => panic!("unmounting {}: {e}", mnt.display()),
         }
     }
-    server.join().unwrap().unwrap();
+    // (ECONNABORTED: a request was being handed over as the unmount
+    // aborted the connection; the session ended all the same.)
+    match server.join().unwrap() {
+        Err(e) if e.raw_os_error() != Some(libc::ECONNABORTED) => {
+            panic!("the server of {} failed: {e}", mnt.display())
+        }
+        _ => {}
+    }
     weak
 }
 

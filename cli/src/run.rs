@@ -246,10 +246,7 @@ fn serve(
     sigs.thread_block().context("blocking signals")?;
     let started = mount::start(&req)?;
     let config = match (&found, &started.live) {
-        (Some(img), _) => store
-            .blobs
-            .read(&Digest::parse(&img.config)?)?
-            .context("the image's config is missing from the store: pull it again")?,
+        (Some(img), _) => store.image_blob(img, "config", &img.config)?,
         (None, Some(live)) => live
             .config()
             .context("the pull gave no image config")?

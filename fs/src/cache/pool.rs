@@ -50,6 +50,8 @@ pub struct FetchPool {
     /// Guards the list; taken alone, after the queues are let go.
     workers: Mutex<Vec<JoinHandle<()>>>,
     max: usize,
+    /// All `max` workers are running: queueing takes no lock to find out.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for FetchPool {
@@ -79,13 +81,18 @@ impl FetchPool {
             shared,
             workers: Mutex::new(Rank::FetchWorkers, Vec::new()),
             max: n,
+            full: std::sync::atomic::AtomicBool::new(n == 0),
         }
     }
 
     /// Starts one more worker unless all are running.
     fn grow(&self) {
+        if self.full.load(Ordering::Relaxed) {
+            return;
+        }
         let mut w = self.workers.lock();
         if w.len() >= self.max {
+            self.full.store(true, Ordering::Relaxed);
             return;
         }
         let s = self.shared.clone();

@@ -39,7 +39,7 @@ use super::toc::{rfc3339, TocEntry};
 use crate::error::layer_error;
 use crate::layer::{Kind, Layer, Time};
 use crate::sys::DirFd;
-use crate::union::{Config, OpenFile, Union, UpperConfig, ROOT_INO};
+use crate::union::{Config, Union, UpperConfig, ROOT_INO};
 use crate::whiteout::{self, OPAQUE_MARKER};
 
 /// How to commit.
@@ -91,20 +91,6 @@ fn oci_media_type(t: &str) -> String {
         if foreign { "nondistributable." } else { "" },
         comp.unwrap_or_default()
     )
-}
-
-/// Reads an open union file from its start.
-struct UnionReader {
-    file: OpenFile,
-    at: u64,
-}
-
-impl Read for UnionReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
-    }
 }
 
 /// A directory still to write, with the union inode it is.
@@ -238,13 +224,13 @@ impl Walk<'_> {
                 .flatten();
             let e = toc_entry(a, &path, first.as_deref(), target, xattrs);
             self.entries += 1;
+            if e.kind == "reg" && st.st_nlink > 1 {
+                self.links.insert(key, path.clone());
+            }
             if e.kind == "reg" && e.size > 0 {
-                if st.st_nlink > 1 {
-                    self.links.insert(key, path.clone());
-                }
                 let file = self.union.open(stat.ino, libc::O_RDONLY, false)?;
                 let size = e.size as u64;
-                let mut r = UnionReader { file, at: 0 }.take(size);
+                let mut r = file.into_reader().take(size);
                 self.w.add(e, Some(&mut r))?;
                 if r.limit() > 0 {
                     return Err(layer_error(
@@ -255,9 +241,6 @@ impl Walk<'_> {
                 self.files += 1;
                 self.bytes += size;
                 continue;
-            }
-            if e.kind == "reg" && st.st_nlink > 1 {
-                self.links.insert(key, path.clone());
             }
             self.w.add(e, None)?;
             if a.kind == Kind::Dir {
@@ -348,17 +331,9 @@ pub fn commit(
     let rec = store_layer(store, sink, &info, (files, bytes), 0, Vec::new())?;
     debug_assert_eq!(rec.media_type, CHUNKED_MEDIA_TYPE);
 
-    let m_d = Digest::parse(&src.manifest)?;
-    let manifest: serde_json::Value = store
-        .blobs
-        .read(&m_d)?
-        .ok_or_else(|| {
-            layer_error(
-                libc::EIO,
-                format!("the manifest of {} is missing from the store", src.name),
-            )
-        })
-        .and_then(|b| serde_json::from_slice(&b).map_err(io::Error::other))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.image_blob(src, "manifest", &src.manifest)?)
+            .map_err(io::Error::other)?;
     let mut descs: Vec<serde_json::Value> =
         manifest["layers"].as_array().cloned().unwrap_or_default();
     for d in &mut descs {

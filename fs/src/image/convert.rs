@@ -11,10 +11,9 @@
 //! everything but `rootfs.diff_ids`, which name the new tars.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine;
 
@@ -26,7 +25,8 @@ use super::pull::decompress_toc;
 use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
 use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
 use crate::error::layer_error;
-use crate::layer::{Attr, ImageLayer, Kind, Layer, LowerFile};
+use crate::layer::{Attr, ImageLayer, Kind, Layer};
+use crate::union::OpenFile;
 
 /// How to convert.
 #[derive(Debug, Clone)]
@@ -226,20 +226,6 @@ fn order(toc: &Toc, first: &[String]) -> Vec<u32> {
     out
 }
 
-/// Reads a layer file from its start.
-struct FileReader {
-    file: Arc<dyn LowerFile>,
-    at: u64,
-}
-
-impl Read for FileReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
-    }
-}
-
 /// Writes one layer as a zstd:chunked blob into the store; returns its
 /// record and diff_id.
 fn convert_layer(
@@ -288,7 +274,7 @@ fn convert_layer(
             first_name.insert(n.file, path.clone());
             if e.size > 0 {
                 let file = layer.open(Path::new(std::ffi::OsStr::from_bytes(&path_bytes)))?;
-                w.add(e, Some(&mut FileReader { file, at: 0 }))?;
+                w.add(e, Some(&mut OpenFile::Lower(file).into_reader()))?;
                 if start_bytes == u64::MAX {
                     start_bytes = w.written();
                 }
@@ -380,6 +366,21 @@ pub(crate) fn layer_descriptor(
     })
 }
 
+/// An OCI image manifest of the config `cfg_d` (`cfg_len` bytes) and the
+/// layer descriptors `layers` (bottom first).
+pub(crate) fn oci_manifest(
+    cfg_d: &Digest,
+    cfg_len: usize,
+    layers: &[serde_json::Value],
+) -> serde_json::Value {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg_len},
+        "layers": layers,
+    })
+}
+
 /// Stores `cfg` and an OCI manifest of it and the layers `descs` (bottom
 /// first), and records them as the image `name` (fetching layers it
 /// serves lazily from `origin`).
@@ -393,12 +394,7 @@ pub(crate) fn write_image(
     let cfg_bytes = serde_json::to_vec(cfg).map_err(io::Error::other)?;
     let cfg_d = Digest::of(&cfg_bytes);
     store.blobs.put(&cfg_d, &cfg_bytes)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg_bytes.len()},
-        "layers": descs,
-    });
+    let manifest = oci_manifest(&cfg_d, cfg_bytes.len(), descs);
     let m_bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
     let m_d = Digest::of(&m_bytes);
     store.blobs.put(&m_d, &m_bytes)?;
@@ -420,13 +416,7 @@ pub(crate) fn write_image(
 
 /// The config of `img`, parsed.
 pub(crate) fn read_config(store: &Store, img: &ImageRecord) -> io::Result<serde_json::Value> {
-    let cfg_d = Digest::parse(&img.config)?;
-    let bytes = store.blobs.read(&cfg_d)?.ok_or_else(|| {
-        layer_error(
-            libc::EIO,
-            format!("the config of {} is missing from the store", img.name),
-        )
-    })?;
+    let bytes = store.image_blob(img, "config", &img.config)?;
     serde_json::from_slice(&bytes).map_err(io::Error::other)
 }
 

@@ -111,12 +111,7 @@ pub fn push(
         report.bytes += len;
     }
     let m_d = Digest::parse(&img.manifest)?;
-    let bytes = store.blobs.read(&m_d)?.ok_or_else(|| {
-        layer_error(
-            libc::EIO,
-            format!("the manifest of {} is missing from the store", img.name),
-        )
-    })?;
+    let bytes = store.image_blob(img, "manifest", &img.manifest)?;
     #[derive(serde::Deserialize)]
     struct Mt {
         #[serde(rename = "mediaType", default)]

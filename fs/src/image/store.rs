@@ -123,6 +123,21 @@ pub struct Store {
 pub struct StoreLock(#[allow(dead_code)] Flock<File>);
 
 impl Store {
+    /// The `what` (manifest, config) of `img`, the object `digest` of
+    /// `blobs/`; when it is gone, an error that says to pull the image
+    /// again.
+    pub fn image_blob(&self, img: &ImageRecord, what: &str, digest: &str) -> io::Result<Vec<u8>> {
+        self.blobs.read(&Digest::parse(digest)?)?.ok_or_else(|| {
+            crate::error::layer_error(
+                libc::EIO,
+                format!(
+                    "the {what} of {} is missing from the store: pull the image again",
+                    img.name
+                ),
+            )
+        })
+    }
+
     /// The default root for this user.
     pub fn default_root() -> PathBuf {
         if nix::unistd::geteuid().is_root() {

@@ -76,6 +76,11 @@ impl OpenFile {
         }
     }
 
+    /// A reader of the file from its start (to write it into a layer).
+    pub fn into_reader(self) -> FileReader {
+        FileReader { file: self, at: 0 }
+    }
+
     /// The file's bytes mapped into memory, for a lower file that has
     /// them so (see [`LowerFile::mapped`]).
     pub fn mapped(&self) -> Option<&[u8]> {
@@ -96,6 +101,21 @@ impl OpenFile {
             OpenFile::Upper(f) | OpenFile::Tail(TailFile { file: f, .. }) => Some(f),
             OpenFile::Lower(_) => None,
         }
+    }
+}
+
+/// Reads an [`OpenFile`] in order ([`OpenFile::into_reader`]).
+#[derive(Debug)]
+pub struct FileReader {
+    file: OpenFile,
+    at: u64,
+}
+
+impl std::io::Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -200,12 +200,7 @@ pub(super) fn pull_archive(
             .push(serde_json::json!({"mediaType": mt, "digest": d.to_string(), "size": size}));
     }
     let cfg_d = Digest::of(&cfg);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d.to_string(), "size": cfg.len()},
-        "layers": layer_descs,
-    });
+    let manifest = crate::image::convert::oci_manifest(&cfg_d, cfg.len(), &layer_descs);
     let bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
     let name = img
         .repo_tags

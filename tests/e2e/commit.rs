@@ -16,7 +16,7 @@ const T: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// The blob of the top layer of the image whose manifest digest is
 /// `manifest` in `store`, and that manifest.
-fn top_layer(store: &Path, manifest: &str) -> (std::path::PathBuf, serde_json::Value) {
+pub(crate) fn top_layer(store: &Path, manifest: &str) -> (std::path::PathBuf, serde_json::Value) {
     let blobs = store.join("blobs/sha256");
     let hex = manifest.trim().trim_start_matches("sha256:");
     let m: serde_json::Value =
@@ -27,7 +27,7 @@ fn top_layer(store: &Path, manifest: &str) -> (std::path::PathBuf, serde_json::V
 }
 
 /// `tar -t` (with `-v`: `tar -tv`) of a zstd layer blob.
-fn tar_list(blob: &Path, verbose: bool) -> Vec<String> {
+pub(crate) fn tar_list(blob: &Path, verbose: bool) -> Vec<String> {
     let flags = if verbose { "--zstd -tvf" } else { "--zstd -tf" };
     let mut c = cmd("tar", flags.split(' ').map(str::to_owned));
     c.arg(blob);

@@ -264,25 +264,36 @@ fn an_images_symlinks_stay_inside_it_and_volumes_bind() {
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("in"), "from the host\n").unwrap();
     let store = dir.path().join("store");
-    let mut c = cmd(
-        RCFS,
-        [
-            "--root".to_owned(),
-            store.display().to_string(),
-            "run".into(),
-            "--rm".into(),
-            "--tls-verify=false".into(),
-            "-v".into(),
-            format!("{}:/vol", host_dir.display()),
-            "-v".into(),
-            format!("{}:/ro:ro", host_dir.display()),
-            image.clone(),
-            "/bin/sh".into(),
-            "-c".into(),
-            "busybox cat /vol/in; echo out > /vol/out; echo x > /ro/nope || echo ro-refused".into(),
-        ],
+    // `rcfs run --rm --tls-verify=false ARGS` on this store.
+    let run_rm = |args: &[&str]| {
+        let mut c = cmd(
+            RCFS,
+            [
+                "--root",
+                store.to_str().unwrap(),
+                "run",
+                "--rm",
+                "--tls-verify=false",
+            ]
+            .map(str::to_owned),
+        );
+        c.args(args);
+        run(&mut c, T)
+    };
+    let (vol, ro) = (
+        format!("{}:/vol", host_dir.display()),
+        format!("{}:/ro:ro", host_dir.display()),
     );
-    let r = run(&mut c, T);
+    let r = run_rm(&[
+        "-v",
+        &vol,
+        "-v",
+        &ro,
+        &image,
+        "/bin/sh",
+        "-c",
+        "busybox cat /vol/in; echo out > /vol/out; echo x > /ro/nope || echo ro-refused",
+    ]);
     assert_eq!(code(&r), Some(0), "{}", r.stderr);
     assert_eq!(r.stdout, "from the host\nro-refused\n", "{}", r.stderr);
     assert_eq!(
@@ -291,23 +302,8 @@ fn an_images_symlinks_stay_inside_it_and_volumes_bind() {
     );
     // The hostile image: refused clearly (a dangling symlink where a mount
     // goes), and nothing made on the host.
-    let mut c = cmd(
-        RCFS,
-        [
-            "--root".to_owned(),
-            store.display().to_string(),
-            "run".into(),
-            "--rm".into(),
-            "--tls-verify=false".into(),
-            "-v".into(),
-            format!("{}:/data/x", host_dir.display()),
-            hostile,
-            "/bin/sh".into(),
-            "-c".into(),
-            "true".into(),
-        ],
-    );
-    let r = run(&mut c, T);
+    let data = format!("{}:/data/x", host_dir.display());
+    let r = run_rm(&["-v", &data, &hostile, "/bin/sh", "-c", "true"]);
     assert!(
         !Path::new(&escape).exists(),
         "rcfs made {escape} on the host following the image's symlinks: {}",
@@ -316,21 +312,7 @@ fn an_images_symlinks_stay_inside_it_and_volumes_bind() {
     assert_eq!(code(&r), Some(125), "{}", r.stderr);
     assert!(r.stderr.contains("the container's"), "{}", r.stderr);
     // A missing volume source is refused before anything starts.
-    let mut c = cmd(
-        RCFS,
-        [
-            "--root".to_owned(),
-            store.display().to_string(),
-            "run".into(),
-            "--rm".into(),
-            "--tls-verify=false".into(),
-            "-v".into(),
-            "/no/such/dir:/x".into(),
-            image,
-            "/bin/sh".into(),
-        ],
-    );
-    let r = run(&mut c, T);
+    let r = run_rm(&["-v", "/no/such/dir:/x", &image, "/bin/sh"]);
     assert_eq!(code(&r), Some(125), "{}", r.stderr);
     assert!(r.stderr.contains("/no/such/dir"), "{}", r.stderr);
 }
@@ -547,21 +529,13 @@ fn a_user_with_subuid_ranges_gets_distinct_owners() {
     // A commit keeps the owners the container gave, and so does a
     // container of the new image.
     let r = as_user(&["commit", "owners", "localhost/owners:v1"]).expect_ok("commit");
-    let blobs = home.join(".local/share/rcfs/blobs/sha256");
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blobs.join(r.stdout.trim().trim_start_matches("sha256:"))).unwrap(),
-    )
-    .unwrap();
-    let top = m["layers"][2]["digest"].as_str().unwrap();
-    let mut c = cmd("tar", ["--zstd".to_owned(), "-tvf".into()]);
-    c.arg(blobs.join(top.trim_start_matches("sha256:")));
-    let r = run(&mut c, T).expect_ok("tar -tv");
+    let (blob, _) = crate::commit::top_layer(&home.join(".local/share/rcfs"), &r.stdout);
+    let listed = crate::commit::tar_list(&blob, true);
     assert!(
-        r.stdout
-            .lines()
+        listed
+            .iter()
             .any(|l| l.contains(" 1000/1000 ") && l.ends_with(" x")),
-        "{}",
-        r.stdout
+        "{listed:?}"
     );
     let r = as_user(&[
         "run",

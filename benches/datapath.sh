@@ -51,6 +51,7 @@
 # podman runc uidmap (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 RUNS=${RUNS:-5}
 RCFS=${RCFS:-$PWD/target/release/rcfs}
 CASES=${CASES:-"seqread readusr append appendsync"}
@@ -104,27 +105,9 @@ USR_BYTES=$(find "$W/l1/usr" -type f -printf '%s\n' | awk '{s += $1} END {printf
 head -c "${BIG_MB}M" /dev/urandom > "$W/l2/data/big"
 head -c "${LOG_MB}M" /dev/urandom > "$W/l2/data/log"
 BIG_SHA=$(sha256sum "$W/l2/data/big" | cut -d' ' -f1)
-mk_layout() { # DIR LAYERDIR...: an OCI layout with uncompressed layers, tag v1
-    local d=$1; shift; mkdir -p "$d/blobs/sha256"; local layers= diffs=
-    for l in "$@"; do
-        tar --sort=name --numeric-owner --owner=0 --group=0 -cf "$d/t" -C "$l" .
-        local s; s=$(sha256sum "$d/t" | cut -d' ' -f1); local n; n=$(stat -c %s "$d/t"); mv "$d/t" "$d/blobs/sha256/$s"
-        layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$s\",\"size\":$n}"
-        diffs+="${diffs:+,}\"sha256:$s\""
-    done
-    printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/busybox","true"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$(dpkg --print-architecture)" "$diffs" > "$d/c"
-    local cs; cs=$(sha256sum "$d/c" | cut -d' ' -f1); local cn; cn=$(stat -c %s "$d/c"); mv "$d/c" "$d/blobs/sha256/$cs"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cs" "$cn" "$layers" > "$d/m"
-    local ms; ms=$(sha256sum "$d/m" | cut -d' ' -f1); local mn; mn=$(stat -c %s "$d/m"); mv "$d/m" "$d/blobs/sha256/$ms"
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' "$ms" "$mn" > "$d/index.json"
-    echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
-}
 mk_layout "$W/layout" "$W/l0" "$W/l1" "$W/l2"
 rm -rf "$W/l1" "$W/l2" # in the layout now
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$W/registry" "$PORT" > "$W/reg.yml"
-docker-registry serve "$W/reg.yml" >/dev/null 2>&1 & REG=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+start_registry "$W"
 log "pushing it to 127.0.0.1:$PORT (gzip) ..."
 skopeo copy -q --dest-tls-verify=false "oci:$W/layout:v1" "docker://127.0.0.1:$PORT/datapath:v1"
 rm -rf "$W/layout"
@@ -132,24 +115,9 @@ IMAGE=127.0.0.1:$PORT/datapath:v1
 
 # --- the user, its stores and podman's config ---------------------------------
 useradd -M -d "$W/home" rcfs-bench 2>/dev/null || true
-mkdir -p "$W/home/.config/containers" "$W/run"
+mkdir -p "$W/home" "$W/run"
 chmod 700 "$W/run"
-if [[ " $PEERS " == *" podman "* ]]; then
-    # subordinate ids for podman's user namespace (useradd gives them only
-    # with SUB_UID_MIN.. in login.defs): the range after the highest in use
-    s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
-    for f in subuid subgid; do
-        grep -q '^rcfs-bench:' "/etc/$f" && continue
-        [ "$f" = subuid ] && o=--add-subuids || o=--add-subgids
-        usermod "$o" "$s-$((s + 65535))" rcfs-bench
-    done
-    printf '[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n' \
-        > "$W/home/.config/containers/storage.conf"
-    printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n' \
-        > "$W/home/.config/containers/containers.conf"
-    printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$PORT" \
-        > "$W/home/.config/containers/registries.conf"
-fi
+[[ " $PEERS " != *" podman "* ]] || podman_user rcfs-bench "$W/home" "$W/run" "$PORT"
 chown -R rcfs-bench: "$W/home" "$W/run"
 as_user() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" "$@"; }
 # peer_run PEER SCRIPT: the script in a fresh container of the image, as rcfs-bench
@@ -205,26 +173,6 @@ case_script() { # CASE: prints "RESULT T0 T1 [LOGSIZE]"
     *) echo "datapath.sh: unknown case $1" >&2; return 1 ;;
     esac
     echo "t0=\$($now) && $op && t1=\$($now) && echo RESULT \$t0 \$t1 $extra"
-}
-cpu_busy() { # percent of CPU time not idle over 0.5 s
-    local a b
-    a=$(head -1 /proc/stat); sleep 0.5; b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { n = split(a, x); split(b, y); t = 0
-        for (i = 2; i <= n; i++) t += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6]); printf "%d", t ? 100 * (t - idle) / t : 0 }'
-}
-NOISY=0
-wait_idle() {
-    ((IDLE_WAIT > 0)) || return 0
-    local start=$SECONDS busy
-    while :; do
-        busy=$(cpu_busy)
-        ((busy < IDLE_BUSY)) && return 0
-        if ((SECONDS - start >= IDLE_WAIT)); then
-            log "  machine still busy (${busy}% CPU) after ${IDLE_WAIT}s; measuring anyway"
-            NOISY=$((NOISY + 1)); return 0
-        fi
-    done
 }
 # timed PEER CASE MODE: one timed run; prints ms
 timed() {

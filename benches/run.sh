@@ -19,6 +19,7 @@
 # busybox-static, and for podman: podman runc uidmap (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 RUNS=${RUNS:-20}
 RCFS=${RCFS:-$PWD/target/release/rcfs}
 OUT=${OUT:-$PWD/benches/results/run-$(date +%Y%m%d-%H%M%S).md}
@@ -55,26 +56,8 @@ mkdir -p "$W/l0/bin" "$W/l1/etc" "$W/l0/etc" "$W/l0/proc" "$W/l0/dev" "$W/l0/sys
 cp /bin/busybox "$W/l0/bin/busybox"
 echo bench > "$W/l1/etc/hostname"
 # The image: the same two trees as layers, in a registry on loopback.
-mk_layout() {
-    local d=$1; shift; mkdir -p "$d/blobs/sha256"; local layers= diffs=
-    for l in "$@"; do
-        tar --sort=name --numeric-owner -cf "$d/t" -C "$l" .
-        local s; s=$(sha256sum "$d/t" | cut -d' ' -f1); local n; n=$(stat -c %s "$d/t"); mv "$d/t" "$d/blobs/sha256/$s"
-        layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$s\",\"size\":$n}"
-        diffs+="${diffs:+,}\"sha256:$s\""
-    done
-    printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/busybox","true"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$(dpkg --print-architecture)" "$diffs" > "$d/c"
-    local cs; cs=$(sha256sum "$d/c" | cut -d' ' -f1); local cn; cn=$(stat -c %s "$d/c"); mv "$d/c" "$d/blobs/sha256/$cs"
-    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' "$cs" "$cn" "$layers" > "$d/m"
-    local ms; ms=$(sha256sum "$d/m" | cut -d' ' -f1); local mn; mn=$(stat -c %s "$d/m"); mv "$d/m" "$d/blobs/sha256/$ms"
-    printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' "$ms" "$mn" > "$d/index.json"
-    echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
-}
 mk_layout "$W/layout" "$W/l0" "$W/l1"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$W/registry" "$PORT" > "$W/reg.yml"
-docker-registry serve "$W/reg.yml" >/dev/null 2>&1 & REG=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+start_registry "$W"
 skopeo copy -q --dest-tls-verify=false "oci:$W/layout:v1" "docker://127.0.0.1:$PORT/bench:v1"
 IMAGE=127.0.0.1:$PORT/bench:v1
 useradd -M -d "$W/home" rcfs-bench 2>/dev/null || true
@@ -83,27 +66,10 @@ chmod 666 /dev/fuse
 as_user() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" "$@"; }
 "$RCFS" --root "$W/store" pull -q --tls-verify=false "$IMAGE"
 as_user "$RCFS" pull -q --tls-verify=false "$IMAGE"
-# Rootless podman for rcfs-bench: subordinate ids (useradd gives them only
-# with SUB_UID_MIN.. in login.defs; take the range after the highest in use),
-# its config in ~/.config/containers, its store in ~/.local/share/containers
-# and its runtime dir in $W/run (all under $W, removed at exit).
-if [ -z "$NO_PODMAN" ]; then
-    s=$(awk -F: '$2+$3 > m {m = $2+$3} END {print (m < 100000) ? 100000 : m}' /etc/subuid /etc/subgid)
-    for f in subuid subgid; do
-        grep -q '^rcfs-bench:' "/etc/$f" && continue
-        [ "$f" = subuid ] && o=--add-subuids || o=--add-subgids
-        usermod "$o" "$s-$((s + 65535))" rcfs-bench
-    done
-    mkdir -p "$W/home/.config/containers" "$W/run"
-    chmod 700 "$W/run"
-    printf '[storage]\ndriver = "overlay"\n[storage.options.overlay]\nmount_program = "/usr/bin/fuse-overlayfs"\n' \
-        > "$W/home/.config/containers/storage.conf"
-    printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n' \
-        > "$W/home/.config/containers/containers.conf"
-    printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$PORT" \
-        > "$W/home/.config/containers/registries.conf"
-    chown -R rcfs-bench: "$W/home" "$W/run"
-fi
+# Rootless podman for rcfs-bench: its config in ~/.config/containers, its
+# store in ~/.local/share/containers and its runtime dir in $W/run (all under
+# $W, removed at exit).
+[ -n "$NO_PODMAN" ] || podman_user rcfs-bench "$W/home" "$W/run" "$PORT"
 as_podman() { setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" podman "$@"; }
 if [ -z "$NO_PODMAN" ]; then
     if ! e=$(as_podman pull -q "$IMAGE" 2>&1 >/dev/null); then

@@ -35,6 +35,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$REPO/benches/lib.sh"
 RUNS=${RUNS:-5}
 FS=${FS:-"rcfs fuse-overlayfs kernel"}
 CASES=${CASES:-"walk2 walk64 rewalk2 rewalk64 readall2 readall64 seqread append rwappend chmod create"}
@@ -255,34 +256,6 @@ timed_op() { # case -> prints "ns check..." (the helper times only the op)
 	create) args=(create "$MNT/bench-new" "$CREATE_N" "$CREATE_SIZE") ;;
 	esac
 	timeout "$OP_TIMEOUT" "$HELPER" "${args[@]}"
-}
-
-cpu_busy() { # percent of CPU time not idle over 0.5 s
-	local a b
-	a=$(head -1 /proc/stat)
-	sleep 0.5
-	b=$(head -1 /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN {
-		n = split(a, x); split(b, y); t = 0
-		for (i = 2; i <= n; i++) t += y[i] - x[i]
-		idle = (y[5] - x[5]) + (y[6] - x[6])
-		printf "%d", t ? 100 * (t - idle) / t : 0 }'
-}
-
-NOISY=0
-wait_idle() {
-	((IDLE_WAIT > 0)) || return 0
-	local start=$SECONDS busy
-	while :; do
-		busy=$(cpu_busy)
-		((busy < IDLE_BUSY)) && return 0
-		if ((SECONDS - start >= IDLE_WAIT)); then
-			log "  warning: machine still busy (${busy}% CPU) after ${IDLE_WAIT}s; measuring anyway"
-			NOISY=$((NOISY + 1))
-			return 0
-		fi
-		((SECONDS - start < 1)) && log "  waiting for the machine to be idle (${busy}% CPU busy) ..."
-	done
 }
 
 layer_ratio_rows() { # case-prefix label: the 64-layer / 2-layer time ratio, per cache mode

@@ -77,14 +77,6 @@ scripts/setup-fuse
 W=$(mktemp -d "$WORK_DIR/rcfs-datapath.XXXXXX")
 chmod 755 "$W"
 REG=
-cleanup() {
-    # rootless podman leaves a pause process holding its user namespace
-    if [ -f "$W/run/libpod/tmp/pause.pid" ]; then kill "$(cat "$W/run/libpod/tmp/pause.pid")" 2>/dev/null || true; fi
-    [ -z "$REG" ] || kill "$REG" 2>/dev/null || true
-    # anything still mounted under $W (a run that was interrupted)
-    { grep -o " $W/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-    rm -rf "$W"
-}
 trap cleanup EXIT
 
 # --- the image ---------------------------------------------------------------

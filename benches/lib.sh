@@ -23,6 +23,16 @@ mk_layout() {
     echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
 }
 
+# cleanup: at exit, removes the work dir W and what lives in it: the
+# registry REG, podman's pause process, anything still mounted there (a run
+# that was interrupted).
+cleanup() {
+    if [ -f "$W/run/libpod/tmp/pause.pid" ]; then kill "$(cat "$W/run/libpod/tmp/pause.pid")" 2>/dev/null || true; fi
+    [ -z "${REG:-}" ] || kill "$REG" 2>/dev/null || true
+    { grep -o " $W/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+
 # start_registry DIR: Debian's docker-registry on a free loopback port,
 # storing under DIR/registry; sets PORT and REG (its pid, for the caller's
 # cleanup) and returns once it accepts connections.

@@ -252,16 +252,27 @@ fn metadata_only_copy_up_copies_no_data() {
 /// no data: appends go into a metacopy upper file past the lower file's
 /// size. Opening the file for reading, or a write inside the lower data,
 /// fills the data in; the file reads right through all of it, also after a
-/// remount and after its server was killed.
+/// remount and after its server was killed. With FUSE passthrough (root).
 #[test]
 fn write_only_append_copies_no_data() {
+    write_only_append(Fixture::new);
+}
+
+/// The same without passthrough (a rootless server): every open, the
+/// append's too, goes through the kernel's page cache.
+#[test]
+fn write_only_append_copies_no_data_without_passthrough() {
+    write_only_append(Fixture::without_passthrough);
+}
+
+fn write_only_append(fixture: fn(&[Layer], &Layer) -> Fixture) {
     let bottom = Layer::new()
         .big_file("log", BIG)
         .big_file("w", BIG)
         .big_file("kept", BIG)
         .big_file("read-too", BIG)
         .file("odd", "not a page");
-    let mut fix = Fixture::new(&[bottom], &Layer::new());
+    let mut fix = fixture(&[bottom], &Layer::new());
     let append = |c: &mut crate::ops::Ops, p: &str, data: &[u8], sync: bool| {
         if let Ok(fd) = c.open(p, libc::O_WRONLY | libc::O_APPEND, 0, "O_WRONLY|O_APPEND") {
             c.fwrite(&fd, data).ok();
@@ -351,6 +362,55 @@ fn write_only_append_copies_no_data() {
         c.stat("kept").ok();
         c.read("kept").ok();
     });
+}
+
+/// A file read through an fd opened before a write-only open appended to
+/// it (its last page cached, zeros past the end) reads the appended bytes
+/// through that fd, while the append is open and after it is closed, as on
+/// overlayfs (which reopens the copied-up file under the old fd). Without
+/// passthrough: with it, the earlier fd keeps reading the lower file (see
+/// `inodes::passthrough_file_open_for_reading_can_be_opened_for_writing`).
+#[test]
+fn an_earlier_reader_sees_a_write_only_append() {
+    let bottom = Layer::new()
+        .big_file("log", BIG)
+        .file("short", "ends mid-page");
+    let fix = Fixture::without_passthrough(&[bottom], &Layer::new());
+    {
+        fix.check(|c| {
+            let (Ok(log), Ok(short)) = (
+                c.open("log", libc::O_RDONLY, 0, "O_RDONLY"),
+                c.open("short", libc::O_RDONLY, 0, "O_RDONLY"),
+            ) else {
+                return;
+            };
+            c.pread(&log, 8192, BIG as i64 - 4100).ok();
+            c.pread(&short, 4096, 0).ok();
+            if let Ok(w) = c.open(
+                "log",
+                libc::O_WRONLY | libc::O_APPEND,
+                0,
+                "O_WRONLY|O_APPEND",
+            ) {
+                c.fwrite(&w, b"appended while open").ok();
+                c.pread(&log, 8192, BIG as i64 - 4100).ok();
+                c.fstat(&log).ok();
+            }
+            if let Ok(w) = c.open(
+                "short",
+                libc::O_WRONLY | libc::O_APPEND,
+                0,
+                "O_WRONLY|O_APPEND",
+            ) {
+                c.fwrite(&w, b", then closed").ok();
+            }
+            c.pread(&short, 4096, 0).ok();
+            c.fstat(&short).ok();
+            c.read("short").ok();
+            c.pread(&log, 8192, BIG as i64 - 4100).ok();
+        });
+        fix.check_trees();
+    }
 }
 
 /// A data copy-up reaches the disk in the background: until then the upper

@@ -90,13 +90,17 @@ impl UnionFs {
             self.union.reincarnate(ino)?;
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
         }
-        // A write-only open may leave the data below (an append to a large
-        // lower file copies nothing) when its writes come here without the
-        // page cache and every other open passes through, so that no cached
-        // page can go stale.
-        let defer = self.handles.passthrough();
-        let file = match self.union.open(ino, flags, defer)? {
-            f @ OpenFile::Tail(_) if !self.handles.passthrough_proven(&f, open_backing) => {
+        // A write-only open leaves the data below (an append to a large
+        // lower file copies nothing), so long as no cached page can go
+        // stale. With passthrough, its writes come here without the page
+        // cache (direct I/O) and every other open passes through; without,
+        // every open goes through the one page cache, which the kernel
+        // keeps coherent, and a reader is given the filled-in data.
+        let passthrough = self.handles.passthrough();
+        let file = match self.union.open(ino, flags, true)? {
+            f @ OpenFile::Tail(_)
+                if passthrough && !self.handles.passthrough_proven(&f, open_backing) =>
+            {
                 drop(f);
                 self.union.open(ino, flags, false)?
             }
@@ -108,11 +112,12 @@ impl UnionFs {
         let exec = self.union.exec_guard(ino, flags);
         if let OpenFile::Tail(_) = file {
             let fh = self.handles.add(ino, file, None, exec, false);
-            return Ok((
-                fh,
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-                None,
-            ));
+            let io = if passthrough {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            };
+            return Ok((fh, io | FopenFlags::FOPEN_NOFLUSH, None));
         }
         let mut backing = self.handles.backing_for(ino, &file, open_backing);
         if matches!(backing, Backing::Pinned) && self.handles.lower_let_go(ino) {

@@ -215,6 +215,7 @@ impl Union {
                 Err(e) => return Err(e),
             }
             node.tails.fetch_add(1, Ordering::Relaxed);
+            node.tailed.store(true, Ordering::Release);
             return Ok(OpenFile::Tail(TailFile { file, node }));
         }
         if upper && (writes || trunc || !metacopy) {
@@ -265,9 +266,18 @@ impl Union {
 
     /// For a handle that reads a lower file: the upper file to read instead,
     /// once the file has been copied up (so that every open file sees the
-    /// same data, as on overlayfs).
+    /// same data, as on overlayfs). A file that a write-only open may have
+    /// appended to gets its data filled in first: the lower file alone
+    /// would end where the appended bytes begin.
     pub fn reopen_if_copied_up(&self, ino: u64) -> Result<Option<OpenFile>> {
         let node = self.node(ino)?;
+        if node.tailed.load(Ordering::Acquire) {
+            let _copy = node.copy_lock.lock();
+            if node.state.read().metacopy {
+                let l = self.lower_of(&node).ok_or_else(|| errno(libc::EIO))?;
+                self.fill_metacopy(&node, &l, CopyData::Full)?;
+            }
+        }
         let tree = self.read_tree();
         let (loc, snap) = {
             let st = node.state.read();

@@ -39,6 +39,10 @@ pub(crate) struct Node {
     /// ([`super::io::OpenFile::Tail`]): while there are any, the upper file
     /// may grow at any time, so readers must not be given the lower file.
     pub(crate) tails: AtomicU32,
+    /// A [`super::io::OpenFile::Tail`] was opened: the upper file may hold
+    /// bytes past the lower data even once no tail is open, so a handle
+    /// that reads the lower file must have the data filled in first.
+    pub(crate) tailed: AtomicBool,
     /// Open handles that execute this file (`__FMODE_EXEC`): while there
     /// are any, an open may not truncate it (ETXTBSY), as the kernel
     /// refuses writes to a running program.
@@ -62,6 +66,7 @@ impl Node {
             copy_lock: Mutex::new(Rank::CopyUp, ()),
             load_lock: Mutex::new(Rank::Load, ()),
             tails: AtomicU32::new(0),
+            tailed: AtomicBool::new(false),
             execs: AtomicU32::new(0),
             dir_unsynced: AtomicBool::new(false),
             state: RwLock::new(Rank::NodeState, state),

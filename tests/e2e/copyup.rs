@@ -374,8 +374,35 @@ fn write_only_append(fixture: fn(&[Layer], &Layer) -> Fixture) {
 fn an_earlier_reader_sees_a_write_only_append() {
     let bottom = Layer::new()
         .big_file("log", BIG)
+        .big_file("synced", BIG)
         .file("short", "ends mid-page");
     let fix = Fixture::without_passthrough(&[bottom], &Layer::new());
+    // `sync FILE` after an append opens the file only to fsync it: that
+    // copies no data either.
+    let sync = |c: &mut crate::ops::Ops| {
+        if let Ok(w) = c.open(
+            "synced",
+            libc::O_WRONLY | libc::O_APPEND,
+            0,
+            "O_WRONLY|O_APPEND",
+        ) {
+            c.fwrite(&w, b"appended").ok();
+        }
+        if let Ok(fd) = c.open("synced", libc::O_RDONLY, 0, "O_RDONLY") {
+            c.fsync(&fd).ok();
+        }
+        c.stat("synced").ok();
+    };
+    // The upper dir is looked at before anything reads the file.
+    let (k, s) = (fix.on_kernel(sync), fix.on_subject(sync));
+    assert_eq!(k, s, "{} results differ from kernel overlayfs", fix.name());
+    if fix.imp.is_rcfs() {
+        let data = std::fs::read(fix.subject_upper().join("synced")).unwrap();
+        assert!(
+            data.len() == BIG + 8 && data[..BIG].iter().all(|b| *b == 0),
+            "rcfs upper synced: the lower data was copied by an open for fsync"
+        );
+    }
     {
         fix.check(|c| {
             let (Ok(log), Ok(short)) = (

@@ -14,7 +14,7 @@ use fuser::{
 use super::handles::Backing;
 use super::reply::{copy_err, reply_err, to_file_attr};
 use super::UnionFs;
-use crate::union::{Caller, OpenFile};
+use crate::union::{Caller, Defer, OpenFile};
 
 thread_local! {
     /// A server thread's buffer for READ replies, kept between requests: a
@@ -97,12 +97,17 @@ impl UnionFs {
         // every open goes through the one page cache, which the kernel
         // keeps coherent, and a reader is given the filled-in data.
         let passthrough = self.handles.passthrough();
-        let file = match self.union.open(ino, flags, true)? {
+        let defer = if passthrough {
+            Defer::Writes
+        } else {
+            Defer::WritesAndReads
+        };
+        let file = match self.union.open(ino, flags, defer)? {
             f @ OpenFile::Tail(_)
                 if passthrough && !self.handles.passthrough_proven(&f, open_backing) =>
             {
                 drop(f);
-                self.union.open(ino, flags, false)?
+                self.union.open(ino, flags, Defer::Nothing)?
             }
             f => f,
         };

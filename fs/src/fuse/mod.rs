@@ -489,7 +489,7 @@ impl Filesystem for UnionFs {
             match h.upper_file() {
                 Some(f) if datasync => f.sync_data(),
                 Some(f) => f.sync_all(),
-                None => Ok(()),
+                None => self.union.sync_upper(ino.0, datasync),
             }
         });
         self.trace("fsync", || format!("{}, fh {}", ino.0, fh.0), t, &r);

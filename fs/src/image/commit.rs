@@ -228,7 +228,9 @@ impl Walk<'_> {
                 self.links.insert(key, path.clone());
             }
             if e.kind == "reg" && e.size > 0 {
-                let file = self.union.open(stat.ino, libc::O_RDONLY, false)?;
+                let file =
+                    self.union
+                        .open(stat.ino, libc::O_RDONLY, crate::union::Defer::Nothing)?;
                 let size = e.size as u64;
                 let mut r = file.into_reader().take(size);
                 self.w.add(e, Some(&mut r))?;

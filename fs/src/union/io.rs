@@ -31,6 +31,23 @@ pub enum OpenFile {
     Tail(TailFile),
 }
 
+/// What of a file's data an open may leave below, by how its I/O reaches
+/// the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defer {
+    /// Nothing: an open for writing copies the data up.
+    Nothing,
+    /// A write-only open copies no data: its writes all come to the server
+    /// ([`OpenFile::Tail`]). A reader of a file such an open may have
+    /// appended to gets the data filled in at its open, since its reads
+    /// may go to the lower file without the server (passthrough).
+    Writes,
+    /// As `Writes`, but every read comes to the server too: a reader's
+    /// open copies nothing, its first read fills the data in. An open only
+    /// to `fsync` (`sync FILE`) then costs no copy.
+    WritesAndReads,
+}
+
 /// The file of an [`OpenFile::Tail`]; counts as one of its node's tails
 /// while open.
 #[derive(Debug)]
@@ -155,14 +172,15 @@ fn reserve(file: &File, len: u64) -> Result<()> {
 }
 
 impl Union {
-    /// Opens regular file `ino` with open(2) `flags`. With `defer_data`, a
-    /// write-only open of a lower file (one that does not truncate it) copies
-    /// no data: it gets an [`OpenFile::Tail`] of a metacopy upper file, and
-    /// the data is copied only if a write lands inside it. Appending to a
+    /// Opens regular file `ino` with open(2) `flags`. Unless `defer` is
+    /// [`Defer::Nothing`], a write-only open of a lower file (one that does
+    /// not truncate it) copies no data: it gets an [`OpenFile::Tail`] of a
+    /// metacopy upper file, and the data is copied only if a write lands
+    /// inside it or a reader needs it. Appending to a
     /// large lower file then costs what appending to an upper one does. The
     /// space the data will need is reserved first, so a full disk fails the
     /// open (as a copy-up would) rather than a later read.
-    pub fn open(&self, ino: u64, flags: i32, defer_data: bool) -> Result<OpenFile> {
+    pub fn open(&self, ino: u64, flags: i32, defer: Defer) -> Result<OpenFile> {
         let node = self.node(ino)?;
         if node.kind != Kind::File {
             return Err(errno(libc::EINVAL));
@@ -176,7 +194,7 @@ impl Union {
             // (FUSE_ATOMIC_O_TRUNC): refuse first, and lose nothing.
             return Err(errno(libc::ETXTBSY));
         }
-        let tail = defer_data && self.metacopy && acc == libc::O_WRONLY && !trunc;
+        let tail = defer != Defer::Nothing && self.metacopy && acc == libc::O_WRONLY && !trunc;
         if writes || trunc {
             self.copy_up(
                 &node,
@@ -189,7 +207,13 @@ impl Union {
                 },
             )?;
         } else if self.has_tail(&node)? {
-            self.copy_up(&node, CopyData::Full)?;
+            if defer == Defer::WritesAndReads {
+                // The first read fills the data in (a tail of an earlier
+                // mount is not marked yet).
+                node.tailed.store(true, Ordering::Release);
+            } else {
+                self.copy_up(&node, CopyData::Full)?;
+            }
         }
         let tree = self.read_tree();
         let (upper, metacopy, lower_size) = {
@@ -210,7 +234,7 @@ impl Union {
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     // Nothing to reserve with: copy the data now.
                     drop(file);
-                    return self.open(ino, flags, false);
+                    return self.open(ino, flags, Defer::Nothing);
                 }
                 Err(e) => return Err(e),
             }
@@ -289,6 +313,29 @@ impl Union {
         };
         let _ = snap;
         Ok(Some(OpenFile::Upper(loc.open(libc::O_RDONLY)?)))
+    }
+
+    /// `fsync` of `ino` through a handle without an upper file of its own
+    /// (a reader of the lower file): the node's upper file, if it has one
+    /// by now (a copy-up, an append's tail), is what must reach the disk.
+    pub fn sync_upper(&self, ino: u64, datasync: bool) -> Result<()> {
+        let node = self.node(ino)?;
+        let tree = self.read_tree();
+        let (loc, _) = {
+            let st = node.state.read();
+            if !(st.upper || st.orphan().is_some()) {
+                return Ok(());
+            }
+            drop(st);
+            self.loc_of(&node, &tree)?
+        };
+        let f = loc.open(libc::O_RDONLY)?;
+        drop(tree);
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
     }
 
     /// Whether opening `ino` with `flags` would copy it up or give a file

@@ -51,7 +51,7 @@ use crate::lock::{Mutex, Rank, ReadGuard, RwLock};
 use crate::upper::{Loc, Upper};
 use crate::IdMap;
 
-pub use self::io::{ExecGuard, FileReader, OpenFile, TailFile};
+pub use self::io::{Defer, ExecGuard, FileReader, OpenFile, TailFile};
 pub use node::DirEntry;
 use node::{DirState, Lower, LowerRef, Node, NodeState, NodeTable};
 pub use readahead::READ_AHEAD_BYTES;

@@ -27,14 +27,14 @@ fn chmod_of_lower_file_copies_no_data_and_keeps_inode() {
     let up = fs::symlink_metadata(fx.upper("big")).unwrap();
     assert_eq!(up.blocks(), 0, "metadata-only copy-up must not copy data");
     assert_eq!(read_all(&u, before.ino).len(), 1 << 20);
-    let f = u.open(before.ino, libc::O_RDONLY, false).unwrap();
+    let f = u.open(before.ino, libc::O_RDONLY, Defer::Nothing).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     assert_eq!(f.read_at(&mut buf, 0).unwrap(), 1 << 20);
     assert!(buf.iter().all(|b| *b == b'x'));
     // A write fills in the data; the marker goes once it is flushed.
-    let w = u.open(before.ino, libc::O_WRONLY, false).unwrap();
+    let w = u.open(before.ino, libc::O_WRONLY, Defer::Nothing).unwrap();
     u.write(&w, b"y", 0).unwrap();
-    let r = u.open(before.ino, libc::O_RDONLY, false).unwrap();
+    let r = u.open(before.ino, libc::O_RDONLY, Defer::Nothing).unwrap();
     assert_eq!(r.read_at(&mut buf[..2], 0).unwrap(), 2);
     assert_eq!(&buf[..2], b"yx", "reads see the upper copy at once");
     u.finish_flush(before.ino).unwrap();
@@ -51,7 +51,9 @@ fn copy_up_for_write_keeps_its_marker_until_flushed() {
     fx.put("l0/f", &"x".repeat(100_000));
     let u = fx.union(1, true);
     let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
-    let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND, false).unwrap();
+    let w = u
+        .open(ino, libc::O_WRONLY | libc::O_APPEND, Defer::Nothing)
+        .unwrap();
     assert!(w.is_upper());
     u.write(&w, b"tail", 100_000).unwrap();
     // finish_flush waits for a flush the background thread has begun.
@@ -66,7 +68,7 @@ fn copy_up_for_write_keeps_its_marker_until_flushed() {
     fx.put("l0/g", "gg");
     let u = fx.union(1, false);
     let ino = u.lookup(ROOT_INO, OsStr::new("g")).unwrap().ino;
-    u.open(ino, libc::O_WRONLY, false).unwrap();
+    u.open(ino, libc::O_WRONLY, Defer::Nothing).unwrap();
     assert_eq!(marker(&fx.upper("g")), None);
     assert_eq!(fs::read(fx.upper("g")).unwrap(), b"gg");
 }
@@ -104,7 +106,7 @@ fn crash_before_a_copy_is_flushed_reads_the_lower_file() {
     let f = u.lookup(d, OsStr::new("f")).unwrap();
     assert_eq!(f.attr.size, 5000, "the size is the lower file's again");
     let mut buf = vec![0u8; 8192];
-    let r = u.open(f.ino, libc::O_RDONLY, false).unwrap();
+    let r = u.open(f.ino, libc::O_RDONLY, Defer::Nothing).unwrap();
     assert_eq!(r.read_at(&mut buf, 0).unwrap(), 5000);
     assert!(buf[..5000].iter().all(|b| *b == b'x'));
     assert_eq!(fs::metadata(fx.upper("d/f")).unwrap().len(), 5000);
@@ -125,7 +127,9 @@ fn write_only_open_appends_without_copying_the_data() {
     fx.put("l0/k", "kk");
     let u = fx.union(1, true);
     let ino = u.lookup(ROOT_INO, OsStr::new("f")).unwrap().ino;
-    let w = u.open(ino, libc::O_WRONLY | libc::O_APPEND, true).unwrap();
+    let w = u
+        .open(ino, libc::O_WRONLY | libc::O_APPEND, Defer::Writes)
+        .unwrap();
     assert!(matches!(w, OpenFile::Tail(_)));
     u.write(&w, b"tail", 300_000).unwrap();
     let meta = fs::metadata(fx.upper("f")).unwrap();
@@ -154,7 +158,7 @@ fn write_only_open_appends_without_copying_the_data() {
 
     // A write inside the lower data fills it in first.
     let g = u.lookup(ROOT_INO, OsStr::new("g")).unwrap().ino;
-    let w = u.open(g, libc::O_WRONLY, true).unwrap();
+    let w = u.open(g, libc::O_WRONLY, Defer::Writes).unwrap();
     assert!(matches!(w, OpenFile::Tail(_)));
     u.write(&w, b"end", 300_000).unwrap();
     u.write(&w, b"AB", 1).unwrap();
@@ -165,7 +169,7 @@ fn write_only_open_appends_without_copying_the_data() {
     assert_eq!(read_all(&u, g).into_bytes(), want);
     // ... also once its name is gone (through the handle's own file).
     let h = u.lookup(ROOT_INO, OsStr::new("h")).unwrap().ino;
-    let w = u.open(h, libc::O_WRONLY, true).unwrap();
+    let w = u.open(h, libc::O_WRONLY, Defer::Writes).unwrap();
     let keep = fs::File::open(fx.upper("h")).unwrap();
     u.unlink(ROOT_INO, OsStr::new("h")).unwrap();
     u.write(&w, b"Z", 0).unwrap();
@@ -175,24 +179,72 @@ fn write_only_open_appends_without_copying_the_data() {
     assert_eq!(&got[..2], b"Zx");
     // A reader opened while a tail may still come reads the upper file.
     let r = u.lookup(ROOT_INO, OsStr::new("r")).unwrap().ino;
-    let w = u.open(r, libc::O_WRONLY | libc::O_APPEND, true).unwrap();
-    let reader = u.open(r, libc::O_RDONLY, false).unwrap();
+    let w = u
+        .open(r, libc::O_WRONLY | libc::O_APPEND, Defer::Writes)
+        .unwrap();
+    let reader = u.open(r, libc::O_RDONLY, Defer::Nothing).unwrap();
     assert!(reader.is_upper(), "a reader of a file with a tail open");
     u.write(&w, b"new", 300_000).unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(reader.read_at(&mut buf, 299_999).unwrap(), 4);
     assert_eq!(&buf[..4], b"xnew");
     drop((w, reader));
-    // Without defer_data, or with O_RDWR or O_TRUNC, opens are as before.
+    // With Defer::Nothing, or with O_RDWR or O_TRUNC, opens are as before.
     let k = u.lookup(ROOT_INO, OsStr::new("k")).unwrap().ino;
     assert!(matches!(
-        u.open(k, libc::O_WRONLY, false).unwrap(),
+        u.open(k, libc::O_WRONLY, Defer::Nothing).unwrap(),
         OpenFile::Upper(_)
     ));
     assert!(matches!(
-        u.open(k, libc::O_RDWR, true).unwrap(),
+        u.open(k, libc::O_RDWR, Defer::Writes).unwrap(),
         OpenFile::Upper(_)
     ));
+}
+
+/// When every read comes to the server (no passthrough), a reader of an
+/// appended file copies nothing at its open (`sync FILE` opens only to
+/// fsync): its first read fills the data in, also for a tail an earlier
+/// mount left.
+#[test]
+fn a_reader_of_an_appended_file_fills_it_at_its_first_read() {
+    let fx = Fx::new(1);
+    let lower = "x".repeat(300_000);
+    fx.put("l0/s", &lower);
+    let u = fx.union(1, true);
+    let ino = u.lookup(ROOT_INO, OsStr::new("s")).unwrap().ino;
+    let w = u
+        .open(ino, libc::O_WRONLY | libc::O_APPEND, Defer::WritesAndReads)
+        .unwrap();
+    assert!(matches!(w, OpenFile::Tail(_)));
+    u.write(&w, b"tail", 300_000).unwrap();
+    let no_copy = |why: &str| {
+        let raw = fs::read(fx.upper("s")).unwrap();
+        assert!(raw[..300_000].iter().all(|b| *b == 0), "data copied {why}");
+        assert_eq!(&raw[300_000..], b"tail");
+        assert!(marker(&fx.upper("s")).is_some());
+    };
+    let reader = u.open(ino, libc::O_RDONLY, Defer::WritesAndReads).unwrap();
+    assert!(matches!(reader, OpenFile::Lower(_)));
+    drop(w);
+    u.sync_upper(ino, true).unwrap();
+    no_copy("by a reader's open or its fsync");
+    // A new mount finds the tail on disk; its reader's open copies nothing.
+    let again = fx.union(1, true);
+    let ino2 = again.lookup(ROOT_INO, OsStr::new("s")).unwrap().ino;
+    let r2 = again
+        .open(ino2, libc::O_RDONLY, Defer::WritesAndReads)
+        .unwrap();
+    assert!(matches!(r2, OpenFile::Lower(_)));
+    no_copy("by a reader's open after a remount");
+    // The first read (through the file the handle reads now) fills it in.
+    for (u, ino) in [(&again, ino2), (&u, ino)] {
+        let f = u.reopen_if_copied_up(ino).unwrap().expect("the upper file");
+        let mut buf = [0u8; 8];
+        assert_eq!(f.read_at(&mut buf, 299_999).unwrap(), 5);
+        assert_eq!(&buf[..5], b"xtail");
+    }
+    drop((reader, r2));
+    assert_eq!(read_all(&u, ino), format!("{lower}tail"));
 }
 
 #[test]
@@ -233,7 +285,7 @@ fn open_with_o_trunc_copies_no_data() {
     let u = fx.union(1, true);
     let s = u.lookup(ROOT_INO, OsStr::new("f")).unwrap();
     let f = u
-        .open(s.ino, libc::O_WRONLY | libc::O_TRUNC, false)
+        .open(s.ino, libc::O_WRONLY | libc::O_TRUNC, Defer::Nothing)
         .unwrap();
     assert_eq!(u.getattr(s.ino).unwrap().attr.size, 0);
     u.write(&f, b"n", 0).unwrap();

@@ -15,7 +15,7 @@ fn hard_links_in_a_layer_share_an_inode() {
     assert_eq!(f.attr.nlink, 2);
     // Writing through one name changes what the other shows.
     let h = u
-        .open(f.ino, libc::O_WRONLY | libc::O_APPEND, false)
+        .open(f.ino, libc::O_WRONLY | libc::O_APPEND, Defer::Nothing)
         .unwrap();
     u.write(&h, b"+", 4).unwrap();
     assert_eq!(read_all(&u, g.ino), "data+");
@@ -37,7 +37,7 @@ fn a_write_through_one_hard_link_is_seen_through_all_of_them() {
     let f = u.lookup(path_ino(&u, "a"), OsStr::new("f")).unwrap();
     assert_eq!(f.attr.nlink, 4);
     let h = u
-        .open(f.ino, libc::O_WRONLY | libc::O_APPEND, false)
+        .open(f.ino, libc::O_WRONLY | libc::O_APPEND, Defer::Nothing)
         .unwrap();
     u.write(&h, b"+", 4).unwrap();
     for p in ["a/f", "b/g", "c/d/g"] {

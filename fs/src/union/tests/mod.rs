@@ -113,7 +113,7 @@ pub(super) fn path_ino(u: &Union, path: &str) -> u64 {
 }
 
 pub(super) fn read_all(u: &Union, ino: u64) -> String {
-    let f = u.open(ino, libc::O_RDONLY, false).unwrap();
+    let f = u.open(ino, libc::O_RDONLY, Defer::Nothing).unwrap();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

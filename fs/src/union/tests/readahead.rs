@@ -83,7 +83,7 @@ fn read_ahead_asks_the_next_files_of_the_directory_in_readdir_order() {
     let d = path_ino(&u, "d");
     // f07 copied up with its data: nothing left below to read ahead.
     let f07 = path_ino(&u, "d/f07");
-    drop(u.open(f07, libc::O_RDWR, false).unwrap());
+    drop(u.open(f07, libc::O_RDWR, Defer::Nothing).unwrap());
     // f09 chmod'ed: a metacopy, its data still below.
     let f09 = path_ino(&u, "d/f09");
     let chmod = SetAttr {

@@ -408,6 +408,10 @@ impl Union {
         if size == 0 || size > max || !wanted() {
             return Ok(false);
         }
+        if let Some(bytes) = file.mapped().filter(|b| b.len() as u64 == size) {
+            f(bytes)?;
+            return Ok(true);
+        }
         let mut buf = vec![0u8; size as usize];
         if file.read_at(&mut buf, 0)? != buf.len() {
             return Ok(false); // changed under us: leave it to READ

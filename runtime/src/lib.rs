@@ -2,10 +2,12 @@
 //!
 //! The sequence (driven by `rcfs run`, see `cli/src/run.rs`):
 //!
-//! 1. [`enter_user_namespace`]: the `rcfs run` process enters a new user
-//!    namespace in which it is root (the caller's uid mapped to 0; as real
-//!    root, every id to itself) and a new mount namespace with private
-//!    propagation. Nothing it mounts from here on is seen by the host, and
+//! 1. [`enter_user_namespace`]: the `rcfs run` process of an ordinary user
+//!    enters a user namespace in which it is root (the caller's uid mapped
+//!    to 0, its subuid ranges to 1 and up): the one the user's [`keeper`]
+//!    holds for all its containers, else a new one. Then a new mount
+//!    namespace with private propagation. (Real root stays in the host's
+//!    user namespace: [`enter_mount_namespace`].) Nothing it mounts from here on is seen by the host, and
 //!    all of it goes when its last process does.
 //! 2. [`Container::fork`]: still single-threaded, it forks the container's
 //!    init, pid 1 of a new pid namespace. The init waits.
@@ -28,6 +30,7 @@
 
 pub mod cgroup;
 mod init;
+pub mod keeper;
 mod ns;
 
 use std::io::{self, Read, Write};

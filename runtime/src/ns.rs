@@ -152,11 +152,24 @@ pub(crate) fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
     Ok(())
 }
 
-/// Moves this process into a new user namespace (as root of it, with the
-/// ids mapped as [`IdMap`] says) and a new mount namespace whose mounts do
-/// not propagate anywhere. Call while single-threaded.
+/// Moves this process into a user namespace in which it is root, with the
+/// ids mapped as [`IdMap`] says: the one the user's keeper holds
+/// ([`crate::keeper`]), else a new one of its own; then into a new mount
+/// namespace whose mounts do not propagate anywhere. Call while
+/// single-threaded.
 pub fn enter_user_namespace() -> io::Result<IdMap> {
     let map = choose_map();
+    if crate::keeper::join(map).is_err() {
+        own_user_namespace(map)?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io::Error::other(format!("cannot make a mount namespace: {e}")))?;
+    make_private()?;
+    Ok(map)
+}
+
+/// Moves this process into a new user namespace mapped as `map`.
+fn own_user_namespace(map: IdMap) -> io::Result<()> {
     // The maps are written from outside the namespace (a process inside
     // has no capability over the parent's ids): by a helper forked first,
     // which waits until this process has unshared.
@@ -181,7 +194,7 @@ pub fn enter_user_namespace() -> io::Result<IdMap> {
     };
     drop(go_rd);
     drop(done_wr);
-    let unshared = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS);
+    let unshared = unshare(CloneFlags::CLONE_NEWUSER);
     {
         let mut w = std::fs::File::from(go_wr);
         if unshared.is_ok() {
@@ -200,8 +213,7 @@ pub fn enter_user_namespace() -> io::Result<IdMap> {
     if !msg.is_empty() {
         return Err(io::Error::other(msg));
     }
-    make_private()?;
-    Ok(map)
+    Ok(())
 }
 
 /// Moves this process (real root) into a new mount namespace whose mounts

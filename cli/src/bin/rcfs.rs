@@ -61,6 +61,10 @@ enum Cmd {
         /// The new image's name (pushable with `rcfs push`).
         image: String,
     },
+    /// Hold the user namespace that an ordinary user's containers join
+    /// (started by `rcfs run`; see rcfs_runtime::keeper).
+    #[command(name = "userns-keeper", hide = true)]
+    UsernsKeeper { dir: PathBuf },
     /// Remove stopped containers and their upper dirs.
     Rm {
         #[arg(required = true)]
@@ -360,6 +364,9 @@ fn run() -> Result<()> {
             message,
             author,
         ),
+        Cmd::UsernsKeeper { dir } => {
+            std::process::exit(rcfs_runtime::keeper::keep(dir.as_os_str()))
+        }
         Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Pull {

@@ -27,7 +27,10 @@ mk_layout() {
 # registry REG, podman's pause process, anything still mounted there (a run
 # that was interrupted).
 cleanup() {
-    if [ -f "$W/run/libpod/tmp/pause.pid" ]; then kill "$(cat "$W/run/libpod/tmp/pause.pid")" 2>/dev/null || true; fi
+    # The user namespaces podman's pause process and rcfs's keeper hold.
+    for p in "$W/run/libpod/tmp/pause.pid" "$W/run/rcfs/userns.pid"; do
+        if [ -f "$p" ]; then kill "$(cat "$p")" 2>/dev/null || true; fi
+    done
     [ -z "${REG:-}" ] || kill "$REG" 2>/dev/null || true
     { grep -o " $W/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$W"

@@ -15,6 +15,8 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::{Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_RCFS};
 
+mod harden;
+
 /// Signals passed on to the command (by the init; `rcfs run` passes them on
 /// to the init).
 pub const FORWARDED: [Signal; 6] = [
@@ -272,8 +274,7 @@ fn mount_in(
 /// Makes `rel` in the root read-only (a bind mount there).
 fn readonly_in(root: BorrowedFd<'_>, rel: &str) -> io::Result<()> {
     let fd = in_root(root, rel, false)?;
-    readonly(Path::new(&fd_path(&fd)));
-    Ok(())
+    readonly(Path::new(&fd_path(&fd))).map_err(|e| err(&format!("making {rel} read-only"), e))
 }
 
 fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
@@ -299,6 +300,7 @@ fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // /proc of the container's pid namespace.
     mount_in(r, "proc", true, "proc", Some("proc"), nosuid, none)?;
+    harden::proc(in_root(r, "proc", true)?.as_fd())?;
     // /dev: a tmpfs with the host's harmless devices bound in.
     mount_in(
         r,
@@ -375,6 +377,7 @@ fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
         )?;
         readonly_in(r, "sys")?;
     }
+    harden::sys(in_root(r, "sys", true)?.as_fd())?;
     for (host, inside) in &spec.host_files {
         mount_in(
             r,
@@ -418,7 +421,9 @@ fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
 
 /// Remounts the bind mount at `p` read-only, keeping the flags the kernel
 /// locks on a mount from another user namespace (it refuses to drop them).
-fn readonly(p: &Path) {
+/// A mount that cannot be made read-only is an error: what was meant to be
+/// read-only must not quietly stay writable.
+fn readonly(p: &Path) -> io::Result<()> {
     let keep = match nix::sys::statvfs::statvfs(p) {
         Ok(s) => {
             use nix::sys::statvfs::FsFlags;
@@ -441,9 +446,7 @@ fn readonly(p: &Path) {
         Err(_) => MsFlags::empty(),
     };
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep;
-    if let Err(e) = mount(None::<&str>, p, None::<&str>, flags, None::<&str>) {
-        eprintln!("rcfs: warning: {} stays writable: {e}", p.display());
-    }
+    mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(io::Error::from)
 }
 
 /// In the command's process: its user, stdin and signals, then exec.

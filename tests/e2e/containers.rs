@@ -126,6 +126,49 @@ fn exit_codes_signals_and_the_containers_own_root() {
     );
 }
 
+/// Real root's container is root of an identity-mapped user namespace: it
+/// must still not reach the host's kernel settings or the mounts under
+/// its /sys. /proc/sys is read-only (a write of kernel.core_pattern, with
+/// its own value, fails), every mount the host has under /sys is read-only
+/// in the container (a mkdir in each fails with EROFS), and /proc/keys and
+/// /proc/timer_list are masked.
+#[test]
+fn a_root_container_cannot_change_the_hosts_kernel_settings() {
+    let f = Fixture::new(92, "gzip");
+    let img = f.image.as_str();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let under_sys: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with("/sys/") && !m.contains('\\'))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !under_sys.is_empty(),
+        "no mounts under /sys here:\n{mounts}"
+    );
+    let probe = format!("rcfs-probe-{}", std::process::id());
+    let script = format!(
+        "v=$(busybox cat /proc/sys/kernel/core_pattern); \
+         echo \"$v\" 2>&1 > /proc/sys/kernel/core_pattern && echo core_pattern-written; \
+         for m in {}; do busybox mkdir \"$m/{probe}\" 2>&1 && echo \"made $m/{probe}\"; done; \
+         echo keys=$(busybox wc -c < /proc/keys) timer_list=$(busybox wc -c < /proc/timer_list)",
+        under_sys.join(" ")
+    );
+    let r = f.run(&["--rm", img, "/bin/sh", "-c", &script]);
+    // Whatever the container made on the host goes again.
+    for m in &under_sys {
+        let _ = std::fs::remove_dir(Path::new(m).join(&probe));
+    }
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(!out.contains("core_pattern-written"), "{out}");
+    assert!(!out.contains("made "), "{out}");
+    let erofs = out.matches("Read-only file system").count();
+    assert_eq!(erofs, 1 + under_sys.len(), "{out}");
+    assert!(out.contains("keys=0 timer_list=0"), "{out}");
+}
+
 #[test]
 fn image_config_options_and_zombies() {
     let f = Fixture::new(81, "zstd:chunked");

@@ -449,6 +449,34 @@ fn readonly(p: &Path) -> io::Result<()> {
     mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(io::Error::from)
 }
 
+/// The capabilities a container's command keeps (in its user namespace):
+/// podman's default set, by number (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
+/// KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, SETFCAP).
+const KEPT_CAPS: [libc::c_ulong; 11] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31];
+
+/// Takes every capability but [`KEPT_CAPS`] out of the bounding set, so
+/// the command (root of the container's user namespace, which would get
+/// them all at exec) never has them. CAP_SYS_ADMIN above all: with it, the
+/// container's root could unmount the read-only binds over `/proc/sys` and
+/// `/sys` that its init made, and real root's container (identity-mapped)
+/// would reach the host's sysctls again.
+fn drop_capabilities() -> io::Result<()> {
+    for cap in 0..64 {
+        if KEPT_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break; // past the last capability this kernel has
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// In the command's process: its user, stdin and signals, then exec.
 fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
@@ -473,6 +501,10 @@ fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
         if let Ok(f) = fs::File::open("/dev/null") {
             let _ = nix::unistd::dup2_stdin(f);
         }
+    }
+    if let Err(e) = drop_capabilities() {
+        eprintln!("rcfs: cannot drop capabilities: {e}");
+        std::process::exit(EXIT_RCFS);
     }
     if spec.gid != 0 {
         if let Err(e) = nix::unistd::setgid(spec.gid.into()) {

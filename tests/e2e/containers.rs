@@ -131,7 +131,10 @@ fn exit_codes_signals_and_the_containers_own_root() {
 /// its /sys. /proc/sys is read-only (a write of kernel.core_pattern, with
 /// its own value, fails), every mount the host has under /sys is read-only
 /// in the container (a mkdir in each fails with EROFS), and /proc/keys and
-/// /proc/timer_list are masked.
+/// /proc/timer_list are masked. The command has podman's default
+/// capabilities only: without CAP_SYS_ADMIN it cannot unmount the
+/// read-only bind over /proc/sys, not even from a user namespace of its
+/// own (the mounts are locked there).
 #[test]
 fn a_root_container_cannot_change_the_hosts_kernel_settings() {
     let f = Fixture::new(92, "gzip");
@@ -152,7 +155,11 @@ fn a_root_container_cannot_change_the_hosts_kernel_settings() {
         "v=$(busybox cat /proc/sys/kernel/core_pattern); \
          echo \"$v\" 2>&1 > /proc/sys/kernel/core_pattern && echo core_pattern-written; \
          for m in {}; do busybox mkdir \"$m/{probe}\" 2>&1 && echo \"made $m/{probe}\"; done; \
-         echo keys=$(busybox wc -c < /proc/keys) timer_list=$(busybox wc -c < /proc/timer_list)",
+         echo keys=$(busybox wc -c < /proc/keys) timer_list=$(busybox wc -c < /proc/timer_list); \
+         busybox grep CapEff /proc/self/status; \
+         busybox umount /proc/sys 2>/dev/null && echo unmounted; \
+         busybox unshare -U -m -r busybox umount /proc/sys 2>/dev/null && echo unmounted-nested; \
+         echo \"$v\" 2>/dev/null > /proc/sys/kernel/core_pattern && echo core_pattern-written; true",
         under_sys.join(" ")
     );
     let r = f.run(&["--rm", img, "/bin/sh", "-c", &script]);
@@ -167,6 +174,8 @@ fn a_root_container_cannot_change_the_hosts_kernel_settings() {
     let erofs = out.matches("Read-only file system").count();
     assert_eq!(erofs, 1 + under_sys.len(), "{out}");
     assert!(out.contains("keys=0 timer_list=0"), "{out}");
+    assert!(out.contains("CapEff:\t00000000800405fb"), "{out}");
+    assert!(!out.contains("unmounted"), "{out}");
 }
 
 #[test]

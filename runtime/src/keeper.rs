@@ -263,6 +263,9 @@ fn write_pid(dirfd: &OwnedFd, pid: Pid) -> io::Result<()> {
 pub fn keep(dir: &OsStr) -> i32 {
     // Out of the caller's session: a ^C at its terminal is not for us.
     let _ = nix::unistd::setsid();
+    // Its name in `ps` and `pgrep` (started as /proc/self/exe, it would
+    // be "exe").
+    let _ = nix::sys::prctl::set_name(c"rcfs-keeper");
     let dirfd = match own_private_dir(Path::new(dir), nix::unistd::geteuid().as_raw(), false) {
         Some(fd) => fd,
         None => {

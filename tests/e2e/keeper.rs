@@ -102,6 +102,8 @@ fn containers_of_a_user_join_one_kept_user_namespace() {
     let cmdline = std::fs::read(format!("/proc/{keeper}/cmdline")).unwrap();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     assert_eq!(&args[..2], &[&b"rcfs"[..], b"userns-keeper"], "{cmdline:?}");
+    let comm = std::fs::read_to_string(format!("/proc/{keeper}/comm")).unwrap();
+    assert_eq!(comm, "rcfs-keeper\n", "the keeper's name in ps and pgrep");
     // It holds nothing of its caller's: stdio is /dev/null, and no fd but
     // its runtime dir's is open.
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{keeper}/fd"))

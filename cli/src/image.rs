@@ -229,11 +229,27 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
 
 /// `rcfs rmi`.
 pub fn rmi(store: &Store, names: &[String]) -> Result<()> {
+    let containers = crate::containers::list(store)?;
     for n in names {
-        let name = match store.find(n)? {
-            Some(i) => i.name,
+        let img = match store.find(n)? {
+            Some(i) => i,
             None => bail!("no image {n} in the store at {}", store.root.display()),
         };
+        let name = img.name;
+        // A container (running or stopped) needs its image's layers, which
+        // a gc would take once the image is gone.
+        let users: Vec<&str> = containers
+            .iter()
+            .filter(|c| c.image == name || c.image_id.as_deref() == Some(img.manifest.as_str()))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            bail!(
+                "image {name} is in use by container {}: remove {} first (rcfs rm NAME)",
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            );
+        }
         store.remove_image(&name)?;
         println!("removed {name}");
     }

@@ -244,12 +244,22 @@ fn image_config_options_and_zombies() {
     assert_eq!(v[0]["name"], "keep", "{v}");
     assert_eq!(v[0]["exit_code"], 0, "{v}");
     assert_eq!(v[0]["running"], false, "{v}");
+    // Its image cannot be removed under it (a gc would then take the
+    // layers it runs on).
+    let r = rcfs(&["rmi", img]);
+    assert!(
+        !r.success() && r.stderr.contains("in use by container keep"),
+        "{}",
+        r.stderr
+    );
+    rcfs(&["gc"]).expect_ok("gc");
     // start runs it again, on what it wrote.
     let r = rcfs(&["start", "-a", "keep"]);
     assert_eq!(code(&r), Some(0), "{}", r.stderr);
     assert_eq!(r.stdout, "kept\nkept\n", "{}", r.stderr);
     rcfs(&["rm", "keep"]).expect_ok("rm");
     assert!(!containers.join("keep").exists());
+    rcfs(&["rmi", img]).expect_ok("rmi once no container uses it");
     let r = rcfs(&["rm", "keep"]);
     assert!(
         !r.success() && r.stderr.contains("no container keep"),

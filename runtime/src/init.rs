@@ -139,11 +139,6 @@ fn err(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
-/// `openat2` resolve flags: symlinks resolve as if `dir` were `/`, and
-/// no /proc magic links.
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
 /// `openat2` of `path` under `dir` with `resolve` flags.
 fn openat2(
     dir: BorrowedFd<'_>,
@@ -187,7 +182,7 @@ fn openat2(
 /// else an empty file), and returns an `O_PATH` fd of it. Nothing is made
 /// or reached outside the root by a path string.
 fn in_root(root: BorrowedFd<'_>, rel: &str, dir: bool) -> io::Result<OwnedFd> {
-    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     let comps: Vec<&str> = rel
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
@@ -239,7 +234,7 @@ pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
         rel,
         libc::O_RDONLY | libc::O_NOCTTY,
         0,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     )?;
     let mut f = fs::File::from(fd);
     if !f.metadata()?.is_file() {
@@ -251,8 +246,8 @@ pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
 }
 
 /// The path by which `mount` reaches what `fd` is.
-fn fd_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
+fn fd_path(fd: impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// Mounts `source` (of type `fstype`) on `rel` in the root (see

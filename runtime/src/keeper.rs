@@ -141,8 +141,7 @@ fn kept_namespace(pid: i32, map: IdMap) -> Option<OwnedFd> {
         std::fs::read_to_string(format!("/proc/{pid}/gid_map")).ok()?,
     );
     // The maps read are that namespace's: the process still has it.
-    let same = std::fs::metadata(&path).ok()?.ino()
-        == File::from(ns.try_clone().ok()?).metadata().ok()?.ino();
+    let same = std::fs::metadata(&path).ok()?.ino() == nix::sys::stat::fstat(&ns).ok()?.st_ino;
     let (uid, gid) = expected(map)?;
     (same && parse_map(&maps.0) == uid && parse_map(&maps.1) == gid).then_some(ns)
 }

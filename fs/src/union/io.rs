@@ -302,17 +302,15 @@ impl Union {
                 self.fill_metacopy(&node, &l, CopyData::Full)?;
             }
         }
-        let tree = self.read_tree();
-        let (loc, snap) = {
+        {
+            // Still only below (the common case, on every READ): no lock
+            // of the tree.
             let st = node.state.read();
-            if !(st.upper || st.orphan().is_some()) || st.metacopy {
+            if st.metacopy || !(st.upper || st.orphan().is_some()) {
                 return Ok(None);
             }
-            drop(st);
-            self.loc_of(&node, &tree)?
-        };
-        let _ = snap;
-        Ok(Some(OpenFile::Upper(loc.open(libc::O_RDONLY)?)))
+        }
+        Ok(self.open_upper(&node)?.map(OpenFile::Upper))
     }
 
     /// `fsync` of `ino` through a handle without an upper file of its own
@@ -320,22 +318,26 @@ impl Union {
     /// by now (a copy-up, an append's tail), is what must reach the disk.
     pub fn sync_upper(&self, ino: u64, datasync: bool) -> Result<()> {
         let node = self.node(ino)?;
+        match self.open_upper(&node)? {
+            Some(f) if datasync => f.sync_data(),
+            Some(f) => f.sync_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// The upper file of `node` (linked or orphaned), opened read-only, if
+    /// it has one.
+    fn open_upper(&self, node: &Node) -> Result<Option<File>> {
         let tree = self.read_tree();
         let (loc, _) = {
             let st = node.state.read();
             if !(st.upper || st.orphan().is_some()) {
-                return Ok(());
+                return Ok(None);
             }
             drop(st);
-            self.loc_of(&node, &tree)?
+            self.loc_of(node, &tree)?
         };
-        let f = loc.open(libc::O_RDONLY)?;
-        drop(tree);
-        if datasync {
-            f.sync_data()
-        } else {
-            f.sync_all()
-        }
+        loc.open(libc::O_RDONLY).map(Some)
     }
 
     /// Whether opening `ino` with `flags` would copy it up or give a file

@@ -20,10 +20,6 @@ use nix::mount::{mount, MsFlags};
 
 use super::{err, fd_path, openat2, readonly};
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-
 /// What of `/proc` sets the kernel: read-only.
 const PROC_READONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 /// What of `/proc` and `/sys` shows the kernel's internals or the host's
@@ -45,7 +41,7 @@ const SYS_MASKED: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 /// `rel` under `dir`, never through a symlink or above `dir` (mounts on
 /// the way are crossed); None if it does not exist.
 fn beneath(dir: BorrowedFd<'_>, rel: &str) -> io::Result<Option<OwnedFd>> {
-    let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     match openat2(dir, rel, libc::O_PATH | libc::O_NOFOLLOW, 0, resolve) {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -85,7 +81,7 @@ pub(super) fn proc(procfd: BorrowedFd<'_>) -> io::Result<()> {
 /// recursively and made read-only): every mount under it read-only too,
 /// [`SYS_MASKED`] hidden.
 pub(super) fn sys(sysfd: BorrowedFd<'_>) -> io::Result<()> {
-    let top = std::fs::read_link(fd_path(&sysfd.try_clone_to_owned()?))?;
+    let top = std::fs::read_link(fd_path(sysfd))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     for line in info.lines() {
         let Some(point) = line.split(' ').nth(4).map(unescape) else {

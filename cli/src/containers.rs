@@ -1,12 +1,28 @@
 //! Containers in the store: `containers/NAME/` holds a container's upper
-//! and work dirs, its mountpoint and `container.json`, its record (what it
-//! runs, and whether and how it ended). `rcfs ps` lists them and `rcfs rm`
+//! and work dirs, its mountpoint, `container.json`, its record (what it
+//! runs, and whether and how it ended), and `lock`, which the `rcfs run`
+//! of the container holds while it runs. `rcfs ps` lists them and `rcfs rm`
 //! removes them.
+//!
+//! Everything here is the store user's alone: `containers/` and each
+//! container dir are 0700, records 0600 (a record holds the `-e` values,
+//! and what `rcfs start` will run). Container dirs are reached through the
+//! fd of `containers/`, one name at a time, never following a symlink.
+//! A name is claimed by making its dir (`mkdir` fails if it exists), and a
+//! container runs exactly while its lock is held: an open-file-description
+//! lock that goes when the last process holding it does, so a killed
+//! `rcfs run`, or a pid used again by another process, cannot make a stopped
+//! container look running or a running one stopped.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use rcfs_fs::image::store::Store;
+use rcfs_fs::sys;
 use serde::{Deserialize, Serialize};
 
 /// What `container.json` says.
@@ -20,7 +36,8 @@ pub struct Record {
     pub image_id: Option<String>,
     pub command: Vec<String>,
     pub created: String,
-    /// The `rcfs run` process while it runs.
+    /// The `rcfs run` process of its last start (for people: whether it
+    /// runs is its lock's to say).
     pub pid: u32,
     /// Set when it ended.
     #[serde(default)]
@@ -30,71 +47,259 @@ pub struct Record {
     pub options: Option<crate::run::RunOptions>,
 }
 
-/// Where containers live in `store`.
-pub fn dir(store: &Store) -> PathBuf {
-    store.root.join("containers")
+const RECORD: &str = "container.json";
+const RECORD_TMP: &str = ".container.json.tmp";
+const LOCK: &str = "lock";
+
+/// The store's `containers/` dir (0700), open.
+fn containers_dir(store: &Store) -> Result<OwnedFd> {
+    store.own_dir("containers").with_context(|| {
+        format!(
+            "cannot open the containers of the store {}",
+            store.root.display()
+        )
+    })
 }
 
-/// Writes `rec` into container dir `d` (whole, by rename).
-pub fn write(d: &Path, rec: &Record) -> Result<()> {
-    let tmp = d.join(".container.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(rec)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, d.join("container.json"))?;
-    Ok(())
-}
-
-/// The dir and record of the container `name`.
-pub fn load(store: &Store, name: &str) -> Result<(PathBuf, Record)> {
-    crate::run::check_name(name)?;
-    let d = dir(store).join(name);
-    match std::fs::read(d.join("container.json")) {
-        Ok(b) => {
-            let rec = serde_json::from_slice(&b)
-                .with_context(|| format!("{}: a broken record", d.display()))?;
-            Ok((d, rec))
-        }
-        Err(_) => bail!("no container {name} in {}", dir(store).display()),
+/// Opens the container dir `name` of `containers`, one of ours.
+fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let fd = sys::open_at(
+        containers,
+        name.as_ref(),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let st = sys::fstat(&fd)?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700))?;
     }
+    Ok(fd)
 }
 
-/// Whether the container of `rec` still runs: its `rcfs run` process is
-/// alive and is an rcfs.
-pub fn running(rec: &Record) -> bool {
-    rec.exit_code.is_none()
-        && std::fs::read(format!("/proc/{}/cmdline", rec.pid))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rcfs"))
+/// A container this process has claimed: it holds the container's lock,
+/// so no other `rcfs run`, `start`, `rm` or `commit` uses it meanwhile.
+/// The lock goes when every copy of its fd is closed (the container's
+/// init, forked with it, keeps it for as long as the container runs).
+pub struct Claimed {
+    pub name: String,
+    /// The container dir's path (for the mount, which takes paths; in the
+    /// store's 0700 dirs, where no one else can change what it names).
+    pub path: PathBuf,
+    dir: OwnedFd,
+    _lock: OwnedFd,
 }
 
-/// Every container of the store with a record.
-pub fn list(store: &Store) -> Result<Vec<Record>> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir(store)) else {
-        return Ok(out);
+/// Takes the lock of the container dir `dir`; `Ok(false)` when another
+/// process holds it (the container runs).
+fn take_lock(dir: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let fd = sys::open_at(dir, LOCK.as_ref(), libc::O_RDWR | libc::O_CREAT, 0o600)?;
+    // SAFETY: a plain flock struct, all zero but what is set.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on an fd we own, with a valid flock struct.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) } != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(fd))
+}
+
+/// Whether the container dir `dir` is in use (its lock is held by a
+/// process); a dir without a lock file (made by an older rcfs, which is
+/// not running it now) is not.
+fn locked(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let fd = match sys::open_at(dir, LOCK.as_ref(), libc::O_RDONLY, 0) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
     };
-    for e in entries.flatten() {
-        if let Ok(bytes) = std::fs::read(e.path().join("container.json")) {
-            if let Ok(r) = serde_json::from_slice::<Record>(&bytes) {
-                out.push(r);
+    // SAFETY: as in take_lock.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: as in take_lock; F_OFD_GETLK only fills `fl` in.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+impl Claimed {
+    /// Claims the new container `name`: makes its dir (0700; failing if
+    /// the name is taken, by whoever made it first) and, in it, the
+    /// mountpoint `rootfs/` and the union's `upper/` (0755: the container's
+    /// `/` shows its mode) and `work/` (0700).
+    pub fn new_container(store: &Store, name: &str) -> Result<Claimed> {
+        crate::run::check_name(name)?;
+        let containers = containers_dir(store)?;
+        let path = store.root.join("containers").join(name);
+        match nix::sys::stat::mkdirat(
+            containers.as_fd(),
+            name,
+            nix::sys::stat::Mode::from_bits_truncate(0o700),
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => bail!(
+                "a container named {name} exists already ({}): remove it or choose another --name",
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot make {}", path.display())),
+        }
+        let dir = open_dir(containers.as_fd(), name)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let lock = take_lock(dir.as_fd())
+            .with_context(|| format!("cannot lock {}", path.display()))?
+            .with_context(|| format!("container {name} was claimed by another rcfs meanwhile"))?;
+        for (d, mode) in [("rootfs", 0o755), ("upper", 0o755), ("work", 0o700)] {
+            // An explicit mode, whatever the umask: mkdir, then fchmod.
+            nix::sys::stat::mkdirat(
+                dir.as_fd(),
+                d,
+                nix::sys::stat::Mode::from_bits_truncate(mode),
+            )
+            .and_then(|()| {
+                let fd = sys::open_at(
+                    dir.as_fd(),
+                    d.as_ref(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(mode))
+            })
+            .with_context(|| format!("cannot make {}", path.join(d).display()))?;
+        }
+        Ok(Claimed {
+            name: name.to_owned(),
+            path,
+            dir,
+            _lock: lock,
+        })
+    }
+
+    /// Claims the existing container `name` and reads its record; fails if
+    /// it runs, saying what to do (`then`).
+    pub fn existing(store: &Store, name: &str, then: &str) -> Result<(Claimed, Record)> {
+        crate::run::check_name(name)?;
+        let containers = containers_dir(store)?;
+        let path = store.root.join("containers").join(name);
+        let dir = match open_dir(containers.as_fd(), name) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                bail!(
+                    "no container {name} in {}",
+                    path.parent().unwrap_or(&path).display()
+                )
             }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        let rec = read_record(dir.as_fd(), name)?;
+        let Some(lock) =
+            take_lock(dir.as_fd()).with_context(|| format!("cannot lock {}", path.display()))?
+        else {
+            bail!(
+                "container {name} is running (rcfs run, pid {}): {then}",
+                rec.pid
+            );
+        };
+        Ok((
+            Claimed {
+                name: name.to_owned(),
+                path,
+                dir,
+                _lock: lock,
+            },
+            rec,
+        ))
+    }
+
+    /// Writes `rec` as the container's record (whole, by rename; 0600).
+    pub fn write(&self, rec: &Record) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(rec)?;
+        let save = || -> io::Result<()> {
+            let d = self.dir.as_fd();
+            // A leftover temp file (a crash) may have any mode: start anew.
+            match nix::unistd::unlinkat(d, RECORD_TMP, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut f = File::from(sys::open_at(
+                d,
+                RECORD_TMP.as_ref(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )?);
+            f.write_all(&bytes)?;
+            nix::fcntl::renameat(d, RECORD_TMP, d, RECORD)?;
+            Ok(())
+        };
+        save().with_context(|| format!("cannot write {}", self.path.join(RECORD).display()))
+    }
+}
+
+/// Reads the record of the container dir `dir`.
+fn read_record(dir: BorrowedFd<'_>, name: &str) -> Result<Record> {
+    let mut bytes = Vec::new();
+    let read = sys::open_at(dir, RECORD.as_ref(), libc::O_RDONLY, 0)
+        .and_then(|fd| File::from(fd).take(1 << 20).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        bail!("container {name} has no readable record: {e}");
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("container {name}: a broken record"))
+}
+
+/// The record of the container `name`, and whether it runs.
+pub fn load(store: &Store, name: &str) -> Result<(Record, bool)> {
+    crate::run::check_name(name)?;
+    let containers = containers_dir(store)?;
+    let dir = match open_dir(containers.as_fd(), name) {
+        Ok(d) => d,
+        Err(_) => bail!(
+            "no container {name} in {}",
+            store.root.join("containers").display()
+        ),
+    };
+    let rec = read_record(dir.as_fd(), name)?;
+    let running = locked(dir.as_fd()).unwrap_or(false);
+    Ok((rec, running))
+}
+
+/// Every container of the store with a record, and whether it runs.
+pub fn list(store: &Store) -> Result<Vec<(Record, bool)>> {
+    let containers = containers_dir(store)?;
+    let mut out = Vec::new();
+    for (name, _) in sys::DirFd::open(containers.as_fd(), OsStr::new("."))?.entries()? {
+        let Some(name) = name.to_str() else { continue };
+        if crate::run::check_name(name).is_err() {
+            continue;
+        }
+        let Ok(dir) = open_dir(containers.as_fd(), name) else {
+            continue;
+        };
+        if let Ok(r) = read_record(dir.as_fd(), name) {
+            out.push((r, locked(dir.as_fd()).unwrap_or(false)));
         }
     }
-    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    out.sort_by(|(a, _), (b, _)| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
     Ok(out)
 }
 
 /// `rcfs ps`.
 pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
-    let recs: Vec<Record> = list(store)?
+    let recs: Vec<(Record, bool)> = list(store)?
         .into_iter()
-        .filter(|r| all || running(r))
+        .filter(|(_, running)| all || *running)
         .collect();
     if json {
         let v: Vec<serde_json::Value> = recs
             .iter()
-            .map(|r| {
+            .map(|(r, running)| {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["running"] = running(r).into();
+                v["running"] = (*running).into();
                 v
             })
             .collect();
@@ -105,20 +310,27 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
         "{:<20} {:<40} {:<24} {:<12} COMMAND",
         "NAME", "IMAGE", "CREATED", "STATUS"
     );
-    for r in &recs {
-        let status = match (running(r), r.exit_code) {
+    for (r, running) in &recs {
+        let status = match (running, r.exit_code) {
             (true, _) => "running".to_owned(),
             (false, Some(c)) => format!("exited ({c})"),
             (false, None) => "exited (?)".to_owned(),
         };
+        // What another process wrote is shown, not obeyed: no control
+        // characters reach the terminal.
+        let shown = |t: &str| {
+            t.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+        };
         println!(
             "{:<20} {:<40} {:<24} {:<12} {}",
             r.name,
-            r.image,
+            shown(&r.image),
             // To the second, as the column has room for.
-            r.created.get(..19).unwrap_or(&r.created).replace('T', " "),
+            shown(r.created.get(..19).unwrap_or(&r.created)).replace('T', " "),
             status,
-            r.command.join(" ")
+            shown(&r.command.join(" "))
         );
     }
     Ok(())
@@ -126,7 +338,7 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
 
 /// Removes `d` from a child in a user namespace where the caller is root
 /// (with its subuid ranges); whether that worked.
-fn remove_in_namespace(d: &Path) -> bool {
+fn remove_in_namespace(d: &std::path::Path) -> bool {
     // SAFETY: `rcfs rm` has a single thread.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
@@ -145,17 +357,13 @@ fn remove_in_namespace(d: &Path) -> bool {
 /// `rcfs rm`: removes stopped containers (their upper dirs too).
 pub fn rm(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
-        let (d, rec) = load(store, n)?;
-        if running(&rec) {
-            bail!(
-                "container {n} is running (rcfs run, pid {}): stop it first",
-                rec.pid
-            );
-        }
-        if let Err(e) = std::fs::remove_dir_all(&d) {
+        // Held while it goes: no `rcfs start` of it meanwhile.
+        let (c, _) = Claimed::existing(store, n, "stop it first")?;
+        let d = &c.path;
+        if let Err(e) = std::fs::remove_dir_all(d) {
             // Files the container gave ids of the caller's subuid range:
             // removable as root of a user namespace with those ids mapped.
-            if nix::unistd::geteuid().is_root() || !remove_in_namespace(&d) {
+            if nix::unistd::geteuid().is_root() || !remove_in_namespace(d) {
                 return Err(e).with_context(|| format!("cannot remove {}", d.display()));
             }
         }
@@ -173,13 +381,9 @@ pub fn commit(
     message: Option<String>,
     author: Option<String>,
 ) -> Result<()> {
-    let (d, rec) = load(store, name)?;
-    if running(&rec) {
-        bail!(
-            "container {name} is running (rcfs run, pid {}): commit it once it has stopped",
-            rec.pid
-        );
-    }
+    // Held while it is read: no `rcfs start` of it meanwhile.
+    let (c, rec) = Claimed::existing(store, name, "commit it once it has stopped")?;
+    let d = &c.path;
     let by_id = match &rec.image_id {
         Some(id) => store.find(id)?,
         None => None,

@@ -240,8 +240,10 @@ pub fn rmi(store: &Store, names: &[String]) -> Result<()> {
         // a gc would take once the image is gone.
         let users: Vec<&str> = containers
             .iter()
-            .filter(|c| c.image == name || c.image_id.as_deref() == Some(img.manifest.as_str()))
-            .map(|c| c.name.as_str())
+            .filter(|(c, _)| {
+                c.image == name || c.image_id.as_deref() == Some(img.manifest.as_str())
+            })
+            .map(|(c, _)| c.name.as_str())
             .collect();
         if !users.is_empty() {
             bail!(

@@ -594,8 +594,6 @@ pub struct Started {
 pub fn start(req: &MountRequest) -> Result<Started> {
     raise_fd_limit();
     keep_large_blocks_out_of_the_heap();
-    // Modes come from the caller as the kernel computed them.
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let (union, cache, live) = build_union(req)?;
     let union = Arc::new(union);
     let fs = UnionFs::new(

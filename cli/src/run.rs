@@ -56,7 +56,7 @@ pub struct RunOptions {
 
 /// Runs the container; returns the exit code to exit with.
 pub fn run(store: &Store, opts: &RunOptions) -> i32 {
-    match run_inner(store, opts, false) {
+    match run_inner(store, opts, None) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
@@ -92,19 +92,13 @@ fn new_id() -> String {
 /// made (the same image, command and options), on its upper dir.
 pub fn start(store: &Store, name: &str) -> i32 {
     let go = || -> Result<i32> {
-        let (_, rec) = crate::containers::load(store, name)?;
-        if crate::containers::running(&rec) {
-            bail!(
-                "container {name} is running already (rcfs run, pid {})",
-                rec.pid
-            );
-        }
+        let (claimed, rec) = crate::containers::Claimed::existing(store, name, "stop it first")?;
         let mut opts = rec
             .options
             .context("the container's record has no options: made by an older rcfs")?;
         opts.name = Some(name.to_owned());
         opts.rm = false;
-        run_inner(store, &opts, true)
+        run_inner(store, &opts, Some(claimed))
     };
     match go() {
         Ok(code) => code,
@@ -115,31 +109,33 @@ pub fn start(store: &Store, name: &str) -> i32 {
     }
 }
 
-fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
+/// Runs a container: a new one, or `again` the existing one claimed.
+fn run_inner(
+    store: &Store,
+    opts: &RunOptions,
+    again: Option<crate::containers::Claimed>,
+) -> Result<i32> {
     // Bad options, and no usable /dev/fuse, fail before anything is made.
     mount::check_fuse_open()?;
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
     let found = crate::image::find(store, &opts.image)?;
-    let name = match &opts.name {
-        Some(n) => {
-            check_name(n)?;
-            n.clone()
+    let (claimed, again) = match again {
+        Some(c) => (c, true),
+        None => {
+            let name = match &opts.name {
+                Some(n) => n.clone(),
+                None => new_id(),
+            };
+            (
+                crate::containers::Claimed::new_container(store, &name)?,
+                false,
+            )
         }
-        None => new_id(),
     };
-    let dir = store.root.join("containers").join(&name);
-    if dir.exists() && !again {
-        bail!(
-            "a container named {name} exists already ({}): remove it or choose another --name",
-            dir.display()
-        );
-    }
-    for d in ["rootfs", "upper", "work"] {
-        std::fs::create_dir_all(dir.join(d))
-            .with_context(|| format!("cannot make {}", dir.join(d).display()))?;
-    }
+    let name = claimed.name.clone();
+    let dir = claimed.path.clone();
     let mut record = crate::containers::Record {
         name: name.clone(),
         image: found
@@ -152,7 +148,12 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
         exit_code: None,
         options: Some(opts.clone()),
     };
-    crate::containers::write(&dir, &record)?;
+    if let Err(e) = claimed.write(&record) {
+        if !again {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
     // A container whose command never started leaves nothing (unless it
     // is one being started again, which keeps what it had).
     let mut cleanup = |code: i32, started: bool| {
@@ -160,7 +161,7 @@ fn run_inner(store: &Store, opts: &RunOptions, again: bool) -> Result<i32> {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
             record.exit_code = Some(code);
-            if let Err(e) = crate::containers::write(&dir, &record) {
+            if let Err(e) = claimed.write(&record) {
                 eprintln!("rcfs run: {e:#}");
             }
         }

@@ -1,16 +1,18 @@
 //! `rcfs stats MOUNTPOINT`: what an image mount's block cache has done.
 //!
 //! The server of an image mount listens on a unix socket in the store
-//! (`run/HEX.sock`, named by the mountpoint's path; mode 0600, in the
-//! store's 0700 dir) and answers each connection with its counters.
+//! (`run/HEX.sock`, named by the mountpoint's path) and answers each
+//! connection with its counters. `run/` is a 0700 dir of the store's user
+//! (in the store's 0700 root), so no one else can put a socket there;
+//! `rcfs stats` also takes answers only from a server of its own uid, and
+//! prints no control characters of them.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rcfs_fs::cache::BlockCache;
 use rcfs_fs::image::digest::Digest;
 
@@ -32,11 +34,10 @@ pub fn serve(
 ) {
     let path = socket_path(store, mountpoint);
     let listen = || -> std::io::Result<UnixListener> {
-        std::fs::create_dir_all(path.parent().expect("in run/"))?;
+        // Made (or closed to others) before anything is put in it.
+        rcfs_fs::image::store::Store::open(store)?.own_dir("run")?;
         let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(l)
+        UnixListener::bind(&path)
     };
     let listener = match listen() {
         Ok(l) => l,
@@ -78,8 +79,28 @@ pub fn show(store: &Path, mountpoint: &Path) -> Result<()> {
             store.display()
         )
     })?;
-    let mut s = String::new();
-    c.read_to_string(&mut s)?;
-    print!("{s}");
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = nix::sys::socket::getsockopt(&c, nix::sys::socket::sockopt::PeerCredentials)
+        .context("cannot tell who answers on the stats socket")?;
+    if peer.uid() != me {
+        bail!(
+            "{} is served by uid {}, not by you (uid {me}): not an rcfs mount of yours",
+            path.display(),
+            peer.uid()
+        );
+    }
+    let mut bytes = Vec::new();
+    (&mut c).take(1 << 20).read_to_end(&mut bytes)?;
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .map(|ch| {
+            if ch.is_control() && ch != '\n' {
+                '?'
+            } else {
+                ch
+            }
+        })
+        .collect();
+    print!("{text}");
     Ok(())
 }

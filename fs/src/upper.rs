@@ -285,6 +285,7 @@ impl Upper {
     }
 
     pub(crate) fn mkdir(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+        sys::exact_modes()?;
         Ok(nix::sys::stat::mkdirat(
             dir,
             name,
@@ -299,6 +300,7 @@ impl Upper {
         mode: u32,
         rdev: u64,
     ) -> io::Result<()> {
+        sys::exact_modes()?;
         Ok(nix::sys::stat::mknodat(
             dir,
             name,
@@ -325,6 +327,7 @@ impl Upper {
         flags: i32,
         mode: u32,
     ) -> io::Result<File> {
+        sys::exact_modes()?;
         Ok(File::from(sys::open_at(
             dir,
             name,

@@ -51,6 +51,33 @@ pub struct Cgroups {
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// Makes the cgroup dir `d` (and its missing parents) 0755, whatever the
+/// umask: a cgroup others may write to is one they can move into and escape
+/// their own limits by. One found with write access for others (made by an
+/// older rcfs) is closed too.
+fn make_cgroup_dir(d: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(d)?;
+    let mut dir = d;
+    // Ours below the hierarchy's root: each `rcfs` dir on the way.
+    while let Some(parent) = dir.parent() {
+        if dir
+            .file_name()
+            .is_some_and(|n| n == "rcfs" || n.to_string_lossy().starts_with("rcfs-"))
+        {
+            let st = fs::symlink_metadata(dir)?;
+            if st.permissions().mode() & 0o022 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        dir = parent;
+    }
+    Ok(())
+}
+
 fn write(dir: &Path, file: &str, v: &str) -> io::Result<()> {
     fs::write(dir.join(file), v)
         .map_err(|e| io::Error::other(format!("{}: {e}", dir.join(file).display())))
@@ -88,7 +115,7 @@ impl Cgroups {
         } else {
             root.join(own.trim_start_matches('/'))
         };
-        fs::create_dir_all(&base)?;
+        make_cgroup_dir(&base)?;
         let wanted: Vec<&str> = [
             l.memory.map(|_| "memory"),
             l.cpus.map(|_| "cpu"),
@@ -117,7 +144,10 @@ impl Cgroups {
                 .join(" "),
         )?;
         let leaf = base.join(format!("rcfs-{name}"));
-        fs::create_dir(&leaf)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(0o755).create(&leaf)?;
+        }
         self.dirs.push(leaf.clone());
         if let Some(m) = l.memory {
             write(&leaf, "memory.max", &m.to_string())?;
@@ -143,7 +173,7 @@ impl Cgroups {
         let leaf = |ctl: &str| root.join(ctl).join("rcfs").join(format!("rcfs-{name}"));
         let mut made = |ctl: &str| -> io::Result<PathBuf> {
             let d = leaf(ctl);
-            fs::create_dir_all(&d)?;
+            make_cgroup_dir(&d)?;
             self.dirs.push(d.clone());
             Ok(d)
         };

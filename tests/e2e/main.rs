@@ -66,4 +66,5 @@ mod readonly;
 mod remount;
 mod rename;
 mod rootless;
+mod shared_host;
 mod stress;

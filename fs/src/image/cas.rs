@@ -101,7 +101,8 @@ pub(crate) fn tmp_name(what: &str) -> String {
     )
 }
 
-/// Opens (creating) the directory `name` under `parent`.
+/// Opens (creating) the directory `name` under `parent`: one of the
+/// store's own, mode 0700 (see [`own_dir`]).
 pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     match nix::sys::stat::mkdirat(
         parent,
@@ -112,7 +113,32 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd
         Err(nix::errno::Errno::EEXIST) => {}
         Err(e) => return Err(e.into()),
     }
-    sys::open_at(parent, name.as_ref(), libc::O_PATH | libc::O_DIRECTORY, 0)
+    let fd = sys::open_at(parent, name.as_ref(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    own_dir(&fd, name)?;
+    Ok(fd)
+}
+
+/// Checks that the open directory `fd` (called `what` in errors) is this
+/// user's own and closed to everyone else: a store dir made by an older
+/// rcfs, or with another umask, that others could enter is made 0700; one
+/// owned by someone else is refused (it could be theirs to swap under us).
+pub(crate) fn own_dir(fd: &OwnedFd, what: &str) -> io::Result<()> {
+    let st = sys::fstat(fd)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{what} is owned by uid {}, not by you (uid {me}): a store must be its user's own; \
+                 use another --root",
+                st.st_uid
+            ),
+        ));
+    }
+    if st.st_mode & 0o077 != 0 {
+        nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(0o700))?;
+    }
+    Ok(())
 }
 
 impl Cas {

@@ -20,13 +20,14 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::fcntl::{renameat, Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::cas::{make_dir, tmp_name, Cas};
+use super::cas::{make_dir, own_dir, tmp_name, Cas};
 use super::digest::Digest;
 use crate::sys;
 
@@ -150,20 +151,31 @@ impl Store {
         Path::new(&home).join(".local/share/rcfs")
     }
 
-    /// Opens (creating) the store at `root`.
+    /// Opens (creating) the store at `root`. The store is its user's alone:
+    /// its root is made 0700 (its parents with the process's umask), and a
+    /// root someone else owns is refused (see [`own_dir`]).
     pub fn open(root: &Path) -> io::Result<Store> {
-        std::fs::create_dir_all(root).map_err(|e| {
+        let cannot = |e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!("cannot create the store at {}: {e}", root.display()),
             )
-        })?;
+        };
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(cannot)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(cannot(e)),
+        }
         let root_fd = sys::open_at(
             nix::fcntl::AT_FDCWD,
             root.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
+            libc::O_RDONLY | libc::O_DIRECTORY,
             0,
         )?;
+        own_dir(&root_fd, &format!("the store {}", root.display()))?;
         let tmp = make_dir(root_fd.as_fd(), "tmp")?;
         let layers_top = make_dir(root_fd.as_fd(), "layers")?;
         let layers = make_dir(layers_top.as_fd(), "sha256")?;
@@ -179,6 +191,12 @@ impl Store {
             files,
             cache,
         })
+    }
+
+    /// Opens (creating) the store's directory `name` (mode 0700; for what
+    /// lives beside the image objects: containers, sockets).
+    pub fn own_dir(&self, name: &str) -> io::Result<OwnedFd> {
+        make_dir(self.root_fd.as_fd(), name)
     }
 
     fn lock(&self, arg: FlockArg) -> io::Result<StoreLock> {

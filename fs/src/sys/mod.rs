@@ -26,6 +26,28 @@ pub use copy::{
 pub use dir::DirFd;
 pub use mmap::Mapping;
 
+/// Makes the calling thread create files with exactly the modes it asks
+/// for: a file system server is handed modes the kernel has already masked
+/// with the caller's umask, and masking them again with its own would be
+/// wrong. Only this thread changes (it stops sharing its umask, cwd and
+/// root with the rest of the process, `unshare(CLONE_FS)`): the process's
+/// umask, which its other threads and children get, stays as it was.
+/// Cheap after the first call in a thread.
+pub fn exact_modes() -> io::Result<()> {
+    thread_local! {
+        static EXACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    EXACT.with(|done| {
+        if done.get() {
+            return Ok(());
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        done.set(true);
+        Ok(())
+    })
+}
+
 /// `name` as a C string; a NUL byte inside is EINVAL.
 pub fn cname(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))

@@ -339,7 +339,10 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
 /// Removes `d` from a child in a user namespace where the caller is root
 /// (with its subuid ranges); whether that worked.
 fn remove_in_namespace(d: &std::path::Path) -> bool {
-    // SAFETY: `rcfs rm` has a single thread.
+    if rcfs_runtime::threads::ensure_single("removing in a user namespace").is_err() {
+        return false;
+    }
+    // SAFETY: a single thread (checked).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             let ok =

@@ -504,7 +504,9 @@ pub fn run(mut req: MountRequest) -> Result<()> {
     }
     // A pipe tells the parent when the child has mounted (or why it failed).
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
-    // SAFETY: no other threads exist yet, so the child may run any code.
+    rcfs_runtime::threads::ensure_single("starting a background server")?;
+    // SAFETY: no other threads exist (checked), so the child may run any
+    // code.
     match unsafe { nix::unistd::fork() }.context("fork")? {
         ForkResult::Parent { child } => {
             drop(wr);

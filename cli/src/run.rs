@@ -257,7 +257,7 @@ fn serve(
     let config: ImageConfiguration =
         serde_json::from_slice(&config).context("the image's config is not an image config")?;
     let mut session = started.session;
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmount_callable();
     // Says when the daemon has ended (its union dropped: flushed).
     let (served_tx, served) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -267,13 +267,20 @@ fn serve(
             let _ = served_tx.send(());
             r
         })?;
+    // From here on, every way out unmounts (the guards go in reverse order:
+    // the terminal restored, the cgroups removed, then the root unmounted).
+    let _mounted = Mounted {
+        unmounter,
+        served,
+        socket: crate::stats::socket_path(&store.root, &rootfs),
+    };
     let limits = rcfs_runtime::cgroup::Limits {
         memory: opts.memory,
         cpus: opts.cpus,
         pids: opts.pids_limit,
     };
     // The init, still waiting, goes into the cgroups: all it starts too.
-    let mut cgroups = if limits.any() {
+    let _cgroups = if limits.any() {
         Some(rcfs_runtime::cgroup::Cgroups::apply(
             name,
             container.pid.as_raw(),
@@ -319,19 +326,29 @@ fn serve(
             EXIT_RCFS
         }
     };
-    if let Some(t) = terminal {
-        t.detach();
-    }
-    if let Some(c) = cgroups.as_mut() {
-        c.remove();
-    }
-    if let Err(e) = unmounter.unmount() {
-        log::warn!("unmounting the container's root: {e}");
-    }
-    // The daemon ends with its mount; do not wait long for a stuck one.
-    let _ = served.recv_timeout(Duration::from_secs(5));
-    let _ = std::fs::remove_file(crate::stats::socket_path(&store.root, &rootfs));
+    drop(terminal);
     Ok((code, started))
+}
+
+/// The container's root while it is mounted: unmounted when dropped, on
+/// every way out of [`serve`].
+struct Mounted {
+    unmounter: rcfs_fs::SessionUnmounter,
+    /// Says when the daemon has ended.
+    served: std::sync::mpsc::Receiver<()>,
+    /// The mount's stats socket, which goes with it.
+    socket: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmounter.unmount() {
+            log::warn!("unmounting the container's root: {e}");
+        }
+        // The daemon ends with its mount; do not wait long for a stuck one.
+        let _ = self.served.recv_timeout(Duration::from_secs(5));
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 /// The container's terminal seen from `rcfs run`: its master, relayed to
@@ -339,8 +356,25 @@ fn serve(
 /// meanwhile.
 struct Terminal {
     master: std::sync::Arc<std::os::fd::OwnedFd>,
-    saved: Option<nix::sys::termios::Termios>,
     output: std::thread::JoinHandle<()>,
+    /// Dropped after the rest of the output is written (fields drop after
+    /// [`Terminal`]'s own `drop`).
+    _raw: RawMode,
+}
+
+/// Our terminal in raw mode, restored when dropped: on every way out.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
 }
 
 /// Gives the container's terminal the size of ours.
@@ -362,8 +396,8 @@ impl Terminal {
         let master = std::sync::Arc::new(master);
         copy_window_size(&master);
         let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin).ok();
-        if let Some(t) = &saved {
+        let raw_mode = RawMode(termios::tcgetattr(&stdin).ok());
+        if let Some(t) = &raw_mode.0 {
             let mut raw = t.clone();
             termios::cfmakeraw(&mut raw);
             let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
@@ -404,23 +438,18 @@ impl Terminal {
             })?;
         Ok(Terminal {
             master,
-            saved,
             output,
+            _raw: raw_mode,
         })
     }
+}
 
-    /// After the container: the rest of its output, and our terminal back.
-    fn detach(self) {
+impl Drop for Terminal {
+    /// After the container: the rest of its output (then our terminal back).
+    fn drop(&mut self) {
         let t0 = std::time::Instant::now();
         while !self.output.is_finished() && t0.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
-        }
-        if let Some(t) = &self.saved {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                t,
-            );
         }
     }
 }

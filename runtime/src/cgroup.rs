@@ -220,6 +220,13 @@ impl Cgroups {
     }
 }
 
+impl Drop for Cgroups {
+    /// Removed on every way out of a run.
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

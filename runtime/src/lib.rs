@@ -32,6 +32,7 @@ pub mod cgroup;
 mod init;
 pub mod keeper;
 mod ns;
+pub mod threads;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -133,9 +134,10 @@ impl Container {
     /// Forks the init as pid 1 of a new pid namespace; with `own_user_ns`
     /// (real root, which stays in the host's user namespace: see
     /// [`enter_mount_namespace`]), in a new user namespace too, every id
-    /// mapped to itself. Call while the process has no other threads: the
-    /// child runs Rust code after fork.
+    /// mapped to itself. Fails unless the process has one thread (the
+    /// child runs Rust code after the fork).
     pub fn fork(own_user_ns: bool) -> io::Result<Container> {
+        threads::ensure_single("forking the container's init")?;
         let (rd, wr) = nix::unistd::pipe()?;
         let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
         let (tty_sock, tty_peer) = nix::sys::socket::socketpair(
@@ -176,8 +178,8 @@ impl Container {
             };
             std::process::exit(code);
         });
-        // SAFETY: the caller guarantees a single thread; the child runs
-        // in its own copy of memory, on `stack`.
+        // SAFETY: a single thread (checked above); the child runs in its
+        // own copy of memory, on `stack`.
         let mut flags = nix::sched::CloneFlags::CLONE_NEWPID;
         if own_user_ns {
             flags |= nix::sched::CloneFlags::CLONE_NEWUSER;

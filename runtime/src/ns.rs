@@ -155,9 +155,10 @@ pub(crate) fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
 /// Moves this process into a user namespace in which it is root, with the
 /// ids mapped as [`IdMap`] says: the one the user's keeper holds
 /// ([`crate::keeper`]), else a new one of its own; then into a new mount
-/// namespace whose mounts do not propagate anywhere. Call while
-/// single-threaded.
+/// namespace whose mounts do not propagate anywhere. Fails unless the
+/// process has one thread.
 pub fn enter_user_namespace() -> io::Result<IdMap> {
+    crate::threads::ensure_single("entering a user namespace")?;
     let map = choose_map();
     if crate::keeper::join(map).is_err() {
         own_user_namespace(map)?;
@@ -176,7 +177,8 @@ fn own_user_namespace(map: IdMap) -> io::Result<()> {
     let me = nix::unistd::getpid();
     let (go_rd, go_wr) = nix::unistd::pipe()?;
     let (done_rd, done_wr) = nix::unistd::pipe()?;
-    // SAFETY: the caller guarantees a single thread.
+    // SAFETY: a single thread, checked by enter_user_namespace, the only
+    // caller.
     let helper = match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
             drop(go_wr);

@@ -1,0 +1,44 @@
+//! The precondition of every fork and namespace change here: the process
+//! has one thread. A child forked from a threaded process may only call
+//! async-signal-safe functions (another thread may hold a lock it needs,
+//! the allocator's among them), and `unshare` of a user or mount namespace
+//! fails in a threaded process. So the functions that need it check it,
+//! and a caller that broke it gets an error, not a hang or worse.
+
+use std::io;
+
+/// How many threads this process has (`Threads:` of `/proc/self/status`).
+pub fn count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("/proc/self/status has no thread count"))
+}
+
+/// Fails unless this process has one thread; `what` says what needed it.
+pub fn ensure_single(what: &str) -> io::Result<()> {
+    match count()? {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "internal error: {what} needs a single-threaded process, and this one has {n} threads"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_threads() {
+        // The test harness runs tests on threads of their own.
+        let before = super::count().unwrap();
+        assert!(before >= 1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert_eq!(super::count().unwrap(), before + 1);
+        assert!(super::ensure_single("a test").is_err());
+        tx.send(()).unwrap();
+        t.join().unwrap().unwrap();
+    }
+}

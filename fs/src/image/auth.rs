@@ -76,44 +76,55 @@ fn normalize_key(k: &str) -> String {
 
 /// Credentials for `registry/repository` from `files`.
 pub fn lookup(files: &[PathBuf], registry: &str, repository: &str) -> Option<Credentials> {
-    let full = format!("{registry}/{repository}");
     for f in files {
         let Ok(text) = std::fs::read_to_string(f) else {
             continue;
         };
-        let parsed: AuthFile = match serde_json::from_str(&text) {
-            Ok(p) => p,
-            Err(e) => {
-                log::warn!("ignoring {}: {e}", f.display());
-                continue;
-            }
-        };
-        let best = parsed
-            .auths
-            .iter()
-            .map(|(k, e)| (normalize_key(k), e))
-            .filter(|(k, _)| full == *k || full.starts_with(&format!("{k}/")))
-            .max_by_key(|(k, _)| k.len());
-        let Some((_, e)) = best else { continue };
-        if !e.auth.is_empty() {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(e.auth.trim())
-                .ok()?;
-            let s = String::from_utf8(raw).ok()?;
-            let (u, p) = s.split_once(':')?;
-            return Some(Credentials {
-                user: u.into(),
-                password: p.into(),
-            });
-        }
-        if !e.username.is_empty() {
-            return Some(Credentials {
-                user: e.username.clone(),
-                password: e.password.clone(),
-            });
+        match lookup_in(&text, registry, repository) {
+            Ok(Some(c)) => return Some(c),
+            Ok(None) => {}
+            Err(e) => log::warn!("ignoring {}: {e}", f.display()),
         }
     }
     None
+}
+
+/// The credentials the auth file `text` holds for `registry/repository`
+/// (its longest matching entry), or an error if it is no auth file.
+pub fn lookup_in(
+    text: &str,
+    registry: &str,
+    repository: &str,
+) -> Result<Option<Credentials>, serde_json::Error> {
+    let full = format!("{registry}/{repository}");
+    let parsed: AuthFile = serde_json::from_str(text)?;
+    let best = parsed
+        .auths
+        .iter()
+        .map(|(k, e)| (normalize_key(k), e))
+        .filter(|(k, _)| full == *k || full.starts_with(&format!("{k}/")))
+        .max_by_key(|(k, _)| k.len());
+    let Some((_, e)) = best else { return Ok(None) };
+    if !e.auth.is_empty() {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(e.auth.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok());
+        return Ok(decoded.and_then(|s| {
+            let (u, p) = s.split_once(':')?;
+            Some(Credentials {
+                user: u.into(),
+                password: p.into(),
+            })
+        }));
+    }
+    if !e.username.is_empty() {
+        return Ok(Some(Credentials {
+            user: e.username.clone(),
+            password: e.password.clone(),
+        }));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use rcfs_fs::image::registry::{ClientOptions, Registry as Client};
 
 use crate::images::{pull, rcfs, Case, ImageMount, T};
 use crate::mounts::{cmd, run};
-use crate::registry::{noise, FaultProxy, Registry};
+use crate::registry::{noise, write_layout, FaultProxy, Registry};
 
 /// The pid of the server of the image mount on `mnt` (its command line
 /// names the mountpoint).
@@ -84,7 +84,7 @@ fn read_within(
 
 #[test]
 fn a_registry_whose_bodies_never_end_or_never_come_costs_a_read_its_deadline() {
-    let c = Case::new(40);
+    let c = Case::new(140);
     c.registry.push(&c.layout, "v1", "lazy", "zstd:chunked");
     let proxy = FaultProxy::start(c.registry.port);
     let image = format!("{}/lazy:v1", proxy.host());
@@ -100,8 +100,8 @@ fn a_registry_whose_bodies_never_end_or_never_come_costs_a_read_its_deadline() {
     let got = read_within(&m.mnt.join("etc/hostname"), 0, 7, Duration::from_secs(20))
         .expect("a read of a range answered with an endless body returned")
         .unwrap();
-    assert_eq!(got, b"top 40\n");
-    let small = "small file 150 of 40\n".repeat(150 % 7 + 1);
+    assert_eq!(got, b"top 140\n");
+    let small = "small file 150 of 140\n".repeat(150 % 7 + 1);
     let got = read_within(
         &m.mnt.join("usr/share/data/f150"),
         0,
@@ -155,12 +155,12 @@ fn a_registry_whose_bodies_never_end_or_never_come_costs_a_read_its_deadline() {
 
     // The registry answers again: so does the mount.
     proxy.faults.stall_blobs.store(false, Ordering::SeqCst);
-    assert!(std::fs::read(&big).unwrap() == noise(6 << 20, 40));
+    assert!(std::fs::read(&big).unwrap() == noise(6 << 20, 140));
 }
 
 #[test]
 fn a_manifest_over_the_limit_is_refused() {
-    let c = Case::new(41);
+    let c = Case::new(141);
     c.registry.push(&c.layout, "v1", "img", "gzip");
     let proxy = FaultProxy::start(c.registry.port);
     // Valid JSON still (trailing spaces), 5 MiB: under the old 8 MiB limit,
@@ -310,4 +310,84 @@ fn tables_of_contents_too_large_to_parse_are_refused_quickly_in_little_memory() 
         assert!(rss < most, "{name}: the pull took {rss} KiB resident");
         assert!(took < Duration::from_secs(60), "{name}: {took:?}");
     }
+}
+
+/// A tar of one GNU sparse file `sparse` of `size` bytes: a 4 KiB block
+/// of `A` at 1 MiB and one of `B` at its end, the rest holes.
+fn sparse_tar(size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_path("sparse").unwrap();
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(8192);
+    let g = h.as_gnu_mut().unwrap();
+    g.set_real_size(size);
+    g.sparse[0].set_offset(1 << 20);
+    g.sparse[0].set_length(4096);
+    g.sparse[1].set_offset(size - 4096);
+    g.sparse[1].set_length(4096);
+    h.set_cksum();
+    let mut data = vec![b'A'; 4096];
+    data.extend_from_slice(&[b'B'; 4096]);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &data[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// The disk the files under `dir` take, in bytes.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = e.metadata().unwrap();
+        n += md.blocks() * 512;
+        if md.is_dir() {
+            n += disk_usage(&e.path());
+        }
+    }
+    n
+}
+
+#[test]
+fn a_sparse_layer_is_stored_sparse_and_one_past_the_limit_is_refused() {
+    crate::mounts::require_privileges();
+    let dir = crate::harness::temp_dir();
+    let size = 256u64 << 20;
+    let tar = sparse_tar(size);
+    assert!(tar.len() < 16 << 10);
+    let layout = dir.path().join("layout");
+    write_layout(&layout, "v1", &[tar]);
+    let oci = format!("oci:{}:v1", layout.display());
+    let store = dir.path().join("store");
+    pull(&store, &oci, &[]).expect_ok("pull of a sparse layer");
+    // Before: the 256 MiB were written out as zeros.
+    let used = disk_usage(&store);
+    assert!(used < 16 << 20, "the store takes {used} bytes");
+    let m = ImageMount::new(&store, &oci, &dir.path().join("mnt"), &[]);
+    let f = m.mnt.join("sparse");
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), size);
+    for (at, want) in [
+        (0, 0u8),
+        (1 << 20, b'A'),
+        (100 << 20, 0),
+        (size - 4096, b'B'),
+    ] {
+        let got = read_within(&f, at, 4096, T).unwrap().unwrap();
+        assert!(got.iter().all(|&b| b == want), "at {at}");
+    }
+    drop(m);
+    // Past the limit on what a layer may expand to: refused, saying which.
+    let store = dir.path().join("store-limited");
+    let r = run(
+        rcfs(&store, &["pull", &oci]).env("RCFS_LAYER_MAX_BYTES", (64u64 << 20).to_string()),
+        T,
+    );
+    assert!(
+        !r.success()
+            && r.stderr
+                .contains("rcfs's limit for one layer (RCFS_LAYER_MAX_BYTES"),
+        "{}",
+        r.stderr
+    );
 }

@@ -157,8 +157,12 @@ impl Inner {
         }
         // However many chunks others fetch for it, a read waits for them
         // at most this long (each fetch has its own deadline too).
-        let deadline = Instant::now() + self.cache.fetch_wait();
+        // (Set at the first wait: no clock read for a read that waits for
+        // nobody.)
+        let mut deadline = None;
         for (i, p) in waits {
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.cache.fetch_wait());
             out[i].1 = Some(match p.wait(deadline) {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {

@@ -14,23 +14,23 @@ use crate::mounts::{cmd, require_privileges, run, Run, RCFS};
 use crate::registry::{standard_layers, unpack_reference, write_layout, FaultProxy, Registry};
 use crate::snapshot::{diff, snapshot};
 
-const T: Duration = Duration::from_secs(180);
+pub(crate) const T: Duration = Duration::from_secs(180);
 
 /// `rcfs --root STORE args...`.
-fn rcfs(store: &Path, args: &[&str]) -> Command {
+pub(crate) fn rcfs(store: &Path, args: &[&str]) -> Command {
     let mut c = cmd(RCFS, ["--root".to_owned(), store.display().to_string()]);
     c.args(args);
     c
 }
 
 /// A mounted image, unmounted when dropped.
-struct ImageMount {
+pub(crate) struct ImageMount {
     store: PathBuf,
-    mnt: PathBuf,
+    pub(crate) mnt: PathBuf,
 }
 
 impl ImageMount {
-    fn new(store: &Path, image: &str, mnt: &Path, extra: &[&str]) -> ImageMount {
+    pub(crate) fn new(store: &Path, image: &str, mnt: &Path, extra: &[&str]) -> ImageMount {
         std::fs::create_dir_all(mnt).unwrap();
         let mut args = vec!["mount", image, mnt.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -42,7 +42,7 @@ impl ImageMount {
     }
 
     /// `rcfs stats` as name → value.
-    fn stats(&self) -> std::collections::HashMap<String, u64> {
+    pub(crate) fn stats(&self) -> std::collections::HashMap<String, u64> {
         let r = run(
             &mut rcfs(&self.store, &["stats", self.mnt.to_str().unwrap()]),
             T,
@@ -64,15 +64,15 @@ impl Drop for ImageMount {
 
 /// A registry with one image built from `layers` pushed as `format`, and
 /// the layout and reference tree of that image.
-struct Case {
+pub(crate) struct Case {
     dir: tempfile::TempDir,
-    registry: Registry,
-    layout: PathBuf,
+    pub(crate) registry: Registry,
+    pub(crate) layout: PathBuf,
     reference: PathBuf,
 }
 
 impl Case {
-    fn new(seed: u64) -> Case {
+    pub(crate) fn new(seed: u64) -> Case {
         require_privileges();
         let dir = temp_dir();
         let layout = dir.path().join("layout");
@@ -86,11 +86,11 @@ impl Case {
         }
     }
 
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
@@ -105,7 +105,7 @@ impl Case {
     }
 }
 
-fn pull(store: &Path, image: &str, extra: &[&str]) -> Run {
+pub(crate) fn pull(store: &Path, image: &str, extra: &[&str]) -> Run {
     let mut args = vec!["pull", "--tls-verify=false", image];
     args.extend_from_slice(extra);
     run(&mut rcfs(store, &args), T)

@@ -45,6 +45,7 @@ mod sys;
 
 mod attrs;
 mod bad_runs;
+mod bounds;
 mod cli;
 mod commit;
 mod concurrency;

@@ -2,7 +2,8 @@
 //! generated files, several layers with whiteouts, an opaque dir and hard
 //! links), a real registry on loopback (Debian's `docker-registry`), images
 //! pushed to it with `skopeo` as gzip, zstd or zstd:chunked, and a proxy in
-//! front of it that can inject faults (resets, 5xx answers, flipped bytes).
+//! front of it that can inject faults (resets, 5xx answers, flipped bytes,
+//! bodies that never end or never come, oversize manifests).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -272,6 +273,32 @@ pub struct Faults {
     /// rest once `release` is set (0: no holding back).
     pub hold_blobs_after: AtomicU64,
     pub release: AtomicBool,
+    /// Answer range requests for blobs with their right bytes, without a
+    /// Content-Length, and then junk for as long as the client reads.
+    pub endless_blobs: AtomicBool,
+    /// Answer nothing to blob requests while this is set (the connection
+    /// stays open).
+    pub stall_blobs: AtomicBool,
+    /// Add this many spaces (valid JSON still) to each manifest answered.
+    pub pad_manifests: AtomicU64,
+}
+
+/// `head` (a response's, with its final CRLF CRLF) without its
+/// Content-Length line, or with it set to `len`.
+fn with_content_length(head: &[u8], len: Option<usize>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("content-length:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    if let Some(n) = len {
+        out.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
 }
 
 /// An HTTP proxy in front of a registry (one request per connection).
@@ -365,6 +392,13 @@ impl FaultProxy {
         }
         let mut resp = Vec::new();
         let _ = up.read_to_end(&mut resp);
+        let blob_get = line.contains("/blobs/") && line.starts_with("GET");
+        if blob_get && f.stall_blobs.load(Ordering::SeqCst) {
+            while f.stall_blobs.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         let Some(split) = resp
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -373,9 +407,27 @@ impl FaultProxy {
             let _ = c.write_all(&resp);
             return;
         };
-        let flip = f.flip_blobs.load(Ordering::SeqCst)
-            && line.contains("/blobs/")
-            && line.starts_with("GET");
+        let pad = f.pad_manifests.load(Ordering::SeqCst) as usize;
+        if pad > 0 && line.contains("/manifests/") && resp.starts_with(b"HTTP/1.1 200") {
+            let mut out = with_content_length(&resp[..split], Some(resp.len() - split + pad));
+            out.extend_from_slice(&resp[split..]);
+            out.resize(out.len() + pad, b' ');
+            let _ = c.write_all(&out);
+            return;
+        }
+        if blob_get && f.endless_blobs.load(Ordering::SeqCst) && resp.starts_with(b"HTTP/1.1 206") {
+            let mut out = with_content_length(&resp[..split], None);
+            out.extend_from_slice(&resp[split..]);
+            f.bytes
+                .fetch_add((resp.len() - split) as u64, Ordering::SeqCst);
+            if c.write_all(&out).is_err() {
+                return;
+            }
+            let junk = [b'j'; 16 << 10];
+            while c.write_all(&junk).is_ok() {}
+            return;
+        }
+        let flip = f.flip_blobs.load(Ordering::SeqCst) && blob_get;
         if flip && resp.len() > split + 1 {
             let at = split + (resp.len() - split) / 2;
             resp[at] ^= 0x55;

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -38,6 +38,12 @@ pub const FETCH_WORKERS: usize = 8;
 
 /// Chunks up to this size are also kept in memory.
 pub const MEM_CHUNK_MAX: u64 = 1 << 20;
+
+/// The longest a read waits for another reader's fetch of a chunk before
+/// it fails with EIO: past the deadline of the largest request a fetch
+/// makes (`registry::deadline_for`: 94 s for a 64 MiB chunk, 34 s for the
+/// 4 MiB a read asks for at most), so it ends only a fetch that is stuck.
+pub const FETCH_WAIT: Duration = Duration::from_secs(120);
 
 /// A chunk's bytes: in memory, or in a host file.
 #[derive(Debug, Clone)]
@@ -72,14 +78,36 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub fetch_errors: AtomicU64,
+    /// Fetches that ran past their deadline, and reads that gave up
+    /// waiting for another's fetch (both EIO to the program).
+    pub fetch_timeouts: AtomicU64,
     pub digest_errors: AtomicU64,
     /// Sum and maximum of request latencies, in microseconds.
     pub fetch_us_total: AtomicU64,
     pub fetch_us_max: AtomicU64,
     pub evicted: AtomicU64,
+    /// Why the last fetch failed, for `rcfs stats`; taken alone.
+    last_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Stats {
+    /// Counts a failed fetch (a timeout apart) and keeps its reason.
+    pub fn note_error(&self, e: &io::Error) {
+        self.fetch_errors.fetch_add(1, Ordering::Relaxed);
+        if e.kind() == io::ErrorKind::TimedOut {
+            self.fetch_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        // One line of printable text: the reason may quote what a registry
+        // sent.
+        let reason: String = e
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(300)
+            .collect();
+        *self.last_error.lock() = Some(reason);
+    }
+
     pub fn note_request(&self, bytes: u64, took: Duration) {
         let us = took.as_micros() as u64;
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -95,8 +123,8 @@ impl Stats {
         let mean = g(&self.fetch_us_total).checked_div(req).unwrap_or(0);
         format!(
             "hits_memory {}\nhits_disk {}\nmisses {}\njoined_fetches {}\nrequests {}\n\
-             bytes_fetched {}\nfetch_errors {}\ndigest_errors {}\nfetch_latency_mean_us {}\n\
-             fetch_latency_max_us {}\nevicted {}\n",
+             bytes_fetched {}\nfetch_errors {}\nfetch_timeouts {}\ndigest_errors {}\n\
+             fetch_latency_mean_us {}\nfetch_latency_max_us {}\nevicted {}\n{}",
             g(&self.mem_hits),
             g(&self.disk_hits),
             g(&self.misses),
@@ -104,10 +132,15 @@ impl Stats {
             req,
             g(&self.bytes_fetched),
             g(&self.fetch_errors),
+            g(&self.fetch_timeouts),
             g(&self.digest_errors),
             mean,
             g(&self.fetch_us_max),
             g(&self.evicted),
+            match &*self.last_error.lock() {
+                Some(e) => format!("last_fetch_error {e}\n"),
+                None => String::new(),
+            },
         )
     }
 }
@@ -120,14 +153,19 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Waits for the fetch to end.
-    pub fn wait(&self) -> io::Result<Block> {
+    /// Waits for the fetch to end, until `deadline`: past it, a `TimedOut`
+    /// error (EIO to the program).
+    pub fn wait(&self, deadline: Instant) -> io::Result<Block> {
         let mut g = self.done.lock();
         loop {
             if let Some(r) = g.as_ref() {
                 return r.clone().map_err(|e| layer_error(libc::EIO, e));
             }
-            self.cond.wait(&mut g);
+            if self.cond.wait_until(&mut g, deadline) && g.is_none() {
+                return Err(crate::image::registry::timed_out(
+                    "another reader's fetch of this chunk did not end in time".into(),
+                ));
+            }
         }
     }
 }
@@ -216,6 +254,8 @@ pub struct BlockCache {
     /// Whole files of indexed layers (`files/`), never evicted here.
     files: Option<Arc<Cas>>,
     pub stats: Stats,
+    /// How long a read waits for another's fetch ([`FETCH_WAIT`]).
+    fetch_wait: Duration,
     /// The mount's background fetches (read-ahead, rest of files,
     /// prefetch).
     pub pool: pool::FetchPool,
@@ -259,8 +299,21 @@ impl BlockCache {
             chunks,
             files,
             stats: Stats::default(),
+            fetch_wait: FETCH_WAIT,
             pool: pool::FetchPool::new(FETCH_WORKERS),
         }
+    }
+
+    /// The same cache whose reads wait `d` for another's fetch instead of
+    /// [`FETCH_WAIT`] (tests).
+    pub fn with_fetch_wait(mut self, d: Duration) -> BlockCache {
+        self.fetch_wait = d;
+        self
+    }
+
+    /// How long a read waits for another's fetch of a chunk.
+    pub fn fetch_wait(&self) -> Duration {
+        self.fetch_wait
     }
 
     /// A memory-only cache (tests, a store that cannot be written).

@@ -10,20 +10,42 @@ use std::sync::Arc;
 
 use crate::error::layer_error;
 
+/// The most bytes one range or one chunk may hold in memory: a table of
+/// contents (at most 50 MiB compressed) or one chunk (at most
+/// [`crate::image::toc::MAX_CHUNK`]). Nothing a blob or its table of
+/// contents says makes one read allocate more.
+pub const MAX_RANGE: u64 = 64 << 20;
+
+/// Refuses a range that is inverted or over [`MAX_RANGE`]; its length.
+pub fn range_len(start: u64, end: u64, what: &dyn std::fmt::Display) -> io::Result<usize> {
+    match end.checked_sub(start) {
+        Some(n) if n <= MAX_RANGE => Ok(n as usize),
+        _ => Err(layer_error(
+            libc::EIO,
+            format!(
+                "{what}: range {start}..{end} is inverted or over rcfs's limit of {} MiB",
+                MAX_RANGE >> 20
+            ),
+        )),
+    }
+}
+
 /// Bytes of one blob by range.
 pub trait BlobSource: Send + Sync + Debug {
     /// A reader of bytes `[start, end)` of the blob. It may give fewer
     /// bytes if the connection breaks; [`BlobSource::read_range`] checks.
     fn open_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>>;
 
-    /// Bytes `[start, end)`, all of them.
+    /// Bytes `[start, end)`, all of them (at most [`MAX_RANGE`]).
     fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        let want = range_len(start, end, &self.describe())?;
         let mut r = self.open_range(start, end)?;
-        let want = (end - start) as usize;
         let mut v = Vec::with_capacity(want);
         r.by_ref().take(want as u64).read_to_end(&mut v)?;
-        // To the end: a connection is reused only after its body was read.
-        io::copy(&mut r, &mut io::sink())?;
+        // Its end, never past it: a registry's body then goes back to the
+        // pool if it can (see `registry::Exact`), and one that goes on is
+        // not read further.
+        let _ = r.read(&mut [0u8; 1])?;
         if v.len() != want {
             return Err(layer_error(
                 libc::EIO,
@@ -66,7 +88,8 @@ struct FileRange {
 
 impl Read for FileRange {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.at) as usize);
+        let left = self.end.saturating_sub(self.at);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }
@@ -90,10 +113,11 @@ impl BlobSource for FileBlob {
     }
 }
 
-/// Decompresses one zstd frame that must hold exactly `len` bytes.
+/// Decompresses one zstd frame that must hold exactly `len` bytes (at
+/// most [`MAX_RANGE`]).
 pub fn unzstd_exact(frame: &[u8], len: u64, what: &dyn std::fmt::Display) -> io::Result<Vec<u8>> {
     let bad = |m: String| layer_error(libc::EIO, format!("{what}: {m}"));
-    let mut out = Vec::with_capacity(len as usize);
+    let mut out = Vec::with_capacity(range_len(0, len, what)?);
     let mut d = zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| bad(e.to_string()))?;
     // One byte more than expected tells a frame that is too long.
     (&mut d)
@@ -132,5 +156,47 @@ mod tests {
         assert!(unzstd_exact(b"garbage", 3, &"f").is_err());
         let short = b.read_range(2, 200).unwrap_err();
         assert!(short.to_string().contains("test blob"), "{short}");
+        // An inverted range reads nothing (it panicked on the subtraction).
+        let mut v = Vec::new();
+        b.open_range(10, 5).unwrap().read_to_end(&mut v).unwrap();
+        assert!(v.is_empty());
+    }
+
+    /// Counts what is asked of it; its reader never ends.
+    #[derive(Debug, Default)]
+    struct Endless(std::sync::atomic::AtomicU64);
+
+    impl BlobSource for Endless {
+        fn open_range(&self, _: u64, _: u64) -> io::Result<Box<dyn Read + Send>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(io::repeat(7)))
+        }
+        fn describe(&self) -> String {
+            "endless blob".into()
+        }
+    }
+
+    #[test]
+    fn reads_allocate_what_the_limits_allow_and_end_at_their_end() {
+        let b = Endless::default();
+        // A body that never ends gives its range and is left there.
+        assert_eq!(b.read_range(10, 20).unwrap(), vec![7u8; 10]);
+        // Ranges past the limit, or inverted, are refused before anything
+        // is asked or allocated.
+        for (s, e) in [(0, MAX_RANGE + 1), (0, u64::MAX), (20, 10)] {
+            let err = b.read_range(s, e).unwrap_err().to_string();
+            assert!(err.contains("over rcfs's limit of 64 MiB"), "{err}");
+        }
+        assert_eq!(b.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A frame said to hold more than a chunk may: refused, not allocated.
+        let frame = zstd::bulk::compress(b"x", 3).unwrap();
+        let err = unzstd_exact(&frame, u64::MAX, &"f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit"), "{err}");
+        let err = unzstd_exact(&frame, MAX_RANGE + 1, &"f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 //! Names are hex digits only, so no name can lead out of the directory.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -259,6 +259,7 @@ impl Cas {
             name,
             hasher: Hasher::new(),
             len: 0,
+            hole: 0,
         })
     }
 
@@ -296,14 +297,24 @@ impl Cas {
 }
 
 /// An object being written; dropped without [`CasWriter::commit`], it
-/// leaves nothing behind.
+/// leaves nothing behind. Blocks of zeros ([`HOLE_BLOCK`] bytes, aligned)
+/// become holes, not written zeros: a layer's sparse file (or a file of
+/// zeros) takes the disk its data takes, not its size.
 pub struct CasWriter<'a> {
     cas: &'a Cas,
     file: Option<io::BufWriter<File>>,
     name: String,
     hasher: Hasher,
     len: u64,
+    /// Zeros at the end of what was written, not yet in the file (a hole
+    /// made by seeking past them when more data comes, or by the final
+    /// length at commit).
+    hole: u64,
 }
+
+/// The blocks of zeros a [`CasWriter`] leaves as holes: a page, the
+/// smallest hole filesystems keep.
+pub const HOLE_BLOCK: usize = 4096;
 
 impl CasWriter<'_> {
     /// Bytes written so far.
@@ -322,6 +333,9 @@ impl CasWriter<'_> {
     pub fn commit(mut self, want: impl Into<Option<Digest>>, durable: bool) -> io::Result<Digest> {
         let file = self.file.take().expect("committed once");
         let file = file.into_inner().map_err(|e| e.into_error())?;
+        if self.hole > 0 {
+            file.set_len(self.len)?;
+        }
         let got = std::mem::take(&mut self.hasher).finish();
         if let Some(want) = want.into() {
             if got != want {
@@ -349,8 +363,25 @@ impl CasWriter<'_> {
 
 impl Write for CasWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.as_mut().expect("not committed").write(buf)?;
-        self.hasher.update(&buf[..n]);
+        let file = self.file.as_mut().expect("not committed");
+        // Up to the next block boundary (all of `buf` at most): a whole,
+        // aligned block of zeros is left as a hole; anything else is
+        // written after the hole before it.
+        let at = (self.len % HOLE_BLOCK as u64) as usize;
+        let n = buf.len().min(HOLE_BLOCK - at);
+        let piece = &buf[..n];
+        if n == HOLE_BLOCK && piece.iter().all(|&b| b == 0) {
+            self.hole += n as u64;
+        } else {
+            if self.hole > 0 {
+                file.flush()?;
+                let hole = i64::try_from(self.hole).map_err(io::Error::other)?;
+                file.get_mut().seek(io::SeekFrom::Current(hole))?;
+                self.hole = 0;
+            }
+            file.write_all(piece)?;
+        }
+        self.hasher.update(piece);
         self.len += n as u64;
         Ok(n)
     }

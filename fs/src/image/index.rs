@@ -9,15 +9,26 @@
 //! those drop the tar's trailing zero blocks), and every entry against what
 //! a layer may hold (no `..`, no absolute names, hard links inside the
 //! layer). Nothing is recorded for a layer whose stream fails a check.
+//!
+//! What a layer expands to is bounded ([`Limits`]): its uncompressed
+//! stream and the files it holds (a sparse entry counts its full size, the
+//! tar reader makes its holes up as zeros) are at most 256 GiB, and past the
+//! first GiB at most 2000 times the compressed bytes read so far (gzip
+//! cannot pass about 1032:1, so only zstd or raw tar layers of zeros or
+//! sparse entries meet it); and at most [`MAX_ENTRIES`] entries. File
+//! contents go to the store with their blocks of zeros as holes (see
+//! `cas::CasWriter`), so a sparse entry takes the disk its data takes.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::sync::OnceLock;
 
 use base64::Engine;
 
 use super::cas::Cas;
 use super::digest::{Digest, Hasher};
-use super::toc::{normalize, TocEntry, TocJson};
+use super::toc::{normalize, TocEntry, TocJson, MAX_ENTRIES};
 use crate::error::layer_error;
 use crate::layer::Time;
 
@@ -59,6 +70,99 @@ impl Compression {
         } else {
             Compression::None
         }
+    }
+}
+
+/// What one layer may expand to (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes of its uncompressed stream, and of the files it
+    /// holds (sparse ones at their full size); 0: no limit.
+    pub max_bytes: u64,
+    /// The most uncompressed bytes per compressed byte read, once past
+    /// `ratio_free` bytes; 0: no limit.
+    pub max_ratio: u64,
+    /// What a layer may expand to whatever its compressed size (1 GiB).
+    pub ratio_free: u64,
+    /// The most entries ([`MAX_ENTRIES`], as a table of contents).
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 256 << 30,
+            max_ratio: 2000,
+            ratio_free: 1 << 30,
+            max_entries: MAX_ENTRIES,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits of this process: the defaults, or
+    /// `RCFS_LAYER_MAX_BYTES` and `RCFS_LAYER_MAX_RATIO` (numbers; 0 for no
+    /// limit) from the environment.
+    pub fn from_env() -> Limits {
+        static LIMITS: OnceLock<Limits> = OnceLock::new();
+        *LIMITS.get_or_init(|| {
+            let d = Limits::default();
+            let var = |name: &str, default: u64| match std::env::var(name) {
+                Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                    log::warn!("{name}={v} is not a number of bytes; using {default}");
+                    default
+                }),
+                Err(_) => default,
+            };
+            Limits {
+                max_bytes: var("RCFS_LAYER_MAX_BYTES", d.max_bytes),
+                max_ratio: var("RCFS_LAYER_MAX_RATIO", d.max_ratio),
+                ..d
+            }
+        })
+    }
+
+    /// Refuses `expanded` bytes from `compressed` (`what`: of the stream,
+    /// or of its files).
+    fn check(&self, expanded: u64, compressed: u64, what: &str) -> io::Result<()> {
+        if self.max_bytes > 0 && expanded > self.max_bytes {
+            return Err(hostile(format!(
+                "the layer's {what} pass {} bytes, rcfs's limit for one layer \
+                 (RCFS_LAYER_MAX_BYTES, 0 for none); refusing it",
+                self.max_bytes
+            )));
+        }
+        if self.max_ratio > 0
+            && expanded > self.ratio_free
+            && expanded / compressed.max(1) > self.max_ratio
+        {
+            return Err(hostile(format!(
+                "the layer's {what} pass {expanded} bytes from {compressed} compressed, over \
+                 rcfs's limit of {}:1 past the first GiB (RCFS_LAYER_MAX_RATIO, 0 for none); \
+                 refusing it",
+                self.max_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A reader whose bytes count against [`Limits`].
+struct Bounded<'c, R> {
+    inner: R,
+    expanded: u64,
+    compressed: &'c Cell<u64>,
+    limits: Limits,
+    what: &'static str,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.expanded += n as u64;
+        self.limits
+            .check(self.expanded, self.compressed.get(), self.what)?;
+        Ok(n)
     }
 }
 
@@ -139,7 +243,8 @@ pub fn index_layer(
 
 /// [`index_layer`], calling `on_entry` with each entry once its data is in
 /// `files` (a layer being mounted while it streams, see
-/// [`crate::layer::Stream`]). A path listed again is given again.
+/// [`crate::layer::Stream`]). A path listed again is given again. The
+/// layer is held to [`Limits::from_env`].
 pub fn index_layer_with(
     blob: impl Read,
     comp: Compression,
@@ -147,20 +252,36 @@ pub fn index_layer_with(
     progress: &mut dyn FnMut(u64),
     on_entry: &mut dyn FnMut(&TocEntry),
 ) -> io::Result<Indexed> {
+    index_layer_limited(blob, comp, files, Limits::from_env(), progress, on_entry)
+}
+
+/// [`index_layer_with`] with `limits`.
+pub fn index_layer_limited(
+    blob: impl Read,
+    comp: Compression,
+    files: &Cas,
+    limits: Limits,
+    progress: &mut dyn FnMut(u64),
+    on_entry: &mut dyn FnMut(&TocEntry),
+) -> io::Result<Indexed> {
     struct Counting<'p, R> {
         inner: HashingReader<R>,
         progress: &'p mut dyn FnMut(u64),
+        read: &'p Cell<u64>,
     }
     impl<R: Read> Read for Counting<'_, R> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = self.inner.read(buf)?;
+            self.read.set(self.inner.count);
             (self.progress)(self.inner.count);
             Ok(n)
         }
     }
+    let read = Cell::new(0);
     let mut compressed = Counting {
         inner: HashingReader::new(blob),
         progress,
+        read: &read,
     };
     let decompressed: Box<dyn Read + '_> = match comp {
         Compression::None => Box::new(&mut compressed),
@@ -172,11 +293,17 @@ pub fn index_layer_with(
                 .map_err(|e| hostile(format!("not a zstd stream: {e}")))?,
         ),
     };
-    let mut tar_hash = HashingReader::new(decompressed);
+    let mut tar_hash = HashingReader::new(Bounded {
+        inner: decompressed,
+        expanded: 0,
+        compressed: &read,
+        limits,
+        what: "uncompressed bytes",
+    });
     let (toc, nfiles, bytes) = {
         let mut ar = tar::Archive::new(&mut tar_hash);
         ar.set_ignore_zeros(false);
-        read_entries(&mut ar, files, on_entry)?
+        read_entries(&mut ar, files, limits, &read, on_entry)?
     };
     let (diff_id, _) = tar_hash
         .finish()
@@ -195,8 +322,12 @@ pub fn index_layer_with(
 fn read_entries<R: Read>(
     ar: &mut tar::Archive<R>,
     files: &Cas,
+    limits: Limits,
+    compressed: &Cell<u64>,
     on_entry: &mut dyn FnMut(&TocEntry),
 ) -> io::Result<(TocJson, u64, u64)> {
+    // The bytes of every file so far, sparse ones at their full size.
+    let mut file_bytes = 0u64;
     let mut entries: Vec<TocEntry> = Vec::new();
     // Path → index in `entries`, for later entries of the same path (the
     // last one wins, as when a tar is unpacked).
@@ -291,8 +422,16 @@ fn read_entries<R: Read>(
         }
         if kind == "reg" {
             let mut w = files.writer()?;
-            let n = io::copy(&mut e, &mut w)
+            let mut data = Bounded {
+                inner: &mut e,
+                expanded: file_bytes,
+                compressed,
+                limits,
+                what: "files",
+            };
+            let n = io::copy(&mut data, &mut w)
                 .map_err(|err| hostile(format!("reading '{path}' from the layer: {err}")))?;
+            file_bytes = data.expanded;
             entry.size = n as i64;
             if n > 0 {
                 entry.digest = w.commit(None, false)?.to_string();
@@ -319,6 +458,12 @@ fn read_entries<R: Read>(
                 on_entry(&entries[i]);
             }
             None => {
+                if entries.len() == limits.max_entries {
+                    return Err(hostile(format!(
+                        "the layer has more than {} entries, rcfs's limit for one layer",
+                        limits.max_entries
+                    )));
+                }
                 by_path.insert(path, entries.len());
                 on_entry(&entry);
                 entries.push(entry);
@@ -414,6 +559,142 @@ mod tests {
             let d = toc.files[toc.node(hello).file as usize].digest.unwrap();
             assert_eq!(files.read(&d).unwrap().unwrap(), b"hello");
         }
+    }
+
+    /// A GNU sparse tar: one file of `size` bytes whose data is a 4 KiB
+    /// block of `A` at 1 MiB and one of `B` at its end; the rest holes.
+    fn sparse_tar(size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_path("sparse").unwrap();
+        h.set_mode(0o644);
+        h.set_size(8192);
+        let g = h.as_gnu_mut().unwrap();
+        g.set_real_size(size);
+        g.sparse[0].set_offset(1 << 20);
+        g.sparse[0].set_length(4096);
+        g.sparse[1].set_offset(size - 4096);
+        g.sparse[1].set_length(4096);
+        h.set_cksum();
+        let mut data = vec![b'A'; 4096];
+        data.extend_from_slice(&[b'B'; 4096]);
+        tar_of(|b| b.append(&h, &data[..]).unwrap())
+    }
+
+    #[test]
+    fn a_sparse_entry_is_stored_sparse_and_a_layer_expands_within_the_limits() {
+        use std::os::unix::fs::MetadataExt;
+        let size = 64u64 << 20;
+        let tar = sparse_tar(size);
+        assert!(tar.len() < 16 << 10, "{}", tar.len());
+        let (_t, files) = store();
+        let ix = index_layer(&tar[..], Compression::None, &files, &mut |_| {}).unwrap();
+        let e = &ix.toc.entries[0];
+        assert_eq!((e.name.as_str(), e.size), ("sparse", size as i64));
+        let d = Digest::parse(&e.digest).unwrap();
+        let f = files.open_object(&d).unwrap().unwrap();
+        let md = f.metadata().unwrap();
+        assert_eq!(md.len(), size);
+        assert!(
+            md.blocks() * 512 < 1 << 20,
+            "holes, not written zeros: {} blocks",
+            md.blocks()
+        );
+        let all = files.read(&d).unwrap().unwrap();
+        let mut want = vec![0u8; size as usize];
+        want[1 << 20..(1 << 20) + 4096].fill(b'A');
+        want[size as usize - 4096..].fill(b'B');
+        assert!(all == want, "reads back as its data and zeros");
+
+        // Over the limit on bytes: refused, with what to change.
+        let small = Limits {
+            max_bytes: 32 << 20,
+            ..Limits::default()
+        };
+        let (_t, files) = store();
+        let err = index_layer_limited(
+            &tar[..],
+            Compression::None,
+            &files,
+            small,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pass 33554432 bytes, rcfs's limit for one layer (RCFS_LAYER_MAX_BYTES"),
+            "{err}"
+        );
+        // Over the ratio past what is free: refused.
+        let ratio = Limits {
+            max_ratio: 1000,
+            ratio_free: 8 << 20,
+            ..Limits::default()
+        };
+        let (_t, files) = store();
+        let err = index_layer_limited(
+            &tar[..],
+            Compression::None,
+            &files,
+            ratio,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("over rcfs's limit of 1000:1"), "{err}");
+        // The uncompressed stream counts too: a gzip layer of zeros.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(
+            &mut gz,
+            &tar_of(|b| {
+                b.append_data(&mut header(tar::EntryType::Regular, 0), "a", &[][..])
+                    .unwrap();
+            }),
+        )
+        .unwrap();
+        io::Write::write_all(&mut gz, &vec![0u8; 40 << 20]).unwrap();
+        let gz = gz.finish().unwrap();
+        let (_t, files) = store();
+        let err = index_layer_limited(
+            &gz[..],
+            Compression::Gzip,
+            &files,
+            small,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("uncompressed bytes pass 33554432"), "{err}");
+        // And the number of entries.
+        let many = tar_of(|b| {
+            for i in 0..11 {
+                b.append_data(
+                    &mut header(tar::EntryType::Regular, 0),
+                    format!("f{i}"),
+                    &[][..],
+                )
+                .unwrap();
+            }
+        });
+        let few = Limits {
+            max_entries: 10,
+            ..Limits::default()
+        };
+        let (_t, files) = store();
+        let err = index_layer_limited(
+            &many[..],
+            Compression::None,
+            &files,
+            few,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("more than 10 entries"), "{err}");
     }
 
     #[test]

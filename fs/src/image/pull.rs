@@ -43,11 +43,14 @@ const TOC_POSITION: [&str; 2] = [
     "io.containers.zstd-chunked.manifest-position",
 ];
 
-/// The largest compressed and uncompressed TOC rcfs accepts.
-const MAX_TOC: u64 = 64 << 20;
-const MAX_TOC_JSON: u64 = 1 << 30;
-/// The largest config or manifest.
-const MAX_DOC: u64 = 16 << 20;
+/// The largest compressed and uncompressed TOC rcfs accepts (50 MiB each,
+/// containers/storage's limit before 1.56; it parses to at most about
+/// 1 KiB per entry, see `toc::MAX_ENTRIES`).
+const MAX_TOC: u64 = 50 << 20;
+const MAX_TOC_JSON: u64 = 50 << 20;
+/// The largest config (containers/image's limit; manifests: see
+/// `registry::MAX_MANIFEST`).
+const MAX_DOC: u64 = 4 << 20;
 
 /// How to pull.
 #[derive(Debug, Clone, Default)]
@@ -258,7 +261,7 @@ fn fetch_toc(
         || len > MAX_TOC
         || ulen > MAX_TOC_JSON
         || offset < 8
-        || offset + len > desc.size()
+        || offset.checked_add(len).is_none_or(|end| end > desc.size())
     {
         return Err(bad(&format!(
             "TOC position '{position}' is outside what rcfs accepts (blob of {} bytes)",

@@ -3,6 +3,13 @@
 //! with backoff on 5xx, 429 and broken connections, redirects to blob
 //! storage (without our credentials), HTTPS checked against the system's CA
 //! certificates, plain HTTP for insecure (loopback) registries.
+//!
+//! What a registry sends is bounded: a manifest or index is at most
+//! [`MAX_MANIFEST`] bytes, a token answer [`MAX_TOKEN`]; a range of a blob
+//! is read for exactly the bytes asked for, never past them (a body that
+//! goes on, or never ends, costs its connection, not a wait); and every
+//! request but a whole blob's stream (which may take as long as it keeps
+//! moving) has an overall deadline, [`deadline_for`], retries included.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -24,8 +31,25 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// The largest manifest or token answer read (a manifest is a few KB).
-const MAX_DOCUMENT: u64 = 8 << 20;
+/// The largest manifest or index read (containers/image's limit, the
+/// docker registry's own; a manifest is a few KB).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+/// The largest token answer read (containers/image's limit).
+pub const MAX_TOKEN: u64 = 1 << 20;
+
+/// The deadline of a request, retries included, for up to 1 MiB: the
+/// time it may take to answer, plus [`deadline_for`]'s allowance for more.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a request for `bytes` may take in all, retries included, with
+/// `base` for the first MiB ([`REQUEST_DEADLINE`] unless a test says
+/// otherwise): plus a second for each further MiB (the slowest link served
+/// is 1 MiB/s past the first 30 s): 34 s for the 4 MiB a lazy read asks for
+/// at most, 94 s for the largest chunk (64 MiB), 34 s for a manifest.
+pub fn deadline_for(base: Duration, bytes: u64) -> Duration {
+    base + Duration::from_secs(bytes >> 20)
+}
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
@@ -37,6 +61,8 @@ pub struct ClientOptions {
     pub attempts: u32,
     /// The first retry's delay; each next one doubles, up to 8 s.
     pub backoff: Duration,
+    /// The deadline of a request of up to 1 MiB (see [`deadline_for`]).
+    pub deadline: Duration,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +72,7 @@ impl Default for ClientOptions {
             credentials: None,
             attempts: 5,
             backoff: Duration::from_millis(250),
+            deadline: REQUEST_DEADLINE,
         }
     }
 }
@@ -86,6 +113,85 @@ enum ReqBody<'a> {
 /// A failed request, with what to tell the user.
 fn err(msg: String) -> io::Error {
     layer_error(libc::EIO, msg)
+}
+
+/// A request that ran past its deadline: `TimedOut` (counted apart in
+/// `rcfs stats`), EIO for the program.
+pub fn timed_out(msg: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        crate::error::LayerError {
+            errno: libc::EIO,
+            cause: msg.into(),
+        },
+    )
+}
+
+/// Whether `e` is ureq's timeout, as it is or inside an `io::Error`.
+fn is_timeout(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => io.kind() == io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
+/// A body read for exactly `left` more bytes: it ends there whatever the
+/// server sends after them, so a body that goes on forever costs nothing.
+/// Its connection goes back to the pool only when the response's
+/// Content-Length said just as much (ureq then ends the body without a
+/// read of the socket); otherwise it is dropped with the reader.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+    /// Content-Length was what was asked for.
+    reusable: bool,
+    /// For messages: the blob and range, and its deadline.
+    what: String,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            if std::mem::take(&mut self.reusable) {
+                // Ends the body: ureq knows it has every byte, reads
+                // nothing and pools the connection.
+                let _ = self.inner.read(&mut [0u8; 1]);
+            }
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want]).map_err(|e| {
+            let timeout = e.kind() == io::ErrorKind::TimedOut
+                || e.get_ref()
+                    .and_then(|i| i.downcast_ref::<ureq::Error>())
+                    .is_some_and(is_timeout);
+            if timeout {
+                timed_out(format!(
+                    "{}: the registry did not send it in time",
+                    self.what
+                ))
+            } else {
+                e
+            }
+        })?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `bytes A-B/N` of a Content-Range header: `(A, B + 1)`.
+fn content_range(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v
+        .trim()
+        .strip_prefix("bytes ")?
+        .split_once('/')?
+        .0
+        .split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    Some((a, b.checked_add(1)?))
 }
 
 /// Whether an HTTP status is worth another try.
@@ -170,31 +276,52 @@ impl Registry {
         }
     }
 
-    /// One GET with authentication and retries; the response of the last
-    /// attempt, whatever its status, or a transport error.
-    fn get(&self, url: &str, headers: &[(&str, String)]) -> io::Result<Response> {
-        self.call(Method::Get, url, headers, ReqBody::None)
+    /// One GET with authentication and retries, all done by `deadline`
+    /// (reading the body included); the response of the last attempt,
+    /// whatever its status, or a transport error.
+    fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        deadline: Option<Instant>,
+    ) -> io::Result<Response> {
+        self.call(Method::Get, url, headers, ReqBody::None, deadline)
     }
 
     /// One request with authentication and retries (a file body is sent
-    /// again from its start).
+    /// again from its start), all done by `deadline` if there is one.
     fn call(
         &self,
         method: Method,
         url: &str,
         headers: &[(&str, String)],
         body: ReqBody<'_>,
+        deadline: Option<Instant>,
     ) -> io::Result<Response> {
         let mut delay = self.opts.backoff;
         let mut tried_auth = false;
         let mut attempt = 0;
+        let late = |attempt: u32, e: &dyn std::fmt::Display| {
+            timed_out(format!(
+                "registry {} did not answer {url} within rcfs's deadline ({e}, {attempt} attempt{})",
+                self.base,
+                if attempt == 1 { "" } else { "s" }
+            ))
+        };
         loop {
             attempt += 1;
             let mut auth_headers: Vec<(&str, String)> = headers.to_vec();
             if let Some(a) = self.authorization.lock().clone() {
                 auth_headers.push(("Authorization", a));
             }
-            let res = self.once(method, url, &auth_headers, &body);
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(late(attempt - 1, &"no time left")),
+                },
+                None => None,
+            };
+            let res = self.once(method, url, &auth_headers, &body, left);
             let retry_after;
             match res {
                 Ok(resp) if resp.status() == 401 && !tried_auth => {
@@ -206,7 +333,7 @@ impl Registry {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned();
-                    self.authenticate(&challenge)?;
+                    self.authenticate(&challenge, deadline)?;
                     continue;
                 }
                 Ok(resp) if transient(resp.status().as_u16()) && attempt < self.opts.attempts => {
@@ -223,6 +350,7 @@ impl Registry {
                     log::info!("{url}: {e} — trying again");
                     retry_after = None;
                 }
+                Err(e) if deadline.is_some() && is_timeout(&e) => return Err(late(attempt, &e)),
                 Err(e) => {
                     return Err(err(format!(
                         "cannot reach registry {} ({e}){}",
@@ -235,23 +363,33 @@ impl Registry {
                     )))
                 }
             }
-            std::thread::sleep(retry_after.unwrap_or(delay));
+            let pause = retry_after.unwrap_or(delay);
+            if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+                return Err(late(attempt, &"no time left to try again"));
+            }
+            std::thread::sleep(pause);
             delay = (delay * 2).min(Duration::from_secs(8));
         }
     }
 
+    /// One attempt, which must be done (its body read too) within
+    /// `timeout`.
     fn once(
         &self,
         method: Method,
         url: &str,
         headers: &[(&str, String)],
         body: &ReqBody<'_>,
+        timeout: Option<Duration>,
     ) -> Result<Response, ureq::Error> {
         macro_rules! with_headers {
             ($req:expr) => {{
                 let mut r = $req;
                 for (k, v) in headers {
                     r = r.header(*k, v);
+                }
+                if timeout.is_some() {
+                    r = r.config().timeout_global(timeout).build();
                 }
                 r
             }};
@@ -281,7 +419,7 @@ impl Registry {
 
     /// Answers a 401 challenge: a bearer token from the realm (with our
     /// credentials if we have some), or basic credentials.
-    fn authenticate(&self, challenge: &str) -> io::Result<()> {
+    fn authenticate(&self, challenge: &str, deadline: Option<Instant>) -> io::Result<()> {
         let basic = self.opts.credentials.as_ref().map(|c| {
             format!(
                 "Basic {}",
@@ -325,7 +463,17 @@ impl Registry {
         }
         let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         url.push_str(&format!("scope={}", url_encode(&scope)));
-        let mut req = self.agent.get(&url);
+        let left = deadline
+            .map_or(self.opts.deadline, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1));
+        let mut req = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(left))
+            .build();
         if let Some(b) = &basic {
             req = req.header("Authorization", b);
         }
@@ -355,9 +503,13 @@ impl Registry {
             &resp
                 .body_mut()
                 .with_config()
-                .limit(MAX_DOCUMENT)
+                .limit(MAX_TOKEN)
                 .read_to_vec()
-                .map_err(|e| err(format!("{realm}: {e}")))?,
+                .map_err(|e| {
+                    err(format!(
+                        "{realm}: {e} (a token answer is at most {MAX_TOKEN} bytes)"
+                    ))
+                })?,
         )
         .map_err(|e| err(format!("{realm}: not a token answer: {e}")))?;
         let token = if t.token.is_empty() {
@@ -397,7 +549,12 @@ impl Registry {
     /// A manifest asked for by digest is checked against it.
     pub fn manifest(&self, reference: &str) -> io::Result<(Vec<u8>, String)> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
-        let mut resp = self.get(&url, &[("Accept", MANIFEST_ACCEPT.to_owned())])?;
+        let deadline = Instant::now() + deadline_for(self.opts.deadline, MAX_MANIFEST);
+        let mut resp = self.get(
+            &url,
+            &[("Accept", MANIFEST_ACCEPT.to_owned())],
+            Some(deadline),
+        )?;
         if resp.status() != 200 {
             return Err(self.status_error(&format!("manifest {reference}"), &mut resp));
         }
@@ -411,12 +568,39 @@ impl Registry {
             .unwrap_or("")
             .trim()
             .to_owned();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_DOCUMENT)
-            .read_to_vec()
-            .map_err(|e| err(format!("manifest {reference} from {}: {e}", self.name)))?;
+        let too_big = || {
+            err(format!(
+                "manifest {reference} from {} is larger than {} MiB, rcfs's limit for a \
+                 manifest or index (as containers/image's); refusing it",
+                self.name,
+                MAX_MANIFEST >> 20
+            ))
+        };
+        if resp
+            .body()
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST)
+        {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        Exact {
+            inner: resp.into_body().into_reader(),
+            left: MAX_MANIFEST + 1,
+            reusable: false,
+            what: format!("manifest {reference} from {}", self.name),
+        }
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                e
+            } else {
+                err(format!("manifest {reference} from {}: {e}", self.name))
+            }
+        })?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(too_big());
+        }
         if let Ok(d) = Digest::parse(reference) {
             if Digest::of(&bytes) != d {
                 return Err(err(format!(
@@ -429,30 +613,78 @@ impl Registry {
     }
 
     /// Blob `d`, from byte `start` to `end` (the whole blob for `None`).
+    /// A range is read for exactly its bytes (see [`Exact`]) and must
+    /// arrive within [`deadline_for`] its length; a whole blob is bounded
+    /// by its Content-Length (ureq holds the server to it), and its reader
+    /// by what it reads.
     pub fn blob(&self, d: &Digest, range: Option<(u64, u64)>) -> io::Result<Box<dyn Read + Send>> {
         let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repository);
         let mut headers = Vec::new();
+        let mut deadline = None;
         if let Some((s, e)) = range {
-            headers.push(("Range", format!("bytes={s}-{}", e - 1)));
-        }
-        let mut resp = self.get(&url, &headers)?;
-        match (resp.status().as_u16(), range) {
-            (206, Some(_)) | (200, None) => {}
-            // A server that ignores ranges: skip to the start.
-            (200, Some((s, _))) => {
-                let mut r = resp.into_body().into_reader();
-                io::copy(&mut (&mut r).take(s), &mut io::sink())?;
-                return Ok(Box::new(r));
+            if s >= e {
+                return Err(err(format!(
+                    "blob {}: an empty or inverted range {s}..{e}",
+                    d.short()
+                )));
             }
-            _ => return Err(self.status_error(&format!("blob {}", d.short()), &mut resp)),
+            headers.push(("Range", format!("bytes={s}-{}", e - 1)));
+            deadline = Some(Instant::now() + deadline_for(self.opts.deadline, e - s));
         }
-        Ok(Box::new(resp.into_body().into_reader()))
+        let mut resp = self.get(&url, &headers, deadline)?;
+        let Some((s, e)) = range else {
+            if resp.status().as_u16() != 200 {
+                return Err(self.status_error(&format!("blob {}", d.short()), &mut resp));
+            }
+            return Ok(Box::new(resp.into_body().into_reader()));
+        };
+        let what = format!(
+            "bytes {s}..{e} of blob {} from {} (deadline {}s)",
+            d.short(),
+            self.name,
+            deadline_for(self.opts.deadline, e - s).as_secs()
+        );
+        let len = resp.body().content_length();
+        match resp.status().as_u16() {
+            206 => {
+                let answered = resp.headers().get("content-range");
+                if let Some(v) = answered.map(|v| v.to_str().unwrap_or("?")) {
+                    if content_range(v) != Some((s, e)) {
+                        return Err(err(format!(
+                            "{what}: the registry answered with range '{v}'"
+                        )));
+                    }
+                }
+                Ok(Box::new(Exact {
+                    inner: resp.into_body().into_reader(),
+                    left: e - s,
+                    reusable: len == Some(e - s),
+                    what,
+                }))
+            }
+            // A server that ignores ranges: skip to the start.
+            200 => {
+                let mut r = Exact {
+                    inner: resp.into_body().into_reader(),
+                    left: e,
+                    reusable: false,
+                    what,
+                };
+                let skipped = io::copy(&mut (&mut r).take(s), &mut io::sink())?;
+                if skipped != s {
+                    return Err(err(format!("{}: the blob ended at {skipped}", r.what)));
+                }
+                Ok(Box::new(r))
+            }
+            _ => Err(self.status_error(&format!("blob {}", d.short()), &mut resp)),
+        }
     }
 
     /// Whether the repository has blob `d`.
     pub fn has_blob(&self, d: &Digest) -> io::Result<bool> {
         let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repository);
-        let mut resp = self.call(Method::Head, &url, &[], ReqBody::None)?;
+        let deadline = Instant::now() + self.opts.deadline;
+        let mut resp = self.call(Method::Head, &url, &[], ReqBody::None, Some(deadline))?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
@@ -468,14 +700,14 @@ impl Registry {
             "{}/v2/{}/blobs/uploads/?mount={d}&from={from}",
             self.base, self.repository
         );
-        let resp = self.call(Method::Post, &url, &[], ReqBody::None)?;
+        let resp = self.call(Method::Post, &url, &[], ReqBody::None, None)?;
         Ok(resp.status().as_u16() == 201)
     }
 
     /// Uploads blob `d` from `file` (one monolithic PUT).
     pub fn upload_blob(&self, d: &Digest, file: &File) -> io::Result<()> {
         let url = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
-        let mut resp = self.call(Method::Post, &url, &[], ReqBody::None)?;
+        let mut resp = self.call(Method::Post, &url, &[], ReqBody::None, None)?;
         if resp.status().as_u16() != 202 {
             return Err(self.status_error("starting an upload", &mut resp));
         }
@@ -498,7 +730,7 @@ impl Registry {
             ("Content-Type", "application/octet-stream".to_owned()),
             ("Content-Length", len.to_string()),
         ];
-        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::File(file))?;
+        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::File(file), None)?;
         if resp.status().as_u16() != 201 {
             return Err(self.status_error(&format!("uploading blob {}", d.short()), &mut resp));
         }
@@ -509,7 +741,7 @@ impl Registry {
     pub fn put_manifest(&self, reference: &str, bytes: &[u8], media_type: &str) -> io::Result<()> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
         let headers = [("Content-Type", media_type.to_owned())];
-        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::Bytes(bytes))?;
+        let mut resp = self.call(Method::Put, &url, &headers, ReqBody::Bytes(bytes), None)?;
         if resp.status().as_u16() != 201 {
             return Err(self.status_error(&format!("storing manifest {reference}"), &mut resp));
         }
@@ -550,6 +782,162 @@ impl BlobSource for RegistryBlob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A server on loopback that reads each request's head and answers
+    /// with `answer` (one thread per connection); counts connections.
+    fn lying_server(answer: fn(&mut TcpStream, &str)) -> (u16, Arc<AtomicU64>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicU64::new(0));
+        let c = conns.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut b).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    answer(&mut s, &String::from_utf8_lossy(&head));
+                });
+            }
+        });
+        (port, conns)
+    }
+
+    fn client(port: u16, deadline: Duration) -> Arc<Registry> {
+        let r = Reference::parse(&format!("127.0.0.1:{port}/lies:v1"), "docker.io").unwrap();
+        Arc::new(Registry::new(
+            &r,
+            ClientOptions {
+                insecure: true,
+                attempts: 2,
+                backoff: Duration::from_millis(10),
+                deadline,
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn blob_of(reg: Arc<Registry>) -> RegistryBlob {
+        RegistryBlob {
+            registry: reg,
+            digest: Digest::of(b"x"),
+        }
+    }
+
+    /// Writes until the client goes away.
+    fn forever(s: &mut TcpStream) {
+        let junk = [b'j'; 4096];
+        while s.write_all(&junk).is_ok() {}
+    }
+
+    #[test]
+    fn a_range_is_read_for_its_bytes_however_long_the_body_goes_on() {
+        // No Content-Length: the body would end only when the socket does.
+        let (port, _) = lying_server(|s, _| {
+            let _ = s.write_all(
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-19/100\r\n\r\n0123456789",
+            );
+            forever(s);
+        });
+        let t0 = Instant::now();
+        let got = blob_of(client(port, Duration::from_secs(20)))
+            .read_range(10, 20)
+            .unwrap();
+        assert_eq!(got, b"0123456789");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // The same with a Content-Length that says more than was asked.
+        let (port, _) = lying_server(|s, _| {
+            let _ = s.write_all(
+                b"HTTP/1.1 206 Partial Content\r\nContent-Length: 999999999\r\n\r\n0123456789",
+            );
+            forever(s);
+        });
+        let got = blob_of(client(port, Duration::from_secs(20)))
+            .read_range(10, 20)
+            .unwrap();
+        assert_eq!(got, b"0123456789");
+        // A range answered for other bytes is refused.
+        let (port, _) = lying_server(|s, _| {
+            let _ = s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\n\r\n0123456789");
+        });
+        let err = blob_of(client(port, Duration::from_secs(20)))
+            .read_range(10, 20)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("answered with range 'bytes 0-9/100'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_registry_that_stalls_costs_a_request_its_deadline_not_more() {
+        // Stalls after the head, and after part of the body.
+        for answer in [
+            (|s: &mut TcpStream, _: &str| {
+                let _ = s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\n");
+                std::thread::sleep(Duration::from_secs(60));
+            }) as fn(&mut TcpStream, &str),
+            |s, _| {
+                let _ =
+                    s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\n01234");
+                std::thread::sleep(Duration::from_secs(60));
+            },
+            |_, _| std::thread::sleep(Duration::from_secs(60)),
+        ] {
+            let (port, conns) = lying_server(answer);
+            let t0 = Instant::now();
+            let err = blob_of(client(port, Duration::from_millis(700)))
+                .read_range(10, 20)
+                .unwrap_err();
+            let took = t0.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            assert_eq!(crate::error::errno_of(&err), libc::EIO);
+            assert!(
+                conns.load(Ordering::SeqCst) <= 2,
+                "retries stay within the deadline"
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_manifests_are_refused_without_reading_them() {
+        // A Content-Length over the limit: refused at once.
+        let (port, _) = lying_server(|s, _| {
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 40).as_bytes(),
+            );
+            forever(s);
+        });
+        let err = client(port, Duration::from_secs(20))
+            .manifest("v1")
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        // No Content-Length and no end: refused past the limit.
+        let (port, _) = lying_server(|s, _| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            forever(s);
+        });
+        let t0 = Instant::now();
+        let err = client(port, Duration::from_secs(20))
+            .manifest("v1")
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        assert_eq!(content_range(" bytes 5-9/100"), Some((5, 10)));
+        assert_eq!(content_range("bytes 5-18446744073709551615/*"), None);
+    }
 
     #[test]
     fn reads_bearer_challenges() {

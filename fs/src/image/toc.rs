@@ -87,9 +87,60 @@ fn is_zero(n: &i64) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct TocJson {
     pub version: i64,
+    /// At most [`MAX_ENTRIES`], counted while they are read.
+    #[serde(deserialize_with = "bounded_entries")]
     pub entries: Vec<TocEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tar_split_digest: Option<String>,
+}
+
+/// The most entries a table of contents may list (a layer's files, dirs,
+/// links and chunks): what its parsed form may cost in memory, about 1 KiB
+/// each (see [`Toc::parse`]).
+pub const MAX_ENTRIES: usize = 1 << 20;
+
+/// The most bytes a chunk fetched from a blob may hold, compressed or
+/// not: one fetch allocates this much for its frame and as much for its
+/// bytes. rcfs cuts chunks of at most 256 KiB, containers/storage of about
+/// 64 KiB on average.
+pub const MAX_CHUNK: u64 = 64 << 20;
+
+/// The longest path (and hard link or symlink target) an entry may have:
+/// the kernel's `PATH_MAX`.
+pub const MAX_PATH: usize = 4096;
+
+/// The most xattrs an entry may have, and the kernel's limits on one's
+/// name (`XATTR_NAME_MAX`) and value (`XATTR_SIZE_MAX`).
+pub const MAX_XATTRS: usize = 128;
+pub const MAX_XATTR_NAME: usize = 255;
+pub const MAX_XATTR_VALUE: usize = 64 << 10;
+
+/// `entries`, refused once there are more than [`MAX_ENTRIES`] (before the
+/// next one is built, so a huge list costs no more than the limit).
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<TocEntry>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<TocEntry>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX_ENTRIES} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<TocEntry>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(e) = seq.next_element()? {
+                if v.len() == MAX_ENTRIES {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_ENTRIES} entries, rcfs's limit for one layer"
+                    )));
+                }
+                v.push(e);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Entries)
 }
 
 /// Where a chunk's bytes come from.
@@ -231,6 +282,15 @@ fn u64_of(n: i64, what: &str, name: &str) -> Result<u64, BadToc> {
     u64::try_from(n).or_else(|_| bad(format!("entry '{name}' has a negative {what}")))
 }
 
+/// Why a chunk was refused for its size.
+fn too_big(path: &str, n: u64, what: &str) -> String {
+    format!(
+        "'{path}' has a chunk of {n} bytes {what}, over rcfs's limit of {} MiB for one chunk \
+         fetched lazily; pull the image with --full to index it whole",
+        MAX_CHUNK >> 20
+    )
+}
+
 fn id32(n: usize) -> Result<u32, BadToc> {
     match u32::try_from(n) {
         Ok(n) if n != NONE => Ok(n),
@@ -293,6 +353,12 @@ impl Toc {
                 "chunk" => return bad(format!("chunk of '{}' follows no regular file", e.name)),
                 t => return bad(format!("entry '{}' has unknown type '{t}'", e.name)),
             };
+            if e.name.len() > MAX_PATH || e.link_name.len() > MAX_PATH {
+                return bad(format!(
+                    "entry '{}' has a name or target longer than {MAX_PATH} bytes",
+                    e.name.chars().take(64).collect::<String>()
+                ));
+            }
             let comps = normalize(&e.name)?;
             let path = comps.join("/");
             let mtime = parse_time(&e.mod_time, "modtime", &e.name)?.unwrap_or(Time(0));
@@ -313,10 +379,31 @@ impl Toc {
                 return bad(format!("entry '{}' has device {major}:{minor}", e.name));
             }
             let mut xattrs = Vec::new();
+            if e.xattrs.as_ref().is_some_and(|x| x.len() > MAX_XATTRS) {
+                return bad(format!(
+                    "entry '{}' has more than {MAX_XATTRS} xattrs",
+                    e.name
+                ));
+            }
             for (k, v) in e.xattrs.iter().flatten() {
+                // Base64 is 4 bytes for every 3.
+                if k.is_empty() || k.len() > MAX_XATTR_NAME || v.len() > MAX_XATTR_VALUE / 3 * 4 + 4
+                {
+                    return bad(format!(
+                        "entry '{}' has an xattr whose name is empty or longer than \
+                         {MAX_XATTR_NAME} bytes, or whose value is over {MAX_XATTR_VALUE} bytes",
+                        e.name
+                    ));
+                }
                 let v = base64::engine::general_purpose::STANDARD
                     .decode(v)
                     .or_else(|_| bad(format!("entry '{}' xattr {k}: bad base64", e.name)))?;
+                if v.len() > MAX_XATTR_VALUE {
+                    return bad(format!(
+                        "entry '{}' xattr {k}: a value over {MAX_XATTR_VALUE} bytes",
+                        e.name
+                    ));
+                }
                 xattrs.push((k.as_bytes().into(), v.into_boxed_slice()));
             }
             xattrs.sort();
@@ -580,6 +667,9 @@ impl Toc {
             if s >= t {
                 return bad(format!("'{path}' has an empty or inverted range {s}..{t}"));
             }
+            if t - s > MAX_CHUNK {
+                return bad(too_big(path, t - s, "compressed"));
+            }
             Ok(Source::Blob { start: s, end: t })
         };
         let single = group.len() == 1 && e.chunk_size == 0;
@@ -589,6 +679,9 @@ impl Toc {
                 DataIn::Blob { .. } => in_blob(e.offset, e.end_offset)?,
             };
             if let Source::Blob { start, end } = source {
+                if size > MAX_CHUNK {
+                    return bad(too_big(path, size, "uncompressed"));
+                }
                 ranges.push((start, end, node));
             }
             file.chunks = Box::new([Chunk {
@@ -623,6 +716,9 @@ impl Toc {
                 Source::Zeros
             } else if c.chunk_type.is_empty() {
                 let s = in_blob(c.offset, end)?;
+                if len > MAX_CHUNK {
+                    return bad(too_big(path, len, "uncompressed"));
+                }
                 if let Source::Blob { start, end } = s {
                     ranges.push((start, end, node));
                 }

@@ -138,7 +138,13 @@ impl Blobs for ArchiveBlobs {
             .get(d)
             .ok_or_else(|| fail(format!("{}: no blob {d}", self.path.display())))?;
         let blob = FileBlob::new(File::open(&self.path)?, self.path.display().to_string());
-        blob.open_range(off, off + size)
+        let end = off.checked_add(size).ok_or_else(|| {
+            fail(format!(
+                "{}: blob {d} is said to hold {size} bytes at {off}",
+                self.path.display()
+            ))
+        })?;
+        blob.open_range(off, end)
     }
     fn ranged(&self, _: &Digest) -> Option<Arc<dyn BlobSource>> {
         None

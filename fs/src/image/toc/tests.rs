@@ -268,3 +268,119 @@ fn device_numbers_are_the_dev_t_that_stat_and_fuse_use() {
     let big = &t.node(t.lookup(b"big").unwrap()).attr;
     assert_eq!(big.major_minor(), (259, 70000));
 }
+
+/// A table of contents whose blob data ends far out (for big chunks).
+fn toc_in_big_blob(entries: Vec<TocEntry>) -> Result<Toc, BadToc> {
+    Toc::parse(
+        &TocJson {
+            version: 1,
+            entries,
+            tar_split_digest: None,
+        },
+        DataIn::Blob { data_end: 1 << 40 },
+    )
+}
+
+#[test]
+fn refuses_chunks_paths_and_xattrs_over_the_limits() {
+    let max = MAX_CHUNK as i64;
+    let big = |size: i64, start: i64, end: i64| TocEntry {
+        size,
+        ..reg("big", b"x", start, end)
+    };
+    // One chunk, all in one frame: its bytes, and its frame.
+    let err = toc_in_big_blob(vec![big(max + 1, 100, 200)]).unwrap_err();
+    assert!(err.to_string().contains("limit of 64 MiB"), "{err}");
+    assert!(err.to_string().contains("--full"), "{err}");
+    let err = toc_in_big_blob(vec![big(10, 100, 100 + max + 1)]).unwrap_err();
+    assert!(err.to_string().contains("compressed"), "{err}");
+    assert!(toc_in_big_blob(vec![big(max, 100, 100 + max)]).is_ok());
+    // Chunk entries: each one's size.
+    let chunked = |first: i64| {
+        vec![
+            TocEntry {
+                chunk_size: first,
+                chunk_digest: Digest::of(b"a").to_string(),
+                ..big(first + 5, 100, 200)
+            },
+            TocEntry {
+                kind: "chunk".into(),
+                name: "big".into(),
+                offset: 200,
+                chunk_offset: first,
+                chunk_size: 5,
+                chunk_digest: Digest::of(b"b").to_string(),
+                ..Default::default()
+            },
+        ]
+    };
+    let mut c = chunked(max + 1);
+    c[0].end_offset = 300;
+    let err = toc_in_big_blob(c).unwrap_err();
+    assert!(err.to_string().contains("limit of 64 MiB"), "{err}");
+    let mut c = chunked(max);
+    c[0].end_offset = 300;
+    assert!(toc_in_big_blob(c).is_ok());
+    // A run of zeros costs no fetch, and has no limit.
+    let mut c = chunked(max + 1);
+    c[0].chunk_type = "zeros".into();
+    c[0].end_offset = 300;
+    assert!(toc_in_big_blob(c).is_ok());
+
+    let long = format!("{}/x", "d/".repeat(MAX_PATH / 2));
+    let err = toc(vec![reg(&long, b"x", 1, 2)]).unwrap_err();
+    assert!(err.to_string().contains("longer than 4096"), "{err}");
+    let with_xattrs = |n: usize, name_len: usize, value_len: usize| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(vec![7u8; value_len]);
+        let x = (0..n)
+            .map(|i| (format!("user.{i}{}", "n".repeat(name_len)), b64.clone()))
+            .collect();
+        vec![TocEntry {
+            xattrs: Some(x),
+            ..reg("a", b"x", 1, 2)
+        }]
+    };
+    assert!(toc(with_xattrs(MAX_XATTRS, 1, 100)).is_ok());
+    assert!(toc(with_xattrs(1, 240, MAX_XATTR_VALUE)).is_ok());
+    for (n, name, value, want) in [
+        (MAX_XATTRS + 1, 1, 1, "more than 128 xattrs"),
+        (1, 260, 1, "longer than 255"),
+        (1, 1, MAX_XATTR_VALUE + 1, "over 65536"),
+    ] {
+        let err = toc(with_xattrs(n, name, value)).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+}
+
+#[test]
+fn json_over_the_entry_limit_or_too_deep_is_refused_as_it_is_read() {
+    // Just under the limit parses; one more is refused by the reader.
+    let mut json = String::from(r#"{"version":1,"entries":["#);
+    for i in 0..MAX_ENTRIES {
+        json.push_str(&format!(r#"{{"type":"dir","name":"{i:x}"}},"#));
+    }
+    json.pop();
+    json.push_str("]}");
+    let ok: TocJson = serde_json::from_str(&json).unwrap();
+    assert_eq!(ok.entries.len(), MAX_ENTRIES);
+    json.truncate(json.len() - 2);
+    json.push_str(r#",{"type":"dir","name":"one-more"}]}"#);
+    let err = serde_json::from_str::<TocJson>(&json).unwrap_err();
+    assert!(
+        err.to_string().contains("more than 1048576 entries"),
+        "{err}"
+    );
+    // Deep nesting: serde_json's recursion limit (128) is on (no
+    // `unbounded_depth`) for what is read, and what is not read is skipped
+    // without recursion: no stack overflow either way.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let err = serde_json::from_str::<serde_json::Value>(&nested).unwrap_err();
+    assert!(err.to_string().contains("recursion limit"), "{err}");
+    let deep = format!(r#"{{"version":1,"unknown":{nested},"entries":[]}}"#);
+    assert!(serde_json::from_str::<TocJson>(&deep).is_ok());
+    let deep = format!(
+        r#"{{"version":1,"entries":[{{"type":"reg","name":"a","xattrs":{}}}]}}"#,
+        "{\"a\":".repeat(100_000)
+    );
+    assert!(serde_json::from_str::<TocJson>(&deep).is_err());
+}

@@ -4,13 +4,12 @@
 //! pool does after it).
 
 use std::io::{self, Read};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Inner;
 use crate::cache::{Block, Claim, Fetching};
 use crate::error::layer_error;
-use crate::image::blob::unzstd_exact;
+use crate::image::blob::{range_len, unzstd_exact};
 use crate::image::toc::{Chunk, Source};
 
 /// The most compressed bytes one request fetches for chunks that follow
@@ -55,8 +54,9 @@ impl Inner {
     pub(super) fn after_read(&self, start: u64, end: u64, missed: bool) {
         let (from, len) = {
             let mut ra = self.ra.lock();
-            let sequential =
-                ra.next > 0 && start + MAX_GAP >= ra.start && start <= ra.next + MAX_GAP;
+            let sequential = ra.next > 0
+                && start.saturating_add(MAX_GAP) >= ra.start
+                && start <= ra.next.saturating_add(MAX_GAP);
             if missed {
                 ra.window = if sequential {
                     (ra.window * 2).min(READ_AHEAD_MAX)
@@ -65,21 +65,22 @@ impl Inner {
                 };
                 let from = if sequential { ra.next.max(end) } else { end };
                 ra.start = start;
-                ra.next = from + ra.window;
+                ra.next = from.saturating_add(ra.window);
                 (from, ra.window)
-            } else if sequential && end + ra.window / 2 >= ra.next {
+            } else if sequential && end.saturating_add(ra.window / 2) >= ra.next {
                 ra.window = (ra.window * 2).min(READ_AHEAD_MAX);
                 let from = ra.next;
                 ra.start = start;
-                ra.next = from + ra.window;
+                ra.next = from.saturating_add(ra.window);
                 (from, ra.window)
             } else {
                 return;
             }
         };
         let mut at = from;
-        while at < from + len {
-            let piece = READ_AHEAD.min(from + len - at);
+        let to = from.saturating_add(len);
+        while at < to {
+            let piece = READ_AHEAD.min(to - at);
             let weak = self.me.clone();
             self.cache.pool.urgent(Box::new(move || {
                 if let Some(l) = weak.upgrade() {
@@ -154,9 +155,26 @@ impl Inner {
                 self.fetch_run(run, &mut out)?;
             }
         }
+        // However many chunks others fetch for it, a read waits for them
+        // at most this long (each fetch has its own deadline too).
+        // (Set at the first wait: no clock read for a read that waits for
+        // nobody.)
+        let mut deadline = None;
         for (i, p) in waits {
-            out[i].1 = Some(match p.wait() {
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.cache.fetch_wait());
+            out[i].1 = Some(match p.wait(deadline) {
                 Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    let e = crate::image::registry::timed_out(format!(
+                        "file '{}': {e} (a read waits {}s at most)",
+                        self.name_of(file),
+                        self.cache.fetch_wait().as_secs_f32()
+                    ));
+                    log::error!("layer {}: {e}", self.id);
+                    self.cache.stats.note_error(&e);
+                    return Err(e);
+                }
                 // The fetch this read joined failed (a read ahead or the
                 // background one, perhaps): try once itself.
                 Err(e) if retry => {
@@ -180,7 +198,7 @@ impl Inner {
     /// the request stays under [`MAX_REQUEST`] bytes.
     fn joins(run: &[RunItem<'_>], s: u64, e: u64) -> bool {
         let (first, last) = (run[0].start, run[run.len() - 1].end);
-        s >= last && s - last <= MAX_GAP && e - first <= MAX_REQUEST
+        s >= last && s - last <= MAX_GAP && e.saturating_sub(first) <= MAX_REQUEST
     }
 
     /// Adds to `run` the missing chunks that follow it in the blob, up to
@@ -188,7 +206,7 @@ impl Inner {
     fn extend<'a>(&'a self, run: &mut Vec<RunItem<'a>>, limit: u64) {
         let last_end = run[run.len() - 1].end;
         let from = self.by_offset.partition_point(|&(s, _, _)| s < last_end);
-        let limit = last_end + limit;
+        let limit = last_end.saturating_add(limit);
         for &(s, file, chunk) in &self.by_offset[from..] {
             let c = &self.toc.files[file as usize].chunks[chunk as usize];
             let Source::Blob { end: e, .. } = c.source else {
@@ -217,7 +235,7 @@ impl Inner {
             let Source::Blob { end: e, .. } = c.source else {
                 continue;
             };
-            if e > from + limit {
+            if e > from.saturating_add(limit) {
                 break;
             }
             if !run.is_empty() && !Self::joins(&run, s, e) {
@@ -267,11 +285,10 @@ impl Inner {
         let mut body = match src.open_range(start, end) {
             Ok(b) => b,
             Err(e) => {
-                stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(layer_error(
-                    libc::EIO,
-                    format!("{}: {e}", what(run[0].file)),
-                ));
+                stats.note_error(&e);
+                let e = layer_error(libc::EIO, format!("{}: {e}", what(run[0].file)));
+                log::error!("{e}");
+                return Err(e);
             }
         };
         let mut at = start;
@@ -294,7 +311,10 @@ impl Inner {
             let r =
                 io::copy(&mut body.by_ref().take(s - at), &mut io::sink()).and_then(|skipped| {
                     at += skipped;
-                    let mut frame = Vec::with_capacity((e - s) as usize);
+                    // Both sizes were checked against the limits when the
+                    // table of contents was read; checked again here, where
+                    // they become an allocation.
+                    let mut frame = Vec::with_capacity(range_len(s, e, &what(file))?);
                     let n = body.by_ref().take(e - s).read_to_end(&mut frame)?;
                     at += n as u64;
                     if at != e {
@@ -314,8 +334,8 @@ impl Inner {
                         &format_args!("{}, chunk at {}", what(file), c.offset),
                     )
                 });
-            if r.is_err() {
-                stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = &r {
+                stats.note_error(e);
             }
             match fetching.done(r) {
                 Ok(block) => {
@@ -335,10 +355,12 @@ impl Inner {
                 }
             }
         }
-        // Read to the end, so the connection goes back to the pool (an
-        // HTTP client reuses a connection only after its body was read).
+        // Its end, so the connection goes back to the pool (an HTTP client
+        // reuses a connection only after its body was read); never past it:
+        // a registry's body ends where the range does (`registry::Exact`),
+        // and any other source's is not read further.
         if result.is_ok() && at == end {
-            let _ = io::copy(&mut body, &mut io::sink());
+            let _ = body.read(&mut [0u8; 1]);
         }
         stats.note_request(at - start, t0.elapsed());
         log::trace!(

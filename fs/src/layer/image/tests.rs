@@ -4,7 +4,7 @@
 use std::io::{Cursor, Read};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::fetch::READ_AHEAD;
 use super::*;
@@ -307,6 +307,53 @@ fn concurrent_readers_of_a_missing_chunk_cause_one_fetch() {
     }
     assert_eq!(blob.requests.load(Ordering::SeqCst), 1);
     assert_eq!(cache.stats.joined.load(Ordering::SeqCst), 7);
+}
+
+#[test]
+fn a_read_waiting_on_a_stuck_fetch_gets_eio_in_bounded_time() {
+    let data = pattern(500_000, 5);
+    let cache =
+        Arc::new(BlockCache::in_memory(64 << 20).with_fetch_wait(Duration::from_millis(300)));
+    let (l, blob) = layer(&[("f", data.clone(), 0)], cache.clone());
+    let l = Arc::new(l);
+    blob.slow.store(true, Ordering::SeqCst);
+    // The first read fetches, and is stuck in its request.
+    let first = {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 1000];
+            l.open(Path::new("f"))
+                .unwrap()
+                .read_at(&mut b, 0)
+                .map(|_| b)
+        })
+    };
+    while blob.requests.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The second joins it, and gives up after the wait, with EIO.
+    let t0 = Instant::now();
+    let mut b = vec![0u8; 1000];
+    let err = l
+        .open(Path::new("f"))
+        .unwrap()
+        .read_at(&mut b, 1000)
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(crate::error::errno_of(&err), libc::EIO, "{err}");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("did not end in time"), "{err}");
+    assert_eq!(cache.stats.fetch_timeouts.load(Ordering::SeqCst), 1);
+    let shown = cache.stats.render();
+    assert!(shown.contains("fetch_timeouts 1\n"), "{shown}");
+    assert!(shown.contains("last_fetch_error file 'f'"), "{shown}");
+    // The stuck fetch ends; the first read has its bytes.
+    blob.slow.store(false, Ordering::SeqCst);
+    assert_eq!(first.join().unwrap().unwrap(), &data[..1000]);
 }
 
 #[test]

@@ -229,7 +229,8 @@ fn serve(
     req.allow_other = true;
     // Device nodes and setuid bits of an image are not the host's to honour
     // (root's daemon mounts in the host's user namespace).
-    req.suid_dev = false;
+    req.suid = false;
+    req.dev = false;
     // A container removed when it ends needs nothing it wrote to survive a
     // crash: its upper dir is volatile (podman's --rm does the same), and
     // its end does not wait for the disk.
@@ -255,8 +256,8 @@ fn serve(
     };
     let config: ImageConfiguration =
         serde_json::from_slice(&config).context("the image's config is not an image config")?;
-    let mut session = started.session;
-    let mut unmounter = session.unmount_callable();
+    let session = started.session;
+    let unmounter = session.unmounter();
     // Says when the daemon has ended (its union dropped: flushed).
     let (served_tx, served) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()

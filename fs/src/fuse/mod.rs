@@ -10,7 +10,8 @@
 //! * [`background`] — prefetching directories and reading ahead across
 //!   files, on threads that end with the mount;
 //! * [`pagecache`] — small lower files put in the kernel's page cache with
-//!   their OPEN.
+//!   their OPEN;
+//! * [`mount`] — mounting, and unmounting only the mount this server made.
 //!
 //! What the kernel is told, for speed:
 //! * entries and attributes (also negative lookups) may be cached for
@@ -27,6 +28,7 @@ mod background;
 mod dirs;
 mod files;
 mod handles;
+pub mod mount;
 mod pagecache;
 mod reply;
 

@@ -45,9 +45,11 @@ pub struct MountRequest {
     pub subtype: String,
     /// Do not update access times (fuse-overlayfs's default).
     pub noatime: bool,
-    /// Honour setuid bits and device nodes (root only; see
-    /// `rcfs_fs::MountConfig::suid_dev`).
-    pub suid_dev: bool,
+    /// Honour setuid bits and file capabilities (root only; see
+    /// `rcfs_fs::MountConfig::suid`).
+    pub suid: bool,
+    /// Honour device nodes (root only; see `rcfs_fs::MountConfig::dev`).
+    pub dev: bool,
     pub threads: usize,
     /// Where a background server writes its log (warnings, errors; with
     /// `debug`, every operation); `None`: nowhere.
@@ -93,7 +95,8 @@ impl MountRequest {
             fsname: "rcfs".into(),
             subtype: "rcfs".into(),
             noatime: false,
-            suid_dev: nix::unistd::geteuid().is_root(),
+            suid: nix::unistd::geteuid().is_root(),
+            dev: nix::unistd::geteuid().is_root(),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             log: None,
             image: None,
@@ -586,7 +589,7 @@ fn keep_large_blocks_out_of_the_heap() {
 
 /// A mounted union, not served yet.
 pub struct Started {
-    pub session: rcfs_fs::Session<UnionFs>,
+    pub session: rcfs_fs::Mounted,
     /// The pull of an image pulled while mounted.
     pub live: Option<Arc<LivePull>>,
 }
@@ -614,7 +617,8 @@ pub fn start(req: &MountRequest) -> Result<Started> {
         threads: req.threads,
         read_only: req.upper.is_none(),
         noatime: req.noatime,
-        suid_dev: req.suid_dev,
+        suid: req.suid,
+        dev: req.dev,
     };
     let session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
         .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
@@ -635,15 +639,19 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         sigs.add(Signal::SIGTERM);
         sigs.add(Signal::SIGHUP);
         sigs.thread_block().context("blocking signals")?;
-        let mut session = start(req)?.session;
-        let mut unmounter = session.unmount_callable();
+        let session = start(req)?.session;
+        let unmounter = session.unmounter();
         std::thread::Builder::new()
             .name("rcfs-signals".into())
             .spawn(move || {
                 if let Ok(sig) = sigs.wait() {
                     log::info!("{sig:?}: unmounting");
-                    if let Err(e) = unmounter.unmount() {
-                        log::error!("unmount failed: {e}");
+                    match unmounter.unmount() {
+                        Ok(rcfs_fs::Unmounted::NotOurs) => {
+                            log::info!("not unmounting: another mount is at the mountpoint now")
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::error!("unmount failed: {e}"),
                     }
                 }
             })?;
@@ -663,13 +671,9 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         detach_stdio(fd.as_raw_fd(), req.log.as_deref());
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
-    // A request the kernel was handing over as the unmount aborted the
-    // connection ends the read with ECONNABORTED instead of ENODEV: an
-    // unmount all the same.
-    let served = match session.run() {
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
-        r => r.context("serving the mount"),
-    };
+    // Ends when the mount is unmounted, by anyone; a server that fails
+    // takes down its own mount only (never what is at the path by then).
+    let served = session.run().context("serving the mount");
     // The stats socket of an image mount goes with it.
     if let Some(im) = &req.image {
         let _ = std::fs::remove_file(crate::stats::socket_path(&im.store, &req.mountpoint));

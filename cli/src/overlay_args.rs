@@ -5,7 +5,9 @@
 //! rcfs-overlay SOURCE MOUNTPOINT -o ...      (the form mount.fuse3 passes)
 //! ```
 //! Options rcfs has no use for are warned about and ignored, as
-//! fuse-overlayfs does; generic mount flags (`rw`, `nodev`, ...) silently.
+//! fuse-overlayfs does; generic mount flags (`rw`, `exec`, ...) silently.
+//! `suid`/`nosuid`/`dev`/`nodev` are honoured as root (the last one given
+//! wins); as root the defaults are fuse-overlayfs's: `suid` and `nodev`.
 
 use std::path::PathBuf;
 
@@ -25,10 +27,6 @@ pub enum Parsed {
 const GENERIC: &[&str] = &[
     "rw",
     "ro",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
     "exec",
     "noexec",
     "norelatime",
@@ -50,6 +48,11 @@ const GENERIC: &[&str] = &[
 /// Parses `args` (without the program name). Returns the request and the
 /// warnings to print.
 pub fn parse(args: &[String]) -> Result<Parsed> {
+    parse_as(args, nix::unistd::geteuid().is_root())
+}
+
+/// [`parse`] for a caller who is root (of its user namespace) or not.
+fn parse_as(args: &[String], root: bool) -> Result<Parsed> {
     let mut opts: Vec<String> = Vec::new();
     let mut positional = Vec::new();
     let mut foreground = false;
@@ -85,7 +88,13 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
     // also `allow_other,suid` (a container's other uids must get in, and
     // its setuid programs work).
     req.noatime = true;
-    if nix::unistd::geteuid().is_root() {
+    // fuse-overlayfs 1.10 as root: `suid`, and libfuse's `nodev` (device
+    // nodes in a container's root are not the host's to honour; podman
+    // makes the container's /dev itself). A user's mount is always
+    // nosuid,nodev (fusermount3).
+    req.suid = root;
+    req.dev = false;
+    if root {
         req.allow_other = true;
     }
     let mut warnings = Vec::new();
@@ -109,6 +118,10 @@ pub fn parse(args: &[String]) -> Result<Parsed> {
             ("volatile", None) | ("fsync", Some("0")) => req.fsync = false,
             ("fsync", Some("1")) => req.fsync = true,
             ("debug", None) => debug = true,
+            ("suid", None) => req.suid = root,
+            ("nosuid", None) => req.suid = false,
+            ("dev", None) => req.dev = root,
+            ("nodev", None) => req.dev = false,
             (k, None) if GENERIC.contains(&k) => {}
             _ => warnings.push(format!("rcfs-overlay: unknown option {opt} ignored")),
         }
@@ -205,6 +218,34 @@ mod tests {
             .to_string();
         assert!(e.contains("mountpoint"), "{e}");
         assert!(matches!(parse(&args(&["--help"])).unwrap(), Parsed::Help));
+    }
+
+    fn mount_as(s: &[&str], root: bool) -> MountRequest {
+        match parse_as(&args(s), root).unwrap() {
+            Parsed::Mount(r, w) => {
+                assert!(w.is_empty(), "{w:?}");
+                *r
+            }
+            p => panic!("not a mount: {p:?}"),
+        }
+    }
+
+    /// As root: fuse-overlayfs's defaults (suid, nodev), and podman's
+    /// `nosuid`/`nodev`/`suid`/`dev` honoured, the last one given winning.
+    /// A user's mount is nosuid,nodev whatever is asked (fusermount3).
+    #[test]
+    fn suid_and_dev_options() {
+        let base = "lowerdir=/a,upperdir=/u,workdir=/w";
+        let r = mount_as(&["-o", base, "/m"], true);
+        assert!(r.suid && !r.dev, "root's defaults: {} {}", r.suid, r.dev);
+        let r = mount_as(&["-o", &format!("{base},nosuid,nodev"), "/m"], true);
+        assert!(!r.suid && !r.dev, "nosuid,nodev: {} {}", r.suid, r.dev);
+        let r = mount_as(&["-o", &format!("{base},dev,nosuid"), "/m"], true);
+        assert!(!r.suid && r.dev, "dev,nosuid: {} {}", r.suid, r.dev);
+        let r = mount_as(&["-o", &format!("nosuid,{base},suid"), "/m"], true);
+        assert!(r.suid, "nosuid then suid");
+        let r = mount_as(&["-o", &format!("{base},suid,dev"), "/m"], false);
+        assert!(!r.suid && !r.dev, "a user's: {} {}", r.suid, r.dev);
     }
 
     #[test]

@@ -230,7 +230,8 @@ fn serve(
     req.allow_other = true;
     // Device nodes and setuid bits of an image are not the host's to honour
     // (root's daemon mounts in the host's user namespace).
-    req.suid_dev = false;
+    req.suid = false;
+    req.dev = false;
     // A container removed when it ends needs nothing it wrote to survive a
     // crash: its upper dir is volatile (podman's --rm does the same), and
     // its end does not wait for the disk.
@@ -256,8 +257,8 @@ fn serve(
     };
     let config: ImageConfiguration =
         serde_json::from_slice(&config).context("the image's config is not an image config")?;
-    let mut session = started.session;
-    let unmounter = session.unmount_callable();
+    let session = started.session;
+    let unmounter = session.unmounter();
     // Says when the daemon has ended (its union dropped: flushed).
     let (served_tx, served) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -269,7 +270,7 @@ fn serve(
         })?;
     // From here on, every way out unmounts (the guards go in reverse order:
     // the terminal restored, the cgroups removed, then the root unmounted).
-    let _mounted = Mounted {
+    let _mounted = RootMounted {
         unmounter,
         served,
         socket: crate::stats::socket_path(&store.root, &rootfs),
@@ -332,15 +333,15 @@ fn serve(
 
 /// The container's root while it is mounted: unmounted when dropped, on
 /// every way out of [`serve`].
-struct Mounted {
-    unmounter: rcfs_fs::SessionUnmounter,
+struct RootMounted {
+    unmounter: rcfs_fs::Unmounter,
     /// Says when the daemon has ended.
     served: std::sync::mpsc::Receiver<()>,
     /// The mount's stats socket, which goes with it.
     socket: PathBuf,
 }
 
-impl Drop for Mounted {
+impl Drop for RootMounted {
     fn drop(&mut self) {
         if let Err(e) = self.unmounter.unmount() {
             log::warn!("unmounting the container's root: {e}");

@@ -575,3 +575,59 @@ fn bad_setups_are_refused_with_a_clear_error() {
     assert!(!r.success() && r.stderr.contains("mountpoint"), "{r:?}");
     assert!(!is_mountpoint(u));
 }
+
+/// Python's `open()` asks every file for TCGETS (is it a terminal?): the
+/// answer is ENOTTY, as from the kernel's filesystems, and the server logs
+/// nothing for it (it logged a warning per call, 417 lines on a user's
+/// terminal from one `rcfs run` of a Python image). poll(2) of a file is
+/// answered the same quiet way.
+#[test]
+fn ioctl_on_a_file_is_enotty_and_logs_nothing() {
+    use std::os::fd::AsRawFd;
+    let d = dirs();
+    let log = d.base.join("rcfs.log");
+    let _g = guard(&d.mnt);
+    let mut c = rcfs_mount(&lower_arg(&d.lowers), &d.upper, &d.work, &d.mnt);
+    c.arg("--log").arg(&log);
+    run(&mut c, COMMAND_TIMEOUT).expect_ok("rcfs mount --log");
+    for name in ["top", "new"] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(d.mnt.join(name))
+            .unwrap();
+        for _ in 0..3 {
+            // SAFETY: termios is plain data the call fills in.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            // SAFETY: TCGETS writes one termios into t.
+            let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
+            let e = std::io::Error::last_os_error();
+            assert_eq!(r, -1, "TCGETS on {name} in the mount succeeded");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOTTY),
+                "TCGETS on {name}: {e}"
+            );
+        }
+        let mut p = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd that outlives the call.
+        let n = unsafe { libc::poll(&mut p, 1, 1000) };
+        assert_eq!(n, 1, "poll of {name}: {}", std::io::Error::last_os_error());
+    }
+    run(
+        &mut cmd(RCFS, ["umount".into(), d.mnt.display().to_string()]),
+        COMMAND_TIMEOUT,
+    )
+    .expect_ok("rcfs umount");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.trim().is_empty(),
+        "the server logged for ioctl or poll:\n{text}"
+    );
+}

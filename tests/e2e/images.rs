@@ -683,3 +683,85 @@ fn convert_with_a_trace_push_and_pull_lazily_and_other_tools_read_it() {
     );
     c.assert_same_tree(&m.mnt);
 }
+
+/// Root's `rcfs mount IMAGE --allow-other` hands the image to every user:
+/// its setuid files and device nodes are not honoured (nosuid,nodev)
+/// unless asked with --suid / --dev. (Before, another user read a
+/// root-only block device through the image's node and got uid 0 through
+/// its setuid binary.)
+#[test]
+fn root_image_mounts_are_nosuid_nodev_unless_asked() {
+    require_privileges();
+    let dir = temp_dir();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut entry =
+        |path: &str, kind: tar::EntryType, mode: u32, dev: Option<(u32, u32)>, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            if let Some((major, minor)) = dev {
+                h.set_device_major(major).unwrap();
+                h.set_device_minor(minor).unwrap();
+            }
+            b.append_data(&mut h, path, data).unwrap();
+        };
+    entry("dev", tar::EntryType::Directory, 0o755, None, b"");
+    entry("dev/null", tar::EntryType::Char, 0o666, Some((1, 3)), b"");
+    entry("dev/loop0", tar::EntryType::Block, 0o666, Some((7, 0)), b"");
+    entry("bin", tar::EntryType::Directory, 0o755, None, b"");
+    let sh = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    entry("bin/id", tar::EntryType::Regular, 0o4755, None, &sh);
+    let layer = b.into_inner().unwrap();
+    let layout = dir.path().join("layout");
+    write_layout(&layout, "v1", &[layer]);
+    let store = dir.path().join("store");
+    let image = format!("oci:{}:v1", layout.display());
+    pull(&store, &image, &[]).expect_ok("pull oci:");
+    let opts = |mnt: &Path| -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        info.lines()
+            .rev()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.get(4) == Some(&mnt.to_str().unwrap()))
+            .map(|f| f[5].split(',').map(str::to_owned).collect())
+            .unwrap_or_else(|| panic!("{} is not mounted", mnt.display()))
+    };
+    let m = ImageMount::new(&store, &image, &dir.path().join("m1"), &["--allow-other"]);
+    let o = opts(&m.mnt);
+    for want in ["nosuid", "nodev"] {
+        assert!(
+            o.iter().any(|x| x == want),
+            "root's image mount is not {want}: {o:?}"
+        );
+    }
+    // The node is there, but opens as no device.
+    let node = std::fs::symlink_metadata(m.mnt.join("dev/null")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &node.file_type()
+    ));
+    let e = std::fs::File::open(m.mnt.join("dev/null")).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EACCES),
+        "open of a nodev node: {e}"
+    );
+    drop(m);
+    let m = ImageMount::new(
+        &store,
+        &image,
+        &dir.path().join("m2"),
+        &["--allow-other", "--suid", "--dev"],
+    );
+    let o = opts(&m.mnt);
+    for unwanted in ["nosuid", "nodev"] {
+        assert!(
+            !o.iter().any(|x| x == unwanted),
+            "--suid --dev: still {unwanted}: {o:?}"
+        );
+    }
+    std::fs::File::open(m.mnt.join("dev/null")).expect("--dev: the image's /dev/null opens");
+}

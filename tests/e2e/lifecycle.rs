@@ -3,6 +3,7 @@
 //! union's background threads end and the union itself is freed.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,4 +131,143 @@ fn a_process_that_mounts_many_unions_gets_everything_back() {
         );
     }
     assert!(!mounts::is_mountpoint(&mnt));
+}
+
+/// A server started in the foreground at `mnt` (the old one of
+/// [`an_exiting_server_leaves_the_next_mount_at_its_path_alone`]), or in
+/// the background (`foreground` false: returns once mounted).
+fn server(bin: &str, lower: &Path, upper: &Path, work: &Path, mnt: &Path) -> Command {
+    let mut c = Command::new(bin);
+    if bin == mounts::RCFS {
+        c.arg("mount")
+            .arg("--lower")
+            .arg(lower)
+            .arg("--upper")
+            .arg(upper)
+            .arg("--work")
+            .arg(work);
+    } else {
+        // As podman calls fuse-overlayfs.
+        c.arg("-o").arg(format!(
+            "lowerdir={},upperdir={},workdir={},nodev",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ));
+    }
+    c.arg(mnt);
+    c
+}
+
+/// Podman unmounts a container's root itself (`umount`, or `umount -l`
+/// while something still holds a file) and may mount the next one at the
+/// same path at once. The old server, ending after that, must leave the new
+/// mount alone: it unmounted whatever was at its path as it exited, and a
+/// `podman commit` then saw an empty upper dir under whiteouts.
+fn next_mount_survives(bin: &str) {
+    mounts::require_privileges();
+    let tmp = temp_dir();
+    let base = tmp.path();
+    let (lower, mnt) = (base.join("l"), base.join("m"));
+    for d in [&lower, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(lower.join("f"), b"lower").unwrap();
+    for round in 0..10 {
+        let lazy = round % 2 == 1;
+        let how = if lazy { "umount -l" } else { "umount" };
+        let dirs = |who: &str| {
+            let (u, w) = (
+                base.join(format!("{who}{round}u")),
+                base.join(format!("{who}{round}w")),
+            );
+            std::fs::create_dir_all(&u).unwrap();
+            std::fs::create_dir_all(&w).unwrap();
+            (u, w)
+        };
+        let (ou, ow) = dirs("old");
+        let log = base.join(format!("old{round}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut old = server(bin, &lower, &ou, &ow, &mnt)
+            .arg("-f")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + mounts::COMMAND_TIMEOUT;
+        while !mounts::is_mountpoint(&mnt) {
+            assert!(
+                old.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                "{bin} -f did not mount: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _guard = mounts::Mount::adopt(
+            &mnt,
+            None,
+            mounts::Kind::Fuse {
+                unmount: vec!["umount".into()],
+            },
+        );
+        assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"lower");
+        // A reader keeps the old mount's superblock (and server) alive past
+        // a lazy unmount, until the new mount is in place.
+        let held = lazy.then(|| std::fs::File::open(mnt.join("f")).unwrap());
+        let mut umount = Command::new("umount");
+        if lazy {
+            umount.arg("-l");
+        }
+        mounts::run(umount.arg(&mnt), mounts::COMMAND_TIMEOUT).expect_ok(how);
+        let (nu, nw) = dirs("new");
+        mounts::run(
+            &mut server(bin, &lower, &nu, &nw, &mnt),
+            mounts::COMMAND_TIMEOUT,
+        )
+        .expect_ok("mounting the next one");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while old.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round} ({how}): the old {bin} server still runs 20 s after its unmount"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Anything the old server did on its way out is done.
+        assert!(
+            mounts::is_mountpoint(&mnt),
+            "round {round} ({how}): the old {bin} server's exit unmounted the next mount at its path; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("f")).unwrap(),
+            b"lower",
+            "round {round} ({how}): the next mount does not serve"
+        );
+        std::fs::write(mnt.join("new"), b"n").unwrap();
+        assert_eq!(std::fs::read(nu.join("new")).unwrap(), b"n");
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !log.contains("umount") && !log.contains("Unmount"),
+            "round {round} ({how}): the old server tried to unmount:\n{log}"
+        );
+        mounts::run(Command::new("umount").arg(&mnt), mounts::COMMAND_TIMEOUT)
+            .expect_ok("unmounting the next one");
+        assert!(
+            mounts::wait_daemons_gone(&mnt, Duration::from_secs(10)),
+            "round {round}: the next server outlived its unmount"
+        );
+    }
+}
+
+#[test]
+fn an_exiting_rcfs_overlay_leaves_the_next_mount_at_its_path_alone() {
+    next_mount_survives(mounts::RCFS_OVERLAY);
+}
+
+#[test]
+fn an_exiting_rcfs_mount_leaves_the_next_mount_at_its_path_alone() {
+    next_mount_survives(mounts::RCFS);
 }

@@ -221,6 +221,12 @@ fn rcfs_overlay_as_root_turns_on_what_fuse_overlayfs_does() {
         !opts.contains(&"nosuid".to_string()),
         "{name}: nosuid as root: {opts:?}"
     );
+    // libfuse's default, which fuse-overlayfs keeps: device nodes in the
+    // layers are not honoured unless `-o dev` is given.
+    assert!(
+        opts.contains(&"nodev".to_string()),
+        "{name}: not nodev as root: {opts:?}"
+    );
     // Another uid can read through it (the kernel checks its permissions).
     std::fs::set_permissions(
         fix.dir.path(),

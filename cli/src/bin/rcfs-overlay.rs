@@ -17,6 +17,8 @@ A drop-in for fuse-overlayfs. Lower dirs are listed top first.
   -o timeout=SECS    how long the kernel may cache entries and attributes
   -o metacopy=on     chmod/chown/xattr changes copy no data (off by default here)
   -o passthrough=off never use FUSE passthrough
+  -o suid|nosuid     (root) honour setuid bits or not (default: suid, as fuse-overlayfs)
+  -o dev|nodev       (root) honour device nodes or not (default: nodev, as fuse-overlayfs)
 Unknown options are ignored with a warning. Unmount with umount or fusermount3 -u.";
 
 fn run() -> Result<()> {

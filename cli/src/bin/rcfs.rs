@@ -235,6 +235,15 @@ struct MountArgs {
     /// Let other users (and other uids of a container) in.
     #[arg(long)]
     allow_other: bool,
+    /// Honour setuid/setgid bits and file capabilities (root only). Default:
+    /// off for an image (nosuid: what an image holds does not act on the
+    /// host), on for layer dirs mounted by root.
+    #[arg(long)]
+    suid: bool,
+    /// Honour device nodes (root only). Default: off for an image (nodev),
+    /// on for layer dirs mounted by root.
+    #[arg(long)]
+    dev: bool,
     /// Copy data up even for metadata-only changes (chmod, chown, xattrs).
     #[arg(long)]
     no_metacopy: bool,
@@ -306,6 +315,21 @@ fn run() -> Result<()> {
             req.log = a.log;
             req.debug = a.debug;
             req.allow_other = a.allow_other;
+            if (a.suid || a.dev) && !nix::unistd::geteuid().is_root() {
+                anyhow::bail!(
+                    "--suid and --dev are for root only: a user's FUSE mount is always nosuid,nodev"
+                );
+            }
+            // An image's setuid files and device nodes are not the host's to
+            // honour unless asked: root's mount with --allow-other would hand
+            // them to every user.
+            if req.image.is_some() {
+                req.suid = a.suid;
+                req.dev = a.dev;
+            } else {
+                req.suid |= a.suid;
+                req.dev |= a.dev;
+            }
             req.metacopy = !a.no_metacopy;
             req.passthrough = !a.no_passthrough;
             req.fsync = !a.volatile;

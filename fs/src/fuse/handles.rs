@@ -221,16 +221,29 @@ impl Handles {
                 true
             }
             Err(e) => {
-                self.passthrough_off(&e);
+                self.backing_failed(&e);
                 false
             }
         }
     }
 
-    /// Registering a backing file failed (no privilege): serve all I/O here.
-    fn passthrough_off(&self, e: &std::io::Error) {
-        log::info!("FUSE passthrough unavailable ({e}); serving reads and writes in userspace");
-        self.passthrough.store(false, Ordering::Relaxed);
+    /// Registering a backing file failed. Only an error that says the
+    /// kernel will not pass through for this server at all (no privilege,
+    /// an ioctl it does not know), before any registration has worked,
+    /// turns passthrough off for the mount; anything else (EMFILE, ENOMEM,
+    /// a backing file too deeply stacked: ELOOP) only sends this open
+    /// through the page cache.
+    fn backing_failed(&self, e: &std::io::Error) {
+        let unsupported = matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS)
+        );
+        if unsupported && !self.passthrough_works.load(Ordering::Relaxed) {
+            log::info!("FUSE passthrough unavailable ({e}); serving reads and writes in userspace");
+            self.passthrough.store(false, Ordering::Relaxed);
+        } else {
+            log::debug!("FUSE passthrough: a backing file failed ({e}); this open is served here");
+        }
     }
 
     /// The backing file for `file` of `ino`, shared with other open handles
@@ -286,7 +299,7 @@ impl Handles {
                 Backing::Through(b)
             }
             Err(e) => {
-                self.passthrough_off(&e);
+                self.backing_failed(&e);
                 Backing::Here(false)
             }
         }
@@ -297,4 +310,42 @@ impl Handles {
 fn lower_backed_in(map: &IdMap<(Weak<BackingId>, bool)>, ino: u64) -> bool {
     map.get(&ino)
         .is_some_and(|(w, upper)| !upper && w.strong_count() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upper_file() -> OpenFile {
+        OpenFile::Upper(tempfile::tempfile().unwrap())
+    }
+
+    fn fail(errno: i32) -> impl FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId> {
+        move |_| Err(std::io::Error::from_raw_os_error(errno))
+    }
+
+    /// A backing open that fails for want of fds (or memory, or a stacked
+    /// backing file) sends that open through the page cache and leaves
+    /// passthrough on for the next ones; only "not permitted / not
+    /// supported" before any success turns it off.
+    #[test]
+    fn one_failed_backing_open_does_not_turn_passthrough_off() {
+        let h = Handles::new();
+        h.enable_passthrough();
+        for (ino, errno) in [
+            (2, libc::EMFILE),
+            (3, libc::ENFILE),
+            (4, libc::ENOMEM),
+            (5, libc::ELOOP),
+        ] {
+            let b = h.backing_for(ino, &upper_file(), fail(errno));
+            assert!(matches!(b, Backing::Here(false)), "errno {errno}");
+            assert!(h.passthrough(), "errno {errno} turned passthrough off");
+        }
+        assert!(!h.passthrough_proven(&upper_file(), fail(libc::EMFILE)));
+        assert!(h.passthrough(), "a probe's EMFILE turned passthrough off");
+        let b = h.backing_for(6, &upper_file(), fail(libc::EPERM));
+        assert!(matches!(b, Backing::Here(false)));
+        assert!(!h.passthrough(), "EPERM left passthrough on");
+    }
 }

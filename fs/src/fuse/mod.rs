@@ -10,7 +10,8 @@
 //! * [`background`] — prefetching directories and reading ahead across
 //!   files, on threads that end with the mount;
 //! * [`pagecache`] — small lower files put in the kernel's page cache with
-//!   their OPEN.
+//!   their OPEN;
+//! * [`mount`] — mounting, and unmounting only the mount this server made.
 //!
 //! What the kernel is told, for speed:
 //! * entries and attributes (also negative lookups) may be cached for
@@ -27,6 +28,7 @@ mod background;
 mod dirs;
 mod files;
 mod handles;
+pub mod mount;
 mod pagecache;
 mod reply;
 
@@ -40,9 +42,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, PollEvents,
+    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::layer::Kind;
@@ -744,6 +747,91 @@ impl Filesystem for UnionFs {
         );
         // default_permissions: the kernel has checked already.
         reply.ok();
+    }
+
+    // What the union does not do is answered here, quietly, with the errno
+    // a kernel filesystem gives (fuser's defaults log a warning per call:
+    // Python's open() asks every file for TCGETS).
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctl means anything on a union's files (TCGETS, FS_IOC_*):
+        // "not a terminal, nor anything else", as from tmpfs without flags.
+        self.trace(
+            "ioctl",
+            || format!("{}, fh {}, {cmd:#x}", ino.0, fh.0),
+            Instant::now(),
+            &Err::<(), _>(io::Error::from_raw_os_error(libc::ENOTTY)),
+        );
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and takes files as always ready,
+        // as a regular file on any filesystem is.
+        self.trace(
+            "poll",
+            || format!("{}, fh {}", ino.0, fh.0),
+            Instant::now(),
+            &Err::<(), _>(io::Error::from_raw_os_error(libc::ENOSYS)),
+        );
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        // Not asked for (no FUSE_POSIX_LOCKS): the kernel keeps locks
+        // itself, as for a local filesystem.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        // Only for block-device (fuseblk) mounts.
+        reply.error(Errno::ENOSYS);
     }
 
     fn create(

@@ -1,7 +1,8 @@
 //! What the union needs of the kernel that `std` and `nix` do not give, by
 //! family: `*at` calls with the flags nix leaves out ([`at`]), xattrs by
 //! directory fd and name ([`xattr`]), raw directory listing ([`dir`]) and
-//! data copies that keep holes ([`copy`]). Everything else is called through
+//! data copies that keep holes ([`copy`]), FUSE mounts and what tells them
+//! apart ([`mount`]). Everything else is called through
 //! nix directly.
 //!
 //! Every call here works relative to an open directory fd and never follows
@@ -13,6 +14,7 @@ pub mod at;
 pub mod copy;
 pub mod dir;
 pub mod mmap;
+pub mod mount;
 pub mod xattr;
 
 use std::ffi::{CString, OsStr};

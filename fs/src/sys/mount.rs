@@ -1,0 +1,189 @@
+//! Mounting and unmounting FUSE: mount(2) with a /dev/fuse fd, the
+//! fusermount3 helper for users who may not call mount(2), and what tells
+//! one mount from another at the same path (the device number of its
+//! superblock, whether its FUSE connection still stands).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::cvt;
+
+/// Mounts a FUSE filesystem of type `fuse` (`data` names the /dev/fuse fd,
+/// see fuse(4)); `flags` are mount(2)'s.
+pub fn mount_fuse(source: &CStr, mp: &CStr, flags: libc::c_ulong, data: &CStr) -> io::Result<()> {
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            mp.as_ptr(),
+            c"fuse".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// Has the setuid helper `fusermount` mount `mp` with `opts` and hand back
+/// the /dev/fuse fd it mounted with (its `_FUSE_COMMFD` protocol: one byte
+/// and the fd as SCM_RIGHTS over a socket).
+pub fn fusermount(helper: &Path, mp: &Path, opts: &str) -> io::Result<OwnedFd> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(helper);
+    cmd.arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mp)
+        .env("_FUSE_COMMFD", theirs_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The helper's end of the socket must survive its exec.
+            cvt(libc::fcntl(theirs_fd, libc::F_SETFD, 0)).map(drop)
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    let got = recv_fd(&ours);
+    let out = child.wait_with_output()?;
+    match got {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            Err(io::Error::new(
+                e.kind(),
+                if why.is_empty() {
+                    format!(
+                        "{} gave no /dev/fuse fd ({}): {e}",
+                        helper.display(),
+                        out.status
+                    )
+                } else {
+                    why
+                },
+            ))
+        }
+    }
+}
+
+/// Receives one fd sent as SCM_RIGHTS over `sock`.
+fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one control message with one fd, aligned for cmsghdr.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; the fields set point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: msg points at buffers that live across the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the mount helper exited without sending a /dev/fuse fd",
+        ));
+    }
+    // SAFETY: the kernel filled msg's control buffer; CMSG_* walk it within
+    // msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let fd: RawFd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                if fd >= 0 {
+                    return Ok(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the mount helper sent no /dev/fuse fd",
+    ))
+}
+
+/// What `fd` (any file, also an O_PATH one) says of its mount without asking
+/// its filesystem (`AT_STATX_DONT_SYNC`: a FUSE server must not wait on its
+/// own mount): the device number of its superblock, and whether it is the
+/// root of its mount.
+pub fn mount_of(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
+    // SAFETY: statx is plain data.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names fd itself; st outlives
+    // the call.
+    cvt(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            0,
+            &mut st,
+        )
+    })?;
+    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+    let known = st.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    let root = st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    if !known {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel does not say whether a file is the root of its mount (Linux 5.8+)",
+        ));
+    }
+    Ok((dev, root))
+}
+
+/// Whether the FUSE connection of /dev/fuse fd `fuse` has ended: unmounted,
+/// or aborted through /sys/fs/fuse/connections (the kernel then answers a
+/// poll with POLLERR alone).
+pub fn fuse_disconnected(fuse: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fuse.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd that outlives the call; timeout 0.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n >= 0 {
+            return n == 1 && p.revents & libc::POLLERR != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // A valid fd cannot fail to poll but for ENOMEM: say it still
+            // stands, the cautious answer for an unmount check.
+            return false;
+        }
+    }
+}
+
+/// Detaches the mount `path` leads to (`umount2(MNT_DETACH)`), following
+/// no symlink unless `follow` (a /proc/self/fd link must be followed).
+pub fn umount_detach(path: &CStr, follow: bool) -> io::Result<()> {
+    let flags = libc::MNT_DETACH | if follow { 0 } else { libc::UMOUNT_NOFOLLOW };
+    // SAFETY: path is a NUL-terminated string that outlives the call.
+    cvt(unsafe { libc::umount2(path.as_ptr(), flags) }).map(drop)
+}

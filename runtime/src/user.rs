@@ -153,7 +153,7 @@ mod tests {
     }
 
     /// The files are read inside the root, bounded: a missing one is
-    /// empty, one over [`MAX_ID_FILE`] is refused.
+    /// empty, one over [`MAX_ID_FILE`] is refused, a FIFO is not waited on.
     #[test]
     fn id_files_are_read_bounded() {
         let t = tempfile::tempdir().unwrap();
@@ -168,5 +168,15 @@ mod tests {
         .unwrap();
         let e = in_root("app", t.path()).unwrap_err();
         assert!(e.contains("/etc/group"), "{e}");
+        // A FIFO in /etc/group's place is not waited on (no writer would
+        // ever come): it is no regular file, so it counts as empty.
+        std::fs::remove_file(t.path().join("etc/group")).unwrap();
+        nix::unistd::mkfifo(
+            &t.path().join("etc/group"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let u = in_root("app", t.path()).unwrap();
+        assert_eq!((u.uid, u.gid, u.groups), (1000, 1001, vec![1001]));
     }
 }

@@ -524,11 +524,8 @@ fn spec_of(
     let user = opts
         .user
         .clone()
-        .or_else(|| c.user().clone().filter(|u| !u.is_empty()));
-    let (uid, gid) = match user {
-        Some(u) => parse_user(&u, rootfs)?,
-        None => (0, 0),
-    };
+        .or_else(|| c.user().clone().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "0".into());
     let host_files = rcfs_runtime::MOUNT_TARGETS
         .into_iter()
         .filter(|t| t.starts_with("etc/"))
@@ -545,8 +542,7 @@ fn spec_of(
         env,
         cwd,
         hostname: opts.hostname.clone().unwrap_or_else(|| name.into()),
-        uid,
-        gid,
+        user,
         net_none: opts.net_none,
         stdin: opts.interactive,
         tty: opts.tty,
@@ -560,94 +556,12 @@ fn spec_of(
     })
 }
 
-/// `UID[:GID]` or `USER[:GROUP]`, names looked up in the image's
-/// `/etc/passwd` and `/etc/group`.
-fn parse_user(u: &str, rootfs: &Path) -> Result<(u32, u32)> {
-    let (user, group) = match u.split_once(':') {
-        Some((a, b)) => (a, Some(b)),
-        None => (u, None),
-    };
-    // The image's files, reached inside its root: a symlink there must not
-    // lead to the host's.
-    let read = |file: &str| -> String {
-        rcfs_runtime::read_in_root(rootfs, file)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = read(file);
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name) && f.len() > 3)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-    };
-    let primary_gid = |uid: u32| -> Option<u32> {
-        let text = read("etc/passwd");
-        text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[2].parse() == Ok(uid))
-                .then(|| f[3].parse().ok())
-                .flatten()
-        })
-    };
-    let bad = || {
-        anyhow::anyhow!(
-            "invalid user {u:?}: give UID[:GID] or a USER[:GROUP] the image's /etc/passwd and /etc/group know"
-        )
-    };
-    if user.is_empty() {
-        return Err(bad());
-    }
-    let (uid, mut gid) = match user.parse::<u32>() {
-        // A uid's group is its passwd entry's, if it has one, else 0.
-        Ok(n) => (n, primary_gid(n).unwrap_or(0)),
-        Err(_) => lookup("etc/passwd", user).ok_or_else(bad)?,
-    };
-    if let Some(g) = group {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => {
-                let text = read("etc/group");
-                text.lines()
-                    .find_map(|l| {
-                        let f: Vec<&str> = l.split(':').collect();
-                        (f.len() > 2 && f[0] == g)
-                            .then(|| f[2].parse().ok())
-                            .flatten()
-                    })
-                    .ok_or_else(bad)?
-            }
-        };
-    }
-    Ok((uid, gid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn users_by_number_and_by_name() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir(t.path().join("etc")).unwrap();
-        std::fs::write(
-            t.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(t.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        let p = |u: &str| parse_user(u, t.path());
-        assert_eq!(p("0").unwrap(), (0, 0));
-        assert_eq!(p("1000").unwrap(), (1000, 1001));
-        assert_eq!(p("app").unwrap(), (1000, 1001));
-        assert_eq!(p("app:staff").unwrap(), (1000, 50));
-        assert_eq!(p("7:8").unwrap(), (7, 8));
-        assert_eq!(p("7").unwrap(), (7, 0));
-        assert!(p("nobody-here").is_err());
-        assert!(p(":5").is_err());
-        assert!(p("app:nogroup").is_err());
+    fn container_names() {
         assert!(check_name("web-1").is_ok());
         assert!(check_name("-x").is_err());
         assert!(check_name("a/b").is_err());

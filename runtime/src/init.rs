@@ -5,16 +5,20 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use caps::{CapSet, Capability};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::user::User;
 use crate::{Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_RCFS};
 
+pub(crate) mod dev;
 mod harden;
 
 /// Signals passed on to the command (by the init; `rcfs run` passes them on
@@ -35,24 +39,37 @@ pub const FORWARDED: [Signal; 6] = [
 pub const MOUNT_TARGETS: [&str; 5] = ["proc", "dev", "sys", "etc/resolv.conf", "etc/hosts"];
 
 /// Sets up the container and runs the command; returns the exit code.
-pub(crate) fn run(spec: &Spec, tty_sock: i32) -> i32 {
-    if let Err(e) = setup(spec, tty_sock) {
+/// `dev` is real root's `/dev` tmpfs ([`dev::prepare`]).
+pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
+    if let Err(e) = detach_from_caller() {
         eprintln!("rcfs: cannot set up the container: {e}");
         return EXIT_RCFS;
     }
+    let user = match setup(spec, tty_sock, dev) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("rcfs: cannot set up the container: {e}");
+            return EXIT_RCFS;
+        }
+    };
     // The terminal: a pty of the container's own devpts; the master goes
     // to `rcfs run`, the slave becomes the command's.
-    let slave = if spec.tty {
-        match terminal(tty_sock) {
-            Ok(s) => Some(s),
+    let (master, slave) = if spec.tty {
+        match terminal() {
+            Ok((m, s)) => (Some(m), Some(s)),
             Err(e) => {
                 eprintln!("rcfs: cannot make the container's terminal: {e}");
                 return EXIT_RCFS;
             }
         }
     } else {
-        None
+        (None, None)
     };
+    // `rcfs run` waits for this word (its `Container::start`).
+    if let Err(e) = ready(tty_sock, master) {
+        eprintln!("rcfs: cannot tell rcfs run the container is ready: {e}");
+        return EXIT_RCFS;
+    }
     // SAFETY: the socket is the init's, and done with.
     unsafe { libc::close(tty_sock) };
     let mut sigs = SigSet::empty();
@@ -66,10 +83,15 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32) -> i32 {
     }
     // SAFETY: the init has one thread.
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec(spec, slave),
+        Ok(ForkResult::Child) => exec(spec, &user, slave),
         Ok(ForkResult::Parent { child }) => {
             // Only the command holds the terminal: it hangs up with it.
             drop(slave);
+            if let Err(e) = keep_only_init_capabilities() {
+                eprintln!("rcfs: cannot drop the init's capabilities: {e}");
+                let _ = kill(child, Signal::SIGKILL);
+                return EXIT_RCFS;
+            }
             child
         }
         Err(e) => {
@@ -80,10 +102,40 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32) -> i32 {
     supervise(child, &sigs)
 }
 
-/// Opens a pty in the container's `/dev/pts`, sends its master over the
-/// unix socket `sock`, and returns its slave.
-fn terminal(sock: i32) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+/// The first thing the init does: it keeps nothing of its caller's that
+/// the container could use against the caller. A session of its own, so
+/// no controlling terminal of the host (through which the container could
+/// push input into the caller's shell with TIOCSTI, or read its
+/// keystrokes); a new anonymous session keyring in place of the caller's
+/// (whose keys it could read and add to); and not dumpable, so that the
+/// command (root of the same user namespace, with more capabilities than
+/// the init keeps) cannot ptrace it.
+fn detach_from_caller() -> io::Result<()> {
+    nix::unistd::setsid().map_err(|e| err("setsid", e))?;
+    // SAFETY: keyctl with integer arguments (a NULL name: anonymous).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        return Err(err(
+            "joining a new session keyring (the container must not share yours; a full \
+             key quota, see /proc/sys/kernel/keys/maxkeys, refuses it)",
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(err("PR_SET_DUMPABLE", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Opens a pty in the container's `/dev/pts`: its master and its slave.
+fn terminal() -> io::Result<(OwnedFd, OwnedFd)> {
     let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY)?;
     nix::pty::grantpt(&master)?;
     nix::pty::unlockpt(&master)?;
@@ -101,15 +153,27 @@ fn terminal(sock: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: a new fd.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-    let fds = [master.as_raw_fd()];
+    Ok((master.into(), slave))
+}
+
+/// Tells `rcfs run` (over the unix socket `sock`) that the container is
+/// set up, passing the terminal's master if there is one.
+fn ready(sock: i32, master: Option<OwnedFd>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
+    let cmsgs = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
+    };
     sendmsg::<()>(
         sock,
-        &[io::IoSlice::new(b"t")],
-        &[ControlMessage::ScmRights(&fds)],
+        &[io::IoSlice::new(b"r")],
+        &cmsgs,
         MsgFlags::empty(),
         None,
     )?;
-    Ok(slave)
+    Ok(())
 }
 
 /// Reaps every child, passes signals on to `child`; its exit code once it
@@ -227,12 +291,14 @@ fn in_root(root: BorrowedFd<'_>, rel: &str, dir: bool) -> io::Result<OwnedFd> {
 
 /// The contents of the regular file `rel` of the container's root at
 /// `root`, reached as the container would (see [`in_root`]); made nothing.
-pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
+/// A file of more than `max` bytes is an error of kind `FileTooLarge`.
+pub fn read_in_root(root: &Path, rel: &str, max: u64) -> io::Result<Vec<u8>> {
     let dir = fs::File::open(root)?;
     let fd = openat2(
         dir.as_fd(),
         rel,
-        libc::O_RDONLY | libc::O_NOCTTY,
+        // Not blocked by a FIFO put in a regular file's place.
+        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
         0,
         libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     )?;
@@ -241,7 +307,13 @@ pub fn read_in_root(root: &Path, rel: &str) -> io::Result<Vec<u8>> {
         return Err(io::Error::other(format!("{rel} is not a regular file")));
     }
     let mut out = Vec::new();
-    io::Read::read_to_end(&mut f, &mut out)?;
+    io::Read::read_to_end(&mut io::Read::take(&mut f, max.saturating_add(1)), &mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("{rel} is larger than {max} bytes"),
+        ));
+    }
     Ok(out)
 }
 
@@ -272,7 +344,8 @@ fn readonly_in(root: BorrowedFd<'_>, rel: &str) -> io::Result<()> {
     readonly(Path::new(&fd_path(&fd))).map_err(|e| err(&format!("making {rel} read-only"), e))
 }
 
-fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
+/// The container's namespaces and root; returns whom the command runs as.
+fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.net_none {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -296,58 +369,7 @@ fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
     // /proc of the container's pid namespace.
     mount_in(r, "proc", true, "proc", Some("proc"), nosuid, none)?;
     harden::proc(in_root(r, "proc", true)?.as_fd())?;
-    // /dev: a tmpfs with the host's harmless devices bound in.
-    mount_in(
-        r,
-        "dev",
-        true,
-        "tmpfs",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = format!("/dev/{name}");
-        mount_in(
-            r,
-            &format!("dev/{name}"),
-            false,
-            &host,
-            none,
-            MsFlags::MS_BIND,
-            none,
-        )?;
-    }
-    mount_in(
-        r,
-        "dev/pts",
-        true,
-        "devpts",
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    mount_in(
-        r,
-        "dev/shm",
-        true,
-        "shm",
-        Some("tmpfs"),
-        nosuid,
-        Some("mode=1777,size=65536k"),
-    )?;
-    let dev = in_root(r, "dev", true)?;
-    for (name, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        // In our own fresh tmpfs.
-        nix::unistd::symlinkat(target, &dev, name).map_err(|e| err(&format!("/dev/{name}"), e))?;
-    }
-    drop(dev);
+    dev::mount(r, dev)?;
     // /sys: its own with a network namespace of its own; otherwise the
     // host's, read-only.
     if spec.net_none {
@@ -406,12 +428,14 @@ fn setup(spec: &Spec, keep_fd: i32) -> io::Result<()> {
     nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detaching the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| err("chdir /", e))?;
+    // The user, in the image's files: this is its root now.
+    let user = crate::user::in_root(&spec.user, Path::new("/")).map_err(io::Error::other)?;
     fs::create_dir_all(&spec.cwd)
         .map_err(|e| err(&format!("making the working directory {}", spec.cwd), e))?;
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| err(&format!("chdir to {}", spec.cwd), e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", e))?;
     crate::close_fds_except(&[keep_fd]);
-    Ok(())
+    Ok(user)
 }
 
 /// Remounts the bind mount at `p` read-only, keeping the flags the kernel
@@ -445,9 +469,36 @@ fn readonly(p: &Path) -> io::Result<()> {
 }
 
 /// The capabilities a container's command keeps (in its user namespace):
-/// podman's default set, by number (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
-/// KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, SETFCAP).
-const KEPT_CAPS: [libc::c_ulong; 11] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31];
+/// podman's default set.
+const KEPT_CAPS: [Capability; 11] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_KILL,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SETFCAP,
+];
+
+/// What the init keeps once the command is forked: CAP_KILL, to pass
+/// signals on to a command that runs as another user. It waits, reaps and
+/// signals; nothing else.
+const INIT_CAPS: [Capability; 1] = [Capability::CAP_KILL];
+
+/// Takes every capability but `keep` out of this process's bounding set,
+/// so that neither it nor what it execs can ever get them back.
+fn bound_capabilities(keep: &[Capability]) -> io::Result<()> {
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(io::Error::other)?;
+        }
+    }
+    Ok(())
+}
 
 /// Takes every capability but [`KEPT_CAPS`] out of the bounding set, so
 /// the command (root of the container's user namespace, which would get
@@ -456,29 +507,36 @@ const KEPT_CAPS: [libc::c_ulong; 11] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31];
 /// `/sys` that its init made, and real root's container (identity-mapped)
 /// would reach the host's sysctls again.
 fn drop_capabilities() -> io::Result<()> {
-    for cap in 0..64 {
-        if KEPT_CAPS.contains(&cap) {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                break; // past the last capability this kernel has
-            }
-            return Err(e);
-        }
-    }
+    bound_capabilities(&KEPT_CAPS)
+}
+
+/// The init, once the command is forked: only [`INIT_CAPS`], in every
+/// set (bounding, permitted, effective; none inheritable).
+fn keep_only_init_capabilities() -> io::Result<()> {
+    bound_capabilities(&INIT_CAPS)?;
+    let keep: caps::CapsHashSet = INIT_CAPS.into_iter().collect();
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new()).map_err(io::Error::other)?;
+    caps::set(None, CapSet::Effective, &keep).map_err(io::Error::other)?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(io::Error::other)?;
     Ok(())
 }
 
 /// In the command's process: its user, stdin and signals, then exec.
-fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
+fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
+    // A session of its own (the init's has no terminal either); with -t,
+    // the pty as its controlling terminal and its stdio.
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("rcfs: setsid: {e}");
+        std::process::exit(EXIT_RCFS);
+    }
+    if tty.is_none() {
+        if let Err(e) = output_write_only() {
+            eprintln!("rcfs: {e}");
+            std::process::exit(EXIT_RCFS);
+        }
+    }
     if let Some(t) = tty {
-        // A session of its own, with the pty as its controlling terminal
-        // and its stdio.
-        let _ = nix::unistd::setsid();
         // SAFETY: TIOCSCTTY on our own tty fd.
         if unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
             eprintln!(
@@ -501,15 +559,22 @@ fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
         eprintln!("rcfs: cannot drop capabilities: {e}");
         std::process::exit(EXIT_RCFS);
     }
-    if spec.gid != 0 {
-        if let Err(e) = nix::unistd::setgid(spec.gid.into()) {
-            eprintln!("rcfs: cannot become group {}: {e}", spec.gid);
+    if let Err(e) = set_groups(&user.groups) {
+        eprintln!(
+            "rcfs: cannot set the supplementary groups {:?}: {e}",
+            user.groups
+        );
+        std::process::exit(EXIT_RCFS);
+    }
+    if user.gid != 0 {
+        if let Err(e) = nix::unistd::setgid(user.gid.into()) {
+            eprintln!("rcfs: cannot become group {}: {e}", user.gid);
             std::process::exit(EXIT_RCFS);
         }
     }
-    if spec.uid != 0 {
-        if let Err(e) = nix::unistd::setuid(spec.uid.into()) {
-            eprintln!("rcfs: cannot become user {}: {e}", spec.uid);
+    if user.uid != 0 {
+        if let Err(e) = nix::unistd::setuid(user.uid.into()) {
+            eprintln!("rcfs: cannot become user {}: {e}", user.uid);
             std::process::exit(EXIT_RCFS);
         }
     }
@@ -531,6 +596,60 @@ fn exec(spec: &Spec, tty: Option<OwnedFd>) -> ! {
     }
     eprintln!("rcfs: cannot execute {cmd}: {e}");
     std::process::exit(EXIT_CANNOT_EXEC);
+}
+
+/// Without -t, the caller's stdout and stderr, when they are a terminal,
+/// are the host's terminal, open for reading too (a terminal's stdio is one
+/// read-write open file): the command could read the keystrokes meant for
+/// the caller's shell from them. They are opened again write-only (through
+/// /proc/self/fd, the same terminal, `O_NOCTTY`). A terminal that cannot
+/// be opened again so fails the start: the command must not get the
+/// read-write one.
+fn output_write_only() -> io::Result<()> {
+    for fd in [1, 2] {
+        // SAFETY: isatty on an fd number.
+        if unsafe { libc::isatty(fd) } != 1 {
+            continue;
+        }
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(format!("/proc/self/fd/{fd}"))
+            .map_err(|e| {
+                err(
+                    &format!(
+                        "the command's {} is a terminal that cannot be opened again \
+                         write-only (so that the container cannot read from it); \
+                         run with -t, or redirect it",
+                        if fd == 1 { "stdout" } else { "stderr" }
+                    ),
+                    e,
+                )
+            })?;
+        // SAFETY: dup2 of our new fd onto a stdio number.
+        if unsafe { libc::dup2(f.as_raw_fd(), fd) } < 0 {
+            return Err(err("dup2", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// The command's supplementary groups: exactly `groups`, none of the
+/// caller's. In a user namespace that maps only the caller's own gid the
+/// kernel denies setgroups (`/proc/self/setgroups` says "deny"): there the
+/// groups stay the caller's, which the namespace does not map (they show
+/// as the overflow gid, 65534), and that is all this can do.
+fn set_groups(groups: &[u32]) -> io::Result<()> {
+    let gids: Vec<nix::unistd::Gid> = groups.iter().map(|g| (*g).into()).collect();
+    match nix::unistd::setgroups(&gids) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM)
+            if fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `cmd` as exec finds it: itself when it has a `/`, else the first

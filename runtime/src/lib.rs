@@ -14,16 +14,25 @@
 //! 3. The `rcfs run` process, which stays outside that pid namespace, mounts
 //!    the image's union as the container's root (the fs daemon: threads of
 //!    this process) and sends the init the [`Spec`].
-//! 4. The init ([`init`]) makes its own mount, uts and ipc namespaces (and a
-//!    network one with no interfaces for `--net none`), mounts `/proc`,
-//!    `/dev`, `/dev/pts`, `/dev/shm`, `/sys` and the host's `resolv.conf`
-//!    and `hosts` into the root, `pivot_root`s into it and detaches the old
-//!    root, sets the hostname and `no_new_privs`, and runs the command as
-//!    its child: it reaps every zombie, forwards SIGINT, SIGTERM, SIGHUP,
-//!    SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits with its exit code
-//!    (128+N when signal N killed it). It dies with the `rcfs run` process
-//!    (`PR_SET_PDEATHSIG`), and the kernel then kills the rest of the pid
-//!    namespace.
+//! 4. The init ([`init`]) first leaves everything of its caller's it need
+//!    not keep: a session of its own (no controlling terminal of the
+//!    host), a new anonymous session keyring, not dumpable. It makes its
+//!    own mount, uts and ipc namespaces (and a network one with no
+//!    interfaces for `--net none`), mounts `/proc`, `/dev` (real root's
+//!    with device nodes `rcfs run` made before the fork, an ordinary
+//!    user's with read-only binds of the host's: `init::dev`), `/dev/pts`,
+//!    `/dev/shm`, `/dev/mqueue`, `/sys` and the host's `resolv.conf` and
+//!    `hosts` into the root, `pivot_root`s into it and detaches the old
+//!    root, resolves the user in the image's `/etc/passwd` and
+//!    `/etc/group` (`user`), sets the hostname and `no_new_privs`, tells
+//!    `rcfs run` it is ready, and runs the command as its child (its own
+//!    session, the image's groups for its user, podman's capabilities;
+//!    a stdout or stderr that is the caller's terminal write-only). Then
+//!    it keeps CAP_KILL alone, reaps every zombie, forwards SIGINT,
+//!    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, and
+//!    exits with its exit code (128+N when signal N killed it). It dies
+//!    with the `rcfs run` process (`PR_SET_PDEATHSIG`), and the kernel
+//!    then kills the rest of the pid namespace.
 //!
 //! Exit codes follow podman: 125 when rcfs failed, 126 when the command
 //! could not be executed, 127 when it was not found.
@@ -33,6 +42,7 @@ mod init;
 pub mod keeper;
 mod ns;
 pub mod threads;
+mod user;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,6 +53,7 @@ use serde::{Deserialize, Serialize};
 
 pub use init::{read_in_root, FORWARDED, MOUNT_TARGETS};
 pub use ns::{enter_mount_namespace, enter_user_namespace, IdMap};
+pub use user::MAX_ID_FILE;
 
 /// rcfs itself failed.
 pub const EXIT_RCFS: i32 = 125;
@@ -63,8 +74,11 @@ pub struct Spec {
     /// Working directory inside the container (made if missing).
     pub cwd: String,
     pub hostname: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// Whom the command runs as: `UID[:GID]` or `USER[:GROUP]`, resolved
+    /// by the init in the image's `/etc/passwd` and `/etc/group` (see
+    /// `user`); its supplementary groups are the image's, none of the
+    /// caller's.
+    pub user: String,
     /// No network: a new network namespace with only a loopback (down).
     pub net_none: bool,
     /// Keep stdin (`-i`); otherwise the command reads /dev/null.
@@ -126,8 +140,10 @@ impl Bind {
 pub struct Container {
     pub pid: Pid,
     go: Option<OwnedFd>,
-    /// Where the init sends a terminal's master.
+    /// Where the init says it is set up (with a terminal's master).
     tty_sock: OwnedFd,
+    /// The master of the container's terminal, once the init sent it.
+    master: Option<OwnedFd>,
 }
 
 impl Container {
@@ -138,6 +154,14 @@ impl Container {
     /// child runs Rust code after the fork).
     pub fn fork(own_user_ns: bool) -> io::Result<Container> {
         threads::ensure_single("forking the container's init")?;
+        // Real root's /dev, made here in the host's user namespace, where
+        // device nodes may be made (see `init::dev`).
+        let dev = if own_user_ns {
+            init::dev::prepare()?
+        } else {
+            None
+        };
+        let dev_fd = dev.as_ref().map(|d| d.as_raw_fd());
         let (rd, wr) = nix::unistd::pipe()?;
         let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
         let (tty_sock, tty_peer) = nix::sys::socket::socketpair(
@@ -169,8 +193,10 @@ impl Container {
                 return EXIT_RCFS as isize;
             }
             drop(f);
+            // SAFETY: the init's copy of the /dev tmpfs's fd, its alone.
+            let dev = dev_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
             let code = match serde_json::from_str::<Spec>(&text) {
-                Ok(spec) => init::run(&spec, peer_fd),
+                Ok(spec) => init::run(&spec, peer_fd, dev),
                 Err(e) => {
                     eprintln!("rcfs: bad container spec: {e}");
                     EXIT_RCFS
@@ -196,6 +222,7 @@ impl Container {
             })?;
         drop(rd);
         drop(tty_peer);
+        drop(dev);
         if own_user_ns {
             // The init waits for its spec meanwhile; without maps, closing
             // the pipe lets it go (EXIT_RCFS).
@@ -209,10 +236,14 @@ impl Container {
             pid,
             go: Some(wr),
             tty_sock,
+            master: None,
         })
     }
 
-    /// Lets the init go on with `spec`.
+    /// Lets the init go on with `spec`, and waits until it has set the
+    /// container up (its namespaces, root and user resolved; the command
+    /// not started yet). An error when the init failed: it said why on
+    /// stderr, and exits with [`EXIT_RCFS`].
     pub fn start(&mut self, spec: &Spec) -> io::Result<()> {
         let fd = self
             .go
@@ -220,32 +251,56 @@ impl Container {
             .ok_or_else(|| io::Error::other("the container was started already"))?;
         let mut f = std::fs::File::from(fd);
         f.write_all(&serde_json::to_vec(spec).map_err(io::Error::other)?)?;
-        Ok(())
+        drop(f);
+        match self.ready()? {
+            Some(master) => {
+                self.master = master;
+                Ok(())
+            }
+            None => Err(io::Error::other(
+                "the container could not be set up (the reason is above)",
+            )),
+        }
     }
 
-    /// The master of the container's terminal, once the init has made it
-    /// (after [`Container::start`] with [`Spec::tty`]); `None` if the init
-    /// failed first.
-    pub fn terminal(&self) -> io::Result<Option<OwnedFd>> {
+    /// The init's word that it is set up, with the terminal's master when
+    /// it made one; `None` if it failed first (it closed the socket).
+    fn ready(&self) -> io::Result<Option<Option<OwnedFd>>> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         let mut buf = [0u8; 1];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            self.tty_sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
+        let msg = loop {
+            match recvmsg::<()>(
+                self.tty_sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
+        if msg.bytes == 0 {
+            return Ok(None);
+        }
+        let mut master = None;
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(&fd) = fds.first() {
+                for fd in fds {
                     // SAFETY: a new fd the kernel passed us.
-                    return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    master.get_or_insert(fd);
                 }
             }
         }
-        Ok(None)
+        Ok(Some(master))
+    }
+
+    /// The master of the container's terminal (after [`Container::start`]
+    /// with [`Spec::tty`]).
+    pub fn terminal(&mut self) -> io::Result<Option<OwnedFd>> {
+        Ok(self.master.take())
     }
 
     /// Lets the init go without a spec: it exits ([`EXIT_RCFS`]).

@@ -58,6 +58,7 @@ mod files;
 mod images;
 mod inodes;
 mod io;
+mod isolation;
 mod keeper;
 mod lifecycle;
 mod overlay_cli;

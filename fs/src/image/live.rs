@@ -19,7 +19,7 @@ use super::digest::Digest;
 use super::open::{new_cache, open_layer, registry_for, CacheOptions};
 use super::pull::{pull, LayerOutcome, Progress, PullOptions, PullReport};
 use super::registry::Registry;
-use super::store::{Origin, Store};
+use super::store::{LayerKey, Origin, Store};
 use super::toc::TocEntry;
 use crate::cache::BlockCache;
 use crate::layer::{Layer, Stream};
@@ -147,15 +147,15 @@ impl Progress for LivePull {
 
     fn layer_bytes(&self, _: &Digest, _: u64) {}
 
-    fn layer_done(&self, digest: &Digest, outcome: &LayerOutcome) {
-        let (Some(k), Some(s)) = (self.image.get(), self.stream(digest)) else {
+    fn layer_done(&self, layer: &LayerKey, outcome: &LayerOutcome) {
+        let (Some(k), Some(s)) = (self.image.get(), self.stream(layer.blob())) else {
             return;
         };
-        log::debug!("layer {digest}: {outcome:?}");
+        log::debug!("layer {layer}: {outcome:?}");
         let opened = open_layer(
             &self.store,
             &k.name,
-            digest,
+            layer,
             k.registry.as_ref(),
             &self.cache,
             &self.opts,

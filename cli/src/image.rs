@@ -107,6 +107,8 @@ pub fn pull(
         lazy,
         insecure,
         jobs: 3,
+        // Nothing is served while `rcfs pull` runs.
+        unverified_streaming: false,
     };
     let t0 = std::time::Instant::now();
     let report =

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::harness::temp_dir;
@@ -147,4 +148,153 @@ fn an_image_claiming_another_images_layer_digest_does_not_poison_the_store() {
     assert!(r.stderr.contains("2 already in the store"), "{}", r.stderr);
     let got = read_through_mount(&store, &evil, &dir.path().join("mnt-evil"), &["etc/motd"]);
     assert_eq!(got, ["evil motd\n"]);
+}
+
+/// `data` as gzip of stored (uncompressed) blocks: its size depends only
+/// on the length of `data`, so two layers of equal length are two blobs of
+/// equal size.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The size of the file at the end of [`base_layer`].
+const BIG: usize = 8 << 20;
+
+/// A base layer with busybox, what a container start looks up, a script
+/// `bin/run-me` that prints `says` (padded, so both versions of the layer
+/// have one length), and then a large file: a start finds all it needs
+/// long before the layer's end.
+fn base_layer(says: &str) -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    let mut script = format!("#!/bin/busybox sh\necho {says}\n").into_bytes();
+    script.resize(200, b'\n');
+    let etc = |s: &str| s.as_bytes().to_vec();
+    tar_layer(&[
+        Item::Dir("bin", 0o755),
+        Item::File("bin/busybox", busybox, 0o755),
+        Item::Symlink("bin/sh", "busybox"),
+        Item::File("bin/run-me", script, 0o755),
+        Item::Dir("dev", 0o755),
+        Item::Dir("proc", 0o755),
+        Item::Dir("sys", 0o755),
+        Item::Dir("tmp", 0o1777),
+        Item::Dir("etc", 0o755),
+        Item::File("etc/passwd", etc("root:x:0:0:root:/:/bin/sh\n"), 0o644),
+        Item::File("etc/group", etc("root:x:0:\n"), 0o644),
+        Item::File("etc/hosts", etc("127.0.0.1 localhost\n"), 0o644),
+        Item::File("etc/resolv.conf", etc(""), 0o644),
+        Item::File("etc/hostname", etc("base\n"), 0o644),
+        Item::Dir("usr/share", 0o755),
+        Item::File("usr/share/big.bin", crate::registry::noise(BIG, 13), 0o644),
+    ])
+}
+
+/// An image of gzip layers `layers` (plain tars, bottom first) pushed as
+/// `repo:v1` by hand; the manifest's digest.
+fn push_gzip_image(reg: &Registry, repo: &str, layers: &[Vec<u8>]) -> String {
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let gz = gzip_stored(l);
+        let d = reg.put_blob(repo, &gz);
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+        diff_ids.push(rcfs_fs::image::digest::Digest::of(l).to_string());
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": rcfs_fs::image::pull::host_arch(), "os": "linux",
+        "config": {"Cmd": ["/bin/run-me"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let cd = reg.put_blob(repo, &config);
+    reg.put_manifest(
+        repo,
+        "v1",
+        &serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": descs,
+        }),
+    )
+}
+
+/// Finding 13 (unverified bytes reach programs): a registry serves a
+/// tampered base layer (another valid gzip tar of the same size, with a
+/// trojan `bin/run-me`) under the genuine layer's digest, for an image
+/// run by its genuine manifest digest. The layer's files must not be
+/// served before its digest is checked: the command never runs the
+/// trojan, and rcfs fails naming the digest mismatch.
+#[test]
+fn a_tampered_streamed_layer_never_reaches_the_command() {
+    require_privileges();
+    let dir = temp_dir();
+    let reg = Registry::start();
+    let (genuine, evil) = (base_layer("genuine"), base_layer("PWNED"));
+    assert_eq!(genuine.len(), evil.len());
+    let top = tar_layer(&[
+        Item::Dir("etc", 0o755),
+        Item::File("etc/motd", b"top\n".to_vec(), 0o644),
+    ]);
+    let manifest = push_gzip_image(&reg, "img", &[genuine.clone(), top]);
+    let good = reg.manifest("img", "v1")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bad = reg.put_blob("img", &gzip_stored(&evil));
+    let proxy = FaultProxy::start(reg.port);
+    let image = format!("{}/img@{manifest}", proxy.host());
+    let run_image = |store: &Path| {
+        run(
+            &mut rcfs(
+                store,
+                &["run", "--rm", "--tls-verify=false", &image, "/bin/run-me"],
+            ),
+            T,
+        )
+    };
+
+    // The genuine image runs (and streams: nothing was in the store).
+    let r = run_image(&dir.path().join("store-genuine")).expect_ok("rcfs run of the genuine image");
+    assert_eq!(r.stdout.trim(), "genuine");
+
+    // The registry swaps the base layer's bytes.
+    proxy.faults.rewrite.lock().unwrap().push((
+        format!("/v2/img/blobs/{good}"),
+        format!("/v2/img/blobs/{bad}"),
+    ));
+    // What a start needs arrives at once; the end of the layer (the large
+    // file, and the point where its digest can be checked) a while later.
+    let gz_len = gzip_stored(&evil).len();
+    proxy
+        .faults
+        .hold_blobs_after
+        .store((gz_len - BIG / 2) as u64, Ordering::SeqCst);
+    for attempt in 0..3 {
+        let store = dir.path().join(format!("store-tampered-{attempt}"));
+        proxy.faults.release.store(false, Ordering::SeqCst);
+        let faults = proxy.faults.clone();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            faults.release.store(true, Ordering::SeqCst);
+        });
+        let r = run_image(&store);
+        release.join().unwrap();
+        assert!(
+            !r.stdout.contains("PWNED") && !r.stderr.contains("PWNED"),
+            "the tampered layer's program ran: {r:?}"
+        );
+        assert!(!r.success(), "{r:?}");
+        assert!(
+            r.stderr
+                .contains(&format!("layer {good} does not match its digest")),
+            "the error names the mismatch: {}",
+            r.stderr
+        );
+        // Nothing of it is recorded.
+        let images = run(&mut rcfs(&store, &["images"]), T).expect_ok("rcfs images");
+        assert!(!images.stdout.contains("/img"), "{}", images.stdout);
+    }
 }

@@ -428,6 +428,18 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_head(host, method, path, headers, body);
+    (status, body)
+}
+
+/// [`http`], with the answer's head too.
+pub fn http_head(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
@@ -447,13 +459,13 @@ pub fn http(
         .position(|w| w == b"\r\n\r\n")
         .expect("an HTTP answer")
         + 4;
-    let status_line = String::from_utf8_lossy(&resp[..split]).into_owned();
-    let status = status_line
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("an HTTP status");
-    (status, resp[split..].to_vec())
+    (status, head, resp[split..].to_vec())
 }
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -484,6 +496,42 @@ impl Registry {
         );
         assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
         Digest::of(&bytes).to_string()
+    }
+
+    /// Uploads `data` as a blob of `repo` (one monolithic upload); its
+    /// digest.
+    pub fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let (st, head, body) = http_head(
+            &self.host(),
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            b"",
+        );
+        assert_eq!(st, 202, "{}", String::from_utf8_lossy(&body));
+        let location = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("location")
+                    .then(|| v.trim().to_owned())
+            })
+            .expect("an upload location");
+        let path = match location.split_once("://") {
+            Some((_, rest)) => &rest[rest.find('/').unwrap()..],
+            None => &location[..],
+        };
+        let d = Digest::of(data).to_string();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (st, body) = http(
+            &self.host(),
+            "PUT",
+            &format!("{path}{sep}digest={d}"),
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        );
+        assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+        d
     }
 
     /// Links blob `digest` of repository `from` into `repo` (a cross-repo

@@ -60,6 +60,10 @@ pub struct PullOptions {
     pub insecure: bool,
     /// Layers fetched at once.
     pub jobs: usize,
+    /// A pull while mounted ([`super::live`]): a streamed layer's files
+    /// are served as they arrive, before the layer's digest is checked.
+    /// Off by default: nothing unverified reaches a program.
+    pub unverified_streaming: bool,
 }
 
 /// What happened to one layer.

@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use rcfs_fs::image::digest::Digest;
 use rcfs_fs::image::pull::{self, LayerOutcome, Progress, PullOptions, PullReport};
-use rcfs_fs::image::store::{ImageRecord, Store};
+use rcfs_fs::image::store::{ImageRecord, LayerKey, Store};
 
 /// Sizes as people read them.
 pub fn human(n: u64) -> String {
@@ -65,7 +65,8 @@ impl Progress for Bars {
             b.set_position(done);
         }
     }
-    fn layer_done(&self, d: &Digest, o: &LayerOutcome) {
+    fn layer_done(&self, layer: &LayerKey, o: &LayerOutcome) {
+        let d = layer.blob();
         let msg = match o {
             LayerOutcome::Reused => "already in the store".to_owned(),
             LayerOutcome::Lazy { toc_bytes } => {
@@ -106,6 +107,8 @@ pub fn pull(
         lazy,
         insecure,
         jobs: 3,
+        // Nothing is served while `rcfs pull` runs.
+        unverified_streaming: false,
     };
     let t0 = std::time::Instant::now();
     let report =
@@ -205,10 +208,10 @@ pub fn images(store: &Store, json: bool) -> Result<()> {
     );
     for i in imgs {
         let lazy = i
-            .layers
+            .layer_keys()
+            .unwrap_or_default()
             .iter()
-            .filter_map(|l| Digest::parse(l).ok())
-            .filter_map(|d| store.layer(&d).ok().flatten())
+            .filter_map(|k| store.layer(k).ok().flatten())
             .filter(|r| r.format == rcfs_fs::image::store::LayerFormat::ZstdChunked)
             .count();
         println!(
@@ -280,11 +283,10 @@ pub fn inspect(store: &Store, name: &str) -> Result<()> {
         None => serde_json::Value::Null,
     };
     let mut layers = Vec::new();
-    for l in &img.layers {
-        let d = Digest::parse(l)?;
-        layers.push(match store.layer(&d)? {
+    for key in img.layer_keys()? {
+        layers.push(match store.layer(&key)? {
             Some(r) => serde_json::to_value(r)?,
-            None => serde_json::json!({"digest": l, "missing": true}),
+            None => serde_json::json!({"digest": key.blob().to_string(), "missing": true}),
         });
     }
     let out = serde_json::json!({

@@ -70,6 +70,9 @@ pub struct ImageMount {
     /// `rcfs_fs::image::live`), with `--tls-verify=false` if `insecure`.
     pub pull: bool,
     pub insecure: bool,
+    /// With `pull`: serve a streamed layer's files before its digest is
+    /// checked (`--unverified-streaming`).
+    pub unverified_streaming: bool,
 }
 
 impl MountRequest {
@@ -470,6 +473,7 @@ fn build_union(req: &MountRequest) -> Result<Built> {
                     // Every layer streams at once: a lookup may wait for
                     // any of them.
                     jobs: 8,
+                    unverified_streaming: im.unverified_streaming,
                 };
                 let (layers, c, pull) = LivePull::start(store, &im.name, opts, im.cache.clone())
                     .with_context(|| format!("cannot pull {}", im.name))?;

@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub tty: bool,
     pub net_none: bool,
     pub insecure: bool,
+    /// `--unverified-streaming`: see [`ImageMount`].
+    #[serde(default)]
+    pub unverified_streaming: bool,
     /// `-v HOST:CTR[:ro]`.
     pub volumes: Vec<String>,
     /// `--memory`, `--cpus`, `--pids-limit`.
@@ -224,6 +227,7 @@ fn serve(
         cache: CacheOptions::default(),
         pull: found.is_none(),
         insecure: opts.insecure,
+        unverified_streaming: opts.unverified_streaming,
     });
     req.fsname = "rcfs-container".into();
     // The command may run as another id of the namespace.

@@ -192,6 +192,8 @@ fn gzip_and_zstd_images_are_indexed_and_served_as_pushed() {
     }
 }
 
+/// With `--unverified-streaming` (the files of a layer are served before
+/// its digest is checked).
 #[test]
 fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
     let c = Case::new(12);
@@ -204,7 +206,12 @@ fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
         .hold_blobs_after
         .store(3 << 20, Ordering::SeqCst);
     let image = format!("{}/streamed:v1", proxy.host());
-    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &["--tls-verify=false"]);
+    let m = ImageMount::new(
+        &c.store(),
+        &image,
+        &c.path("mnt"),
+        &["--tls-verify=false", "--unverified-streaming"],
+    );
     assert_eq!(
         std::fs::read_to_string(m.mnt.join("etc/hostname")).unwrap(),
         "top 12\n"
@@ -248,6 +255,37 @@ fn a_tar_image_mounts_at_once_and_its_files_are_readable_as_they_arrive() {
     let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
     c.assert_same_tree(&m.mnt);
     assert_eq!(proxy.faults.requests.load(Ordering::SeqCst), requests);
+}
+
+/// By default a tar layer mounted while it streams is served once it has
+/// streamed whole and its digest was checked: a read of a file that has
+/// arrived waits for that, then gets what was pushed.
+#[test]
+fn a_tar_image_mounted_while_pulled_serves_a_layer_once_its_digest_is_checked() {
+    let c = Case::new(14);
+    c.registry.push(&c.layout, "v1", "checked", "gzip");
+    let proxy = FaultProxy::start(c.registry.port);
+    // busybox and /etc of the base layer arrive; the rest waits.
+    proxy
+        .faults
+        .hold_blobs_after
+        .store(3 << 20, Ordering::SeqCst);
+    let image = format!("{}/checked:v1", proxy.host());
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &["--tls-verify=false"]);
+    let busybox = m.mnt.join("bin/busybox");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(busybox).map(|b| b.len()));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1000)).is_err(),
+        "a file of a layer whose digest was not checked yet was served"
+    );
+    assert!(m.stats()["pull_layers_pending"] >= 1);
+    proxy.faults.release.store(true, Ordering::SeqCst);
+    let got = rx.recv_timeout(T).unwrap().unwrap();
+    assert_eq!(got as u64, std::fs::metadata("/bin/busybox").unwrap().len());
+    c.assert_same_tree(&m.mnt);
 }
 
 #[test]

@@ -55,6 +55,7 @@ mod dirs;
 mod durability;
 mod escape;
 mod files;
+mod image_trust;
 mod images;
 mod inodes;
 mod io;

@@ -1,9 +1,10 @@
 //! Fixtures for image tests: OCI images built here (busybox-static plus
 //! generated files, several layers with whiteouts, an opaque dir and hard
 //! links), a real registry on loopback (Debian's `docker-registry`), images
-//! pushed to it with `skopeo` as gzip, zstd or zstd:chunked, and a proxy in
-//! front of it that can inject faults (resets, 5xx answers, flipped bytes,
-//! bodies that never end or never come, oversize manifests).
+//! pushed to it with `skopeo` as gzip, zstd or zstd:chunked, manifests
+//! written by hand through its HTTP API, and a proxy in front of it that
+//! can inject faults (resets, 5xx answers, flipped bytes, one blob served
+//! for another, bodies that never end or never come, oversize manifests).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -281,6 +282,9 @@ pub struct Faults {
     pub stall_blobs: AtomicBool,
     /// Add this many spaces (valid JSON still) to each manifest answered.
     pub pad_manifests: AtomicU64,
+    /// Request paths rewritten before they go upstream (`from`, `to`): a
+    /// lying registry that serves one blob under another's digest.
+    pub rewrite: Mutex<Vec<(String, String)>>,
 }
 
 /// `head` (a response's, with its final CRLF CRLF) without its
@@ -387,7 +391,13 @@ impl FaultProxy {
         let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
             return;
         };
-        if up.write_all(&close_after(&head)).is_err() {
+        let mut head = close_after(&head);
+        for (from, to) in f.rewrite.lock().unwrap().iter() {
+            head = String::from_utf8_lossy(&head)
+                .replace(from.as_str(), to)
+                .into_bytes();
+        }
+        if up.write_all(&head).is_err() {
             return;
         }
         let mut resp = Vec::new();
@@ -457,6 +467,135 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One HTTP/1.1 request to `host` (`127.0.0.1:PORT`): the status and the
+/// body.
+pub fn http(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_head(host, method, path, headers, body);
+    (status, body)
+}
+
+/// [`http`], with the answer's head too.
+pub fn http_head(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer")
+        + 4;
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status");
+    (status, head, resp[split..].to_vec())
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+impl Registry {
+    /// The manifest of `repo:tag`, parsed.
+    pub fn manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let (st, body) = http(
+            &self.host(),
+            "GET",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Stores `manifest` as `repo:tag` (an OCI manifest); its digest.
+    pub fn put_manifest(&self, repo: &str, tag: &str, manifest: &serde_json::Value) -> String {
+        let bytes = serde_json::to_vec(manifest).unwrap();
+        let (st, body) = http(
+            &self.host(),
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &bytes,
+        );
+        assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+        Digest::of(&bytes).to_string()
+    }
+
+    /// Uploads `data` as a blob of `repo` (one monolithic upload); its
+    /// digest.
+    pub fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let (st, head, body) = http_head(
+            &self.host(),
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            b"",
+        );
+        assert_eq!(st, 202, "{}", String::from_utf8_lossy(&body));
+        let location = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("location")
+                    .then(|| v.trim().to_owned())
+            })
+            .expect("an upload location");
+        let path = match location.split_once("://") {
+            Some((_, rest)) => &rest[rest.find('/').unwrap()..],
+            None => &location[..],
+        };
+        let d = Digest::of(data).to_string();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (st, body) = http(
+            &self.host(),
+            "PUT",
+            &format!("{path}{sep}digest={d}"),
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        );
+        assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+        d
+    }
+
+    /// Links blob `digest` of repository `from` into `repo` (a cross-repo
+    /// mount), so that a manifest of `repo` may name it.
+    pub fn mount_blob(&self, repo: &str, digest: &str, from: &str) {
+        let (st, body) = http(
+            &self.host(),
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
+            &[],
+            b"",
+        );
+        assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
     }
 }
 

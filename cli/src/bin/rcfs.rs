@@ -187,6 +187,11 @@ struct RunArgs {
     /// Use plain HTTP (and no TLS checks) when the image must be pulled.
     #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     tls_verify: bool,
+    /// Image pulled while running: serve a streamed (tar) layer's files as
+    /// they arrive, before the layer's digest is checked. Faster first
+    /// reads, but a tampered layer's files reach the command.
+    #[arg(long)]
+    unverified_streaming: bool,
     /// The image.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -226,6 +231,11 @@ struct MountArgs {
     /// For an image not yet pulled: use plain HTTP to its registry.
     #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     tls_verify: bool,
+    /// For an image not yet pulled: serve a streamed (tar) layer's files as
+    /// they arrive, before the layer's digest is checked. Faster first
+    /// reads, but a tampered layer's files are served.
+    #[arg(long)]
+    unverified_streaming: bool,
     /// Serve from this process until unmounted (default: return once mounted).
     #[arg(long, short = 'f')]
     foreground: bool,
@@ -295,6 +305,7 @@ fn run() -> Result<()> {
                     store: store.root.clone(),
                     pull: found.is_none(),
                     insecure: !a.tls_verify,
+                    unverified_streaming: a.unverified_streaming,
                     name: found.map_or(name, |i| i.name),
                     cache: CacheOptions {
                         mem_bytes: a.cache_memory << 20,
@@ -359,6 +370,7 @@ fn run() -> Result<()> {
                     tty: a.tty,
                     net_none: a.net == "none",
                     insecure: !a.tls_verify,
+                    unverified_streaming: a.unverified_streaming,
                     volumes: a.volume,
                     memory: a.memory,
                     cpus: a.cpus,

@@ -34,7 +34,7 @@ use super::convert::{
 };
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
-use super::store::{ImageRecord, Store};
+use super::store::{ImageRecord, LayerKey, Store};
 use super::toc::{rfc3339, TocEntry};
 use crate::error::layer_error;
 use crate::layer::{Kind, Layer, Time};
@@ -372,7 +372,9 @@ pub fn commit(
         }
         h.push(e);
     }
-    let image = write_image(store, dst, &cfg, &descs, src.origin.clone())?;
+    let mut keys = src.layer_keys()?;
+    keys.push(LayerKey::Blob(info.digest));
+    let image = write_image(store, dst, &cfg, &descs, &keys, src.origin.clone())?;
     Ok(Committed {
         image,
         layer: info.digest,

@@ -22,7 +22,7 @@ use super::chunked::{format_ranges, ChunkedBlob, ChunkedWriter, START_KEY, START
 use super::digest::Digest;
 use super::open::{open_layers, CacheOptions};
 use super::pull::decompress_toc;
-use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
+use super::store::{ImageRecord, LayerFormat, LayerKey, LayerRecord, Origin, Store};
 use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
 use crate::error::layer_error;
 use crate::layer::{Attr, ImageLayer, Kind, Layer};
@@ -348,7 +348,8 @@ pub(crate) fn store_layer(
         start_bytes,
         start_order,
     };
-    store.put_layer(&rec)?;
+    // Keyed by the blob digest: rcfs wrote the blob and hashed it.
+    store.put_layer(&LayerKey::Blob(info.digest), &rec)?;
     Ok(rec)
 }
 
@@ -382,15 +383,21 @@ pub(crate) fn oci_manifest(
 }
 
 /// Stores `cfg` and an OCI manifest of it and the layers `descs` (bottom
-/// first), and records them as the image `name` (fetching layers it
-/// serves lazily from `origin`).
+/// first, their records under `keys`), and records them as the image
+/// `name` (fetching layers it serves lazily from `origin`).
 pub(crate) fn write_image(
     store: &Store,
     name: &str,
     cfg: &serde_json::Value,
     descs: &[serde_json::Value],
+    keys: &[LayerKey],
     origin: Option<Origin>,
 ) -> io::Result<ImageRecord> {
+    debug_assert!(descs
+        .iter()
+        .zip(keys)
+        .all(|(d, k)| d["digest"].as_str() == Some(&k.blob().to_string())));
+    let (layers, layer_tocs) = ImageRecord::layers_of(keys);
     let cfg_bytes = serde_json::to_vec(cfg).map_err(io::Error::other)?;
     let cfg_d = Digest::of(&cfg_bytes);
     store.blobs.put(&cfg_d, &cfg_bytes)?;
@@ -402,10 +409,8 @@ pub(crate) fn write_image(
         name: name.to_owned(),
         manifest: m_d.to_string(),
         config: cfg_d.to_string(),
-        layers: descs
-            .iter()
-            .map(|d| d["digest"].as_str().unwrap_or_default().to_owned())
-            .collect(),
+        layers,
+        layer_tocs,
         origin,
         pulled: super::pull::now_rfc3339(),
         size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),
@@ -437,6 +442,7 @@ pub fn convert(
         },
     )?;
     let mut descs = Vec::new();
+    let mut keys = Vec::new();
     let mut diff_ids = Vec::new();
     let total = layers.len();
     // Bottom first, as in the manifest.
@@ -444,10 +450,11 @@ pub fn convert(
         progress(i, total);
         let (rec, diff_id, annotations) = convert_layer(store, layer, opts)?;
         descs.push(layer_descriptor(&rec, &annotations));
+        keys.push(LayerKey::Blob(Digest::parse(&rec.digest)?));
         diff_ids.push(diff_id.to_string());
     }
     progress(total, total);
     let mut cfg = read_config(store, src)?;
     cfg["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
-    write_image(store, dst, &cfg, &descs, None)
+    write_image(store, dst, &cfg, &descs, &keys, None)
 }

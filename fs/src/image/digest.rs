@@ -104,6 +104,12 @@ impl Hasher {
     }
 }
 
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher(sha256)")
+    }
+}
+
 impl io::Write for Hasher {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.update(buf);

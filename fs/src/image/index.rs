@@ -182,9 +182,15 @@ impl<R: Read> HashingReader<R> {
         }
     }
     /// Reads the rest and returns the digest of everything.
-    pub fn finish(mut self) -> io::Result<(Digest, u64)> {
+    pub fn finish(self) -> io::Result<(Digest, u64)> {
+        let (h, n) = self.finish_hasher()?;
+        Ok((h.finish(), n))
+    }
+    /// Reads the rest and returns the hash state of everything (to hash
+    /// more after it).
+    pub fn finish_hasher(mut self) -> io::Result<(Hasher, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.finish(), self.count))
+        Ok((self.hasher, self.count))
     }
 }
 
@@ -206,6 +212,9 @@ pub struct Indexed {
     pub blob_size: u64,
     /// The uncompressed tar's digest (`diff_id`).
     pub diff_id: Digest,
+    /// The hash state at the end of the uncompressed tar (to check a
+    /// diff_id that blob lacks the tar's final zero blocks of).
+    pub tar_hash: Hasher,
     pub files: u64,
     pub bytes: u64,
 }
@@ -305,15 +314,17 @@ pub fn index_layer_limited(
         ar.set_ignore_zeros(false);
         read_entries(&mut ar, files, limits, &read, on_entry)?
     };
-    let (diff_id, _) = tar_hash
-        .finish()
+    let (tar_hash, _) = tar_hash
+        .finish_hasher()
         .map_err(|e| hostile(format!("cannot decompress the layer: {e}")))?;
+    let diff_id = tar_hash.clone().finish();
     let (blob_digest, blob_size) = compressed.inner.finish()?;
     Ok(Indexed {
         toc,
         blob_digest,
         blob_size,
         diff_id,
+        tar_hash,
         files: nfiles,
         bytes,
     })

@@ -2,14 +2,21 @@
 //!
 //! [`LivePull::start`] pulls an image that is not in the store on a thread
 //! of its own and returns as soon as the image's manifest and config are in
-//! hand, with one [`StreamLayer`] per layer. A tar layer's entries reach its
-//! stream as the indexer stores them, so a file is readable once the
-//! download has passed it; a zstd:chunked layer is complete once its table
-//! of contents has arrived; a layer the store already holds is complete at
-//! once. When a layer is recorded in the store, its stream hands over to
-//! the layer opened from the store, as a later mount would open it. When
-//! the pull fails, what waits for the layers it did not finish gets EIO and
-//! the error; the image is recorded only when every layer is.
+//! hand, with one [`StreamLayer`] per layer. A tar layer is complete once
+//! it has streamed whole and its digest (and diff_id) was checked: until
+//! then what needs it waits, and gets EIO if the check fails, so no byte
+//! of a tampered layer reaches a program. Each layer completes on its own,
+//! as soon as it is checked, while the others still stream. With
+//! [`PullOptions::unverified_streaming`] a tar layer's entries reach its
+//! stream as the indexer stores them instead, so a file is readable once
+//! the download has passed it, before anything was checked. A zstd:chunked
+//! layer is complete once its table of contents has arrived and was
+//! checked (each chunk is checked when read); a layer the store already
+//! holds is complete at once. When a layer is recorded in the store, its
+//! stream hands over to the layer opened from the store, as a later mount
+//! would open it. When the pull fails, what waits for the layers it did
+//! not finish gets EIO and the error; the image is recorded only when
+//! every layer is.
 
 use std::io;
 use std::sync::mpsc;
@@ -19,7 +26,7 @@ use super::digest::Digest;
 use super::open::{new_cache, open_layer, registry_for, CacheOptions};
 use super::pull::{pull, LayerOutcome, Progress, PullOptions, PullReport};
 use super::registry::Registry;
-use super::store::{Origin, Store};
+use super::store::{LayerKey, Origin, Store};
 use super::toc::TocEntry;
 use crate::cache::BlockCache;
 use crate::layer::{Layer, Stream};
@@ -40,6 +47,8 @@ pub struct LivePull {
     ready: Mutex<Option<mpsc::Sender<Result<(), String>>>>,
     /// How the pull ended.
     ended: OnceLock<Result<PullReport, String>>,
+    /// Serve a tar layer's entries as they arrive, unchecked.
+    unverified_streaming: bool,
 }
 
 struct Known {
@@ -70,6 +79,7 @@ impl LivePull {
             image: OnceLock::new(),
             ready: Mutex::new(Rank::Pull, Some(tx)),
             ended: OnceLock::new(),
+            unverified_streaming: pull_opts.unverified_streaming,
         });
         let me = live.clone();
         let name_owned = name.to_owned();
@@ -147,15 +157,15 @@ impl Progress for LivePull {
 
     fn layer_bytes(&self, _: &Digest, _: u64) {}
 
-    fn layer_done(&self, digest: &Digest, outcome: &LayerOutcome) {
-        let (Some(k), Some(s)) = (self.image.get(), self.stream(digest)) else {
+    fn layer_done(&self, layer: &LayerKey, outcome: &LayerOutcome) {
+        let (Some(k), Some(s)) = (self.image.get(), self.stream(layer.blob())) else {
             return;
         };
-        log::debug!("layer {digest}: {outcome:?}");
+        log::debug!("layer {layer}: {outcome:?}");
         let opened = open_layer(
             &self.store,
             &k.name,
-            digest,
+            layer,
             k.registry.as_ref(),
             &self.cache,
             &self.opts,
@@ -193,6 +203,10 @@ impl Progress for LivePull {
     }
 
     fn entry(&self, layer: &Digest, entry: &TocEntry) {
+        // Checked layers are served whole, from the store, once checked.
+        if !self.unverified_streaming {
+            return;
+        }
         if let Some(s) = self.stream(layer) {
             s.push(entry);
         }

@@ -13,7 +13,7 @@ use super::digest::Digest;
 use super::pull::decompress_toc;
 use super::reference::Reference;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
-use super::store::{ImageRecord, LayerFormat, LayerRecord, Origin, Store};
+use super::store::{ImageRecord, LayerFormat, LayerKey, LayerRecord, Origin, Store};
 use super::toc::{DataIn, Toc, TocJson};
 use crate::cache::BlockCache;
 use crate::error::layer_error;
@@ -68,12 +68,11 @@ pub fn open_layers(
     let cache = new_cache(store, opts);
     let registry = registry_for(img.origin.as_ref());
     let mut layers = Vec::new();
-    for l in img.layers.iter().rev() {
-        let d = Digest::parse(l)?;
+    for key in img.layer_keys()?.iter().rev() {
         layers.push(open_layer(
             store,
             &img.name,
-            &d,
+            key,
             registry.as_ref(),
             &cache,
             opts,
@@ -111,23 +110,24 @@ pub fn registry_for(origin: Option<&Origin>) -> Option<Arc<Registry>> {
     Some(Arc::new(Registry::new(&r, copts)))
 }
 
-/// Stored layer `d` of image `image` (named for errors), with its record;
-/// a lazy layer's data comes from `registry`.
+/// Stored layer `key` of image `image` (named for errors), with its
+/// record; a lazy layer's data comes from `registry`.
 pub fn open_layer(
     store: &Store,
     image: &str,
-    d: &Digest,
+    key: &LayerKey,
     registry: Option<&Arc<Registry>>,
     cache: &Arc<BlockCache>,
     opts: &CacheOptions,
 ) -> io::Result<(LayerRecord, Arc<ImageLayer>)> {
+    let d = key.blob();
     let missing = || {
         layer_error(
             libc::EIO,
             format!("layer {d} of {image} is missing from the store; pull the image again"),
         )
     };
-    let rec = store.layer(d)?.ok_or_else(missing)?;
+    let rec = store.layer(key)?.ok_or_else(missing)?;
     let comp = store
         .blobs
         .read(&Digest::parse(&rec.toc)?)?

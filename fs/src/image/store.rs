@@ -8,12 +8,14 @@
 //! ROOT/blobs/sha256/HEX        manifests, configs, tables of contents (verified content)
 //! ROOT/files/sha256/HEX        whole files of layers rcfs indexed from a tar stream
 //! ROOT/cache/sha256/HEX        chunks fetched lazily (evicted past the cache budget)
-//! ROOT/layers/sha256/HEX.json  what rcfs knows of layer blob HEX (its TOC, its format)
+//! ROOT/layers/sha256/HEX.json  what rcfs knows of layer blob HEX, hashed whole (its TOC, its format)
+//! ROOT/layers/sha256/toc-TOC-BLOB.json  a zstd:chunked layer pulled lazily: TOC digest TOC
+//!                              (checked), chunks from blob BLOB (named by its manifest, not checked)
 //! ROOT/images.json             image names → manifests
 //! ```
 //!
-//! What images share is stored once: layers by blob digest, file contents
-//! and chunks by content digest. Every object is written to `tmp/` and
+//! What images share is stored once: layers by what was checked of them
+//! ([`LayerKey`]), file contents and chunks by content digest. Every object is written to `tmp/` and
 //! renamed into place; the index is replaced whole the same way under the
 //! exclusive lock, so a reader sees the old index or the new one.
 
@@ -40,6 +42,71 @@ pub enum LayerFormat {
     ZstdChunked,
     /// A tar stream rcfs indexed: a TOC it wrote, contents in `files/`.
     Indexed,
+}
+
+/// What a layer record is stored and found under: only digests rcfs
+/// checked (DESIGN.md "Trust"). A digest a manifest merely names is never
+/// a key on its own, or an image could claim another image's layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerKey {
+    /// The whole blob was hashed to this digest (indexed from its stream,
+    /// or written by rcfs): any image naming it may reuse the record.
+    Blob(Digest),
+    /// A zstd:chunked layer pulled lazily: its TOC was checked against
+    /// `toc`, the digest its manifest's annotation names; `blob` is where
+    /// its chunks are fetched from, as the manifest names it (unchecked:
+    /// each chunk is checked against the TOC instead). Reused only for a
+    /// manifest that names the same pair.
+    Toc { toc: Digest, blob: Digest },
+}
+
+impl LayerKey {
+    /// The layer blob's digest (as manifests name it).
+    pub fn blob(&self) -> &Digest {
+        match self {
+            LayerKey::Blob(d) | LayerKey::Toc { blob: d, .. } => d,
+        }
+    }
+
+    /// The checked TOC digest of a layer pulled lazily.
+    pub fn toc(&self) -> Option<&Digest> {
+        match self {
+            LayerKey::Blob(_) => None,
+            LayerKey::Toc { toc, .. } => Some(toc),
+        }
+    }
+
+    /// The record's file name in `layers/sha256/`.
+    fn file_name(&self) -> String {
+        match self {
+            LayerKey::Blob(d) => format!("{}.json", d.hex()),
+            LayerKey::Toc { toc, blob } => format!("toc-{}-{}.json", toc.hex(), blob.hex()),
+        }
+    }
+
+    /// The key of file `name` in `layers/sha256/`.
+    fn of_file_name(name: &str) -> Option<LayerKey> {
+        let stem = name.strip_suffix(".json")?;
+        match stem.strip_prefix("toc-") {
+            Some(pair) => {
+                let (toc, blob) = pair.split_once('-')?;
+                Some(LayerKey::Toc {
+                    toc: Digest::from_hex(toc)?,
+                    blob: Digest::from_hex(blob)?,
+                })
+            }
+            None => Digest::from_hex(stem).map(LayerKey::Blob),
+        }
+    }
+}
+
+impl std::fmt::Display for LayerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerKey::Blob(d) => write!(f, "{d}"),
+            LayerKey::Toc { toc, blob } => write!(f, "{blob} (TOC {toc})"),
+        }
+    }
 }
 
 /// What the store knows of one layer blob.
@@ -93,6 +160,11 @@ pub struct ImageRecord {
     pub config: String,
     /// Layer blob digests, bottom first (as in the manifest).
     pub layers: Vec<String>,
+    /// For each of `layers`, the TOC digest its record is keyed by when it
+    /// was pulled lazily as zstd:chunked ([`LayerKey::Toc`]); `None` (or
+    /// no list, as older stores wrote): keyed by the blob digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_tocs: Vec<Option<String>>,
     /// Where lazily served layers fetch from; `None` for local sources,
     /// whose layers are all indexed.
     pub origin: Option<Origin>,
@@ -100,6 +172,39 @@ pub struct ImageRecord {
     pub pulled: String,
     /// Compressed bytes of all layers (as the manifest says).
     pub size: u64,
+}
+
+impl ImageRecord {
+    /// `layers` and `layer_tocs` of layers with records under `keys`.
+    pub fn layers_of(keys: &[LayerKey]) -> (Vec<String>, Vec<Option<String>>) {
+        let layers = keys.iter().map(|k| k.blob().to_string()).collect();
+        let tocs = match keys.iter().any(|k| k.toc().is_some()) {
+            true => keys
+                .iter()
+                .map(|k| k.toc().map(|t| t.to_string()))
+                .collect(),
+            false => Vec::new(),
+        };
+        (layers, tocs)
+    }
+
+    /// The keys of this image's layer records, bottom first.
+    pub fn layer_keys(&self) -> io::Result<Vec<LayerKey>> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let blob = Digest::parse(l)?;
+                Ok(match self.layer_tocs.get(i).and_then(|t| t.as_deref()) {
+                    Some(t) => LayerKey::Toc {
+                        toc: Digest::parse(t)?,
+                        blob,
+                    },
+                    None => LayerKey::Blob(blob),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -267,51 +372,89 @@ impl Store {
         }
     }
 
-    /// The record of layer `d`, if the store has it and its TOC.
-    pub fn layer(&self, d: &Digest) -> io::Result<Option<LayerRecord>> {
-        let Some(bytes) = self.read_small(&self.layers, &format!("{}.json", d.hex()))? else {
+    /// The record under `key`, if the store has it and its TOC, and it is
+    /// what the key says was checked (see [`LayerKey`]).
+    pub fn layer(&self, key: &LayerKey) -> io::Result<Option<LayerRecord>> {
+        let Some(rec) = self.layer_unchecked(&key.file_name())? else {
             return Ok(None);
         };
-        let rec: LayerRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("layer record {d} is corrupt: {e}"),
-            )
-        })?;
         let toc = Digest::parse(&rec.toc)?;
-        if self.blobs.size_of(&toc)?.is_none() {
+        if rec.digest != key.blob().to_string() || self.blobs.size_of(&toc)?.is_none() {
+            return Ok(None);
+        }
+        let trusted = match key {
+            LayerKey::Toc { toc: want, .. } => {
+                rec.format == LayerFormat::ZstdChunked && toc == *want
+            }
+            // An indexed layer was hashed whole before it was recorded.
+            LayerKey::Blob(_) if rec.format == LayerFormat::Indexed => true,
+            // A zstd:chunked record under a blob digest is rcfs's own
+            // (convert, commit), whose blob is in `blobs/`: the TOC must be
+            // the one in that blob. Older versions recorded layers pulled
+            // lazily here too, unchecked: those are pulled again.
+            LayerKey::Blob(d) => self.blob_holds_toc(d, &rec, &toc)?,
+        };
+        if !trusted {
+            log::warn!(
+                "the store's record of layer {key} was made from a blob digest that was not checked \
+                 (by an older rcfs); ignoring it, the layer is pulled again"
+            );
             return Ok(None);
         }
         Ok(Some(rec))
     }
 
-    pub fn put_layer(&self, rec: &LayerRecord) -> io::Result<()> {
-        let d = Digest::parse(&rec.digest)?;
-        let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
-        self.replace(&self.layers, &format!("{}.json", d.hex()), &bytes)
-    }
-
-    /// Every layer record.
-    pub fn layers(&self) -> io::Result<Vec<LayerRecord>> {
-        let dir = sys::DirFd::open(self.layers.as_fd(), ".".as_ref())?;
-        let mut out = Vec::new();
-        for (name, _) in dir.entries()? {
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if let Some(d) = Digest::from_hex(hex) {
-                if let Ok(Some(r)) = self.layer(&d) {
-                    out.push(r);
-                }
-            }
+    /// Whether stored blob `d` holds the TOC `toc` of `rec` where the
+    /// record says.
+    fn blob_holds_toc(&self, d: &Digest, rec: &LayerRecord, toc: &Digest) -> io::Result<bool> {
+        let (Some(f), Some(len)) = (self.blobs.open_object(d)?, self.blobs.size_of(toc)?) else {
+            return Ok(false);
+        };
+        let Some(at) = rec.data_end.checked_add(8) else {
+            return Ok(false);
+        };
+        let mut frame = vec![0u8; len as usize];
+        match std::os::unix::fs::FileExt::read_exact_at(&f, &mut frame, at) {
+            Ok(()) => Ok(Digest::of(&frame) == *toc),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(out)
     }
 
-    pub fn remove_layer(&self, d: &Digest) -> io::Result<()> {
+    /// The record in file `name` of `layers/sha256/`, as written.
+    fn layer_unchecked(&self, name: &str) -> io::Result<Option<LayerRecord>> {
+        let Some(bytes) = self.read_small(&self.layers, name)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("layer record {name} is corrupt: {e}"),
+            )
+        })
+    }
+
+    /// Records `rec` under `key` (which the caller checked).
+    pub fn put_layer(&self, key: &LayerKey, rec: &LayerRecord) -> io::Result<()> {
+        debug_assert_eq!(rec.digest, key.blob().to_string());
+        let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+        self.replace(&self.layers, &key.file_name(), &bytes)
+    }
+
+    /// The key of every layer record (checked or not).
+    fn layer_keys(&self) -> io::Result<Vec<LayerKey>> {
+        let dir = sys::DirFd::open(self.layers.as_fd(), ".".as_ref())?;
+        Ok(dir
+            .entries()?
+            .into_iter()
+            .filter_map(|(name, _)| name.to_str().and_then(LayerKey::of_file_name))
+            .collect())
+    }
+
+    pub fn remove_layer(&self, key: &LayerKey) -> io::Result<()> {
         match nix::unistd::unlinkat(
             self.layers.as_fd(),
-            format!("{}.json", d.hex()).as_str(),
+            key.file_name().as_str(),
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         ) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
@@ -414,22 +557,20 @@ impl Store {
                     keep_blobs.insert(d);
                 }
             }
-            for l in &i.layers {
-                if let Ok(d) = Digest::parse(l) {
-                    keep_layers.insert(d);
-                }
-            }
+            keep_layers.extend(i.layer_keys()?);
         }
         // Index manifests of kept images are not tracked: they go.
         let mut report = GcReport::default();
         let mut keep_files = std::collections::HashSet::new();
-        for rec in self.layers()? {
-            let d = Digest::parse(&rec.digest)?;
-            if !keep_layers.contains(&d) {
-                self.remove_layer(&d)?;
+        for key in self.layer_keys()? {
+            if !keep_layers.contains(&key) {
+                self.remove_layer(&key)?;
                 report.layers += 1;
                 continue;
             }
+            let Some(rec) = self.layer_unchecked(&key.file_name())? else {
+                continue;
+            };
             let toc = Digest::parse(&rec.toc)?;
             keep_blobs.insert(toc);
             if rec.format == LayerFormat::Indexed {
@@ -531,8 +672,9 @@ mod tests {
             start_bytes: 0,
             start_order: Vec::new(),
         };
-        s.put_layer(&rec).unwrap();
-        assert_eq!(s.layer(&layer_d).unwrap(), Some(rec.clone()));
+        let key = LayerKey::Blob(layer_d);
+        s.put_layer(&key, &rec).unwrap();
+        assert_eq!(s.layer(&key).unwrap(), Some(rec.clone()));
         let manifest = Digest::of(b"manifest");
         s.blobs.put(&manifest, b"manifest").unwrap();
         let img = ImageRecord {
@@ -540,6 +682,7 @@ mod tests {
             manifest: manifest.to_string(),
             config: manifest.to_string(),
             layers: vec![layer_d.to_string()],
+            layer_tocs: Vec::new(),
             origin: None,
             pulled: "now".into(),
             size: 10,
@@ -556,5 +699,57 @@ mod tests {
         let r = s.gc(false).unwrap();
         assert_eq!(r.layers, 1);
         assert!(s.files.list().unwrap().is_empty() && s.blobs.list().unwrap().is_empty());
+    }
+
+    /// A record made from a lazily pulled zstd:chunked layer is found only
+    /// under the (TOC, blob) pair it was checked with: not under the blob
+    /// digest alone, nor for another TOC or blob.
+    #[test]
+    fn a_lazy_layer_record_is_found_only_under_what_was_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        let comp = zstd::bulk::compress(br#"{"version":1,"entries":[]}"#, 3).unwrap();
+        let toc = Digest::of(&comp);
+        s.blobs.put(&toc, &comp).unwrap();
+        let blob = Digest::of(b"claimed blob");
+        let rec = LayerRecord {
+            digest: blob.to_string(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            size: 100,
+            format: LayerFormat::ZstdChunked,
+            toc: toc.to_string(),
+            toc_len: 26,
+            data_end: 10,
+            files: 0,
+            bytes: 0,
+            start_bytes: 0,
+            start_order: Vec::new(),
+        };
+        let key = LayerKey::Toc { toc, blob };
+        s.put_layer(&key, &rec).unwrap();
+        assert_eq!(s.layer(&key).unwrap(), Some(rec.clone()));
+        let other = Digest::of(b"other");
+        assert_eq!(s.layer(&LayerKey::Blob(blob)).unwrap(), None);
+        assert_eq!(s.layer(&LayerKey::Toc { toc: other, blob }).unwrap(), None);
+        assert_eq!(s.layer(&LayerKey::Toc { toc, blob: other }).unwrap(), None);
+        // As an older rcfs recorded it, under the blob digest: not trusted
+        // (the blob was never hashed), so the layer is pulled again.
+        s.put_layer(&LayerKey::Blob(blob), &rec).unwrap();
+        assert_eq!(s.layer(&LayerKey::Blob(blob)).unwrap(), None);
+        assert_eq!(LayerKey::of_file_name(&key.file_name()), Some(key));
+        // gc keeps the record an image names by its pair, drops the other.
+        s.add_image(ImageRecord {
+            name: "r.io/lazy:1".into(),
+            manifest: other.to_string(),
+            config: other.to_string(),
+            layers: vec![blob.to_string()],
+            layer_tocs: vec![Some(toc.to_string())],
+            origin: None,
+            pulled: "now".into(),
+            size: 100,
+        })
+        .unwrap();
+        assert_eq!(s.gc(false).unwrap().layers, 1);
+        assert_eq!(s.layer(&key).unwrap(), Some(rec));
     }
 }

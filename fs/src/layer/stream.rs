@@ -1,10 +1,12 @@
 //! [`StreamLayer`]: an image layer whose entries are still arriving.
 //!
 //! A tar layer (gzip, zstd or plain) has no table of contents: what it holds
-//! is known only as its stream goes by. While a layer is pulled, the
-//! indexer hands each entry to the layer's [`Stream`] once the entry's data
-//! is in the store, so a file is readable as soon as the stream has passed
-//! it. A question about a path the stream has not reached yet waits until
+//! is known only as its stream goes by. By default nothing is pushed and
+//! every call waits for the finished layer, which comes once the layer's
+//! digest was checked (see [`crate::image::live`]). When the user asked
+//! for unverified streaming, the indexer hands each entry to the layer's
+//! [`Stream`] once the entry's data is in the store, so a file is readable
+//! as soon as the stream has passed it. A question about a path the stream has not reached yet waits until
 //! it has (the entry arrives), or until the stream ends (there is none);
 //! a directory listing waits for the end, as any later entry may belong to
 //! it. Once the layer is complete (pulled and recorded, or a layer that

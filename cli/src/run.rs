@@ -261,6 +261,7 @@ fn serve(
     };
     let config: ImageConfiguration =
         serde_json::from_slice(&config).context("the image's config is not an image config")?;
+    let live = started.live.clone();
     let session = started.session;
     let unmounter = session.unmounter();
     // Says when the daemon has ended (its union dropped: flushed).
@@ -332,6 +333,11 @@ fn serve(
         }
     };
     drop(terminal);
+    // What the container failed on first may be only a symptom (EIO from
+    // its root): a pull that failed is the cause.
+    if let Some(why) = live.as_ref().and_then(|l| l.failure()) {
+        eprintln!("rcfs run: the image could not be pulled: {why}");
+    }
     Ok((code, started))
 }
 

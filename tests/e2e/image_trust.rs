@@ -293,6 +293,12 @@ fn a_tampered_streamed_layer_never_reaches_the_command() {
             "the error names the mismatch: {}",
             r.stderr
         );
+        assert!(
+            r.stderr
+                .contains("rcfs run: the image could not be pulled: "),
+            "the last word is the cause: {}",
+            r.stderr
+        );
         // Nothing of it is recorded.
         let images = run(&mut rcfs(&store, &["images"]), T).expect_ok("rcfs images");
         assert!(!images.stdout.contains("/img"), "{}", images.stdout);

@@ -109,6 +109,14 @@ impl LivePull {
         self.image.get().map(|k| &k.config[..])
     }
 
+    /// Why the pull failed, once it has.
+    pub fn failure(&self) -> Option<String> {
+        match self.ended.get() {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
     /// Lines for `rcfs stats`: how far the pull is.
     pub fn status(&self) -> String {
         let (total, pending) = self.image.get().map_or((0, 0), |k| {
@@ -130,7 +138,10 @@ pull_layers_pending {pending}
 
     fn end(&self, r: io::Result<PullReport>) {
         let r = r.map_err(|e| format!("{e}"));
-        if let Err(why) = &r {
+        let failed = r.as_ref().err().cloned();
+        // Known before anything waiting hears of it (see `failure`).
+        let _ = self.ended.set(r);
+        if let Some(why) = &failed {
             log::error!("pulling the mounted image failed: {why}");
             if let Some(k) = self.image.get() {
                 for (_, s) in &k.streams {
@@ -141,7 +152,6 @@ pull_layers_pending {pending}
                 let _ = tx.send(Err(why.clone()));
             }
         }
-        let _ = self.ended.set(r);
     }
 
     fn stream(&self, d: &Digest) -> Option<&Arc<Stream>> {

@@ -468,6 +468,20 @@ struct ImageFile {
 }
 
 impl LowerFile for ImageFile {
+    fn prefetch(&self) -> io::Result<()> {
+        let size = self.layer.toc.files[self.file as usize].size;
+        // A piece at a time, as reads ask: no allocation sized by the file.
+        const PIECE: u64 = 4 << 20;
+        let mut off = 0;
+        while off < size {
+            let end = size.min(off + PIECE);
+            let _fetching = self.layer.cache.pool.foreground();
+            self.layer.fetch(self.file, off, end, false)?;
+            off = end;
+        }
+        Ok(())
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let size = self.layer.toc.files[self.file as usize].size;
         if offset >= size || buf.is_empty() {

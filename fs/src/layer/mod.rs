@@ -259,6 +259,15 @@ pub trait LowerFile: Send + Sync + Debug {
         None
     }
 
+    /// Brings the file's data here, when it is somewhere slow (a registry):
+    /// a copy-up calls this before it takes the node's copy lock, so that
+    /// the lock, which readers and writers of the node wait on, is never
+    /// held across a network fetch. Whatever it fetched is checked and
+    /// cached as a read's would be. A no-op for data already here.
+    fn prefetch(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Copies the first `len` bytes into `dst` at the same offsets (copy-up).
     /// `dst` ends up at least `len` bytes long, and bytes it holds past
     /// `len` are kept. With `durable`, writeback may start as the copy goes,

@@ -104,6 +104,14 @@ impl Union {
         let done = |st: &NodeState| st.upper && (!st.metacopy || data == CopyData::Meta);
         let upper = self.upper()?;
         self.gather_links(node)?;
+        if data == CopyData::Full && node.kind == Kind::File && !done(&node.state.read()) {
+            // The data first, without the copy lock (see LowerFile::prefetch).
+            if let Some(lower) = self.lower_of(node) {
+                self.lowers[lower.layer as usize]
+                    .open(&lower.path)?
+                    .prefetch()?;
+            }
+        }
         let Some(copy) = self.lock_for_copy(node, done)? else {
             return Ok(());
         };

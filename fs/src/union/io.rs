@@ -296,6 +296,13 @@ impl Union {
     pub fn reopen_if_copied_up(&self, ino: u64) -> Result<Option<OpenFile>> {
         let node = self.node(ino)?;
         if node.tailed.load(Ordering::Acquire) {
+            if node.state.read().metacopy {
+                // The data first, without the copy lock (see
+                // LowerFile::prefetch).
+                if let Some(l) = self.lower_of(&node) {
+                    self.lowers[l.layer as usize].open(&l.path)?.prefetch()?;
+                }
+            }
             let _copy = node.copy_lock.lock();
             if node.state.read().metacopy {
                 let l = self.lower_of(&node).ok_or_else(|| errno(libc::EIO))?;

@@ -550,3 +550,27 @@ fn a_start_fetches_each_byte_once_and_serves_it() {
     assert!(before <= 3, "{:?}", blob.ranges.lock().unwrap());
     assert!(blob.bytes.load(Ordering::SeqCst) <= 2 * (data_end - first));
 }
+
+#[test]
+fn a_prefetched_file_copies_without_a_request() {
+    // What a copy-up does before it takes the node's copy lock: after
+    // prefetch, the copy under the lock reads only what is here.
+    let big = pattern(3_000_000, 7);
+    let files = vec![("usr/big", big.clone(), 65_536)];
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&files, cache);
+    let f = l.open(Path::new("usr/big")).unwrap();
+    f.prefetch().unwrap();
+    let requests = blob.requests.load(Ordering::SeqCst);
+    assert!(requests > 0);
+    let dst = tempfile::tempfile().unwrap();
+    f.copy_to(&dst, big.len() as u64, false).unwrap();
+    assert_eq!(
+        blob.requests.load(Ordering::SeqCst),
+        requests,
+        "the copy fetched"
+    );
+    let mut copied = Vec::new();
+    std::io::Read::read_to_end(&mut &dst, &mut copied).unwrap();
+    assert_eq!(copied, big);
+}

@@ -27,7 +27,7 @@ const GROUP: &str =
     "root:x:0:\napp:x:1000:\nwheel:x:10:app\nvideo:x:44:other,app\nstaff:x:50:other\n";
 
 /// The image (see the module doc) in a registry of its own.
-fn fixture(seed: u64) -> Fixture {
+pub(crate) fn fixture(seed: u64) -> Fixture {
     require_privileges();
     let dir = temp_dir();
     let mut layers = standard_layers(seed);
@@ -50,7 +50,7 @@ fn fixture(seed: u64) -> Fixture {
 }
 
 /// Writes `text` to `name` in the fixture's dir (readable by all); its path.
-fn script(f: &Fixture, name: &str, text: &str) -> String {
+pub(crate) fn script(f: &Fixture, name: &str, text: &str) -> String {
     let p = f.dir.path().join(name);
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -128,8 +128,7 @@ fn run_inner(
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
-    let seccomp =
-        rcfs_runtime::seccomp::choose(opts.seccomp.as_deref()).map_err(anyhow::Error::msg)?;
+    let seccomp = crate::seccomp::program(store, opts.seccomp.as_deref())?;
     let found = crate::image::find(store, &opts.image)?;
     let (claimed, again) = match again {
         Some(c) => (c, true),
@@ -218,7 +217,7 @@ fn serve(
     name: &str,
     dir: &Path,
     container: &mut Container,
-    seccomp: Option<rcfs_runtime::seccomp::Profile>,
+    seccomp: Option<Vec<u8>>,
 ) -> Result<(i32, bool)> {
     let rootfs = dir.join("rootfs");
     let mut req = MountRequest::new(

@@ -52,22 +52,6 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
             return EXIT_RCFS;
         }
     };
-    // The command's seccomp filter, compiled here (an error fails the start
-    // before `rcfs run` hears the container is ready), loaded by the
-    // command's process as the last thing before execve.
-    let filter = match &spec.seccomp {
-        Some(p) => {
-            let caps: Vec<String> = KEPT_CAPS.iter().map(|c| c.to_string()).collect();
-            match p.compile(&caps) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    eprintln!("rcfs: cannot set up the container: {e}");
-                    return EXIT_RCFS;
-                }
-            }
-        }
-        None => None,
-    };
     // The terminal: a pty of the container's own devpts; the master goes
     // to `rcfs run`, the slave becomes the command's.
     let (master, slave) = if spec.tty {
@@ -99,7 +83,7 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
     }
     // SAFETY: the init has one thread.
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec(spec, &user, slave, filter.as_ref()),
+        Ok(ForkResult::Child) => exec(spec, &user, slave),
         Ok(ForkResult::Parent { child }) => {
             // Only the command holds the terminal: it hangs up with it.
             drop(slave);
@@ -486,7 +470,7 @@ fn readonly(p: &Path) -> io::Result<()> {
 
 /// The capabilities a container's command keeps (in its user namespace):
 /// podman's default set.
-const KEPT_CAPS: [Capability; 11] = [
+pub(crate) const KEPT_CAPS: [Capability; 11] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FOWNER,
@@ -538,13 +522,8 @@ fn keep_only_init_capabilities() -> io::Result<()> {
 }
 
 /// In the command's process: its user, stdin and signals, its seccomp
-/// `filter`, then exec.
-fn exec(
-    spec: &Spec,
-    user: &User,
-    tty: Option<OwnedFd>,
-    filter: Option<&libseccomp::ScmpFilterContext>,
-) -> ! {
+/// filter, then exec.
+fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
     // A session of its own (the init's has no terminal either); with -t,
     // the pty as its controlling terminal and its stdio.
@@ -611,8 +590,8 @@ fn exec(
     // Last: everything above may need what the filter denies (setgroups,
     // setuid, capabilities, chdir, mounts). no_new_privs is set (`setup`),
     // so no privilege is needed to load it; the profile must allow execve.
-    if let Some(f) = filter {
-        if let Err(e) = f.load() {
+    if let Some(p) = &spec.seccomp {
+        if let Err(e) = crate::seccomp::load(p) {
             eprintln!("rcfs: cannot load the seccomp filter: {e}");
             std::process::exit(EXIT_RCFS);
         }

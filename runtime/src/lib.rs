@@ -96,11 +96,11 @@ pub struct Spec {
     /// [`Container::terminal`]).
     #[serde(default)]
     pub tty: bool,
-    /// The command's seccomp profile ([`seccomp::choose`]; `None`:
-    /// unconfined), compiled by the init for the command's capabilities
-    /// and loaded by the command's process right before it execs.
+    /// The command's seccomp filter: the BPF program of its profile
+    /// ([`seccomp::program`]; `None`: unconfined), loaded by the command's
+    /// process right before it execs.
     #[serde(default)]
-    pub seccomp: Option<seccomp::Profile>,
+    pub seccomp: Option<Vec<u8>>,
 }
 
 /// A host file or directory bound into the container.

@@ -27,6 +27,12 @@
 //! * `SCMP_CMP_MASKED_EQ` takes `value` as the mask and `valueTwo` as what
 //!   the masked argument must equal.
 //!
+//! Compiling a profile is slow (libseccomp takes some 15 ms to generate the
+//! BPF of podman's 470 syscalls for x86_64, x86 and x32), so `rcfs run`
+//! compiles it ([`program`]) and keeps the program in its store, keyed by
+//! everything it depends on ([`Profile::cache_key`]); the init gets the
+//! program in its spec and the command's process loads it ([`load`]).
+//!
 //! Which profile (see [`choose`]): a file given by `--security-opt
 //! seccomp=FILE`, none with `seccomp=unconfined`, else podman's
 //! [`HOST_DEFAULT`] when the host has it, else rcfs's own [`BUILTIN`]
@@ -47,6 +53,87 @@ pub const BUILTIN: &str = include_str!("seccomp_default.json");
 /// The largest profile file read (podman's is 16 KiB; a profile naming
 /// every syscall of every architecture with arguments stays far below).
 pub const MAX_PROFILE_BYTES: u64 = 4 << 20;
+
+/// The longest program the kernel takes (BPF_MAXINSNS), in bytes.
+const MAX_PROGRAM_BYTES: usize = 4096 * std::mem::size_of::<libc::sock_filter>();
+
+/// The command's filter as a BPF program (what libseccomp exports:
+/// `struct sock_filter`s, native byte order), for a command with rcfs's
+/// capabilities ([`crate::init::KEPT_CAPS`]) on this machine.
+pub fn program(profile: &Profile) -> io::Result<Vec<u8>> {
+    let ctx = profile.compile(&command_caps())?;
+    // SAFETY: memfd_create with a NUL-terminated name; a new fd is ours.
+    let fd = unsafe { libc::memfd_create(c"rcfs-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the new fd, ours alone.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    ctx.export_bpf(&f)
+        .map_err(|e| io::Error::other(format!("seccomp profile: exporting its BPF: {e}")))?;
+    let mut out = Vec::new();
+    io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
+    io::Read::read_to_end(
+        &mut io::Read::take(f, MAX_PROGRAM_BYTES as u64 + 1),
+        &mut out,
+    )?;
+    check_program(&out)?;
+    Ok(out)
+}
+
+/// The bounding set of the container's command, by name.
+fn command_caps() -> Vec<String> {
+    crate::init::KEPT_CAPS
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// Whether `p` can be a BPF program: whole instructions, at least one, no
+/// more than the kernel takes (the kernel checks the rest).
+pub fn check_program(p: &[u8]) -> io::Result<()> {
+    let n = std::mem::size_of::<libc::sock_filter>();
+    if p.is_empty() || p.len() % n != 0 || p.len() > MAX_PROGRAM_BYTES {
+        return Err(io::Error::other(format!(
+            "seccomp: a program of {} bytes is not a BPF program of 1 to 4096 instructions",
+            p.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the BPF `program` as this thread's seccomp filter (no_new_privs
+/// must be set: then no privilege is needed). The kernel checks it.
+pub(crate) fn load(program: &[u8]) -> io::Result<()> {
+    check_program(program)?;
+    let mut insns: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: seccomp(2) reads `prog` and the instructions it points to,
+    // both alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// A field that Go's encoder may have written as `null`: its default.
 fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -238,6 +325,23 @@ pub fn parse(text: &str) -> Result<Profile, String> {
 }
 
 impl Profile {
+    /// Everything the program of this profile depends on, as text: the
+    /// profile, the command's capabilities, the architecture, the kernel
+    /// release (`minKernel`) and libseccomp's version. Two equal keys give
+    /// the same [`program`].
+    pub fn cache_key(&self) -> String {
+        let lib = libseccomp::ScmpVersion::current()
+            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+            .unwrap_or_default();
+        format!(
+            "rcfs-seccomp-1\n{}\n{}\n{}\n{}\n{lib}\n",
+            serde_json::to_string(self).unwrap_or_default(),
+            command_caps().join(","),
+            std::env::consts::ARCH,
+            kernel_release().unwrap_or_default(),
+        )
+    }
+
     /// The filter for a command whose bounding set is `caps` (names as
     /// `CAP_SYS_ADMIN`), on this machine: not loaded yet
     /// ([`ScmpFilterContext::load`], with no_new_privs set).
@@ -419,6 +523,11 @@ fn kernel_version(s: &str) -> Option<(u32, u32)> {
 
 /// The running kernel's version.
 fn running_kernel() -> Option<(u32, u32)> {
+    kernel_version(&kernel_release()?)
+}
+
+/// The running kernel's release (`uname -r`).
+fn kernel_release() -> Option<String> {
     // SAFETY: uname fills the struct it is given.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } != 0 {
@@ -426,7 +535,7 @@ fn running_kernel() -> Option<(u32, u32)> {
     }
     // SAFETY: the kernel NUL-terminates `release`.
     let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    kernel_version(release.to_str().ok()?)
+    release.to_str().ok().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -443,6 +552,15 @@ mod tests {
             .map(String::from)
             .to_vec();
         p.compile(&admin).unwrap();
+        let bpf = program(&p).unwrap();
+        check_program(&bpf).unwrap();
+        assert!(check_program(&bpf[1..]).is_err());
+        assert_ne!(
+            p.cache_key(),
+            parse(&BUILTIN.replace("CAP_SYS_BOOT", "CAP_SYS_NICE"))
+                .unwrap()
+                .cache_key()
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! The image is isolation's (Debian's `/lib` links); the host's `/usr` is
 //! bound in read-only for `keyctl` and `python3`.
 
+use std::os::unix::fs::MetadataExt;
+
 use crate::containers::{code, Fixture};
 use crate::isolation::{fixture, script};
 
@@ -76,6 +78,21 @@ fn the_command_runs_under_a_seccomp_filter_by_default() {
     for ok in ["ls-ok", "root:x:0:0:", "mkdir-ok"] {
         assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
     }
+    // The compiled program is kept in the store (0700 dir, 0600 file); one
+    // that is not a program is compiled again.
+    let kept = f.store().join("seccomp");
+    assert_eq!(std::fs::metadata(&kept).unwrap().mode() & 0o7777, 0o700);
+    let files: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].path();
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o600);
+    assert!(file.to_str().unwrap().ends_with(".bpf"), "{file:?}");
+    std::fs::write(&file, "junk").unwrap();
+    let r = f.run(&["--rm", &f.image, "/bin/sh", "-c", BASICS]);
+    assert_eq!(code(&r), Some(0), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Seccomp:\t2\n"), "{}", r.stdout);
+    let again = std::fs::read(&file).unwrap();
+    assert!(again.len() > 8 && again.len() % 8 == 0, "{}", again.len());
     let r = f.run(&[
         "--rm",
         "--security-opt",

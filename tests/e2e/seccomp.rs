@@ -9,9 +9,14 @@
 //! bound in read-only for `keyctl` and `python3`.
 
 use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
 
 use crate::containers::{code, Fixture};
 use crate::isolation::{fixture, script};
+use crate::mounts::{run, RCFS};
+
+const T: Duration = Duration::from_secs(180);
 
 /// rcfs's built-in profile, as the binary has it.
 const BUILTIN: &str = include_str!("../../runtime/src/seccomp_default.json");
@@ -152,6 +157,48 @@ fn the_builtin_profile_refuses_what_matters_on_a_shared_host() {
     }
     assert!(!out.contains("personality-norandom -1\n"), "{out}");
     assert!(!out.contains("clone3 -38\n"), "{out}");
+}
+
+/// Without podman's profile on the host (hidden here under a tmpfs, in a
+/// mount namespace of the test's own), the default is rcfs's built-in
+/// one: adding a key is EPERM; with podman's (this host's default) it is
+/// ENOSYS, as podman's allow list does not name add_key.
+#[test]
+fn the_builtin_profile_is_the_default_without_podmans() {
+    let f = fixture(154);
+    let probe = script(
+        &f,
+        "key.sh",
+        "exec 2>&1; busybox grep '^Seccomp:' /proc/self/status; \
+         /usr/bin/keyctl add user rcfs-k v @s >/dev/null && echo key-added; true",
+    );
+    let default_run = format!(
+        "{RCFS} --root {} run --rm --tls-verify=false -v /usr:/usr:ro -v {probe}:/key.sh:ro \
+         {} /bin/sh /key.sh",
+        f.store().display(),
+        f.image
+    );
+    assert!(
+        std::path::Path::new("/usr/share/containers/seccomp.json").exists(),
+        "this test compares with podman's profile: install containers-common (skopeo's dependency)"
+    );
+    let r = run(Command::new("sh").args(["-c", &default_run]), T);
+    assert_eq!(code(&r), Some(0), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Function not implemented"),
+        "{}",
+        r.stdout
+    );
+    let hidden = format!("mount -t tmpfs none /usr/share/containers && exec {default_run}");
+    let r = run(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &hidden]),
+        T,
+    );
+    assert_eq!(code(&r), Some(0), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
+    assert!(r.stdout.contains("Operation not permitted"), "{}", r.stdout);
+    assert!(!r.stdout.contains("key-added"), "{}", r.stdout);
 }
 
 /// A profile of the user's: what it denies fails with the errno it names

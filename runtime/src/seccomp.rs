@@ -35,7 +35,8 @@
 //!
 //! Which profile (see [`choose`]): a file given by `--security-opt
 //! seccomp=FILE`, none with `seccomp=unconfined`, else podman's
-//! [`HOST_DEFAULT`] when the host has it, else rcfs's own [`BUILTIN`]
+//! [`HOST_OVERRIDE`] or [`HOST_DEFAULT`] when the host has one, else
+//! rcfs's own [`BUILTIN`]
 //! (see `seccomp_default.json` for what it blocks and why it is a deny
 //! list).
 
@@ -46,6 +47,10 @@ use serde::{Deserialize, Serialize};
 
 /// Where containers-common puts podman's default profile.
 pub const HOST_DEFAULT: &str = "/usr/share/containers/seccomp.json";
+
+/// The administrator's profile, which podman takes over [`HOST_DEFAULT`]
+/// when it exists (containers/common's `SeccompOverridePath`).
+pub const HOST_OVERRIDE: &str = "/etc/containers/seccomp.json";
 
 /// rcfs's own default, for hosts without [`HOST_DEFAULT`].
 pub const BUILTIN: &str = include_str!("seccomp_default.json");
@@ -260,19 +265,25 @@ pub struct Filter {
 
 /// The profile `--security-opt seccomp=VALUE` asks for (`None`: the
 /// option was not given): `unconfined` is none; a path is that file;
-/// without the option, [`HOST_DEFAULT`] when it exists, else [`BUILTIN`].
+/// without the option, as podman: [`HOST_OVERRIDE`] when it exists, else
+/// [`HOST_DEFAULT`] when it exists; else rcfs's [`BUILTIN`].
 /// Errors say which profile and what is wrong with it.
 pub fn choose(opt: Option<&str>) -> Result<Option<Profile>, String> {
     match opt {
         Some("unconfined") => Ok(None),
         Some(path) => read(path).map(Some),
-        None => match std::fs::metadata(HOST_DEFAULT) {
-            Ok(_) => read(HOST_DEFAULT).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => parse(BUILTIN)
+        None => {
+            for path in [HOST_OVERRIDE, HOST_DEFAULT] {
+                match std::fs::metadata(path) {
+                    Ok(_) => return read(path).map(Some),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(format!("the seccomp profile {path}: {e}")),
+                }
+            }
+            parse(BUILTIN)
                 .map(Some)
-                .map_err(|e| format!("rcfs's built-in seccomp profile: {e}")),
-            Err(e) => Err(format!("the seccomp profile {HOST_DEFAULT}: {e}")),
-        },
+                .map_err(|e| format!("rcfs's built-in seccomp profile: {e}"))
+        }
     }
 }
 

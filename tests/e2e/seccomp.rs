@@ -159,18 +159,21 @@ fn the_builtin_profile_refuses_what_matters_on_a_shared_host() {
     assert!(!out.contains("clone3 -38\n"), "{out}");
 }
 
-/// Without podman's profile on the host (hidden here under a tmpfs, in a
-/// mount namespace of the test's own), the default is rcfs's built-in
-/// one: adding a key is EPERM; with podman's (this host's default) it is
-/// ENOSYS, as podman's allow list does not name add_key.
+/// The default is the profile podman would use: with podman's profile (this
+/// host's /usr/share/containers/seccomp.json) adding a key is ENOSYS, as its
+/// allow list does not name add_key; an /etc/containers/seccomp.json is
+/// taken over it (here one that makes mkdir EDQUOT); without either (hidden
+/// under a tmpfs, in a mount namespace of the test's own), rcfs's built-in
+/// one: adding a key is EPERM.
 #[test]
-fn the_builtin_profile_is_the_default_without_podmans() {
+fn the_default_profile_is_the_one_podman_would_use() {
     let f = fixture(154);
     let probe = script(
         &f,
         "key.sh",
         "exec 2>&1; busybox grep '^Seccomp:' /proc/self/status; \
-         /usr/bin/keyctl add user rcfs-k v @s >/dev/null && echo key-added; true",
+         /usr/bin/keyctl add user rcfs-k v @s >/dev/null && echo key-added; \
+         busybox mkdir /made && echo mkdir-ok; true",
     );
     let default_run = format!(
         "{RCFS} --root {} run --rm --tls-verify=false -v /usr:/usr:ro -v {probe}:/key.sh:ro \
@@ -199,6 +202,24 @@ fn the_builtin_profile_is_the_default_without_podmans() {
     assert!(r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
     assert!(r.stdout.contains("Operation not permitted"), "{}", r.stdout);
     assert!(!r.stdout.contains("key-added"), "{}", r.stdout);
+    assert!(r.stdout.contains("mkdir-ok"), "{}", r.stdout);
+    let admins = script(
+        &f,
+        "admins.json",
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122}]}"#,
+    );
+    let overridden = format!(
+        "mount -t tmpfs none /etc/containers && cp {admins} /etc/containers/seccomp.json && \
+         exec {default_run}"
+    );
+    let r = run(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &overridden]),
+        T,
+    );
+    assert_eq!(code(&r), Some(0), "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Disk quota exceeded"), "{}", r.stdout);
+    assert!(!r.stdout.contains("mkdir-ok"), "{}", r.stdout);
 }
 
 /// A profile of the user's: what it denies fails with the errno it names

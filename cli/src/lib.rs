@@ -5,6 +5,7 @@
 //! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
 //! * [`run`] — `rcfs run`: a rootless container on the image's union.
 //! * [`containers`] — their records: `rcfs ps`, `rcfs rm`.
+//! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
@@ -13,4 +14,5 @@ pub mod image;
 pub mod mount;
 pub mod overlay_args;
 pub mod run;
+pub mod seccomp;
 pub mod stats;

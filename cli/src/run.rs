@@ -55,6 +55,11 @@ pub struct RunOptions {
     pub cpus: Option<f64>,
     #[serde(default)]
     pub pids_limit: Option<u64>,
+    /// `--security-opt seccomp=`: a profile file or `unconfined`; `None`:
+    /// the default (see `rcfs_runtime::seccomp::choose`). The file is read
+    /// again by `rcfs start`.
+    #[serde(default)]
+    pub seccomp: Option<String>,
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -123,6 +128,7 @@ fn run_inner(
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
+    let seccomp = crate::seccomp::program(store, opts.seccomp.as_deref())?;
     let found = crate::image::find(store, &opts.image)?;
     let (claimed, again) = match again {
         Some(c) => (c, true),
@@ -188,7 +194,7 @@ fn run_inner(
             return Err(e);
         }
     };
-    let (code, started) = match serve(store, opts, found, &name, &dir, &mut container) {
+    let (code, started) = match serve(store, opts, found, &name, &dir, &mut container, seccomp) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
@@ -211,6 +217,7 @@ fn serve(
     name: &str,
     dir: &Path,
     container: &mut Container,
+    seccomp: Option<Vec<u8>>,
 ) -> Result<(i32, bool)> {
     let rootfs = dir.join("rootfs");
     let mut req = MountRequest::new(
@@ -295,7 +302,7 @@ fn serve(
     } else {
         None
     };
-    let spec = spec_of(&config, opts, name, &rootfs);
+    let spec = spec_of(&config, opts, name, &rootfs).map(|s| Spec { seccomp, ..s });
     let pid = container.pid;
     let result = spec.and_then(|spec| container.start(&spec).map_err(Into::into));
     let mut terminal = None;
@@ -563,6 +570,7 @@ fn spec_of(
             .map(|v| rcfs_runtime::Bind::parse(v))
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?,
+        seccomp: None,
     })
 }
 

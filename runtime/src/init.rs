@@ -470,7 +470,7 @@ fn readonly(p: &Path) -> io::Result<()> {
 
 /// The capabilities a container's command keeps (in its user namespace):
 /// podman's default set.
-const KEPT_CAPS: [Capability; 11] = [
+pub(crate) const KEPT_CAPS: [Capability; 11] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FOWNER,
@@ -521,7 +521,8 @@ fn keep_only_init_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// In the command's process: its user, stdin and signals, then exec.
+/// In the command's process: its user, stdin and signals, its seccomp
+/// filter, then exec.
 fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
     // A session of its own (the init's has no terminal either); with -t,
@@ -586,6 +587,15 @@ fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = spec.args.iter().map(|a| cstr(a)).collect();
     let envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect();
+    // Last: everything above may need what the filter denies (setgroups,
+    // setuid, capabilities, chdir, mounts). no_new_privs is set (`setup`),
+    // so no privilege is needed to load it; the profile must allow execve.
+    if let Some(p) = &spec.seccomp {
+        if let Err(e) = crate::seccomp::load(p) {
+            eprintln!("rcfs: cannot load the seccomp filter: {e}");
+            std::process::exit(EXIT_RCFS);
+        }
+    }
     let e = match path {
         Some(p) => nix::unistd::execve(&cstr(&p), &argv, &envp).unwrap_err(),
         None => nix::errno::Errno::ENOENT,

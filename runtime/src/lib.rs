@@ -27,7 +27,8 @@
 //!    `/etc/group` (`user`), sets the hostname and `no_new_privs`, tells
 //!    `rcfs run` it is ready, and runs the command as its child (its own
 //!    session, the image's groups for its user, podman's capabilities;
-//!    a stdout or stderr that is the caller's terminal write-only). Then
+//!    a stdout or stderr that is the caller's terminal write-only; the
+//!    seccomp filter, loaded last before execve: [`seccomp`]). Then
 //!    it keeps CAP_KILL alone, reaps every zombie, forwards SIGINT,
 //!    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, and
 //!    exits with its exit code (128+N when signal N killed it). It dies
@@ -41,6 +42,7 @@ pub mod cgroup;
 mod init;
 pub mod keeper;
 mod ns;
+pub mod seccomp;
 pub mod threads;
 mod user;
 
@@ -94,6 +96,11 @@ pub struct Spec {
     /// [`Container::terminal`]).
     #[serde(default)]
     pub tty: bool,
+    /// The command's seccomp filter: the BPF program of its profile
+    /// ([`seccomp::program`]; `None`: unconfined), loaded by the command's
+    /// process right before it execs.
+    #[serde(default)]
+    pub seccomp: Option<Vec<u8>>,
 }
 
 /// A host file or directory bound into the container.

@@ -69,5 +69,6 @@ mod readonly;
 mod remount;
 mod rename;
 mod rootless;
+mod seccomp;
 mod shared_host;
 mod stress;

@@ -143,6 +143,18 @@ enum Cmd {
     },
 }
 
+/// `--security-opt`'s value: the profile of `seccomp=PROFILE|unconfined`
+/// (the only option rcfs has).
+fn parse_security_opt(v: &str) -> Result<String, String> {
+    match v.split_once(['=', ':']) {
+        Some(("seccomp", p)) if !p.is_empty() => Ok(p.to_owned()),
+        _ => Err(format!(
+            "unsupported security option {v:?}: rcfs knows seccomp=PROFILE.json and \
+             seccomp=unconfined"
+        )),
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Remove the container when it exits.
@@ -192,6 +204,12 @@ struct RunArgs {
     /// reads, but a tampered layer's files reach the command.
     #[arg(long)]
     unverified_streaming: bool,
+    /// seccomp=PROFILE.json: the command's seccomp profile (podman's JSON
+    /// format); seccomp=unconfined: none. Default: podman's
+    /// /usr/share/containers/seccomp.json, or rcfs's own when the host
+    /// lacks it.
+    #[arg(long = "security-opt", value_name = "seccomp=PROFILE|unconfined", value_parser = parse_security_opt)]
+    security_opt: Vec<String>,
     /// The image.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -375,6 +393,8 @@ fn run() -> Result<()> {
                     memory: a.memory,
                     cpus: a.cpus,
                     pids_limit: a.pids_limit,
+                    // The last seccomp= given wins, as podman takes it.
+                    seccomp: a.security_opt.last().cloned(),
                 },
             );
             std::process::exit(code);

@@ -251,6 +251,20 @@ fn open_the_way(f: &Fixture, store: &Path) {
     }
 }
 
+/// `rcfs --root STORE run --tls-verify=false ARGS...` as root, to spawn
+/// (for a container that runs while the test looks at it).
+fn run_command(f: &Fixture, args: &[&str]) -> Command {
+    let mut c = Command::new(RCFS);
+    c.args([
+        "--root",
+        f.store().to_str().unwrap(),
+        "run",
+        "--tls-verify=false",
+    ]);
+    c.args(args);
+    c
+}
+
 /// Makes the fixture's store (as root's rcfs would).
 fn rcfs_open_store(f: &Fixture) {
     f.rcfs(&["images"]).expect_ok("images");
@@ -275,25 +289,22 @@ fn cgroups_are_not_others_to_join() {
     }
     let leaf = base.join("rcfs-cg1");
     let script = format!("stat -c %a {} {}", base.display(), leaf.display());
-    let mut c = Command::new(RCFS);
-    c.args([
-        "--root",
-        f.store().to_str().unwrap(),
-        "run",
-        "--rm",
-        "--tls-verify=false",
-    ]);
-    c.args([
-        "--name",
-        "cg1",
-        "--pids-limit",
-        "64",
-        img,
-        "/bin/sh",
-        "-c",
-        "sleep 3",
-    ]);
-    let mut child = c.spawn().unwrap();
+    let mut child = run_command(
+        &f,
+        &[
+            "--rm",
+            "--name",
+            "cg1",
+            "--pids-limit",
+            "64",
+            img,
+            "/bin/sh",
+            "-c",
+            "sleep 3",
+        ],
+    )
+    .spawn()
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !leaf.exists() {
         assert!(
@@ -344,15 +355,9 @@ fn a_container_runs_while_its_lock_is_held() {
 
     // While one runs: ps says so, and neither start, rm nor a second run of
     // the name can have it.
-    let mut c = Command::new(RCFS);
-    c.args([
-        "--root",
-        f.store().to_str().unwrap(),
-        "run",
-        "--tls-verify=false",
-    ]);
-    c.args(["--name", "live", img, "/bin/sh", "-c", "sleep 4"]);
-    let mut live = c.spawn().unwrap();
+    let mut live = run_command(&f, &["--name", "live", img, "/bin/sh", "-c", "sleep 4"])
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let ps = f.rcfs(&["ps", "--json"]).expect_ok("ps");
@@ -387,15 +392,10 @@ fn two_runs_of_one_name_get_it_once() {
     f.rcfs(&["pull", "--tls-verify=false", img])
         .expect_ok("pull");
     let spawn = || {
-        let mut c = Command::new(RCFS);
-        c.args([
-            "--root",
-            f.store().to_str().unwrap(),
-            "run",
-            "--tls-verify=false",
-        ]);
-        c.args(["--name", "same", img, "/bin/sh", "-c", "sleep 1"]);
-        c.stderr(std::process::Stdio::piped()).spawn().unwrap()
+        run_command(&f, &["--name", "same", img, "/bin/sh", "-c", "sleep 1"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     for _ in 0..3 {
         let (a, b) = (spawn(), spawn());

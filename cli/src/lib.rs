@@ -13,6 +13,7 @@ pub mod containers;
 pub mod image;
 pub mod mount;
 pub mod overlay_args;
+pub mod relay;
 pub mod run;
 pub mod seccomp;
 pub mod stats;

@@ -187,13 +187,30 @@ fn run_inner(
         rcfs_runtime::enter_user_namespace().map(|_| ())
     };
     let entered = entered.map_err(anyhow::Error::from);
-    let mut container = match entered.and_then(|_| Container::fork(root).map_err(Into::into)) {
+    // In the namespace, which decides (as for the init) which terminals
+    // can be opened again write-only; the others go through pipes.
+    let mut relays = Vec::new();
+    let forked = entered
+        .and_then(|_| {
+            if !opts.tty {
+                relays = crate::relay::unopenable_terminals()?;
+            }
+            Ok(())
+        })
+        .and_then(|_| Container::fork(root).map_err(Into::into));
+    let mut container = match forked {
         Ok(c) => c,
         Err(e) => {
+            drop(relays);
             cleanup(EXIT_RCFS, false);
             return Err(e);
         }
     };
+    for r in &mut relays {
+        if let Err(e) = r.start() {
+            eprintln!("rcfs run: {e:#}");
+        }
+    }
     let (code, started) = match serve(store, opts, found, &name, &dir, &mut container, seccomp) {
         Ok(r) => r,
         Err(e) => {
@@ -204,6 +221,8 @@ fn run_inner(
             (EXIT_RCFS, false)
         }
     };
+    // The terminals back, and all the container wrote on them.
+    drop(relays);
     Ok(cleanup(code, started))
 }
 

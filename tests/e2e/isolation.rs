@@ -428,3 +428,36 @@ fn the_init_keeps_only_cap_kill() {
     assert_eq!(rest, "got-term\n");
     assert_eq!(child.wait().unwrap().code(), Some(9));
 }
+
+/// A user whose terminal is not theirs to open again (inherited across
+/// `su` or `sudo -u`: here a pty of root's, from `script`) still runs a
+/// container without -t: what the container writes reaches the terminal
+/// through a pipe rcfs relays, and the container never holds the terminal.
+#[test]
+fn a_terminal_the_user_cannot_reopen_is_relayed_through_a_pipe() {
+    let f = fixture(124);
+    let home = f.dir.path().join("home");
+    // Makes the user's store dirs (and runs once without a terminal).
+    let r = f.run_rootless(&home, &["--rm", &f.image, "/bin/sh", "-c", "exit 0"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    let inner = format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups env HOME={} {RCFS} run --rm \
+         --tls-verify=false {} /bin/sh -c 'echo out-relayed; echo err-relayed >&2; \
+         ls -l /proc/self/fd/1 /proc/self/fd/2; test -t 1 || echo stdout-not-a-tty'",
+        home.display(),
+        f.image
+    );
+    let r = run(
+        Command::new("script").args(["-qec", &inner, "/dev/null"]),
+        T,
+    );
+    let out = r.stdout.replace('\r', "");
+    assert_eq!(code(&r), Some(0), "{out} {}", r.stderr);
+    for want in ["out-relayed", "err-relayed", "stdout-not-a-tty", "pipe:"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(
+        !out.contains("/dev/pts"),
+        "the container held the terminal: {out}"
+    );
+}

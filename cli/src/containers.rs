@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use rcfs_fs::image::cas::own_dir;
 use rcfs_fs::image::store::Store;
 use rcfs_fs::sys;
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,8 @@ fn containers_dir(store: &Store) -> Result<OwnedFd> {
     })
 }
 
-/// Opens the container dir `name` of `containers`, one of ours.
+/// Opens the container dir `name` of `containers`: ours, and closed to
+/// everyone else (see [`own_dir`]).
 fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     let fd = sys::open_at(
         containers,
@@ -69,11 +71,17 @@ fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
         libc::O_RDONLY | libc::O_DIRECTORY,
         0,
     )?;
-    let st = sys::fstat(&fd)?;
-    if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
-        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700))?;
-    }
+    own_dir(&fd, &format!("container {name}"))?;
     Ok(fd)
+}
+
+/// Makes the dir `name` in `dir` with exactly `mode` (mkdir, then fchmod:
+/// the umask may have taken bits).
+fn make_dir_mode(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
+    nix::sys::stat::mkdirat(dir, name, mode)?;
+    let fd = sys::open_at(dir, name.as_ref(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    Ok(nix::sys::stat::fchmod(&fd, mode)?)
 }
 
 /// A container this process has claimed: it holds the container's lock,
@@ -155,23 +163,8 @@ impl Claimed {
             .with_context(|| format!("cannot lock {}", path.display()))?
             .with_context(|| format!("container {name} was claimed by another rcfs meanwhile"))?;
         for (d, mode) in [("rootfs", 0o755), ("upper", 0o755), ("work", 0o700)] {
-            // An explicit mode, whatever the umask: mkdir, then fchmod.
-            nix::sys::stat::mkdirat(
-                dir.as_fd(),
-                d,
-                nix::sys::stat::Mode::from_bits_truncate(mode),
-            )
-            .and_then(|()| {
-                let fd = sys::open_at(
-                    dir.as_fd(),
-                    d.as_ref(),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )
-                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(mode))
-            })
-            .with_context(|| format!("cannot make {}", path.join(d).display()))?;
+            make_dir_mode(dir.as_fd(), d, mode)
+                .with_context(|| format!("cannot make {}", path.join(d).display()))?;
         }
         Ok(Claimed {
             name: name.to_owned(),

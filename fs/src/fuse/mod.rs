@@ -43,9 +43,9 @@ use std::time::{Duration, Instant, SystemTime};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, PollEvents,
-    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
-    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::layer::Kind;
@@ -749,9 +749,10 @@ impl Filesystem for UnionFs {
         reply.ok();
     }
 
-    // What the union does not do is answered here, quietly, with the errno
-    // a kernel filesystem gives (fuser's defaults log a warning per call:
-    // Python's open() asks every file for TCGETS).
+    // What the union does not do, answered quietly with the errno a kernel
+    // filesystem gives (fuser's defaults log a warning per call: Python's
+    // open() asks every file for TCGETS). getlk/setlk (no FUSE_POSIX_LOCKS:
+    // the kernel keeps locks) and bmap (fuseblk only) are never sent.
 
     fn ioctl(
         &self,
@@ -764,15 +765,9 @@ impl Filesystem for UnionFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        // No ioctl means anything on a union's files (TCGETS, FS_IOC_*):
-        // "not a terminal, nor anything else", as from tmpfs without flags.
-        self.trace(
-            "ioctl",
-            || format!("{}, fh {}, {cmd:#x}", ino.0, fh.0),
-            Instant::now(),
-            &Err::<(), _>(io::Error::from_raw_os_error(libc::ENOTTY)),
-        );
-        reply.error(Errno::ENOTTY);
+        // No ioctl means anything on a union's files (TCGETS, FS_IOC_*).
+        let args = || format!("{}, fh {}, {cmd:#x}", ino.0, fh.0);
+        reply.error(self.unsupported("ioctl", args, libc::ENOTTY));
     }
 
     fn poll(
@@ -785,53 +780,9 @@ impl Filesystem for UnionFs {
         _flags: PollFlags,
         reply: ReplyPoll,
     ) {
-        // ENOSYS: the kernel stops asking and takes files as always ready,
-        // as a regular file on any filesystem is.
-        self.trace(
-            "poll",
-            || format!("{}, fh {}", ino.0, fh.0),
-            Instant::now(),
-            &Err::<(), _>(io::Error::from_raw_os_error(libc::ENOSYS)),
-        );
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn getlk(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
-        _pid: u32,
-        reply: ReplyLock,
-    ) {
-        // Not asked for (no FUSE_POSIX_LOCKS): the kernel keeps locks
-        // itself, as for a local filesystem.
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn setlk(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
-        _pid: u32,
-        _sleep: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
-        // Only for block-device (fuseblk) mounts.
-        reply.error(Errno::ENOSYS);
+        // ENOSYS: the kernel stops asking and takes files as always ready.
+        let args = || format!("{}, fh {}", ino.0, fh.0);
+        reply.error(self.unsupported("poll", args, libc::ENOSYS));
     }
 
     fn create(

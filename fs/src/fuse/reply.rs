@@ -133,6 +133,13 @@ impl UnionFs {
         }
     }
 
+    /// The errno `e` for an operation the union does not do, traced.
+    pub(super) fn unsupported(&self, op: &str, args: impl FnOnce() -> String, e: i32) -> Errno {
+        let r = Err::<(), _>(io::Error::from_raw_os_error(e));
+        self.trace(op, args, Instant::now(), &r);
+        Errno::from_i32(e)
+    }
+
     pub(super) fn reply_entry(&self, reply: ReplyEntry, r: io::Result<Stat>) {
         match r {
             Ok(s) => reply.entry(&self.opts.ttl, &to_file_attr(&s), Generation(0)),

@@ -122,7 +122,7 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd
 /// user's own and closed to everyone else: a store dir made by an older
 /// rcfs, or with another umask, that others could enter is made 0700; one
 /// owned by someone else is refused (it could be theirs to swap under us).
-pub(crate) fn own_dir(fd: &OwnedFd, what: &str) -> io::Result<()> {
+pub fn own_dir(fd: &OwnedFd, what: &str) -> io::Result<()> {
     let st = sys::fstat(fd)?;
     let me = nix::unistd::geteuid().as_raw();
     if st.st_uid != me {

@@ -67,13 +67,7 @@ impl Progress for Bars {
     }
     fn layer_done(&self, layer: &LayerKey, o: &LayerOutcome) {
         let d = layer.blob();
-        let msg = match o {
-            LayerOutcome::Reused => "already in the store".to_owned(),
-            LayerOutcome::Lazy { toc_bytes } => {
-                format!("lazy: table of contents {}", human(*toc_bytes))
-            }
-            LayerOutcome::Indexed { bytes } => format!("fetched {}", human(*bytes)),
-        };
+        let msg = describe(o);
         match self.bars.lock().remove(d) {
             Some(b) => b.finish_with_message(msg),
             None if self.multi.is_some() => {
@@ -120,7 +114,7 @@ pub fn pull(
             match o {
                 LayerOutcome::Reused => reused += 1,
                 LayerOutcome::Lazy { .. } => lazy_n += 1,
-                LayerOutcome::Indexed { .. } => full += 1,
+                LayerOutcome::Indexed { .. } | LayerOutcome::Chunks { .. } => full += 1,
             }
             if !std::io::stderr().is_terminal() {
                 eprintln!("layer {} ({}): {}", d.short(), human(*size), describe(o));
@@ -149,6 +143,10 @@ fn describe(o: &LayerOutcome) -> String {
             human(*toc_bytes)
         ),
         LayerOutcome::Indexed { bytes } => format!("fetched whole ({})", human(*bytes)),
+        LayerOutcome::Chunks { bytes } => format!(
+            "fetched by its chunks ({}; none the store held), its tar rebuilt and checked",
+            human(*bytes)
+        ),
     }
 }
 

@@ -95,7 +95,7 @@ impl Case {
     }
 
     /// The mount's tree equals the reference tree.
-    fn assert_same_tree(&self, mnt: &Path) {
+    pub(crate) fn assert_same_tree(&self, mnt: &Path) {
         let (want, got) = (snapshot(&self.reference), snapshot(mnt));
         let d = diff("umoci unpack", &want, "rcfs", &got);
         assert!(

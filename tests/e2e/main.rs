@@ -63,6 +63,7 @@ mod isolation;
 mod keeper;
 mod lifecycle;
 mod overlay_cli;
+mod partial_pull;
 mod permissions;
 mod readdir;
 mod readonly;

@@ -27,6 +27,7 @@ use super::toc::{TocEntry, TocJson};
 
 mod tarsplit;
 use tarsplit::{Crc64, TarSplit};
+pub use tarsplit::{OpenData, Rebuild};
 
 /// Annotation keys, in both spellings podman has used.
 pub const CHECKSUM_KEYS: [&str; 2] = [

@@ -347,6 +347,7 @@ pub(crate) fn store_layer(
         bytes: data.1,
         start_bytes,
         start_order,
+        diff_id: None,
     };
     // Keyed by the blob digest: rcfs wrote the blob and hashed it.
     store.put_layer(&LayerKey::Blob(info.digest), &rec)?;
@@ -397,7 +398,7 @@ pub(crate) fn write_image(
         .iter()
         .zip(keys)
         .all(|(d, k)| d["digest"].as_str() == Some(&k.blob().to_string())));
-    let (layers, layer_tocs) = ImageRecord::layers_of(keys);
+    let (layers, layer_tocs, layer_diffs) = ImageRecord::layers_of(keys);
     let cfg_bytes = serde_json::to_vec(cfg).map_err(io::Error::other)?;
     let cfg_d = Digest::of(&cfg_bytes);
     store.blobs.put(&cfg_d, &cfg_bytes)?;
@@ -411,6 +412,7 @@ pub(crate) fn write_image(
         config: cfg_d.to_string(),
         layers,
         layer_tocs,
+        layer_diffs,
         origin,
         pulled: super::pull::now_rfc3339(),
         size: descs.iter().map(|d| d["size"].as_u64().unwrap_or(0)).sum(),

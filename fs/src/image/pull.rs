@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::auth;
 use super::blob::BlobSource;
 use super::digest::{Digest, Hasher};
-use super::index::{index_layer_with, Compression};
+use super::index::{index_layer_with, Compression, Indexed};
 use super::reference::Source;
 use super::registries::Registries;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
@@ -33,6 +33,7 @@ use super::toc::{DataIn, Toc, TocEntry, TocJson};
 use crate::error::layer_error;
 
 mod local;
+mod partial;
 use local::{pull_archive, pull_layout};
 
 /// Annotation keys of zstd:chunked layers, newer spelling first.
@@ -79,6 +80,10 @@ pub enum LayerOutcome {
     Lazy { toc_bytes: u64 },
     /// Streamed and indexed (this many compressed bytes).
     Indexed { bytes: u64 },
+    /// A zstd:chunked layer fetched by its chunks (this many compressed
+    /// bytes, with its TOC and tar-split; what the store held was not
+    /// fetched), its tar rebuilt, checked against its diff_id and indexed.
+    Chunks { bytes: u64 },
 }
 
 /// Progress reports while pulling (a terminal shows bars).
@@ -125,7 +130,7 @@ impl PullReport {
             .map(|(_, _, o)| match o {
                 LayerOutcome::Reused => 0,
                 LayerOutcome::Lazy { toc_bytes } => *toc_bytes,
-                LayerOutcome::Indexed { bytes } => *bytes,
+                LayerOutcome::Indexed { bytes } | LayerOutcome::Chunks { bytes } => *bytes,
             })
             .sum()
     }
@@ -242,6 +247,17 @@ fn annotation<'a>(d: &'a Descriptor, keys: &[&str]) -> Option<&'a String> {
     keys.iter().find_map(|k| a.get(*k))
 }
 
+/// A zstd:chunked layer's TOC, fetched and checked.
+struct FetchedToc {
+    /// The layer's record, served lazily.
+    rec: LayerRecord,
+    /// Compressed bytes fetched.
+    bytes: u64,
+    toc: Toc,
+    /// The digest of the layer's tar-split, as the TOC names it.
+    tar_split: Option<String>,
+}
+
 /// The TOC of a zstd:chunked layer: fetched by range, checked, parsed.
 fn fetch_toc(
     store: &Store,
@@ -249,7 +265,7 @@ fn fetch_toc(
     desc: &Descriptor,
     checksum: &str,
     position: &str,
-) -> io::Result<(LayerRecord, u64)> {
+) -> io::Result<FetchedToc> {
     let d = desc.digest().to_string();
     let bad = |m: &str| fail(format!("layer {d}: {m}"));
     let want = Digest::parse(checksum).map_err(|e| bad(&e.to_string()))?;
@@ -299,27 +315,31 @@ fn fetch_toc(
     )
     .map_err(|e| bad(&e.to_string()))?;
     let (files, bytes) = toc.data_size();
-    Ok((
-        LayerRecord {
-            digest: d,
-            media_type: desc.media_type().to_string(),
-            size: desc.size(),
-            format: LayerFormat::ZstdChunked,
-            toc: want.to_string(),
-            toc_len: ulen,
-            data_end: offset - 8,
-            files: files as u64,
-            bytes,
-            start_bytes: annotation(desc, &[super::chunked::START_KEY])
-                .and_then(|v| v.parse().ok())
-                .filter(|&n| n <= offset - 8)
-                .unwrap_or(0),
-            start_order: annotation(desc, &[super::chunked::START_ORDER_KEY])
-                .map(|v| super::chunked::parse_ranges(v, offset - 8))
-                .unwrap_or_default(),
-        },
-        len,
-    ))
+    let rec = LayerRecord {
+        digest: d,
+        media_type: desc.media_type().to_string(),
+        size: desc.size(),
+        format: LayerFormat::ZstdChunked,
+        toc: want.to_string(),
+        toc_len: ulen,
+        data_end: offset - 8,
+        files: files as u64,
+        bytes,
+        start_bytes: annotation(desc, &[super::chunked::START_KEY])
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n <= offset - 8)
+            .unwrap_or(0),
+        start_order: annotation(desc, &[super::chunked::START_ORDER_KEY])
+            .map(|v| super::chunked::parse_ranges(v, offset - 8))
+            .unwrap_or_default(),
+        diff_id: None,
+    };
+    Ok(FetchedToc {
+        rec,
+        bytes: len,
+        toc,
+        tar_split: parsed.tar_split_digest,
+    })
 }
 
 /// Decompresses a TOC frame (some have no content size in their header)
@@ -385,6 +405,13 @@ fn index_whole(
             }
         }
     }
+    let mut rec = record_indexed(store, &d, mt, &ix)?;
+    rec.diff_id = diff_id.filter(|w| **w == ix.diff_id.to_string()).cloned();
+    Ok((rec, ix.blob_size))
+}
+
+/// Stores what indexing layer `d` (media type `mt`) gave, and its record.
+fn record_indexed(store: &Store, d: &Digest, mt: String, ix: &Indexed) -> io::Result<LayerRecord> {
     // The files were written without a flush each: one for all of them
     // before the layer is recorded (an indexed layer has no blob to fetch
     // them from again).
@@ -395,22 +422,20 @@ fn index_whole(
     let comp = zstd::bulk::compress(&json, 3)?;
     let toc_d = Digest::of(&comp);
     store.blobs.put(&toc_d, &comp)?;
-    Ok((
-        LayerRecord {
-            digest: d.to_string(),
-            media_type: mt,
-            size: ix.blob_size,
-            format: LayerFormat::Indexed,
-            toc: toc_d.to_string(),
-            toc_len: json.len() as u64,
-            data_end: 0,
-            files: ix.files,
-            bytes: ix.bytes,
-            start_bytes: 0,
-            start_order: Vec::new(),
-        },
-        ix.blob_size,
-    ))
+    Ok(LayerRecord {
+        digest: d.to_string(),
+        media_type: mt,
+        size: ix.blob_size,
+        format: LayerFormat::Indexed,
+        toc: toc_d.to_string(),
+        toc_len: json.len() as u64,
+        data_end: 0,
+        files: ix.files,
+        bytes: ix.bytes,
+        start_bytes: 0,
+        start_order: Vec::new(),
+        diff_id: None,
+    })
 }
 
 /// How many zero bytes (whole 512-byte blocks, up to a 10 KiB tar
@@ -467,39 +492,94 @@ fn pull_one(
 ) -> io::Result<(LayerKey, u64, LayerOutcome)> {
     let d = Digest::parse(desc.digest().as_ref())?;
     let chunked = annotation(desc, &TOC_CHECKSUM).zip(annotation(desc, &TOC_POSITION));
-    let lazy = match (chunked, blobs.ranged(&d)) {
-        (Some((sum, pos)), Some(src)) if opts.lazy => {
+    let diff = diff_id
+        .map(|s| Digest::parse(s).map_err(|e| fail(format!("layer {d}: its diff_id: {e}"))))
+        .transpose()?;
+    let ranged = match (chunked, blobs.ranged(&d)) {
+        (Some((sum, pos)), Some(src)) => {
             let toc = Digest::parse(sum)
                 .map_err(|e| fail(format!("layer {d}: its TOC checksum: {e}")))?;
-            Some((LayerKey::Toc { toc, blob: d }, sum, pos, src))
+            Some((toc, sum, pos, src))
         }
         _ => None,
     };
+    // A full pull of a zstd:chunked layer with a tar-split goes by its
+    // chunks (what the store holds is not fetched again), as podman 5's.
+    let split = partial::tar_split_position(desc).filter(|_| !opts.lazy && diff.is_some());
     // What was hashed whole serves every image that names its digest; a
-    // lazy layer only images that name the same TOC and blob.
-    let reusable = std::iter::once(LayerKey::Blob(d)).chain(lazy.as_ref().map(|l| l.0));
-    for key in reusable {
+    // tar rebuilt and hashed, every image whose config names its diff_id;
+    // a lazy layer only images that name the same TOC and blob.
+    let reusable = [
+        Some(LayerKey::Blob(d)),
+        diff.map(|diff| LayerKey::Diff { diff, blob: d }),
+        ranged
+            .as_ref()
+            .filter(|_| opts.lazy)
+            .map(|r| LayerKey::Toc { toc: r.0, blob: d }),
+    ];
+    for key in reusable.into_iter().flatten() {
         if store.layer(&key)?.is_some() {
             let o = LayerOutcome::Reused;
             progress.layer_done(&key, &o);
             return Ok((key, desc.size(), o));
         }
     }
-    let (key, rec, outcome) = match lazy {
-        Some((key, sum, pos, src)) => {
+    let by_toc = match ranged {
+        Some((toc, sum, pos, src)) if opts.lazy || split.is_some() => {
             progress.layer_start(&d, desc.size(), "table of contents");
-            let (rec, n) = fetch_toc(store, &*src, desc, sum, pos)?;
-            (key, rec, LayerOutcome::Lazy { toc_bytes: n })
+            Some((toc, fetch_toc(store, &*src, desc, sum, pos)?, src))
         }
-        None => {
-            progress.layer_start(&d, desc.size(), "layer");
-            let (rec, n) = index_whole(store, blobs, desc, diff_id, chunked.is_some(), progress)?;
-            (LayerKey::Blob(d), rec, LayerOutcome::Indexed { bytes: n })
+        _ => None,
+    };
+    let (key, rec, outcome) = match (by_toc, split, diff) {
+        (Some((toc, f, _)), _, _) if opts.lazy => (
+            LayerKey::Toc { toc, blob: d },
+            f.rec,
+            LayerOutcome::Lazy { toc_bytes: f.bytes },
+        ),
+        (Some((_, f, src)), Some(position), Some(diff)) => {
+            match partial::pull_by_chunks(
+                store,
+                src,
+                desc,
+                f.toc,
+                f.tar_split.as_deref(),
+                position,
+                &diff,
+                progress,
+            ) {
+                Ok((rec, n)) => (
+                    LayerKey::Diff { diff, blob: d },
+                    rec,
+                    LayerOutcome::Chunks { bytes: f.bytes + n },
+                ),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::warn!("{e}; fetching the layer whole instead");
+                    whole(store, blobs, desc, diff_id, progress)?
+                }
+                Err(e) => return Err(e),
+            }
         }
+        _ => whole(store, blobs, desc, diff_id, progress)?,
     };
     store.put_layer(&key, &rec)?;
     progress.layer_done(&key, &outcome);
     Ok((key, desc.size(), outcome))
+}
+
+/// Layer `desc` streamed whole and indexed, recorded under its blob digest.
+fn whole(
+    store: &Store,
+    blobs: &dyn Blobs,
+    desc: &Descriptor,
+    diff_id: Option<&String>,
+    progress: &dyn Progress,
+) -> io::Result<(LayerKey, LayerRecord, LayerOutcome)> {
+    let d = Digest::parse(desc.digest().as_ref())?;
+    let chunked = annotation(desc, &TOC_CHECKSUM).is_some();
+    progress.layer_start(&d, desc.size(), "layer");
+    let (rec, n) = index_whole(store, blobs, desc, diff_id, chunked, progress)?;
+    Ok((LayerKey::Blob(d), rec, LayerOutcome::Indexed { bytes: n }))
 }
 
 /// Now, as the store records times.
@@ -548,13 +628,14 @@ fn finish(
     let m_d = Digest::of(&manifest_bytes);
     store.blobs.put(&m_d, &manifest_bytes)?;
     let keys: Vec<LayerKey> = layers.iter().map(|(k, _, _)| *k).collect();
-    let (layer_digests, layer_tocs) = ImageRecord::layers_of(&keys);
+    let (layer_digests, layer_tocs, layer_diffs) = ImageRecord::layers_of(&keys);
     let image = ImageRecord {
         name,
         manifest: m_d.to_string(),
         config: cfg_d.to_string(),
         layers: layer_digests,
         layer_tocs,
+        layer_diffs,
         origin,
         pulled: now_rfc3339(),
         size: manifest.layers().iter().map(|l| l.size()).sum(),

@@ -11,6 +11,8 @@
 //! ROOT/layers/sha256/HEX.json  what rcfs knows of layer blob HEX, hashed whole (its TOC, its format)
 //! ROOT/layers/sha256/toc-TOC-BLOB.json  a zstd:chunked layer pulled lazily: TOC digest TOC
 //!                              (checked), chunks from blob BLOB (named by its manifest, not checked)
+//! ROOT/layers/sha256/diff-DIFF.json  a layer indexed from a tar rcfs rebuilt and hashed to DIFF
+//!                              (a zstd:chunked layer pulled whole by chunks, its diff_id checked)
 //! ROOT/images.json             image names → manifests
 //! ```
 //!
@@ -58,21 +60,36 @@ pub enum LayerKey {
     /// each chunk is checked against the TOC instead). Reused only for a
     /// manifest that names the same pair.
     Toc { toc: Digest, blob: Digest },
+    /// A layer whose uncompressed tar rcfs put together (a zstd:chunked
+    /// layer's tar-split and its files, each checked against its TOC) and
+    /// hashed to `diff`, the diff_id its image's config names; indexed
+    /// from that tar. Any image whose (checked) config names `diff` may
+    /// reuse it, whatever its blob: the content is what the config names.
+    /// `blob` is the layer as this image's manifest names it (unchecked).
+    Diff { diff: Digest, blob: Digest },
 }
 
 impl LayerKey {
     /// The layer blob's digest (as manifests name it).
     pub fn blob(&self) -> &Digest {
         match self {
-            LayerKey::Blob(d) | LayerKey::Toc { blob: d, .. } => d,
+            LayerKey::Blob(d) | LayerKey::Toc { blob: d, .. } | LayerKey::Diff { blob: d, .. } => d,
         }
     }
 
     /// The checked TOC digest of a layer pulled lazily.
     pub fn toc(&self) -> Option<&Digest> {
         match self {
-            LayerKey::Blob(_) => None,
             LayerKey::Toc { toc, .. } => Some(toc),
+            _ => None,
+        }
+    }
+
+    /// The checked diff_id of a layer rebuilt from its tar-split.
+    pub fn diff(&self) -> Option<&Digest> {
+        match self {
+            LayerKey::Diff { diff, .. } => Some(diff),
+            _ => None,
         }
     }
 
@@ -81,22 +98,22 @@ impl LayerKey {
         match self {
             LayerKey::Blob(d) => format!("{}.json", d.hex()),
             LayerKey::Toc { toc, blob } => format!("toc-{}-{}.json", toc.hex(), blob.hex()),
+            LayerKey::Diff { diff, .. } => format!("diff-{}.json", diff.hex()),
         }
     }
 
-    /// The key of file `name` in `layers/sha256/`.
-    fn of_file_name(name: &str) -> Option<LayerKey> {
-        let stem = name.strip_suffix(".json")?;
-        match stem.strip_prefix("toc-") {
-            Some(pair) => {
-                let (toc, blob) = pair.split_once('-')?;
-                Some(LayerKey::Toc {
-                    toc: Digest::from_hex(toc)?,
-                    blob: Digest::from_hex(blob)?,
+    /// Whether file `name` of `layers/sha256/` is a layer record.
+    fn is_record_name(name: &str) -> bool {
+        name.strip_suffix(".json").is_some_and(|stem| {
+            let hex = stem
+                .strip_prefix("diff-")
+                .or_else(|| {
+                    stem.strip_prefix("toc-")
+                        .and_then(|p| p.split_once('-').map(|(t, _)| t))
                 })
-            }
-            None => Digest::from_hex(stem).map(LayerKey::Blob),
-        }
+                .unwrap_or(stem);
+            Digest::from_hex(hex).is_some()
+        })
     }
 }
 
@@ -105,6 +122,7 @@ impl std::fmt::Display for LayerKey {
         match self {
             LayerKey::Blob(d) => write!(f, "{d}"),
             LayerKey::Toc { toc, blob } => write!(f, "{blob} (TOC {toc})"),
+            LayerKey::Diff { diff, blob } => write!(f, "{blob} (diff_id {diff})"),
         }
     }
 }
@@ -125,6 +143,10 @@ pub struct LayerRecord {
     /// zstd:chunked: where the blob's file data ends (the TOC frame).
     #[serde(default)]
     pub data_end: u64,
+    /// The uncompressed tar's digest, when rcfs hashed it and it was the
+    /// config's diff_id ([`LayerKey::Diff`] records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
     /// Regular files and their bytes, for `rcfs inspect`.
     #[serde(default)]
     pub files: u64,
@@ -165,6 +187,11 @@ pub struct ImageRecord {
     /// no list, as older stores wrote): keyed by the blob digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layer_tocs: Vec<Option<String>>,
+    /// For each of `layers`, the diff_id its record is keyed by when rcfs
+    /// rebuilt its tar and checked it ([`LayerKey::Diff`]); `None` (or no
+    /// list): see `layer_tocs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_diffs: Vec<Option<String>>,
     /// Where lazily served layers fetch from; `None` for local sources,
     /// whose layers are all indexed.
     pub origin: Option<Origin>,
@@ -175,17 +202,16 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
-    /// `layers` and `layer_tocs` of layers with records under `keys`.
-    pub fn layers_of(keys: &[LayerKey]) -> (Vec<String>, Vec<Option<String>>) {
+    /// `layers`, `layer_tocs` and `layer_diffs` of layers with records
+    /// under `keys`.
+    pub fn layers_of(keys: &[LayerKey]) -> (Vec<String>, Vec<Option<String>>, Vec<Option<String>>) {
         let layers = keys.iter().map(|k| k.blob().to_string()).collect();
-        let tocs = match keys.iter().any(|k| k.toc().is_some()) {
-            true => keys
-                .iter()
-                .map(|k| k.toc().map(|t| t.to_string()))
-                .collect(),
+        let column = |f: fn(&LayerKey) -> Option<&Digest>| match keys.iter().any(|k| f(k).is_some())
+        {
+            true => keys.iter().map(|k| f(k).map(|t| t.to_string())).collect(),
             false => Vec::new(),
         };
-        (layers, tocs)
+        (layers, column(LayerKey::toc), column(LayerKey::diff))
     }
 
     /// The keys of this image's layer records, bottom first.
@@ -195,13 +221,15 @@ impl ImageRecord {
             .enumerate()
             .map(|(i, l)| {
                 let blob = Digest::parse(l)?;
-                Ok(match self.layer_tocs.get(i).and_then(|t| t.as_deref()) {
-                    Some(t) => LayerKey::Toc {
-                        toc: Digest::parse(t)?,
-                        blob,
+                let column =
+                    |c: &[Option<String>]| c.get(i).and_then(|t| t.as_deref()).map(Digest::parse);
+                Ok(
+                    match (column(&self.layer_tocs), column(&self.layer_diffs)) {
+                        (_, Some(diff)) => LayerKey::Diff { diff: diff?, blob },
+                        (Some(toc), None) => LayerKey::Toc { toc: toc?, blob },
+                        (None, None) => LayerKey::Blob(blob),
                     },
-                    None => LayerKey::Blob(blob),
-                })
+                )
             })
             .collect()
     }
@@ -379,10 +407,17 @@ impl Store {
             return Ok(None);
         };
         let toc = Digest::parse(&rec.toc)?;
-        if rec.digest != key.blob().to_string() || self.blobs.size_of(&toc)?.is_none() {
+        if self.blobs.size_of(&toc)?.is_none() {
             return Ok(None);
         }
         let trusted = match key {
+            // Whatever blob an image names: the content is the diff_id's.
+            LayerKey::Diff { diff, .. } => {
+                return Ok((rec.format == LayerFormat::Indexed
+                    && rec.diff_id.as_deref() == Some(&*diff.to_string()))
+                .then_some(rec))
+            }
+            _ if rec.digest != key.blob().to_string() => return Ok(None),
             LayerKey::Toc { toc: want, .. } => {
                 rec.format == LayerFormat::ZstdChunked && toc == *want
             }
@@ -437,24 +472,32 @@ impl Store {
     /// Records `rec` under `key` (which the caller checked).
     pub fn put_layer(&self, key: &LayerKey, rec: &LayerRecord) -> io::Result<()> {
         debug_assert_eq!(rec.digest, key.blob().to_string());
+        debug_assert!(key
+            .diff()
+            .is_none_or(|d| rec.diff_id == Some(d.to_string())));
         let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
         self.replace(&self.layers, &key.file_name(), &bytes)
     }
 
-    /// The key of every layer record (checked or not).
-    fn layer_keys(&self) -> io::Result<Vec<LayerKey>> {
+    /// The file name of every layer record (checked or not).
+    fn record_names(&self) -> io::Result<Vec<String>> {
         let dir = sys::DirFd::open(self.layers.as_fd(), ".".as_ref())?;
         Ok(dir
             .entries()?
             .into_iter()
-            .filter_map(|(name, _)| name.to_str().and_then(LayerKey::of_file_name))
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|n| LayerKey::is_record_name(n))
             .collect())
     }
 
     pub fn remove_layer(&self, key: &LayerKey) -> io::Result<()> {
+        self.remove_record(&key.file_name())
+    }
+
+    fn remove_record(&self, name: &str) -> io::Result<()> {
         match nix::unistd::unlinkat(
             self.layers.as_fd(),
-            key.file_name().as_str(),
+            name,
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         ) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
@@ -557,18 +600,18 @@ impl Store {
                     keep_blobs.insert(d);
                 }
             }
-            keep_layers.extend(i.layer_keys()?);
+            keep_layers.extend(i.layer_keys()?.iter().map(LayerKey::file_name));
         }
         // Index manifests of kept images are not tracked: they go.
         let mut report = GcReport::default();
         let mut keep_files = std::collections::HashSet::new();
-        for key in self.layer_keys()? {
-            if !keep_layers.contains(&key) {
-                self.remove_layer(&key)?;
+        for name in self.record_names()? {
+            if !keep_layers.contains(&name) {
+                self.remove_record(&name)?;
                 report.layers += 1;
                 continue;
             }
-            let Some(rec) = self.layer_unchecked(&key.file_name())? else {
+            let Some(rec) = self.layer_unchecked(&name)? else {
                 continue;
             };
             let toc = Digest::parse(&rec.toc)?;
@@ -671,6 +714,7 @@ mod tests {
             bytes: 1,
             start_bytes: 0,
             start_order: Vec::new(),
+            diff_id: None,
         };
         let key = LayerKey::Blob(layer_d);
         s.put_layer(&key, &rec).unwrap();
@@ -683,6 +727,7 @@ mod tests {
             config: manifest.to_string(),
             layers: vec![layer_d.to_string()],
             layer_tocs: Vec::new(),
+            layer_diffs: Vec::new(),
             origin: None,
             pulled: "now".into(),
             size: 10,
@@ -724,6 +769,7 @@ mod tests {
             bytes: 0,
             start_bytes: 0,
             start_order: Vec::new(),
+            diff_id: None,
         };
         let key = LayerKey::Toc { toc, blob };
         s.put_layer(&key, &rec).unwrap();
@@ -736,7 +782,7 @@ mod tests {
         // (the blob was never hashed), so the layer is pulled again.
         s.put_layer(&LayerKey::Blob(blob), &rec).unwrap();
         assert_eq!(s.layer(&LayerKey::Blob(blob)).unwrap(), None);
-        assert_eq!(LayerKey::of_file_name(&key.file_name()), Some(key));
+        assert!(LayerKey::is_record_name(&key.file_name()));
         // gc keeps the record an image names by its pair, drops the other.
         s.add_image(ImageRecord {
             name: "r.io/lazy:1".into(),
@@ -744,6 +790,7 @@ mod tests {
             config: other.to_string(),
             layers: vec![blob.to_string()],
             layer_tocs: vec![Some(toc.to_string())],
+            layer_diffs: Vec::new(),
             origin: None,
             pulled: "now".into(),
             size: 100,
@@ -751,5 +798,84 @@ mod tests {
         .unwrap();
         assert_eq!(s.gc(false).unwrap().layers, 1);
         assert_eq!(s.layer(&key).unwrap(), Some(rec));
+    }
+
+    /// A layer rebuilt and hashed to its diff_id serves any image whose
+    /// config names that diff_id, whatever blob it names; never one that
+    /// names another diff_id, nor a record that does not say it was
+    /// checked; gc keeps it while an image names it.
+    #[test]
+    fn a_rebuilt_layer_is_found_by_its_diff_id_only() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        let comp = zstd::bulk::compress(br#"{"version":1,"entries":[]}"#, 3).unwrap();
+        let toc = Digest::of(&comp);
+        s.blobs.put(&toc, &comp).unwrap();
+        let (diff, blob, other) = (
+            Digest::of(b"tar"),
+            Digest::of(b"blob"),
+            Digest::of(b"other"),
+        );
+        let rec = LayerRecord {
+            digest: blob.to_string(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            size: 100,
+            format: LayerFormat::Indexed,
+            toc: toc.to_string(),
+            toc_len: 26,
+            data_end: 0,
+            files: 0,
+            bytes: 0,
+            start_bytes: 0,
+            start_order: Vec::new(),
+            diff_id: Some(diff.to_string()),
+        };
+        let key = LayerKey::Diff { diff, blob };
+        s.put_layer(&key, &rec).unwrap();
+        assert_eq!(s.layer(&key).unwrap(), Some(rec.clone()));
+        // Another blob with the same diff_id (the same tar as gzip).
+        let gz = LayerKey::Diff { diff, blob: other };
+        assert_eq!(s.layer(&gz).unwrap(), Some(rec.clone()));
+        assert_eq!(
+            s.layer(&LayerKey::Diff { diff: other, blob }).unwrap(),
+            None
+        );
+        assert_eq!(s.layer(&LayerKey::Blob(blob)).unwrap(), None);
+        // A record under the name that does not say its diff_id was checked.
+        let unchecked = LayerRecord {
+            diff_id: None,
+            ..rec.clone()
+        };
+        s.replace(
+            &s.layers,
+            &key.file_name(),
+            &serde_json::to_vec(&unchecked).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.layer(&key).unwrap(), None);
+        s.put_layer(&key, &rec).unwrap();
+
+        let image = |name: &str, key: LayerKey| {
+            let (layers, layer_tocs, layer_diffs) = ImageRecord::layers_of(&[key]);
+            ImageRecord {
+                name: name.into(),
+                manifest: other.to_string(),
+                config: other.to_string(),
+                layers,
+                layer_tocs,
+                layer_diffs,
+                origin: None,
+                pulled: "now".into(),
+                size: 100,
+            }
+        };
+        let img = image("r.io/gz:1", gz);
+        assert_eq!(img.layer_keys().unwrap(), [gz]);
+        s.add_image(img).unwrap();
+        assert_eq!(s.gc(false).unwrap().layers, 0);
+        assert_eq!(s.layer(&gz).unwrap(), Some(rec));
+        s.remove_image("r.io/gz:1").unwrap();
+        assert_eq!(s.gc(false).unwrap().layers, 1);
+        assert_eq!(s.layer(&key).unwrap(), None);
     }
 }

@@ -3,12 +3,14 @@
 //! JSON lines (a segment of raw bytes, or a file entry with the CRC-64 of
 //! its data), from which a partial pull rebuilds the exact tar.
 
+use std::io::{self, BufRead, Read};
+
 use base64::Engine;
 
 /// CRC-64 with the ISO polynomial, reflected, as Go's `hash/crc64` with
 /// `crc64.ISO` computes it (what tar-split records of each file).
 #[derive(Clone, Copy)]
-pub(super) struct Crc64(u64);
+pub(crate) struct Crc64(u64);
 
 impl Crc64 {
     fn table() -> &'static [u64; 256] {
@@ -30,18 +32,18 @@ impl Crc64 {
         })
     }
 
-    pub(super) fn new() -> Crc64 {
+    pub(crate) fn new() -> Crc64 {
         Crc64(!0)
     }
 
-    pub(super) fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         let t = Self::table();
         for &b in data {
             self.0 = t[((self.0 ^ u64::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
         }
     }
 
-    pub(super) fn finish(self) -> u64 {
+    pub(crate) fn finish(self) -> u64 {
         !self.0
     }
 }
@@ -96,6 +98,192 @@ impl TarSplit {
             },
         );
         self.line(obj);
+    }
+}
+
+/// One line of a tar-split, as github.com/vbatts/tar-split writes it.
+#[derive(serde::Deserialize)]
+struct Line {
+    /// 1: a tar entry whose data follows (`payload`: its CRC-64, big
+    /// endian); 2: raw tar bytes (`payload`).
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(default)]
+    name: Option<String>,
+    /// The name when it is not UTF-8.
+    #[serde(default, with = "base64_opt")]
+    name_raw: Option<Vec<u8>>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default, with = "base64_opt")]
+    payload: Option<Vec<u8>>,
+}
+
+mod base64_opt {
+    use base64::Engine;
+    use serde::Deserialize;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
+/// The longest tar-split line read: a segment holds the headers between
+/// two files' data (PAX records with xattrs included), in base64.
+pub const LINE_MAX: usize = 16 << 20;
+
+/// Opens the data of tar entry `name` (as its header spells it), of
+/// `size` bytes.
+pub type OpenData<'a> = dyn FnMut(&[u8], u64) -> io::Result<Box<dyn Read + 'a>> + 'a;
+
+/// A tar put back together from its tar-split (`lines`, JSON) and its
+/// files' data (from `open`), read as a stream: each file's data must
+/// have the size and CRC-64 the tar-split records, or the read fails
+/// (`InvalidData`).
+pub struct Rebuild<'a, R> {
+    lines: R,
+    open: Box<OpenData<'a>>,
+    line: Vec<u8>,
+    piece: Piece<'a>,
+}
+
+enum Piece<'a> {
+    Done,
+    Bytes(Vec<u8>, usize),
+    Data {
+        name: String,
+        from: Box<dyn Read + 'a>,
+        left: u64,
+        crc: Crc64,
+        want: Option<u64>,
+    },
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("tar-split: {msg}"))
+}
+
+impl<'a, R: BufRead> Rebuild<'a, R> {
+    pub fn new(lines: R, open: Box<OpenData<'a>>) -> Rebuild<'a, R> {
+        Rebuild {
+            lines,
+            open,
+            line: Vec::new(),
+            piece: Piece::Done,
+        }
+    }
+
+    /// Reads the next line into the piece being read; `false` at the end.
+    fn next_piece(&mut self) -> io::Result<bool> {
+        self.line.clear();
+        let n = (&mut self.lines)
+            .take(LINE_MAX as u64 + 1)
+            .read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if n > LINE_MAX {
+            return Err(bad(format!("a line is longer than {LINE_MAX} bytes")));
+        }
+        let text = self.line.trim_ascii();
+        if text.is_empty() {
+            return Ok(true);
+        }
+        let l: Line = serde_json::from_slice(text)
+            .map_err(|e| bad(format!("a line is not what tar-split writes: {e}")))?;
+        self.piece = match l.kind {
+            2 => Piece::Bytes(l.payload.unwrap_or_default(), 0),
+            1 => {
+                let name = match (l.name_raw, l.name) {
+                    (Some(raw), _) => raw,
+                    (None, Some(n)) => n.into_bytes(),
+                    (None, None) => return Err(bad("an entry has no name".into())),
+                };
+                let want = match l.payload.as_deref() {
+                    None | Some([]) => None,
+                    Some(p) => Some(u64::from_be_bytes(p.try_into().map_err(|_| {
+                        bad(format!(
+                            "the CRC of '{}' is not 8 bytes",
+                            String::from_utf8_lossy(&name)
+                        ))
+                    })?)),
+                };
+                let from = match l.size {
+                    0 => Box::new(io::empty()) as Box<dyn Read + 'a>,
+                    n => (self.open)(&name, n)?,
+                };
+                Piece::Data {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    from,
+                    left: l.size,
+                    crc: Crc64::new(),
+                    want: want.filter(|_| l.size > 0),
+                }
+            }
+            k => {
+                return Err(bad(format!(
+                    "a line has type {k}, neither 1 (file) nor 2 (segment)"
+                )))
+            }
+        };
+        Ok(true)
+    }
+}
+
+impl<R: BufRead> Read for Rebuild<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match &mut self.piece {
+                Piece::Bytes(b, at) if *at < b.len() => {
+                    let n = buf.len().min(b.len() - *at);
+                    buf[..n].copy_from_slice(&b[*at..*at + n]);
+                    *at += n;
+                    return Ok(n);
+                }
+                Piece::Data {
+                    name,
+                    from,
+                    left,
+                    crc,
+                    ..
+                } if *left > 0 => {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = from.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(bad(format!(
+                            "the data of '{name}' ended {left} bytes early"
+                        )));
+                    }
+                    crc.update(&buf[..n]);
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                Piece::Data {
+                    name,
+                    crc,
+                    want: Some(w),
+                    ..
+                } if crc.finish() != *w => {
+                    return Err(bad(format!(
+                        "the data of '{name}' does not have the CRC-64 the tar-split records"
+                    )));
+                }
+                _ => {
+                    self.piece = Piece::Done;
+                    if !self.next_piece()? {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -240,5 +428,55 @@ mod tests {
             by_name.is_empty(),
             "TOC entries missing from the tar-split: {by_name:?}"
         );
+
+        // [`Rebuild`] does the same as a stream; data that is not what the
+        // tar-split records (other bytes, fewer bytes) fails the read.
+        let rebuild = |files: HashMap<String, Vec<u8>>| {
+            let open = move |name: &[u8], _: u64| -> io::Result<Box<dyn Read>> {
+                let d = files[std::str::from_utf8(name).unwrap()].clone();
+                Ok(Box::new(io::Cursor::new(d)))
+            };
+            let mut out = Vec::new();
+            Rebuild::new(&lines[..], Box::new(open))
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
+        assert!(rebuild(files.clone()).unwrap() == tar_bytes);
+        let mut other = files.clone();
+        other.get_mut("d/big").unwrap()[1000] ^= 1;
+        let e = rebuild(other).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().contains("'d/big' does not have the CRC-64"),
+            "{e}"
+        );
+        let mut short = files;
+        short.get_mut("d/big").unwrap().truncate(500);
+        let e = rebuild(short).unwrap_err();
+        assert!(
+            e.to_string().contains("'d/big' ended 699500 bytes early"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tar_split_line_that_is_not_one_is_refused() {
+        for (lines, says) in [
+            (&b"{\"type\":3,\"position\":0}\n"[..], "type 3"),
+            (b"{\"type\":1,\"size\":3,\"position\":0}\n", "no name"),
+            (
+                b"{\"type\":1,\"name\":\"a\",\"size\":3,\"payload\":\"AAE=\"}\n",
+                "not 8 bytes",
+            ),
+            (b"not json\n", "not what tar-split writes"),
+        ] {
+            let open =
+                |_: &[u8], _: u64| -> io::Result<Box<dyn Read>> { Ok(Box::new(&b"abc"[..])) };
+            let e = Rebuild::new(lines, Box::new(open))
+                .read_to_end(&mut Vec::new())
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 }

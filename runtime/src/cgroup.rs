@@ -231,6 +231,45 @@ impl Drop for Cgroups {
 mod tests {
     use super::*;
 
+    /// Cgroups made for a container go when their value does, on every
+    /// way out of a run (an early `?` return included), with no call to
+    /// remember; each is 0755 and holds the limit. Needs root (CI runs as
+    /// root).
+    #[test]
+    fn a_containers_cgroups_go_when_they_are_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let name = format!("unit-{}", std::process::id());
+        let limits = Limits {
+            pids: Some(17),
+            ..Limits::default()
+        };
+        let cg = Cgroups::apply(&name, child.id() as i32, &limits).unwrap();
+        let dirs = cg.dirs.clone();
+        assert!(!dirs.is_empty());
+        for d in &dirs {
+            assert_eq!(fs::read_to_string(d.join("pids.max")).unwrap().trim(), "17");
+            let mode = fs::metadata(d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{}", d.display());
+            let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap();
+            assert!(procs.lines().any(|l| l == child.id().to_string()), "{procs}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let failed_run = |cg: Cgroups| -> io::Result<()> {
+            let _cg = cg;
+            Err(io::Error::other("the container's wait failed"))
+        };
+        assert!(failed_run(cg).is_err());
+        for d in &dirs {
+            assert!(!d.exists(), "{} is left", d.display());
+        }
+    }
+
     #[test]
     fn memory_sizes() {
         assert_eq!(parse_memory("64m"), Ok(64 << 20));

@@ -430,3 +430,37 @@ pub fn commit(
     println!("{}", c.image.manifest);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name is claimed by one `mkdir`: of many runs that ask for it at
+    /// the same moment, exactly one gets it, each time; the others are
+    /// told it exists. (Looking before making let several through.)
+    #[test]
+    fn of_runs_claiming_one_name_at_once_exactly_one_gets_it() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        for round in 0..20 {
+            let name = format!("same{round}");
+            let go = std::sync::Barrier::new(8);
+            let got: Vec<Result<Claimed>> = std::thread::scope(|s| {
+                let claims: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            go.wait();
+                            Claimed::new_container(&store, &name)
+                        })
+                    })
+                    .collect();
+                claims.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won = got.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(won, 1, "round {round}: {won} runs got the name");
+            for e in got.iter().filter_map(|r| r.as_ref().err()) {
+                assert!(e.to_string().contains("exists already"), "{e:#}");
+            }
+        }
+    }
+}

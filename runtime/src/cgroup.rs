@@ -239,10 +239,16 @@ mod tests {
     fn a_containers_cgroups_go_when_they_are_dropped() {
         use std::os::unix::fs::PermissionsExt;
         if !nix::unistd::geteuid().is_root() {
-            assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the tests as root"
+            );
             return;
         }
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let name = format!("unit-{}", std::process::id());
         let limits = Limits {
             pids: Some(17),
@@ -256,7 +262,10 @@ mod tests {
             let mode = fs::metadata(d).unwrap().permissions().mode() & 0o7777;
             assert_eq!(mode, 0o755, "{}", d.display());
             let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap();
-            assert!(procs.lines().any(|l| l == child.id().to_string()), "{procs}");
+            assert!(
+                procs.lines().any(|l| l == child.id().to_string()),
+                "{procs}"
+            );
         }
         child.kill().unwrap();
         child.wait().unwrap();

@@ -18,7 +18,7 @@ use super::{annotation, fail, record_indexed, Progress, MAX_TOC};
 use crate::image::blob::BlobSource;
 use crate::image::chunked::{Rebuild, TARSPLIT_CHECKSUM_KEY, TARSPLIT_POSITION_KEY};
 use crate::image::digest::Digest;
-use crate::image::index::{index_layer_with, Compression};
+use crate::image::index::{index_layer_with, Compression, Limits};
 use crate::image::open::{new_cache, CacheOptions};
 use crate::image::store::{LayerRecord, Store};
 use crate::image::toc::{normalize, Toc};
@@ -80,7 +80,24 @@ pub(super) fn pull_by_chunks(
     };
     let lines =
         BufReader::new(zstd::stream::read::Decoder::new(&split[..])?.take(MAX_TAR_SPLIT_JSON));
-    let tar = Rebuild::new(lines, Box::new(open));
+    // A tar-split may name one file's data many times: the tar it makes
+    // may grow as much as a compressed stream of the blob's size could.
+    let l = Limits::from_env();
+    let no_limit = |n: u64| if n == 0 { u64::MAX } else { n };
+    let by_ratio = match l.max_ratio {
+        0 => u64::MAX,
+        r => desc.size().saturating_mul(r).max(l.ratio_free),
+    };
+    let most = no_limit(l.max_bytes).min(by_ratio);
+    let tar = Bounded {
+        r: Rebuild::new(lines, Box::new(open)),
+        left: most,
+        what: format!(
+            "its tar-split makes a tar of more than {most} bytes (at most {} per byte \
+             of its blob; RCFS_LAYER_MAX_BYTES, RCFS_LAYER_MAX_RATIO)",
+            l.max_ratio
+        ),
+    };
     let ix = index_layer_with(
         tar,
         Compression::None,
@@ -148,6 +165,24 @@ fn fetch_tar_split(
         )));
     }
     Ok(comp)
+}
+
+/// A reader that fails past `left` bytes.
+struct Bounded<R> {
+    r: R,
+    left: u64,
+    what: String,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| io::Error::other(self.what.clone()))?;
+        Ok(n)
+    }
 }
 
 /// A file of a layer, read from its start.

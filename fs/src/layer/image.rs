@@ -250,6 +250,36 @@ impl ImageLayer {
         self
     }
 
+    /// Fetches every chunk the cache lacks, at once and in blob order:
+    /// requests of about [`fetch::READ_AHEAD`] bytes, queued as urgent, as
+    /// many in flight as the fetch pool runs. For a reader of the whole
+    /// layer (a full pull by chunks), whose next read then finds its
+    /// chunks here or on their way; a read that comes first still fetches
+    /// its own.
+    pub fn fetch_all(&self) {
+        let offs = &self.inner.by_offset;
+        let mut i = 0;
+        while i < offs.len() {
+            let from = offs[i].0;
+            let mut to = from;
+            while i < offs.len() && to - from < fetch::READ_AHEAD {
+                let (_, f, c) = offs[i];
+                if let Source::Blob { end, .. } =
+                    self.inner.toc.files[f as usize].chunks[c as usize].source
+                {
+                    to = to.max(end);
+                }
+                i += 1;
+            }
+            let weak = Arc::downgrade(&self.inner);
+            self.inner.cache.pool.urgent(Box::new(move || {
+                if let Some(l) = weak.upgrade() {
+                    l.read_ahead_from(from, to - from);
+                }
+            }));
+        }
+    }
+
     /// The table of contents.
     pub fn toc(&self) -> &Toc {
         &self.inner.toc

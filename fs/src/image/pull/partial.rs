@@ -61,6 +61,7 @@ pub(super) fn pull_by_chunks(
     })?;
     let cache = new_cache(store, &CacheOptions::default());
     let layer = ImageLayer::new(d.to_string(), toc, Some(src.clone()), cache, false);
+    layer.fetch_all();
     let open = |name: &[u8], size: u64| -> io::Result<Box<dyn Read + '_>> {
         let name = std::str::from_utf8(name)
             .map_err(|_| invalid("the tar-split names a file that is not UTF-8".into()))?;

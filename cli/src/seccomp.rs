@@ -4,7 +4,7 @@
 //! of podman's profile, which a warm start would otherwise pay every time.
 //!
 //! The programs live in the store's `seccomp/` (0700), one file (0600) per
-//! key, named by the sha256 of [`Profile::cache_key`] (the profile, the
+//! key, named by the sha256 of [`ProfileText::cache_key`] (the profile, the
 //! command's capabilities, the architecture, the kernel release and
 //! libseccomp's version). Only the store's owner can write there (the store
 //! is 0700 and theirs); a file that is not a program is compiled again.
@@ -24,17 +24,18 @@ pub const MAX_PROGRAMS: usize = 32;
 /// The program for `--security-opt seccomp=OPT` (`None`: the option not
 /// given, the default profile); `None` when unconfined.
 pub fn program(store: &Store, opt: Option<&str>) -> Result<Option<Vec<u8>>> {
-    let Some(profile) = seccomp::choose(opt).map_err(anyhow::Error::msg)? else {
+    let Some(text) = seccomp::choose(opt).map_err(anyhow::Error::msg)? else {
         return Ok(None);
     };
     let dir = store.root.join("seccomp");
     let path = dir.join(format!(
         "{}.bpf",
-        Digest::of(profile.cache_key().as_bytes()).hex()
+        Digest::of(text.cache_key().as_bytes()).hex()
     ));
     if let Some(p) = cached(&path) {
         return Ok(Some(p));
     }
+    let profile = text.parse().map_err(anyhow::Error::msg)?;
     let p = compile(&profile, opt)?;
     if let Err(e) = keep(&dir, &path, &p) {
         log::warn!(

@@ -30,7 +30,7 @@
 //! Compiling a profile is slow (libseccomp takes some 15 ms to generate the
 //! BPF of podman's 470 syscalls for x86_64, x86 and x32), so `rcfs run`
 //! compiles it ([`program`]) and keeps the program in its store, keyed by
-//! everything it depends on ([`Profile::cache_key`]); the init gets the
+//! everything it depends on ([`ProfileText::cache_key`]); the init gets the
 //! program in its spec and the command's process loads it ([`load`]).
 //!
 //! Which profile (see [`choose`]): a file given by `--security-opt
@@ -263,12 +263,21 @@ pub struct Filter {
     pub min_kernel: String,
 }
 
+/// A profile as text, and where it comes from; parsed only when its
+/// program is not kept already ([`ProfileText::cache_key`]).
+#[derive(Debug, Clone)]
+pub struct ProfileText {
+    /// A path, or rcfs's built-in profile.
+    pub path: Option<String>,
+    pub text: std::borrow::Cow<'static, str>,
+}
+
 /// The profile `--security-opt seccomp=VALUE` asks for (`None`: the
 /// option was not given): `unconfined` is none; a path is that file;
 /// without the option, as podman: [`HOST_OVERRIDE`] when it exists, else
 /// [`HOST_DEFAULT`] when it exists; else rcfs's [`BUILTIN`].
 /// Errors say which profile and what is wrong with it.
-pub fn choose(opt: Option<&str>) -> Result<Option<Profile>, String> {
+pub fn choose(opt: Option<&str>) -> Result<Option<ProfileText>, String> {
     match opt {
         Some("unconfined") => Ok(None),
         Some(path) => read(path).map(Some),
@@ -280,18 +289,27 @@ pub fn choose(opt: Option<&str>) -> Result<Option<Profile>, String> {
                     Err(e) => return Err(format!("the seccomp profile {path}: {e}")),
                 }
             }
-            parse(BUILTIN)
-                .map(Some)
-                .map_err(|e| format!("rcfs's built-in seccomp profile: {e}"))
+            Ok(Some(ProfileText {
+                path: None,
+                text: BUILTIN.into(),
+            }))
         }
     }
 }
 
-/// Reads and checks the profile file at `path`.
-fn read(path: &str) -> Result<Profile, String> {
-    let what = |e: &dyn std::fmt::Display| {
-        format!("the seccomp profile {path}: {e} (--security-opt seccomp=FILE|unconfined)")
-    };
+/// Says what is wrong with the profile at `path` (`None`: the built-in).
+fn about(path: Option<&str>, e: &dyn std::fmt::Display) -> String {
+    match path {
+        Some(path) => {
+            format!("the seccomp profile {path}: {e} (--security-opt seccomp=FILE|unconfined)")
+        }
+        None => format!("rcfs's built-in seccomp profile: {e}"),
+    }
+}
+
+/// Reads the profile file at `path` (at most [`MAX_PROFILE_BYTES`]).
+fn read(path: &str) -> Result<ProfileText, String> {
+    let what = |e: &dyn std::fmt::Display| about(Some(path), e);
     let f = std::fs::File::open(path).map_err(|e| what(&e))?;
     let mut text = String::new();
     io::Read::read_to_string(&mut io::Read::take(f, MAX_PROFILE_BYTES + 1), &mut text)
@@ -299,7 +317,35 @@ fn read(path: &str) -> Result<Profile, String> {
     if text.len() as u64 > MAX_PROFILE_BYTES {
         return Err(what(&format!("larger than {MAX_PROFILE_BYTES} bytes")));
     }
-    parse(&text).map_err(|e| what(&e))
+    Ok(ProfileText {
+        path: Some(path.to_owned()),
+        text: text.into(),
+    })
+}
+
+impl ProfileText {
+    /// The profile, parsed and checked ([`parse`]).
+    pub fn parse(&self) -> Result<Profile, String> {
+        parse(&self.text).map_err(|e| about(self.path.as_deref(), &e))
+    }
+
+    /// Everything the program of this profile depends on, as text: the
+    /// profile's text, the command's capabilities, the architecture, the
+    /// kernel release (`minKernel`) and libseccomp's version. Two equal
+    /// keys give the same [`program`]; a start whose program is kept
+    /// reads the profile and parses nothing.
+    pub fn cache_key(&self) -> String {
+        let lib = libseccomp::ScmpVersion::current()
+            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+            .unwrap_or_default();
+        format!(
+            "rcfs-seccomp-3\n{}\n{}\n{}\n{}\n{lib}\n",
+            self.text,
+            command_caps().join(","),
+            std::env::consts::ARCH,
+            kernel_release().unwrap_or_default(),
+        )
+    }
 }
 
 /// Parses a profile and checks every action, operator, architecture and
@@ -340,23 +386,6 @@ pub fn parse(text: &str) -> Result<Profile, String> {
 }
 
 impl Profile {
-    /// Everything the program of this profile depends on, as text: the
-    /// profile, the command's capabilities, the architecture, the kernel
-    /// release (`minKernel`) and libseccomp's version. Two equal keys give
-    /// the same [`program`].
-    pub fn cache_key(&self) -> String {
-        let lib = libseccomp::ScmpVersion::current()
-            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
-            .unwrap_or_default();
-        format!(
-            "rcfs-seccomp-2\n{}\n{}\n{}\n{}\n{lib}\n",
-            serde_json::to_string(self).unwrap_or_default(),
-            command_caps().join(","),
-            std::env::consts::ARCH,
-            kernel_release().unwrap_or_default(),
-        )
-    }
-
     /// The filter for a command whose bounding set is `caps` (names as
     /// `CAP_SYS_ADMIN`), on this machine: not loaded yet
     /// ([`ScmpFilterContext::load`], with no_new_privs set).
@@ -570,11 +599,13 @@ mod tests {
         let bpf = program(&p).unwrap();
         check_program(&bpf).unwrap();
         assert!(check_program(&bpf[1..]).is_err());
+        let text = |t: &str| ProfileText {
+            path: None,
+            text: t.to_owned().into(),
+        };
         assert_ne!(
-            p.cache_key(),
-            parse(&BUILTIN.replace("CAP_SYS_BOOT", "CAP_SYS_NICE"))
-                .unwrap()
-                .cache_key()
+            text(BUILTIN).cache_key(),
+            text(&BUILTIN.replace("CAP_SYS_BOOT", "CAP_SYS_NICE")).cache_key()
         );
     }
 

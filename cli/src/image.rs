@@ -109,24 +109,26 @@ pub fn pull(
         pull::pull(store, name, &opts, &bars).with_context(|| format!("cannot pull {name}"))?;
     drop(bars);
     if !quiet {
-        let (mut reused, mut lazy_n, mut full) = (0, 0, 0);
+        let (mut reused, mut lazy_n, mut full, mut chunks) = (0, 0, 0, 0);
         for (d, size, o) in &report.layers {
             match o {
                 LayerOutcome::Reused => reused += 1,
                 LayerOutcome::Lazy { .. } => lazy_n += 1,
-                LayerOutcome::Indexed { .. } | LayerOutcome::Chunks { .. } => full += 1,
+                LayerOutcome::Indexed { .. } => full += 1,
+                LayerOutcome::Chunks { .. } => chunks += 1,
             }
             if !std::io::stderr().is_terminal() {
                 eprintln!("layer {} ({}): {}", d.short(), human(*size), describe(o));
             }
         }
         eprintln!(
-            "pulled {} in {:.1}s: {} layers ({} lazy, {} fetched whole, {} already in the store), {} fetched of {}",
+            "pulled {} in {:.1}s: {} layers ({} lazy, {} fetched whole, {} fetched by chunks, {} already in the store), {} fetched of {}",
             report.image.name,
             t0.elapsed().as_secs_f64(),
             report.layers.len(),
             lazy_n,
             full,
+            chunks,
             reused,
             human(report.bytes_fetched()),
             human(report.image.size),
@@ -144,7 +146,7 @@ fn describe(o: &LayerOutcome) -> String {
         ),
         LayerOutcome::Indexed { bytes } => format!("fetched whole ({})", human(*bytes)),
         LayerOutcome::Chunks { bytes } => format!(
-            "fetched by its chunks ({}; none the store held), its tar rebuilt and checked",
+            "fetched by its chunks ({}, without what the store held), its tar rebuilt and checked",
             human(*bytes)
         ),
     }

@@ -125,7 +125,7 @@ fn an_image_claiming_another_images_layer_digest_does_not_poison_the_store() {
     let r = pull(&store, &trusted).expect_ok("rcfs pull of the trusted image");
     assert!(
         r.stderr
-            .contains("(2 lazy, 0 fetched whole, 0 already in the store)"),
+            .contains("(2 lazy, 0 fetched whole, 0 fetched by chunks, 0 already in the store)"),
         "the trusted image's top layer was taken from the attacker's record: {}",
         r.stderr
     );

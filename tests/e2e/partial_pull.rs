@@ -105,7 +105,7 @@ fn a_full_pull_of_a_chunked_image_rebuilds_each_tar_and_fetches_only_what_the_st
     );
     assert!(
         r.stderr
-            .contains("(0 lazy, 2 fetched whole, 0 already in the store)"),
+            .contains("(0 lazy, 0 fetched whole, 2 fetched by chunks, 0 already in the store)"),
         "{}",
         r.stderr
     );
@@ -146,6 +146,14 @@ fn a_full_pull_of_a_chunked_image_rebuilds_each_tar_and_fetches_only_what_the_st
     assert!(!log.contains("/blobs/"), "no blob fetched: {log}");
     let m = ImageMount::new(&store, &via("by-chunks-gz"), &c.path("mnt-gz"), &[]);
     c.assert_same_tree(&m.mnt);
+    drop(m);
+
+    // The other way round: the gzip blobs streamed whole (their diff_ids
+    // checked) serve the zstd:chunked image too.
+    let other = c.path("store2");
+    pull(&other, &via("by-chunks-gz"), &["--full"]).expect_ok("pull --full of gzip");
+    let r = pull(&other, &via("by-chunks"), &["--full"]).expect_ok("pull --full");
+    assert!(r.stderr.contains("2 already in the store"), "{}", r.stderr);
 }
 
 /// An image whose config names another diff_id for its top layer than
@@ -184,4 +192,120 @@ fn a_chunked_layer_whose_tar_is_not_the_configs_diff_id_is_not_recorded() {
     assert_eq!(records(&store, &format!("diff-{}", "ab".repeat(32))), 0);
     let r = run(&mut rcfs(&store, &["images"]), T).expect_ok("rcfs images");
     assert!(!r.stdout.contains("tampered"), "{}", r.stdout);
+}
+
+/// A skippable zstd frame holding `payload`.
+fn skippable(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x50, 0x2a, 0x4d, 0x18];
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A layer whose tar-split does not rebuild its tar (one file's CRC-64 is
+/// wrong; TOC, annotations and the tar itself are consistent, so the
+/// blob still decompresses to the config's diff_id): the pull says so,
+/// streams that layer whole (blob digest and diff_id checked) and
+/// succeeds; the image is served as pushed.
+#[test]
+fn a_layer_whose_tar_split_does_not_rebuild_its_tar_is_streamed_whole() {
+    use rcfs_fs::image::digest::Digest;
+    let c = Case::new(1919);
+    push_converted(&c, "crc");
+    let mut manifest = c.registry.manifest("crc", "v1");
+    let layer = &manifest["layers"][0];
+    let (st, blob) = http(
+        &c.registry.host(),
+        "GET",
+        &format!("/v2/crc/blobs/{}", layer["digest"].as_str().unwrap()),
+        &[],
+        &[],
+    );
+    assert_eq!(st, 200);
+    let a = layer["annotations"].as_object().unwrap().clone();
+    let pos = |k: &str| -> Vec<usize> {
+        a[k].as_str()
+            .unwrap()
+            .split(':')
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let (toc_at, split_at) = (
+        pos("io.github.containers.zstd-chunked.manifest-position"),
+        pos("io.github.containers.zstd-chunked.tarsplit-position"),
+    );
+    let mut toc: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&blob[toc_at[0]..toc_at[0] + toc_at[1]]).unwrap())
+            .unwrap();
+    let lines = zstd::decode_all(&blob[split_at[0]..split_at[0] + split_at[1]]).unwrap();
+    let mut wrong = 0;
+    let lines: Vec<String> = String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if wrong == 0 && v["type"] == 1 && v["payload"].is_string() {
+                assert_ne!(v["payload"], "AAAAAAAAAAA=");
+                v["payload"] = "AAAAAAAAAAA=".into();
+                wrong += 1;
+            }
+            v.to_string()
+        })
+        .collect();
+    assert_eq!(wrong, 1);
+    let lines = (lines.join("\n") + "\n").into_bytes();
+    let split = zstd::encode_all(&lines[..], 3).unwrap();
+    toc["tarSplitDigest"] = Digest::of(&split).to_string().into();
+    let toc_json = serde_json::to_vec(&toc).unwrap();
+    let toc_z = zstd::encode_all(&toc_json[..], 3).unwrap();
+    let mut tampered = blob[..toc_at[0] - 8].to_vec();
+    tampered.extend(skippable(&toc_z));
+    let split_offset = tampered.len() + 8;
+    tampered.extend(skippable(&split));
+    // The footer as it was (rcfs reads the annotations).
+    tampered.extend_from_slice(&blob[split_at[0] + split_at[1]..]);
+    let d = c.registry.put_blob("crc", &tampered);
+    let l = &mut manifest["layers"][0];
+    l["digest"] = d.clone().into();
+    l["size"] = tampered.len().into();
+    let an = l["annotations"].as_object_mut().unwrap();
+    an.insert(
+        "io.github.containers.zstd-chunked.manifest-checksum".into(),
+        Digest::of(&toc_z).to_string().into(),
+    );
+    an.insert(
+        "io.github.containers.zstd-chunked.manifest-position".into(),
+        format!("{}:{}:{}:1", toc_at[0], toc_z.len(), toc_json.len()).into(),
+    );
+    an.insert(
+        "io.github.containers.zstd-chunked.tarsplit-position".into(),
+        format!("{split_offset}:{}:{}", split.len(), lines.len()).into(),
+    );
+    if an.contains_key("io.github.containers.zstd-chunked.tarsplit-checksum") {
+        an.insert(
+            "io.github.containers.zstd-chunked.tarsplit-checksum".into(),
+            Digest::of(&split).to_string().into(),
+        );
+    }
+    c.registry.put_manifest("crc", "tampered", &manifest);
+
+    let store = c.store();
+    let image = format!("{}/crc:tampered", c.registry.host());
+    let r = pull(&store, &image, &["--full"]).expect_ok("pull --full");
+    assert!(
+        r.stderr
+            .contains("does not have the CRC-64 the tar-split records")
+            && r.stderr.contains("fetching the layer whole instead")
+            && r.stderr
+                .contains("(0 lazy, 1 fetched whole, 1 fetched by chunks, 0 already in the store)"),
+        "{}",
+        r.stderr
+    );
+    // Streamed whole: recorded under its blob digest (hashed) and its
+    // diff_id (checked).
+    let hex = d.trim_start_matches("sha256:");
+    assert_eq!(records(&store, hex), 1);
+    assert_eq!(records(&store, "diff-"), 2);
+    let m = ImageMount::new(&store, &image, &c.path("mnt"), &[]);
+    c.assert_same_tree(&m.mnt);
 }

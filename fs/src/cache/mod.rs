@@ -321,6 +321,19 @@ impl BlockCache {
         BlockCache::new(mem_limit, None, 0, None)
     }
 
+    /// Whether object `d` of `len` bytes seems here (memory, the chunks'
+    /// or the files' store), without reading or checking it: [`get`] does
+    /// both when it is used.
+    ///
+    /// [`get`]: BlockCache::get
+    pub fn holds(&self, d: &Digest, len: u64) -> bool {
+        self.mem.lock().lru.contains(d)
+            || [&self.chunks, &self.files]
+                .into_iter()
+                .flatten()
+                .any(|cas| matches!(cas.size_of(d), Ok(Some(n)) if n == len))
+    }
+
     /// The chunk `d` if it is here (memory, then disk).
     pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<Block>> {
         if let Some(b) = self.mem.lock().lru.get(d) {

@@ -251,7 +251,7 @@ fn annotation<'a>(d: &'a Descriptor, keys: &[&str]) -> Option<&'a String> {
 struct FetchedToc {
     /// The layer's record, served lazily.
     rec: LayerRecord,
-    /// Compressed bytes fetched.
+    /// Compressed bytes fetched (0: the store had it).
     bytes: u64,
     toc: Toc,
     /// The digest of the layer's tar-split, as the TOC names it.
@@ -291,9 +291,11 @@ fn fetch_toc(
             desc.size()
         )));
     }
+    let mut fetched = 0;
     let comp = match store.blobs.read(&want)? {
         Some(c) => c,
         None => {
+            fetched = len;
             let c = src.read_range(offset, offset + len)?;
             if Digest::of(&c) != want {
                 return Err(bad(
@@ -336,7 +338,7 @@ fn fetch_toc(
     };
     Ok(FetchedToc {
         rec,
-        bytes: len,
+        bytes: fetched,
         toc,
         tar_split: parsed.tar_split_digest,
     })
@@ -563,6 +565,17 @@ fn pull_one(
         _ => whole(store, blobs, desc, diff_id, progress)?,
     };
     store.put_layer(&key, &rec)?;
+    // A tar hashed to the config's diff_id also serves images that name
+    // it by another blob (the same layer compressed otherwise).
+    if let (LayerKey::Blob(_), Some(diff)) = (key, rec.diff_id.as_deref().map(Digest::parse)) {
+        store.put_layer(
+            &LayerKey::Diff {
+                diff: diff?,
+                blob: d,
+            },
+            &rec,
+        )?;
+    }
     progress.layer_done(&key, &outcome);
     Ok((key, desc.size(), outcome))
 }

@@ -98,8 +98,14 @@ impl LayerKey {
         match self {
             LayerKey::Blob(d) => format!("{}.json", d.hex()),
             LayerKey::Toc { toc, blob } => format!("toc-{}-{}.json", toc.hex(), blob.hex()),
-            LayerKey::Diff { diff, .. } => format!("diff-{}.json", diff.hex()),
+            LayerKey::Diff { diff, .. } => Self::diff_file_name(diff),
         }
+    }
+
+    /// The file name of the record of the layer whose checked diff_id is
+    /// `diff`, whatever blob names it.
+    fn diff_file_name(diff: &Digest) -> String {
+        format!("diff-{}.json", diff.hex())
     }
 
     /// Whether file `name` of `layers/sha256/` is a layer record.
@@ -602,6 +608,15 @@ impl Store {
             }
             keep_layers.extend(i.layer_keys()?.iter().map(LayerKey::file_name));
         }
+        // A layer indexed whole is also recorded under its checked diff_id
+        // (for images that name the same tar by another blob): kept with it.
+        let mut diffs = Vec::new();
+        for name in &keep_layers {
+            if let Some(diff) = self.layer_unchecked(name)?.and_then(|r| r.diff_id) {
+                diffs.push(LayerKey::diff_file_name(&Digest::parse(&diff)?));
+            }
+        }
+        keep_layers.extend(diffs);
         // Index manifests of kept images are not tracked: they go.
         let mut report = GcReport::default();
         let mut keep_files = std::collections::HashSet::new();

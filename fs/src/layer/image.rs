@@ -255,28 +255,53 @@ impl ImageLayer {
     /// many in flight as the fetch pool runs. For a reader of the whole
     /// layer (a full pull by chunks), whose next read then finds its
     /// chunks here or on their way; a read that comes first still fetches
-    /// its own.
+    /// its own. A file [`Layer::open`] would take whole from the cache or
+    /// the store's files (one indexed before) is not fetched.
     pub fn fetch_all(&self) {
-        let offs = &self.inner.by_offset;
-        let mut i = 0;
-        while i < offs.len() {
-            let from = offs[i].0;
-            let mut to = from;
-            while i < offs.len() && to - from < fetch::READ_AHEAD {
-                let (_, f, c) = offs[i];
-                if let Source::Blob { end, .. } =
-                    self.inner.toc.files[f as usize].chunks[c as usize].source
-                {
-                    to = to.max(end);
-                }
-                i += 1;
-            }
-            let weak = Arc::downgrade(&self.inner);
-            self.inner.cache.pool.urgent(Box::new(move || {
+        let inner = &self.inner;
+        let whole_here: Vec<bool> = inner
+            .toc
+            .files
+            .iter()
+            .map(|f| {
+                f.chunks.len() > 1
+                    && f.size > MEM_CHUNK_MAX
+                    && f.digest.is_some_and(|d| inner.cache.holds(&d, f.size))
+            })
+            .collect();
+        let queue = |from: u64, to: u64| {
+            let weak = Arc::downgrade(inner);
+            inner.cache.pool.urgent(Box::new(move || {
                 if let Some(l) = weak.upgrade() {
                     l.read_ahead_from(from, to - from);
                 }
             }));
+        };
+        // Pieces of chunks next to each other in the blob, none of a file
+        // that is here whole (a piece takes every chunk in its range).
+        let mut piece: Option<(u64, u64)> = None;
+        for &(start, f, c) in &inner.by_offset {
+            let Source::Blob { end, .. } = inner.toc.files[f as usize].chunks[c as usize].source
+            else {
+                continue;
+            };
+            if whole_here[f as usize] {
+                if let Some((from, to)) = piece.take() {
+                    queue(from, to);
+                }
+                continue;
+            }
+            piece = match piece {
+                Some((from, to)) if to - from < fetch::READ_AHEAD => Some((from, to.max(end))),
+                Some((from, to)) => {
+                    queue(from, to);
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((from, to)) = piece {
+            queue(from, to);
         }
     }
 

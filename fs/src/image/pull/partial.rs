@@ -8,6 +8,7 @@
 //! names, and under that diff_id ([`LayerKey::Diff`]): the blob digest the
 //! manifest names is never hashed here, so it keys nothing.
 
+use std::cell::Cell;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,8 +64,7 @@ pub(super) fn pull_by_chunks(
     let layer = ImageLayer::new(d.to_string(), toc, Some(src.clone()), cache, false);
     layer.fetch_all();
     let open = |name: &[u8], size: u64| -> io::Result<Box<dyn Read + '_>> {
-        let name = std::str::from_utf8(name)
-            .map_err(|_| invalid("the tar-split names a file that is not UTF-8".into()))?;
+        let name = &go_string(name);
         let path: PathBuf = normalize(name)
             .map_err(|e| invalid(e.to_string()))?
             .join("/")
@@ -90,8 +90,12 @@ pub(super) fn pull_by_chunks(
         r => desc.size().saturating_mul(r).max(l.ratio_free),
     };
     let most = no_limit(l.max_bytes).min(by_ratio);
+    // What the indexer makes of a read error loses its kind: whether the
+    // pieces were at fault is noted here.
+    let pieces_bad = Cell::new(false);
     let tar = Bounded {
         r: Rebuild::new(lines, Box::new(open)),
+        pieces_bad: &pieces_bad,
         left: most,
         what: format!(
             "its tar-split makes a tar of more than {most} bytes (at most {} per byte \
@@ -106,10 +110,12 @@ pub(super) fn pull_by_chunks(
         &mut |_| progress.layer_bytes(&d, src.bytes()),
         &mut |e| progress.entry(&d, e),
     )
-    .map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => e,
-        _ => fail(format!("layer {d}: {e}")),
-    })?;
+    .map_err(
+        |e| match pieces_bad.get() || e.kind() == io::ErrorKind::InvalidData {
+            true => invalid(e.to_string()),
+            false => fail(format!("layer {d}: {e}")),
+        },
+    )?;
     if ix.diff_id != *diff_id {
         return Err(invalid(format!(
             "the tar its tar-split and files make has digest {}, the image config says {diff_id} \
@@ -168,22 +174,42 @@ fn fetch_tar_split(
     Ok(comp)
 }
 
-/// A reader that fails past `left` bytes.
-struct Bounded<R> {
+/// A reader that fails past `left` bytes, and notes when `r` found its
+/// input malformed (`InvalidData`).
+struct Bounded<'a, R> {
     r: R,
+    pieces_bad: &'a Cell<bool>,
     left: u64,
     what: String,
 }
 
-impl<R: Read> Read for Bounded<R> {
+impl<R: Read> Read for Bounded<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
+        let n = self.r.read(buf).inspect_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                self.pieces_bad.set(true);
+            }
+        })?;
         self.left = self
             .left
             .checked_sub(n as u64)
             .ok_or_else(|| io::Error::other(self.what.clone()))?;
         Ok(n)
     }
+}
+
+/// `name` as Go's `encoding/json` writes a string that is not UTF-8 (one
+/// U+FFFD for each byte that is not part of a character): how the TOC of
+/// a layer podman wrote spells the names its tar-split gives raw.
+fn go_string(name: &[u8]) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.utf8_chunks() {
+        s.push_str(c.valid());
+        for _ in c.invalid() {
+            s.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    s
 }
 
 /// A file of a layer, read from its start.
@@ -237,5 +263,19 @@ impl BlobSource for Counted {
 
     fn describe(&self) -> String {
         self.src.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_string;
+
+    #[test]
+    fn names_that_are_not_utf8_are_spelled_as_go_spells_them() {
+        assert_eq!(go_string(b"data/caf\xe9"), "data/caf\u{fffd}");
+        // An incomplete character: one U+FFFD per byte, as Go (Rust's
+        // lossy conversion gives one for both).
+        assert_eq!(go_string(b"x\xe2\x82"), "x\u{fffd}\u{fffd}");
+        assert_eq!(go_string("d\u{e9}j\u{e0}".as_bytes()), "d\u{e9}j\u{e0}");
     }
 }

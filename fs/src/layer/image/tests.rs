@@ -574,3 +574,50 @@ fn a_prefetched_file_copies_without_a_request() {
     std::io::Read::read_to_end(&mut &dst, &mut copied).unwrap();
     assert_eq!(copied, big);
 }
+
+/// `fetch_all` fetches every chunk the cache lacks in requests of about
+/// [`READ_AHEAD`], not one per file; a file cut in chunks that the store's
+/// files hold whole (a layer indexed before had it) is not fetched, and
+/// reads of it come from there.
+#[test]
+fn fetch_all_gets_what_is_missing_in_few_requests_and_skips_files_held_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let chunks = Arc::new(crate::image::cas::temp_cas(t.path(), "cache"));
+    let files = Arc::new(crate::image::cas::temp_cas(t.path(), "files"));
+    // Bytes that do not compress: the blob is as big as its files.
+    let noise = |n: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let held = noise(3 << 20, 9);
+    files.put(&Digest::of(&held), &held).unwrap();
+    let small: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("s{i:03}"), noise(10_000 + i, i as u64 + 100)))
+        .collect();
+    let mut list: Vec<(&str, Vec<u8>, usize)> = vec![("held", held.clone(), 100_000)];
+    list.extend(small.iter().map(|(n, d)| (n.as_str(), d.clone(), 0)));
+    list.push(("big", noise(2 << 20, 3), 100_000));
+    let cache = Arc::new(BlockCache::new(1 << 20, Some(chunks), 1 << 30, Some(files)));
+    let (l, blob) = layer(&list, cache);
+    l.fetch_all();
+    let want: u64 = blob.data.len() as u64;
+    for (name, data, _) in &list {
+        assert!(read_all(&l, name).unwrap() == *data, "{name}");
+    }
+    let (requests, bytes) = (
+        blob.requests.load(Ordering::SeqCst),
+        blob.bytes.load(Ordering::SeqCst),
+    );
+    // The held file's ~3 MiB of frames were not fetched.
+    assert!(bytes + (2 << 20) < want, "{bytes} of {want} bytes fetched");
+    let most = bytes / READ_AHEAD + 4;
+    assert!(requests <= most, "{requests} requests for {bytes} bytes");
+    assert!(l.open(Path::new("held")).unwrap().host_fd().is_some());
+}

@@ -373,7 +373,7 @@ fn wait_servers(mp: &Path, pids: &[u32], limit: Duration) {
         }
         if !told && waited > Duration::from_secs(1) {
             eprintln!(
-                "rcfs: waiting for the server of {} (pid {pids:?}) to finish writing copied-up data",
+                "rcfs: waiting for the server of {} (pid {pids:?}) to exit (it writes out copied-up data and ends its fetches first)",
                 mp.display()
             );
             told = true;

@@ -343,6 +343,11 @@ fn read_entries<R: Read>(
     // Path → index in `entries`, for later entries of the same path (the
     // last one wins, as when a tar is unpacked).
     let mut by_path: HashMap<String, usize> = HashMap::new();
+    // Names are kept as UTF-8 (each byte that is not part of a character
+    // becomes U+FFFD): the paths that came from names that are not UTF-8,
+    // with those names, so that two that would become one are refused
+    // rather than merged.
+    let mut not_utf8: HashMap<String, Vec<u8>> = HashMap::new();
     let (mut nfiles, mut bytes) = (0u64, 0u64);
     for e in ar
         .entries()
@@ -372,6 +377,23 @@ fn read_entries<R: Read>(
         }
         let comps = normalize(&raw_path).map_err(|b| hostile(b.0))?;
         let path = comps.join("/");
+        let raw = e.path_bytes();
+        let merged = match (std::str::from_utf8(&raw).is_ok(), not_utf8.get(&path)) {
+            (true, Some(_)) => true,
+            (false, Some(other)) => *other != *raw,
+            (false, None) => by_path.contains_key(&path),
+            (true, None) => false,
+        };
+        if merged {
+            return Err(hostile(format!(
+                "tar entry '{}' has a name that is not UTF-8 and another entry's name differs from it \
+                 only there: rcfs keeps names as UTF-8 and would merge the two (rename one of them)",
+                raw.escape_ascii()
+            )));
+        }
+        if std::str::from_utf8(&raw).is_err() {
+            not_utf8.insert(path.clone(), raw.into_owned());
+        }
         let h = e.header().clone();
         let mut entry = TocEntry {
             kind: kind.into(),
@@ -516,6 +538,37 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let c = crate::image::cas::temp_cas(t.path(), "files");
         (t, c)
+    }
+
+    /// Names that are not UTF-8 are kept with U+FFFD for each bad byte; two
+    /// that would become one (or one that would become another entry's
+    /// name) are refused, not merged; the same name twice is an update.
+    #[test]
+    fn names_that_are_not_utf8_are_never_merged() {
+        let with = |names: &[&[u8]]| {
+            let tar = tar_of(|b| {
+                for n in names {
+                    let mut h = header(tar::EntryType::Regular, 1);
+                    let p: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(n);
+                    h.set_path(p).unwrap();
+                    h.set_cksum();
+                    b.append(&h, &b"x"[..]).unwrap();
+                }
+            });
+            let (_t, files) = store();
+            index_layer(&tar[..], Compression::None, &files, &mut |_| {})
+        };
+        let ix = with(&[b"caf\xe9", b"caf\xe9", b"ok"]).unwrap();
+        let names: Vec<&str> = ix.toc.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["caf\u{fffd}", "ok"]);
+        for pair in [
+            [&b"x\xe9"[..], b"x\xe8"],
+            [b"x\xe9", "x\u{fffd}".as_bytes()],
+            ["x\u{fffd}".as_bytes(), b"x\xe9"],
+        ] {
+            let e = with(&pair).unwrap_err().to_string();
+            assert!(e.contains("would merge the two"), "{e}");
+        }
     }
 
     #[test]

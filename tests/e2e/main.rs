@@ -65,6 +65,7 @@ mod lifecycle;
 mod overlay_cli;
 mod partial_pull;
 mod permissions;
+mod podman5;
 mod readdir;
 mod readonly;
 mod remount;

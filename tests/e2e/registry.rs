@@ -537,16 +537,21 @@ impl Registry {
 
     /// Stores `manifest` as `repo:tag` (an OCI manifest); its digest.
     pub fn put_manifest(&self, repo: &str, tag: &str, manifest: &serde_json::Value) -> String {
-        let bytes = serde_json::to_vec(manifest).unwrap();
+        self.put_manifest_bytes(repo, tag, &serde_json::to_vec(manifest).unwrap())
+    }
+
+    /// Stores `bytes` as they are (an OCI manifest another tool wrote,
+    /// whose digest must stay) as `repo:tag`; its digest.
+    pub fn put_manifest_bytes(&self, repo: &str, tag: &str, bytes: &[u8]) -> String {
         let (st, body) = http(
             &self.host(),
             "PUT",
             &format!("/v2/{repo}/manifests/{tag}"),
             &[("Content-Type", OCI_MANIFEST)],
-            &bytes,
+            bytes,
         );
         assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
-        Digest::of(&bytes).to_string()
+        Digest::of(bytes).to_string()
     }
 
     /// Uploads `data` as a blob of `repo` (one monolithic upload); its

@@ -210,7 +210,8 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 START='import numpy; print(numpy.__version__)'
 
 declare -A T B OK
-declare -A RSS READ NFILES
+declare -A RSS READ NFILES SRVCPU
+CLK_TCK=$(getconf CLK_TCK)
 # podman as root, its storage under DIR (made empty): overlay driver,
 # cgroupfs, file events, runc (crun 1.x refuses a host with hybrid
 # cgroups); the proxy is plain HTTP.
@@ -278,6 +279,12 @@ run_case() { # NAME LABEL I
         log "  $name $label run $i FAILED (exit $rc): $(tail -n 3 "$out.err" | tr '\n' ' ')"
         cp "$out.err" "$BENCH_DIR/failed-$name-$label-$i.err" 2>/dev/null || true
     fi
+    case $name in lazy | traced | full)
+        # The CPU time the rcfs server used for the start (all its threads).
+        local spid
+        spid=$(pgrep -f -- "--root $store mount" | head -1 || true)
+        [ -z "$spid" ] || SRVCPU[$k]=$(awk -v t="$CLK_TCK" '{print ($14 + $15) * 1000 / t}' "/proc/$spid/stat") ;;
+    esac
     if [ "$name" = lazy ] && [ "${OK[$k]}" = 1 ]; then
         # The server's memory with the start's files read.
         local pid
@@ -332,7 +339,7 @@ for i in $(seq 1 "$RUNS"); do
     done
 done
 
-median() { sort -g | awk 'NF {a[++n]=$1} END {if (!n) print "-"; else if (n%2) print a[(n+1)/2]; else print (a[n/2]+a[n/2+1])/2}'; }
+median() { sort -g | awk 'NF {a[++n]=$1} END {if (!n) print "-"; else if (n%2) print a[(n+1)/2]; else {m=(a[n/2]+a[n/2+1])/2; if (m==int(m)) printf "%d\n", m; else printf "%.1f\n", m}}'; }
 # Samples of case NAME with LABEL that succeeded: their times, their bytes.
 okt() { local i; for i in $(seq 1 "$RUNS"); do if [ "${OK[$1,$2,$i]:-0}" = 1 ]; then echo "${T[$1,$2,$i]}"; fi; done; }
 okb() { local i; for i in $(seq 1 "$RUNS"); do if [ "${OK[$1,$2,$i]:-0}" = 1 ]; then echo "${B[$1,$2,$i]}"; fi; done; }
@@ -411,6 +418,13 @@ ref=${LABELS[0]}
             [ "$rss" = - ] || echo "| rcfs server RSS after the start | $l | $((rss / 1024)) MiB | ≤ 64 MiB | $([ "$rss" -le 65536 ] && echo ok || echo MISS) |"
         done
     fi
+    for name in lazy traced full; do
+        has_case "$name" || continue
+        for l in "${LABELS[@]}"; do
+            c=$(for i in $(seq 1 "$RUNS"); do if [ "${OK[$name,$l,$i]:-0}" = 1 ]; then echo "${SRVCPU[$name,$l,$i]:-}"; fi; done | median)
+            echo "| rcfs server CPU time for the start, $name (ms) | $l | $c | | |"
+        done
+    done
     for l in "${LABELS[@]}"; do
         w2=$(for i in $(seq 1 "$RUNS"); do echo "${W[two,$l,$i]}"; done | median)
         w64=$(for i in $(seq 1 "$RUNS"); do echo "${W[many,$l,$i]}"; done | median)
@@ -438,6 +452,9 @@ ref=${LABELS[0]}
     for l in "${LABELS[@]}"; do
         echo "- walk $l, 2 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[two,$l,$i]} "; done); 64 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[many,$l,$i]} "; done)"
         has_case lazy && echo "- server RSS $l (KiB): $(for i in $(seq 1 "$RUNS"); do echo -n "${RSS[$l,$i]:-?} "; done)"
+        for name in lazy traced full; do
+            has_case "$name" && echo "- server CPU ms, $name $l: $(for i in $(seq 1 "$RUNS"); do echo -n "${SRVCPU[$name,$l,$i]:-?} "; done)"
+        done
     done
     echo
     echo "</details>"

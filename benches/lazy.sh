@@ -10,6 +10,15 @@
 #                 indexed) + rcfs mount + the import
 #   skopeo+umoci  skopeo copy to an OCI layout + umoci unpack + the import in
 #                 a chroot of the unpacked tree (what a full pull costs)
+#   rcfs run      `rcfs run --rm` of the gzip image, the import its command:
+#                 the image pulled while the container runs (each streamed
+#                 layer's files served once its digest is checked, where the
+#                 binary does that)
+#   rcfs run unverified   the same with --unverified-streaming (files served
+#                 as they arrive), where the binary has that option
+#   podman run    podman (as root, overlay driver, an empty storage each run)
+#                 `run --rm --net=host` of the gzip image, the import its
+#                 command
 # Every run starts from an empty store / empty dirs with the page cache
 # dropped. Also measured: bytes the proxy delivered against the bytes of the
 # files the start opened, the rcfs server's RSS after the start, and the
@@ -20,6 +29,12 @@
 #     benches/lazy.sh
 # Knobs: RUNS=3, BENCH_DIR=/var/tmp/rcfs-lazy (the image is built there once
 # with debootstrap, ~400 MB), RTT_MS=20, MBIT=100, RCFS=target/release/rcfs.
+# BINS="before=/path/a after=/path/b" measures several rcfs binaries in the
+# same run, in turn (each case's runs interleaved: a b, then b a, ...); the
+# first is the reference the others are compared with, the last one builds
+# the images (SETUP_RCFS=). CASES="lazy traced full run run-unverified umoci
+# podman" (the default: all). IDLE_WAIT=S waits up to S seconds before each
+# run for the machine to be under IDLE_BUSY=25 % busy (default 0: no wait).
 # Needs: debootstrap, docker-registry, skopeo, umoci, python3, fuse3 (it
 # installs what is missing).
 set -euo pipefail
@@ -30,12 +45,35 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/rcfs-lazy}
 RTT_MS=${RTT_MS:-20}
 MBIT=${MBIT:-100}
 RCFS=${RCFS:-$REPO/target/release/rcfs}
+BINS=${BINS:-rcfs=$RCFS}
+CASES=${CASES:-lazy traced full run run-unverified umoci podman}
+IDLE_WAIT=${IDLE_WAIT:-0}
+IDLE_BUSY=${IDLE_BUSY:-25}
 OUT=${OUT:-$REPO/benches/results/lazy-$(date +%Y%m%d-%H%M%S).md}
 HELPER_SRC=$REPO/benches/union-helper.c
+source "$REPO/benches/lib.sh"
+log() { echo "$*" >&2; }
 
 die() { echo "lazy.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (chroot, drop_caches)"
-[ -x "$RCFS" ] || die "$RCFS missing: cargo build --release -p rcfs"
+# The binaries: LABELS in order, BIN[label] its path.
+declare -A BIN
+LABELS=()
+for b in $BINS; do
+    l=${b%%=*}; p=${b#*=}
+    [ -x "$p" ] || die "$p missing: cargo build --release -p rcfs"
+    LABELS+=("$l"); BIN[$l]=$p
+done
+RCFS=${SETUP_RCFS:-${BIN[${LABELS[-1]}]}}
+has_case() { [[ " $CASES " == *" $1 "* ]]; }
+# Which binaries can serve a streamed layer unverified on request.
+declare -A UNVERIFIED
+for l in "${LABELS[@]}"; do
+    "${BIN[$l]}" run --help 2>/dev/null | grep -q -- --unverified-streaming && UNVERIFIED[$l]=1 || UNVERIFIED[$l]=0
+done
+if has_case podman && ! command -v podman >/dev/null; then
+    log "podman not installed: the podman case is left out"; CASES=${CASES/podman/}
+fi
 need=()
 for p in debootstrap docker-registry skopeo umoci; do command -v $p >/dev/null || need+=($p); done
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -43,7 +81,6 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 mkdir -p "$BENCH_DIR" "$(dirname "$OUT")"
-log() { echo "$*" >&2; }
 
 # --- the image, built once -------------------------------------------------
 ROOTFS=$BENCH_DIR/rootfs
@@ -134,6 +171,7 @@ python3 "$REPO/benches/wanproxy.py" "$PROXY_PORT" "$REG_PORT" --rtt-ms "$RTT_MS"
 PROXY_PID=$!
 cleanup() {
     for m in "$RUN"/mnt*; do mountpoint -q "$m" 2>/dev/null && "$RCFS" umount "$m" || true; done
+    { grep -o " $RUN/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     kill "$REG_PID" "$PROXY_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -171,109 +209,253 @@ now() { date +%s.%N; }
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 START='import numpy; print(numpy.__version__)'
 
-declare -A T B
-run_case() { # NAME RUN
-    local name=$1 i=$2 store=$RUN/store-$name-$i mnt=$RUN/mnt-$name-$i b0 t0 t1
+declare -A T B OK
+declare -A RSS READ NFILES SRVCPU
+CLK_TCK=$(getconf CLK_TCK)
+# podman as root, its storage under DIR (made empty): overlay driver,
+# cgroupfs, file events, runc (crun 1.x refuses a host with hybrid
+# cgroups); the proxy is plain HTTP.
+podman_in() { # DIR ARGS...
+    local d=$1; shift
+    podman --root "$d/root" --runroot "$d/runroot" --tmpdir "$d/tmp" --storage-driver overlay \
+        --cgroup-manager cgroupfs --events-backend file --runtime runc "$@"
+}
+# Without CAP_SYS_RESOURCE (a sandbox), podman's default limits for root
+# (nofile 1048576) cannot be set: ask for what the host allows.
+PODMAN_RUN_OPTS=()
+if (( ! ($(awk '/^CapBnd/ {print "0x" $2}' /proc/self/status) >> 24 & 1) )); then
+    PODMAN_RUN_OPTS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=10000:10000)
+fi
+# Unmounts what is mounted under DIR (podman's overlay driver keeps its
+# home a mount), deepest first.
+umount_under() {
+    { grep -o " $1/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+# One run of case NAME (with the binary LABEL; "-" for the cases that use
+# no rcfs) as sample I. Records T (ms), B (bytes via the proxy), OK (0/1).
+run_case() { # NAME LABEL I
+    local name=$1 label=$2 i=$3 rcfs= store mnt b0 t0 t1 out rc=0
+    [ "$label" = - ] || rcfs=${BIN[$label]}
+    store=$RUN/store-$name-$label-$i mnt=$RUN/mnt-$name-$label-$i out=$RUN/out-$name-$label-$i
     mkdir -p "$mnt"
+    wait_idle
     cold
     b0=$(proxy_bytes)
     t0=$(now)
     case $name in
         lazy)
-            "$RCFS" --root "$store" pull -q --tls-verify=false "$PROXY/lazy/py:v1"
-            "$RCFS" --root "$store" mount --record-trace "$RUN/trace-$i" "$PROXY/lazy/py:v1" "$mnt"
-            chroot "$mnt" /usr/bin/python3 -c "$START" >/dev/null ;;
+            "$rcfs" --root "$store" pull -q --tls-verify=false "$PROXY/lazy/py:v1" &&
+            "$rcfs" --root "$store" mount --record-trace "$RUN/trace-$label-$i" "$PROXY/lazy/py:v1" "$mnt" &&
+            chroot "$mnt" /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         traced)
-            "$RCFS" --root "$store" pull -q --tls-verify=false "$PROXY/lazy/traced:v1"
-            "$RCFS" --root "$store" mount "$PROXY/lazy/traced:v1" "$mnt"
-            chroot "$mnt" /usr/bin/python3 -c "$START" >/dev/null ;;
+            "$rcfs" --root "$store" pull -q --tls-verify=false "$PROXY/lazy/traced:v1" &&
+            "$rcfs" --root "$store" mount "$PROXY/lazy/traced:v1" "$mnt" &&
+            chroot "$mnt" /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         full)
-            "$RCFS" --root "$store" pull -q --full --tls-verify=false "$PROXY/full/py:v1"
-            "$RCFS" --root "$store" mount "$PROXY/full/py:v1" "$mnt"
-            chroot "$mnt" /usr/bin/python3 -c "$START" >/dev/null ;;
+            "$rcfs" --root "$store" pull -q --full --tls-verify=false "$PROXY/full/py:v1" &&
+            "$rcfs" --root "$store" mount "$PROXY/full/py:v1" "$mnt" &&
+            chroot "$mnt" /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        run)
+            "$rcfs" --root "$store" run --rm --tls-verify=false "$PROXY/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        run-unverified)
+            "$rcfs" --root "$store" run --rm --tls-verify=false --unverified-streaming "$PROXY/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         umoci)
-            skopeo copy -q --src-tls-verify=false "docker://$PROXY/full/py:v1" "oci:$RUN/oci-$i:v1"
-            umoci unpack -q --image "$RUN/oci-$i:v1" "$RUN/bundle-$i" >/dev/null 2>&1 || umoci unpack --image "$RUN/oci-$i:v1" "$RUN/bundle-$i" >/dev/null
-            chroot "$RUN/bundle-$i/rootfs" /usr/bin/python3 -c "$START" >/dev/null ;;
+            { skopeo copy -q --src-tls-verify=false "docker://$PROXY/full/py:v1" "oci:$RUN/oci-$i:v1" &&
+              { umoci unpack -q --image "$RUN/oci-$i:v1" "$RUN/bundle-$i" >/dev/null 2>&1 || umoci unpack --image "$RUN/oci-$i:v1" "$RUN/bundle-$i" >/dev/null; } &&
+              chroot "$RUN/bundle-$i/rootfs" /usr/bin/python3 -c "$START" >"$out"; } 2>"$out.err" || rc=$? ;;
+        podman)
+            podman_in "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
     esac
     t1=$(now)
-    T[$name,$i]=$(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.0f')
-    B[$name,$i]=$(( $(proxy_bytes) - b0 ))
-    if [ "$name" = lazy ]; then
+    local k=$name,$label,$i
+    T[$k]=$(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.0f')
+    B[$k]=$(( $(proxy_bytes) - b0 ))
+    # A start counts when the import printed numpy's version.
+    if [ "$rc" = 0 ] && grep -qE '^[0-9]+\.[0-9]+' "$out"; then OK[$k]=1; else
+        OK[$k]=0
+        log "  $name $label run $i FAILED (exit $rc): $(tail -n 3 "$out.err" | tr '\n' ' ')"
+        cp "$out.err" "$BENCH_DIR/failed-$name-$label-$i.err" 2>/dev/null || true
+    fi
+    case $name in lazy | traced | full)
+        # The CPU time the rcfs server used for the start (all its threads).
+        local spid
+        spid=$(pgrep -f -- "--root $store mount" | head -1 || true)
+        [ -z "$spid" ] || SRVCPU[$k]=$(awk -v t="$CLK_TCK" '{print ($14 + $15) * 1000 / t}' "/proc/$spid/stat") ;;
+    esac
+    if [ "$name" = lazy ] && [ "${OK[$k]}" = 1 ]; then
         # The server's memory with the start's files read.
         local pid
-        pid=$(pgrep -f "rcfs --root $store mount" | head -1)
-        RSS[$i]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+        pid=$(pgrep -f -- "--root $store mount" | head -1)
+        RSS[$label,$i]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
         # Bytes of the files the start opened (from the trace).
         # (The trace's other lines, "/read ...", are the chunks read.)
-        READ[$i]=$(cd "$mnt" && grep -v '^/read ' "$RUN/trace-$i" | tr '\n' '\0' | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
-        NFILES[$i]=$(grep -cv '^/read ' "$RUN/trace-$i")
+        READ[$label,$i]=$(cd "$mnt" && grep -v '^/read ' "$RUN/trace-$label-$i" | tr '\n' '\0' | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+        NFILES[$label,$i]=$(grep -cv '^/read ' "$RUN/trace-$label-$i")
     fi
-    mountpoint -q "$mnt" && "$RCFS" umount "$mnt"
-    rm -rf "$store" "$RUN/oci-$i" "$RUN/bundle-$i"
-    log "  $name run $i: ${T[$name,$i]} ms, ${B[$name,$i]} bytes"
+    mountpoint -q "$mnt" && "$rcfs" umount "$mnt"
+    [ "$name" != podman ] || umount_under "$store"
+    rm -rf "$store" "$RUN/oci-$i" "$RUN/bundle-$i" "$out" "$out.err"
+    log "  $name $label run $i: ${T[$k]} ms, ${B[$k]} bytes"
 }
-declare -A RSS READ NFILES
+# The binaries in turn: in LABELS' order in odd runs, reversed in even ones.
+order() { # I
+    if (($1 % 2)); then printf '%s\n' "${LABELS[@]}"; else printf '%s\n' "${LABELS[@]}" | tac; fi
+}
+PER_BIN="lazy traced full run run-unverified"
 for i in $(seq 1 "$RUNS"); do
-    for name in lazy traced full umoci; do run_case "$name" "$i"; done
+    for name in $CASES; do
+        if [[ " $PER_BIN " == *" $name "* ]]; then
+            for l in $(order "$i"); do
+                [ "$name" != run-unverified ] || [ "${UNVERIFIED[$l]}" = 1 ] || continue
+                run_case "$name" "$l" "$i"
+            done
+        else
+            run_case "$name" - "$i"
+        fi
+    done
 done
 
 # First stat-walk of the image layers, 64 vs 2 (TOCs pulled, no data needed).
 cc -O2 -o "$RUN/union-helper" "$HELPER_SRC" -lm
 declare -A W
-for img in two many; do
-    store=$RUN/store-walk-$img
-    "$RCFS" --root "$store" pull -q --tls-verify=false "$REG/walk/$img:v1"
-    for i in $(seq 1 "$RUNS"); do
-        mnt=$RUN/mnt-walk-$img-$i; mkdir -p "$mnt"
-        "$RCFS" --root "$store" mount "$REG/walk/$img:v1" "$mnt"
-        cold
-        W[$img,$i]=$("$RUN/union-helper" walk "$mnt" | awk '{printf "%.1f", $1 / 1e6}')
-        "$RCFS" umount "$mnt"
+for l in "${LABELS[@]}"; do
+    for img in two many; do
+        "${BIN[$l]}" --root "$RUN/store-walk-$l-$img" pull -q --tls-verify=false "$REG/walk/$img:v1"
+    done
+done
+for i in $(seq 1 "$RUNS"); do
+    for l in $(order "$i"); do
+        for img in two many; do
+            store=$RUN/store-walk-$l-$img
+            mnt=$RUN/mnt-walk-$l-$img-$i; mkdir -p "$mnt"
+            "${BIN[$l]}" --root "$store" mount "$REG/walk/$img:v1" "$mnt"
+            cold
+            W[$img,$l,$i]=$("$RUN/union-helper" walk "$mnt" | awk '{printf "%.1f", $1 / 1e6}')
+            "${BIN[$l]}" umount "$mnt"
+        done
     done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-med() { local k=$1; for i in $(seq 1 "$RUNS"); do echo "${T[$k,$i]}"; done | median; }
-medb() { local k=$1; for i in $(seq 1 "$RUNS"); do echo "${B[$k,$i]}"; done | median; }
-medw() { local k=$1; for i in $(seq 1 "$RUNS"); do echo "${W[$k,$i]}"; done | median; }
-tl=$(med lazy); tt=$(med traced); tf=$(med full); tu=$(med umoci)
-bl=$(medb lazy); bt=$(medb traced); bf=$(medb full); bu=$(medb umoci)
-rd=$(for i in $(seq 1 "$RUNS"); do echo "${READ[$i]}"; done | median)
-nf=$(for i in $(seq 1 "$RUNS"); do echo "${NFILES[$i]}"; done | median)
-rss=$(for i in $(seq 1 "$RUNS"); do echo "${RSS[$i]}"; done | median)
-w2=$(medw two); w64=$(medw many)
-ratio() { echo "scale=3; $1 / $2" | bc -l | sed 's/^\./0./'; }
+median() { sort -g | awk 'NF {a[++n]=$1} END {if (!n) print "-"; else if (n%2) print a[(n+1)/2]; else {m=(a[n/2]+a[n/2+1])/2; if (m==int(m)) printf "%d\n", m; else printf "%.1f\n", m}}'; }
+# Samples of case NAME with LABEL that succeeded: their times, their bytes.
+okt() { local i; for i in $(seq 1 "$RUNS"); do if [ "${OK[$1,$2,$i]:-0}" = 1 ]; then echo "${T[$1,$2,$i]}"; fi; done; }
+okb() { local i; for i in $(seq 1 "$RUNS"); do if [ "${OK[$1,$2,$i]:-0}" = 1 ]; then echo "${B[$1,$2,$i]}"; fi; done; }
+nok() { local i n=0; for i in $(seq 1 "$RUNS"); do if [ "${OK[$1,$2,$i]:-0}" = 1 ]; then n=$((n + 1)); fi; done; echo "$n/$RUNS"; }
+med() { okt "$1" "$2" | median; }
+medb() { okb "$1" "$2" | median; }
+ratio() { case "$1$2" in *-*) echo - ;; *) echo "scale=3; $1 / $2" | bc -l | sed 's/^\./0./' ;; esac; }
+# The median of the per-run ratios of LABEL to the reference (first) label,
+# over the runs where both succeeded: runs i were taken next to each other.
+paired() { # NAME LABEL
+    local i ref=${LABELS[0]} m
+    m=$(for i in $(seq 1 "$RUNS"); do
+        if [ "${OK[$1,$2,$i]:-0}" = 1 ] && [ "${OK[$1,$ref,$i]:-0}" = 1 ]; then
+            echo "scale=4; ${T[$1,$2,$i]} / ${T[$1,$ref,$i]}" | bc -l
+        fi
+    done | median)
+    if [ "$m" = - ]; then echo -; else printf '%.3f\n' "$m"; fi
+}
+tu=-; has_case umoci && tu=$(med umoci -)
+tp=-; has_case podman && tp=$(med podman -)
+declare -A DESC=(
+    [lazy]="rcfs lazy (zstd:chunked as skopeo pushed it)"
+    [traced]="rcfs lazy (\`rcfs convert --trace\` of the same image)"
+    [full]="rcfs pull --full (gzip) + mount"
+    [run]="rcfs run --rm (gzip, pulled while it runs)"
+    [run-unverified]="rcfs run --rm --unverified-streaming (gzip)"
+    [umoci]="skopeo copy + umoci unpack"
+    [podman]="podman run --rm (gzip; root, overlay, empty storage)"
+)
+target() { # NAME TIME
+    case $1 in lazy | traced) awk -v r="$(ratio "$2" "$tu")" 'BEGIN{print (r == "-") ? "≤ 0.2x full pull | -" : (r <= 0.2) ? "≤ 0.2x full pull | ok" : "≤ 0.2x full pull | MISS"}' ;;
+        *) echo " | " ;; esac
+}
+ref=${LABELS[0]}
 {
     echo "# Lazy start: \`python3 -c 'import numpy'\` from a registry over a modelled WAN"
     echo
-    echo "rcfs $(git -C "$REPO" rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, RTT ${RTT_MS} ms, ${MBIT} Mbit/s."
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), RUNS=$RUNS, RTT ${RTT_MS} ms, ${MBIT} Mbit/s; bench scripts at $(git -C "$REPO" rev-parse --short HEAD)."
+    for l in "${LABELS[@]}"; do echo "- rcfs \`$l\`: ${BIN[$l]} ($("${BIN[$l]}" --version 2>/dev/null | head -1 || true))"; done
+    echo "- images converted and pushed with ${RCFS}"
+    has_case podman && echo "- $(podman --version), runc $(runc --version | head -1 | awk '{print $3}'), as root, overlay driver, a new empty --root each run${PODMAN_RUN_OPTS:+, ${PODMAN_RUN_OPTS[*]} (no CAP_SYS_RESOURCE here for its default limits)}"
+    echo
     echo "Image: Debian bookworm minbase + python3 + python3-numpy, 2 layers, $(du -sh "$ROOTFS" | cut -f1) unpacked; registry holds $IMAGE_BYTES bytes (all three pushes)."
+    echo "Every run from an empty store, page cache dropped; timed from the first command to the import's end (rcfs run, podman run: to their exit)."
     echo
-    echo "| case | time (ms, median) | vs full pull (skopeo+umoci) | bytes fetched | target | |"
-    echo "| --- | ---: | ---: | ---: | --- | --- |"
-    echo "| rcfs lazy (zstd:chunked as skopeo pushed it) | $tl | $(ratio "$tl" "$tu") | $bl | ≤ 0.2x full pull | $(awk -v r="$(ratio "$tl" "$tu")" 'BEGIN{print (r <= 0.2) ? "ok" : "MISS"}') |"
-    echo "| rcfs lazy (\`rcfs convert --trace\` of the same image) | $tt | $(ratio "$tt" "$tu") | $bt | ≤ 0.2x full pull | $(awk -v r="$(ratio "$tt" "$tu")" 'BEGIN{print (r <= 0.2) ? "ok" : "MISS"}') |"
-    echo "| rcfs pull --full (gzip) | $tf | $(ratio "$tf" "$tu") | $bf | | |"
-    echo "| skopeo copy + umoci unpack | $tu | 1 | $bu | | |"
-    echo
-    echo "| measure | value | target | |"
-    echo "| --- | ---: | --- | --- |"
-    echo "| files the start opened | $nf | | |"
-    echo "| bytes of those files | $rd | | |"
-    echo "| bytes fetched / bytes read (lazy) | $(ratio "$bl" "$rd") | ≤ 3x | $(awk -v r="$(ratio "$bl" "$rd")" 'BEGIN{print (r <= 3) ? "ok" : "MISS"}') |"
-    echo "| rcfs server RSS after the start | $((rss / 1024)) MiB | ≤ 64 MiB | $([ "$rss" -le 65536 ] && echo ok || echo MISS) |"
-    echo "| first stat-walk, 2 image layers (ms) | $w2 | | |"
-    echo "| first stat-walk, 64 image layers (ms) | $w64 | | |"
-    echo "| 64 / 2 | $(ratio "$w64" "$w2") | ≤ 1.3x | $(awk -v r="$(ratio "$w64" "$w2")" 'BEGIN{print (r <= 1.3) ? "ok" : "MISS"}') |"
-    echo
-    echo "<details><summary>samples</summary>"
-    echo
-    for k in lazy traced full umoci; do
-        echo "- $k: $(for i in $(seq 1 "$RUNS"); do echo -n "${T[$k,$i]} ms / ${B[$k,$i]} B; "; done)"
+    echo "| case | rcfs | time (ms, median) | vs \`$ref\` (medians) | vs \`$ref\` (paired, median) | vs full pull (skopeo+umoci) | vs podman | bytes fetched (median) | runs ok | target | |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    for name in $CASES; do
+        if [[ " $PER_BIN " == *" $name "* ]]; then
+            for l in "${LABELS[@]}"; do
+                [ "$name" != run-unverified ] || [ "${UNVERIFIED[$l]}" = 1 ] || continue
+                t=$(med "$name" "$l")
+                vr=- vp=-
+                if [ "$l" != "$ref" ] && { [ "$name" != run-unverified ] || [ "${UNVERIFIED[$ref]}" = 1 ]; }; then
+                    vr=$(ratio "$t" "$(med "$name" "$ref")"); vp=$(paired "$name" "$l")
+                fi
+                echo "| ${DESC[$name]} | $l | $t | $vr | $vp | $(ratio "$t" "$tu") | $(ratio "$t" "$tp") | $(medb "$name" "$l") | $(nok "$name" "$l") | $(target "$name" "$t") |"
+            done
+        else
+            t=$(med "$name" -)
+            echo "| ${DESC[$name]} | - | $t | | | $(ratio "$t" "$tu") | $(ratio "$t" "$tp") | $(medb "$name" -) | $(nok "$name" -) | | |"
+        fi
     done
-    echo "- walk 2 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[two,$i]} "; done); 64 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[many,$i]} "; done)"
-    echo "- server RSS (KiB): ${RSS[*]}"
+    echo
+    echo "| measure | rcfs | value | target | |"
+    echo "| --- | --- | ---: | --- | --- |"
+    if has_case lazy; then
+        for l in "${LABELS[@]}"; do
+            rd=$(for i in $(seq 1 "$RUNS"); do echo "${READ[$l,$i]:-}"; done | median)
+            nf=$(for i in $(seq 1 "$RUNS"); do echo "${NFILES[$l,$i]:-}"; done | median)
+            rss=$(for i in $(seq 1 "$RUNS"); do echo "${RSS[$l,$i]:-}"; done | median)
+            bl=$(medb lazy "$l"); fr=$(ratio "$bl" "$rd")
+            echo "| files the start opened | $l | $nf | | |"
+            echo "| bytes of those files | $l | $rd | | |"
+            echo "| bytes fetched / bytes read (lazy) | $l | $fr | ≤ 3x | $(awk -v r="$fr" 'BEGIN{print (r == "-") ? "-" : (r <= 3) ? "ok" : "MISS"}') |"
+            [ "$rss" = - ] || echo "| rcfs server RSS after the start | $l | $((rss / 1024)) MiB | ≤ 64 MiB | $([ "$rss" -le 65536 ] && echo ok || echo MISS) |"
+        done
+    fi
+    for name in lazy traced full; do
+        has_case "$name" || continue
+        for l in "${LABELS[@]}"; do
+            c=$(for i in $(seq 1 "$RUNS"); do if [ "${OK[$name,$l,$i]:-0}" = 1 ]; then echo "${SRVCPU[$name,$l,$i]:-}"; fi; done | median)
+            echo "| rcfs server CPU time for the start, $name (ms) | $l | $c | | |"
+        done
+    done
+    for l in "${LABELS[@]}"; do
+        w2=$(for i in $(seq 1 "$RUNS"); do echo "${W[two,$l,$i]}"; done | median)
+        w64=$(for i in $(seq 1 "$RUNS"); do echo "${W[many,$l,$i]}"; done | median)
+        echo "| first stat-walk, 2 image layers (ms) | $l | $w2 | | |"
+        echo "| first stat-walk, 64 image layers (ms) | $l | $w64 | | |"
+        echo "| 64 / 2 | $l | $(ratio "$w64" "$w2") | ≤ 1.3x | $(awk -v r="$(ratio "$w64" "$w2")" 'BEGIN{print (r <= 1.3) ? "ok" : "MISS"}') |"
+    done
+    echo
+    ((NOISY == 0)) || echo "Runs that started on a busy machine (over ${IDLE_BUSY}% CPU after ${IDLE_WAIT} s of waiting): $NOISY."
+    echo
+    echo "<details><summary>samples (ms / bytes via the proxy, in run order; FAILED: the import did not print numpy's version)</summary>"
+    echo
+    for name in $CASES; do
+        ls=-; [[ " $PER_BIN " == *" $name "* ]] && ls="${LABELS[*]}"
+        for l in $ls; do
+            [ "$name" != run-unverified ] || [ "$l" = - ] || [ "${UNVERIFIED[$l]}" = 1 ] || continue
+            if [ "$l" = - ]; then echo -n "- $name:"; else echo -n "- $name $l:"; fi
+            for i in $(seq 1 "$RUNS"); do
+                [ "${OK[$name,$l,$i]:-0}" = 1 ] && f= || f=" FAILED"
+                echo -n " ${T[$name,$l,$i]:-?} ms / ${B[$name,$l,$i]:-?} B$f;"
+            done
+            echo
+        done
+    done
+    for l in "${LABELS[@]}"; do
+        echo "- walk $l, 2 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[two,$l,$i]} "; done); 64 layers: $(for i in $(seq 1 "$RUNS"); do echo -n "${W[many,$l,$i]} "; done)"
+        has_case lazy && echo "- server RSS $l (KiB): $(for i in $(seq 1 "$RUNS"); do echo -n "${RSS[$l,$i]:-?} "; done)"
+        for name in lazy traced full; do
+            has_case "$name" && echo "- server CPU ms, $name $l: $(for i in $(seq 1 "$RUNS"); do echo -n "${SRVCPU[$name,$l,$i]:-?} "; done)"
+        done
+    done
     echo
     echo "</details>"
 } | tee "$OUT"

@@ -396,20 +396,34 @@ struct Terminal {
     output: std::thread::JoinHandle<()>,
     /// Dropped after the rest of the output is written (fields drop after
     /// [`Terminal`]'s own `drop`).
-    _raw: RawMode,
+    _raw: RawMode<std::io::Stdin>,
 }
 
-/// Our terminal in raw mode, restored when dropped: on every way out.
-struct RawMode(Option<nix::sys::termios::Termios>);
+/// A terminal in raw mode (ours: stdin), its settings restored when
+/// dropped: on every way out.
+struct RawMode<Fd: std::os::fd::AsFd> {
+    fd: Fd,
+    saved: Option<nix::sys::termios::Termios>,
+}
 
-impl Drop for RawMode {
+impl<Fd: std::os::fd::AsFd> RawMode<Fd> {
+    /// Puts `fd`'s terminal in raw mode; nothing if it is not a terminal.
+    fn enter(fd: Fd) -> RawMode<Fd> {
+        use nix::sys::termios;
+        let saved = termios::tcgetattr(&fd).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(&fd, termios::SetArg::TCSANOW, &raw);
+        }
+        RawMode { fd, saved }
+    }
+}
+
+impl<Fd: std::os::fd::AsFd> Drop for RawMode<Fd> {
     fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                t,
-            );
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(&self.fd, nix::sys::termios::SetArg::TCSANOW, t);
         }
     }
 }
@@ -428,17 +442,10 @@ fn copy_window_size(master: &std::os::fd::OwnedFd) {
 
 impl Terminal {
     fn attach(master: std::os::fd::OwnedFd, input: bool) -> Result<Terminal> {
-        use nix::sys::termios;
         use std::io::{Read, Write};
         let master = std::sync::Arc::new(master);
         copy_window_size(&master);
-        let stdin = std::io::stdin();
-        let raw_mode = RawMode(termios::tcgetattr(&stdin).ok());
-        if let Some(t) = &raw_mode.0 {
-            let mut raw = t.clone();
-            termios::cfmakeraw(&mut raw);
-            let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
-        }
+        let raw_mode = RawMode::enter(std::io::stdin());
         if input {
             let m = master.clone();
             std::thread::Builder::new()
@@ -602,5 +609,34 @@ mod tests {
         assert!(check_name("web-1").is_ok());
         assert!(check_name("-x").is_err());
         assert!(check_name("a/b").is_err());
+    }
+
+    /// The terminal `rcfs run -t` puts in raw mode gets its settings back
+    /// when the guard goes, whichever way `serve` is left (an error from
+    /// the container's wait included): here on a pty of the test's own.
+    #[test]
+    fn a_terminal_in_raw_mode_gets_its_settings_back_when_the_guard_goes() {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = tcgetattr(&pty.slave).unwrap();
+        assert!(before
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+        let failed: Result<()> = (|| {
+            let _raw = RawMode::enter(&pty.slave);
+            let now = tcgetattr(&pty.slave).unwrap();
+            assert!(!now
+                .local_flags
+                .intersects(LocalFlags::ICANON | LocalFlags::ECHO));
+            anyhow::bail!("the container's wait failed")
+        })();
+        assert!(failed.is_err());
+        let after = tcgetattr(&pty.slave).unwrap();
+        assert_eq!(after.local_flags, before.local_flags);
+        assert_eq!(after.input_flags, before.input_flags);
+        assert_eq!(after.output_flags, before.output_flags);
+        // Not a terminal: nothing to change, nothing to restore.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(RawMode::enter(&null).saved.is_none());
     }
 }

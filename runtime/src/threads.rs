@@ -41,4 +41,20 @@ mod tests {
         tx.send(()).unwrap();
         t.join().unwrap().unwrap();
     }
+
+    /// The helpers that fork or change namespaces refuse a threaded
+    /// caller with an error, instead of forking a child that may hang on a
+    /// lock another thread held.
+    #[test]
+    fn the_fork_and_namespace_helpers_refuse_a_threaded_process() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(super::count().unwrap() >= 2);
+        let single = |e: std::io::Error| e.to_string().contains("single-threaded");
+        assert!(crate::Container::fork(false).err().is_some_and(single));
+        assert!(crate::Container::fork(true).err().is_some_and(single));
+        assert!(crate::ns::enter_user_namespace().err().is_some_and(single));
+        tx.send(()).unwrap();
+        t.join().unwrap().unwrap();
+    }
 }

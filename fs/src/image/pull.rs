@@ -743,3 +743,58 @@ fn pull_registry(
         _ => format!("cannot pull {name}:\n  {}", errors.join("\n  ")),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::{Descriptor, MediaType};
+
+    /// A blob that must never be read.
+    #[derive(Debug)]
+    struct Untouchable;
+
+    impl BlobSource for Untouchable {
+        fn open_range(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+            panic!("read [{start}, {end}) of a blob whose TOC position was refused")
+        }
+
+        fn describe(&self) -> String {
+            "untouchable".into()
+        }
+    }
+
+    /// A TOC position from an image's annotation is checked before anything
+    /// is read or allocated: an offset + length that overflows u64, one
+    /// past the blob's end, inside the first frame, or a TOC over the limit.
+    #[test]
+    fn a_toc_position_outside_the_blob_is_refused_before_any_read() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let desc = Descriptor::new(
+            MediaType::ImageLayerZstd,
+            1000,
+            oci_spec::image::Digest::try_from(Digest::of(b"layer").to_string()).unwrap(),
+        );
+        let checksum = Digest::of(b"toc").to_string();
+        for position in [
+            format!("{}:10:100:1", u64::MAX - 5),
+            "18446744073709551615:18446744073709551615:1:1".into(),
+            "990:11:100:1".into(),
+            "4:10:100:1".into(),
+            format!("100:{}:100:1", MAX_TOC + 1),
+            "100:0:100:1".into(),
+            "100:10:100:2".into(),
+            "100:10:100".into(),
+            "100:-1:100:1".into(),
+        ] {
+            let err = fetch_toc(&store, &Untouchable, &desc, &checksum, &position)
+                .err()
+                .unwrap_or_else(|| panic!("{position} accepted"));
+            assert!(
+                err.to_string().contains("outside what rcfs accepts")
+                    || err.to_string().contains("bad TOC position"),
+                "{position}: {err}"
+            );
+        }
+    }
+}

@@ -131,6 +131,51 @@ fn a_registry_that_stalls_costs_a_request_its_deadline_not_more() {
 }
 
 #[test]
+fn a_registry_that_asks_to_wait_past_the_deadline_fails_the_request_at_once() {
+    // 503 with Retry-After of an hour (rcfs waits at most 30 s): a read
+    // whose request has 2 s left fails now, instead of sleeping in the
+    // READ until its deadline.
+    let (port, conns) = lying_server(|s, _| {
+        let _ = s.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n",
+        );
+    });
+    let t0 = Instant::now();
+    let err = blob_of(client(port, Duration::from_secs(2)))
+        .read_range(10, 20)
+        .unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}: {err}",
+        t0.elapsed()
+    );
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        err.to_string().contains("no time left to try again"),
+        "{err}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+
+    // A pause that fits is taken, and the request tried again.
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let (port, conns) = lying_server(|s, _| {
+        let answer: &[u8] = if SEEN.fetch_add(1, Ordering::SeqCst) == 0 {
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-19/100\r\nContent-Length: 10\r\n\r\n0123456789"
+        };
+        let _ = s.write_all(answer);
+    });
+    let t0 = Instant::now();
+    let got = blob_of(client(port, Duration::from_secs(20)))
+        .read_range(10, 20)
+        .unwrap();
+    assert_eq!(got, b"0123456789");
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn oversize_manifests_are_refused_without_reading_them() {
     // A Content-Length over the limit: refused at once.
     let (port, _) = lying_server(|s, _| {

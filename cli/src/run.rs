@@ -60,6 +60,9 @@ pub struct RunOptions {
     /// again by `rcfs start`.
     #[serde(default)]
     pub seccomp: Option<String>,
+    /// `--init`: rcfs's init stays pid 1 and runs the command as its child.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -597,6 +600,7 @@ fn spec_of(
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?,
         seccomp: None,
+        init: opts.init,
     })
 }
 

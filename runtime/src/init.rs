@@ -72,6 +72,10 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
     }
     // SAFETY: the socket is the init's, and done with.
     unsafe { libc::close(tty_sock) };
+    if !spec.init {
+        // The command is pid 1: this process becomes it.
+        exec(spec, &user, slave)
+    }
     let mut sigs = SigSet::empty();
     for s in FORWARDED {
         sigs.add(s);
@@ -525,11 +529,15 @@ fn keep_only_init_capabilities() -> io::Result<()> {
 /// filter, then exec.
 fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
-    // A session of its own (the init's has no terminal either); with -t,
+    // A session of its own (the init's has no terminal either; as pid 1
+    // the command is the init, which leads its session already); with -t,
     // the pty as its controlling terminal and its stdio.
-    if let Err(e) = nix::unistd::setsid() {
-        eprintln!("rcfs: setsid: {e}");
-        std::process::exit(EXIT_RCFS);
+    let leader = nix::unistd::getsid(None).is_ok_and(|s| s == nix::unistd::getpid());
+    if !leader {
+        if let Err(e) = nix::unistd::setsid() {
+            eprintln!("rcfs: setsid: {e}");
+            std::process::exit(EXIT_RCFS);
+        }
     }
     if tty.is_none() {
         if let Err(e) = output_write_only() {
@@ -579,6 +587,10 @@ fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
             std::process::exit(EXIT_RCFS);
         }
     }
+    // A change of ids clears the parent-death signal: set again, so that
+    // a command that is pid 1 still dies with `rcfs run` (its mount's
+    // server), taking the container with it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let Some(cmd) = spec.args.first() else {
         eprintln!("rcfs: no command: the image has no entrypoint or cmd, and none was given");
         std::process::exit(EXIT_RCFS);

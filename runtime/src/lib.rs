@@ -25,15 +25,17 @@
 //!    `hosts` into the root, `pivot_root`s into it and detaches the old
 //!    root, resolves the user in the image's `/etc/passwd` and
 //!    `/etc/group` (`user`), sets the hostname and `no_new_privs`, tells
-//!    `rcfs run` it is ready, and runs the command as its child (its own
-//!    session, the image's groups for its user, podman's capabilities;
-//!    a stdout or stderr that is the caller's terminal write-only; the
-//!    seccomp filter, loaded last before execve: [`seccomp`]). Then
-//!    it keeps CAP_KILL alone, reaps every zombie, forwards SIGINT,
-//!    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the command, and
-//!    exits with its exit code (128+N when signal N killed it). It dies
-//!    with the `rcfs run` process (`PR_SET_PDEATHSIG`), and the kernel
-//!    then kills the rest of the pid namespace.
+//!    `rcfs run` it is ready, and becomes the command: pid 1 of the
+//!    container, as in podman (the image's groups for its user, podman's
+//!    capabilities; a stdout or stderr that is the caller's terminal
+//!    write-only; the seccomp filter, loaded last before execve:
+//!    [`seccomp`]). With [`Spec::init`] (`--init`) it runs the command as
+//!    its child instead (in a session of its own), keeps CAP_KILL alone,
+//!    reaps every zombie, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+//!    SIGUSR1 and SIGUSR2 to the command, and exits with its exit code
+//!    (128+N when signal N killed it). Either dies with the `rcfs run`
+//!    process (`PR_SET_PDEATHSIG`, set again after the change of user), and
+//!    the kernel then kills the rest of the pid namespace.
 //!
 //! Exit codes follow podman: 125 when rcfs failed, 126 when the command
 //! could not be executed, 127 when it was not found.
@@ -103,6 +105,13 @@ pub struct Spec {
     /// took the init longer to read than the rest of its spec).
     #[serde(default, with = "base64_bytes")]
     pub seccomp: Option<Vec<u8>>,
+    /// `--init`: the init stays pid 1, reaping and passing signals on, and
+    /// runs the command as its child (podman's `--init`). Otherwise the
+    /// init execs the command, which is then pid 1 itself, as in podman
+    /// and docker: it gets the signals sent to the container, and those
+    /// it has no handler for (SIGTERM, SIGINT of a shell) do nothing.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// `Option<Vec<u8>>` as an optional base64 string.

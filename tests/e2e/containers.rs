@@ -86,8 +86,30 @@ fn exit_codes_signals_and_the_containers_own_root() {
     // The image's Cmd is /bin/sh; arguments replace it.
     let r = f.run(&["--rm", img, "/bin/sh", "-c", "exit 3"]);
     assert_eq!(code(&r), Some(3), "{}", r.stderr);
-    let r = f.run(&["--rm", img, "/bin/sh", "-c", "kill -TERM $$"]);
+    // The command is pid 1 (as in podman): a signal it has no handler for
+    // does nothing to it. Under --init it is the init's child, and dies.
+    let r = f.run(&["--rm", img, "/bin/sh", "-c", "kill -TERM $$; echo $$ lives"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "1 lives\n", "{}", r.stderr);
+    let r = f.run(&[
+        "--rm",
+        "--init",
+        img,
+        "/bin/sh",
+        "-c",
+        "kill -TERM $$; echo $$ lives",
+    ]);
     assert_eq!(code(&r), Some(128 + 15), "{}", r.stderr);
+    assert_eq!(r.stdout, "", "{}", r.stderr);
+    // With a handler, pid 1 gets the signal.
+    let r = f.run(&[
+        "--rm",
+        img,
+        "/bin/sh",
+        "-c",
+        "trap 'exit 42' TERM; kill -TERM $$; sleep 5",
+    ]);
+    assert_eq!(code(&r), Some(42), "{}", r.stderr);
     let r = f.run(&["--rm", img, "no-such-command"]);
     assert_eq!(code(&r), Some(127), "{}", r.stderr);
     assert!(r.stderr.contains("command not found"), "{}", r.stderr);
@@ -98,7 +120,7 @@ fn exit_codes_signals_and_the_containers_own_root() {
     assert!(r.stderr.contains("rcfs run:"), "{}", r.stderr);
 
     // Its own root (the image's files, none of the host's), its own pid
-    // namespace (the init is 1, the command 2), hostname, /proc, /dev.
+    // namespace (the command is pid 1), hostname, /proc, /dev.
     let script = "busybox ls /; echo ---; busybox cat /etc/hostname; busybox hostname; \
                   echo $$; busybox ls /dev; test -e /proc/self/status && echo proc-ok; \
                   test -e /var/tmp || echo no-host-var";
@@ -116,7 +138,7 @@ fn exit_codes_signals_and_the_containers_own_root() {
     let lines: Vec<&str> = rest.lines().collect();
     assert_eq!(lines[0], "top 80");
     assert_eq!(lines[1], "box");
-    assert_eq!(lines[2], "2", "the command is pid 2 under the init");
+    assert_eq!(lines[2], "1", "the command is pid 1");
     for d in ["null", "zero", "urandom", "pts", "shm", "ptmx"] {
         assert!(rest.contains(d), "/dev lacks {d}: {rest}");
     }
@@ -289,7 +311,7 @@ fn an_unprivileged_user_runs_a_container() {
     assert_eq!(code(&r), Some(0), "{}", r.stderr);
     assert_eq!(
         r.stdout.lines().collect::<Vec<_>>(),
-        ["0", "rootless", "top 82", "written", "2"],
+        ["0", "rootless", "top 82", "written", "1"],
         "{}",
         r.stderr
     );

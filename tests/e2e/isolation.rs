@@ -103,9 +103,15 @@ fn the_command_has_no_terminal_of_the_host() {
     assert!(!out.contains("tty-opened"), "{out}");
     assert!(out.contains("No such device or address"), "{out}");
     assert!(
-        out.contains("sid=2 pid=2"),
+        out.contains("sid=1 pid=1"),
         "not a session of its own: {out}"
     );
+    // Under --init, the command's session is its own too, not the init's.
+    let r = in_terminal("--init");
+    assert_eq!(code(&r), Some(0), "{} {}", r.stdout, r.stderr);
+    let init_out = r.stdout.replace('\r', "");
+    assert!(init_out.contains("sid=2 pid=2"), "{init_out}");
+    assert!(init_out.contains("tiocsti-refused 1"), "{init_out}");
     assert!(out.contains("not a tty"), "{out}");
     // Write-only (O_WRONLY, octal 1), and a read of it fails at once
     // (rather than waiting for keys).
@@ -123,7 +129,7 @@ fn the_command_has_no_terminal_of_the_host() {
         out.contains("probe\ntty-opened") && out.contains("/dev/pts/0"),
         "{out}"
     );
-    assert!(out.contains("sid=2 pid=2"), "{out}");
+    assert!(out.contains("sid=1 pid=1"), "{out}");
     assert!(out.contains("tiocsti-worked"), "its own pty: {out}");
 }
 
@@ -369,7 +375,7 @@ fn the_command_has_only_its_users_groups() {
     assert_eq!(r.stdout.trim(), "0 65534 65534", "{}", r.stderr);
 }
 
-/// Finding 5 (the init): once the command runs, the init (pid 1) keeps
+/// Finding 5 (the init): under --init, once the command runs, the init (pid 1) keeps
 /// CAP_KILL alone (to pass signals on to a command of another user), in
 /// its bounding, permitted and effective sets, as root and rootless; the
 /// command keeps podman's set.
@@ -378,8 +384,8 @@ fn the_init_keeps_only_cap_kill() {
     let f = fixture(124);
     let probe = "busybox grep Cap /proc/1/status; busybox grep CapEff /proc/self/status";
     let home = f.dir.path().join("home");
-    let root = f.run(&["--rm", &f.image, "/bin/sh", "-c", probe]);
-    let user = f.run_rootless(&home, &["--rm", &f.image, "/bin/sh", "-c", probe]);
+    let root = f.run(&["--rm", "--init", &f.image, "/bin/sh", "-c", probe]);
+    let user = f.run_rootless(&home, &["--rm", "--init", &f.image, "/bin/sh", "-c", probe]);
     for (who, r) in [("root", &root), ("user", &user)] {
         assert_eq!(code(r), Some(0), "{who}: {}", r.stderr);
         let lines: Vec<&str> = r.stdout.lines().collect();

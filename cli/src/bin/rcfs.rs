@@ -210,6 +210,11 @@ struct RunArgs {
     /// lacks it.
     #[arg(long = "security-opt", value_name = "seccomp=PROFILE|unconfined", value_parser = parse_security_opt)]
     security_opt: Vec<String>,
+    /// Run a small init as pid 1 that reaps zombies and passes signals on
+    /// to the command (its child). Default: the command is pid 1 itself,
+    /// as in podman (a signal it has no handler for does nothing to it).
+    #[arg(long)]
+    init: bool,
     /// The image.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -395,6 +400,7 @@ fn run() -> Result<()> {
                     pids_limit: a.pids_limit,
                     // The last seccomp= given wins, as podman takes it.
                     seccomp: a.security_opt.last().cloned(),
+                    init: a.init,
                 },
             );
             std::process::exit(code);

@@ -210,6 +210,11 @@ impl Claimed {
         ))
     }
 
+    /// The container dir, open.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
     /// Writes `rec` as the container's record (whole, by rename; 0600).
     pub fn write(&self, rec: &Record) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(rec)?;
@@ -243,6 +248,19 @@ fn read_record(dir: BorrowedFd<'_>, name: &str) -> Result<Record> {
         bail!("container {name} has no readable record: {e}");
     }
     serde_json::from_slice(&bytes).with_context(|| format!("container {name}: a broken record"))
+}
+
+/// The container dir of `name`, open (ours, closed to others).
+pub fn open(store: &Store, name: &str) -> Result<OwnedFd> {
+    crate::run::check_name(name)?;
+    let containers = containers_dir(store)?;
+    open_dir(containers.as_fd(), name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => anyhow::anyhow!(
+            "no container {name} in {}",
+            store.root.join("containers").display()
+        ),
+        _ => anyhow::Error::from(e).context(format!("cannot open container {name}")),
+    })
 }
 
 /// The record of the container `name`, and whether it runs.

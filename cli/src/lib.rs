@@ -5,11 +5,16 @@
 //! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
 //! * [`run`] — `rcfs run`: a rootless container on the image's union.
 //! * [`containers`] — their records: `rcfs ps`, `rcfs rm`.
+//! * [`detach`] — `rcfs run -d`'s monitor and the container's log, `rcfs logs`.
+//! * [`control`] — a running container's control socket: `rcfs kill`,
+//!   `stop`, `wait`.
 //! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
 pub mod containers;
+pub mod control;
+pub mod detach;
 pub mod image;
 pub mod mount;
 pub mod overlay_args;

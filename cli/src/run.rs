@@ -63,11 +63,18 @@ pub struct RunOptions {
     /// `--init`: rcfs's init stays pid 1 and runs the command as its child.
     #[serde(default)]
     pub init: bool,
+    /// `-d`: run from a monitor, the output to the container's log (see
+    /// [`crate::detach`]).
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// Runs the container; returns the exit code to exit with.
 pub fn run(store: &Store, opts: &RunOptions) -> i32 {
-    match run_inner(store, opts, None) {
+    if opts.detach {
+        return crate::detach::run(store, opts);
+    }
+    match run_inner(store, opts, None, &|_| {}) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
@@ -109,7 +116,9 @@ pub fn start(store: &Store, name: &str) -> i32 {
             .context("the container's record has no options: made by an older rcfs")?;
         opts.name = Some(name.to_owned());
         opts.rm = false;
-        run_inner(store, &opts, Some(claimed))
+        // Attached, whatever it was made with.
+        opts.detach = false;
+        run_inner(store, &opts, Some(claimed), &|_| {})
     };
     match go() {
         Ok(code) => code,
@@ -120,11 +129,26 @@ pub fn start(store: &Store, name: &str) -> i32 {
     }
 }
 
-/// Runs a container: a new one, or `again` the existing one claimed.
+/// The monitor of `rcfs run -d` (see [`crate::detach`]): runs the
+/// container with its output to its log; `started` is told its name once
+/// the command runs.
+pub(crate) fn run_detached(store: &Store, opts: &RunOptions, started: &dyn Fn(&str)) -> i32 {
+    match run_inner(store, opts, None, started) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rcfs run: {e:#}");
+            EXIT_RCFS
+        }
+    }
+}
+
+/// Runs a container: a new one, or `again` the existing one claimed;
+/// `started` is told its name once the command runs.
 fn run_inner(
     store: &Store,
     opts: &RunOptions,
     again: Option<crate::containers::Claimed>,
+    started: &dyn Fn(&str),
 ) -> Result<i32> {
     // Bad options, and no usable /dev/fuse, fail before anything is made.
     mount::check_fuse_open()?;
@@ -193,9 +217,12 @@ fn run_inner(
     // In the namespace, which decides (as for the init) which terminals
     // can be opened again write-only; the others go through pipes.
     let mut relays = Vec::new();
+    let mut output = None;
     let forked = entered
         .and_then(|_| {
-            if !opts.tty {
+            if opts.detach {
+                output = Some(crate::detach::Output::capture(claimed.dir())?);
+            } else if !opts.tty {
                 relays = crate::relay::unopenable_terminals()?;
             }
             Ok(())
@@ -205,6 +232,7 @@ fn run_inner(
         Ok(c) => c,
         Err(e) => {
             drop(relays);
+            drop(output);
             cleanup(EXIT_RCFS, false);
             return Err(e);
         }
@@ -214,7 +242,29 @@ fn run_inner(
             eprintln!("rcfs run: {e:#}");
         }
     }
-    let (code, started) = match serve(store, opts, found, &name, &dir, &mut container, seccomp) {
+    if let Some(Err(e)) = output.as_mut().map(|o| o.start()) {
+        eprintln!("rcfs run: the container's output will not be logged: {e:#}");
+    }
+    let on_start = || {
+        if let Some(o) = &output {
+            o.started();
+        }
+        started(&name);
+    };
+    let place = Place {
+        name: &name,
+        dir: &dir,
+        fd: claimed.dir(),
+    };
+    let (code, started) = match serve(
+        store,
+        opts,
+        found,
+        &place,
+        &mut container,
+        seccomp,
+        &on_start,
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
@@ -224,9 +274,18 @@ fn run_inner(
             (EXIT_RCFS, false)
         }
     };
-    // The terminals back, and all the container wrote on them.
+    // The terminals back, and all the container wrote on them (or its
+    // log all it wrote).
     drop(relays);
+    drop(output);
     Ok(cleanup(code, started))
+}
+
+/// Where a container is: its name and its dir (path and fd).
+struct Place<'a> {
+    name: &'a str,
+    dir: &'a Path,
+    fd: std::os::fd::BorrowedFd<'a>,
 }
 
 /// In the namespaces: mounts the root, starts the init, waits for it;
@@ -236,11 +295,14 @@ fn serve(
     store: &Store,
     opts: &RunOptions,
     found: Option<rcfs_fs::image::store::ImageRecord>,
-    name: &str,
-    dir: &Path,
+    place: &Place<'_>,
     container: &mut Container,
     seccomp: Option<Vec<u8>>,
+    on_start: &dyn Fn(),
 ) -> Result<(i32, bool)> {
+    let (name, dir) = (place.name, place.dir);
+    // While the init is an unreaped child: it, whatever becomes of its pid.
+    let init = crate::control::pidfd(container.pid).context("pidfd_open of the init")?;
     let rootfs = dir.join("rootfs");
     let mut req = MountRequest::new(
         Vec::new(),
@@ -334,6 +396,8 @@ fn serve(
         }
     }
     if result.is_ok() {
+        crate::control::serve(place.fd, init);
+        on_start();
         let master = terminal.as_ref().map(|t| t.master.clone());
         std::thread::Builder::new()
             .name("rcfs-signals".into())
@@ -362,6 +426,11 @@ fn serve(
         }
     };
     drop(terminal);
+    let _ = nix::unistd::unlinkat(
+        place.fd,
+        crate::control::SOCKET,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
     // What the container failed on first may be only a symptom (EIO from
     // its root): a pull that failed is the cause.
     if let Some(why) = live.as_ref().and_then(|l| l.failure()) {

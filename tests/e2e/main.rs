@@ -51,6 +51,7 @@ mod commit;
 mod concurrency;
 mod containers;
 mod copyup;
+mod detach;
 mod dirs;
 mod durability;
 mod escape;

@@ -65,6 +65,41 @@ enum Cmd {
     /// (started by `rcfs run`; see rcfs_runtime::keeper).
     #[command(name = "userns-keeper", hide = true)]
     UsernsKeeper { dir: PathBuf },
+    /// Print a detached container's output (its stdout to stdout, its
+    /// stderr to stderr).
+    Logs {
+        /// Then follow it until the container stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Each line with the time it was written.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        name: String,
+    },
+    /// Send a signal to running containers' pid 1.
+    Kill {
+        /// The signal: a name (TERM, SIGTERM) or a number.
+        #[arg(short = 's', long, default_value = "KILL", value_parser = parse_signal)]
+        signal: nix::sys::signal::Signal,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop running containers: SIGTERM, then SIGKILL after a timeout.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", default_value = "10", value_name = "SECS")]
+        time: u64,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Wait for containers to stop; print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Remove stopped containers and their upper dirs.
     Rm {
         #[arg(required = true)]
@@ -143,6 +178,21 @@ enum Cmd {
     },
 }
 
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
+fn parse_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
+    use std::str::FromStr;
+    if let Ok(n) = v.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("no signal {n}"));
+    }
+    let up = v.to_ascii_uppercase();
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&full).map_err(|_| format!("no signal {v:?}"))
+}
+
 /// `--security-opt`'s value: the profile of `seccomp=PROFILE|unconfined`
 /// (the only option rcfs has).
 fn parse_security_opt(v: &str) -> Result<String, String> {
@@ -210,6 +260,10 @@ struct RunArgs {
     /// lacks it.
     #[arg(long = "security-opt", value_name = "seccomp=PROFILE|unconfined", value_parser = parse_security_opt)]
     security_opt: Vec<String>,
+    /// Detach: run the container in the background, print its name once
+    /// its command has started (read its output with `rcfs logs`).
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Run a small init as pid 1 that reaps zombies and passes signals on
     /// to the command (its child). Default: the command is pid 1 itself,
     /// as in podman (a signal it has no handler for does nothing to it).
@@ -401,6 +455,7 @@ fn run() -> Result<()> {
                     // The last seccomp= given wins, as podman takes it.
                     seccomp: a.security_opt.last().cloned(),
                     init: a.init,
+                    detach: a.detach,
                 },
             );
             std::process::exit(code);
@@ -428,6 +483,31 @@ fn run() -> Result<()> {
         ),
         Cmd::UsernsKeeper { dir } => {
             std::process::exit(rcfs_runtime::keeper::keep(dir.as_os_str()))
+        }
+        Cmd::Logs {
+            follow,
+            tail,
+            timestamps,
+            name,
+        } => rcfs::detach::logs(
+            &image::open_store(cli.root.as_deref())?,
+            &name,
+            &rcfs::detach::LogsOptions {
+                follow,
+                tail,
+                timestamps,
+            },
+        ),
+        Cmd::Kill { signal, names } => {
+            rcfs::control::kill(&image::open_store(cli.root.as_deref())?, &names, signal)
+        }
+        Cmd::Stop { time, names } => rcfs::control::stop(
+            &image::open_store(cli.root.as_deref())?,
+            &names,
+            Duration::from_secs(time),
+        ),
+        Cmd::Wait { names } => {
+            rcfs::control::wait(&image::open_store(cli.root.as_deref())?, &names)
         }
         Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),

@@ -1,0 +1,235 @@
+//! Containers that outlive the command line: `rcfs run -d` returns once the
+//! command runs and prints the container's name; `rcfs logs` (its stdout
+//! and stderr apart, `--tail`, `--timestamps`, `-f`), `rcfs kill`, `stop`
+//! (the stop signal, then SIGKILL after `-t`) and `wait`; a monitor that is
+//! killed takes its container with it and leaves nothing mounted. As root
+//! and as an unprivileged user.
+
+use std::time::{Duration, Instant};
+
+use crate::containers::{code, Fixture};
+
+/// Waits until `rcfs logs NAME` shows `want` on stdout.
+fn logs_show(f: &Fixture, name: &str, want: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let r = f.rcfs(&["logs", name]);
+        if r.stdout.contains(want) {
+            return r.stdout;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{want:?} never logged: {} {}",
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn running(f: &Fixture, name: &str) -> bool {
+    let r = f.rcfs(&["ps", "--json"]).expect_ok("ps");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == name && c["running"] == true)
+}
+
+#[test]
+fn a_detached_container_logs_takes_signals_stops_and_is_waited_for() {
+    let f = Fixture::new(130, "gzip");
+    let img = f.image.as_str();
+    let script = "echo out; echo err >&2; printf 'no newline'; echo; \
+                  trap 'echo usr1' USR1; trap 'echo bye; exit 3' TERM; \
+                  echo ready; while :; do busybox sleep 0.1; done";
+    let t0 = Instant::now();
+    let r = f.run(&["-d", "--name", "d1", img, "/bin/sh", "-c", script]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "d1\n", "{}", r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    assert!(running(&f, "d1"));
+    logs_show(&f, "d1", "ready\n");
+
+    // stdout and stderr apart, whole lines back together.
+    let r = f.rcfs(&["logs", "d1"]).expect_ok("logs");
+    assert_eq!(r.stdout, "out\nno newline\nready\n");
+    assert_eq!(r.stderr, "err\n");
+    let r = f
+        .rcfs(&["logs", "--tail", "1", "d1"])
+        .expect_ok("logs --tail");
+    assert_eq!(r.stdout, "ready\n");
+    let r = f.rcfs(&["logs", "-t", "d1"]).expect_ok("logs -t");
+    let first = r.stdout.lines().next().unwrap();
+    let (time, text) = first.split_once(' ').unwrap();
+    assert_eq!(text, "out");
+    assert!(
+        time.starts_with("20") && time.contains('T') && time.ends_with("+00:00"),
+        "{first}"
+    );
+    // The log is the user's alone.
+    let log = f.store().join("containers/d1/ctr.log");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A signal by name reaches pid 1's handler.
+    f.rcfs(&["kill", "-s", "USR1", "d1"])
+        .expect_ok("kill -s USR1");
+    logs_show(&f, "d1", "usr1\n");
+
+    // stop: SIGTERM first, which the command handles; wait: its code.
+    let t0 = Instant::now();
+    let r = f.rcfs(&["stop", "-t", "20", "d1"]).expect_ok("stop");
+    assert_eq!(r.stdout, "d1\n");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(!running(&f, "d1"));
+    let r = f.rcfs(&["wait", "d1"]).expect_ok("wait");
+    assert_eq!(r.stdout, "3\n");
+    assert!(f.rcfs(&["logs", "d1"]).stdout.ends_with("bye\n"));
+    // Stopping a stopped container is fine; killing one is not.
+    f.rcfs(&["stop", "d1"]).expect_ok("stop again");
+    let r = f.rcfs(&["kill", "d1"]);
+    assert!(
+        !r.success() && r.stderr.contains("not running"),
+        "{}",
+        r.stderr
+    );
+
+    // A pid 1 that ignores SIGTERM is killed after -t.
+    f.run(&["-d", "--name", "d2", img, "/bin/busybox", "sleep", "1000"])
+        .expect_ok("run -d sleep");
+    let t0 = Instant::now();
+    f.rcfs(&["stop", "-t", "1", "d2"]).expect_ok("stop d2");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert_eq!(f.rcfs(&["wait", "d2"]).expect_ok("wait d2").stdout, "137\n");
+
+    // logs -f follows until the container ends.
+    f.run(&[
+        "-d",
+        "--name",
+        "d3",
+        img,
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3; do echo line $i; busybox sleep 0.3; done",
+    ])
+    .expect_ok("run -d d3");
+    let r = f.rcfs(&["logs", "-f", "d3"]).expect_ok("logs -f");
+    assert_eq!(r.stdout, "line 1\nline 2\nline 3\n");
+    assert_eq!(f.rcfs(&["wait", "d3"]).expect_ok("wait d3").stdout, "0\n");
+}
+
+#[test]
+fn a_detached_start_that_fails_says_why_and_leaves_nothing() {
+    let f = Fixture::new(131, "gzip");
+    let img = f.image.as_str();
+    let r = f.run(&["-d", "--name", "bad", "-u", "nosuchuser", img, "/bin/sh"]);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("nosuchuser"), "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    assert!(!f.store().join("containers/bad").exists());
+    let r = f.run(&["-d", "-t", img, "/bin/sh"]);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("not supported"), "{}", r.stderr);
+    let r = f.run(&["--name", "fg", img, "/bin/sh", "-c", "true"]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    let r = f.rcfs(&["logs", "fg"]);
+    assert!(
+        !r.success() && r.stderr.contains("has no log"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_killed_monitor_takes_its_container_with_it() {
+    let f = Fixture::new(132, "gzip");
+    f.run(&[
+        "-d",
+        "--name",
+        "m",
+        &f.image,
+        "/bin/busybox",
+        "sleep",
+        "1000",
+    ])
+    .expect_ok("run -d");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.store().join("containers/m/container.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = rec["pid"].as_i64().unwrap() as i32;
+    let rootfs = f.store().join("containers/m/rootfs");
+    // The container's sleep, seen from here: a child of the monitor's
+    // child (the command is pid 1 of its namespace).
+    let sleeps = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"/bin/busybox\0sleep\x001000"))
+            })
+            .count()
+    };
+    assert_eq!(sleeps(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while (sleeps() > 0 || running(&f, "m")) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sleeps(), 0, "the container outlived its monitor");
+    assert!(!running(&f, "m"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&rootfs.display().to_string()), "{mounts}");
+    // It can be removed, as any stopped container.
+    f.rcfs(&["rm", "m"]).expect_ok("rm");
+}
+
+#[test]
+fn an_unprivileged_user_runs_a_detached_container() {
+    let f = Fixture::new(133, "gzip");
+    let home = f.dir.path().join("home");
+    let r = f.run_rootless(
+        &home,
+        &[
+            "-d",
+            "--name",
+            "u",
+            &f.image,
+            "/bin/sh",
+            "-c",
+            "busybox id -u; trap 'exit 5' TERM; while :; do busybox sleep 0.1; done",
+        ],
+    );
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "u\n");
+    let t0 = Instant::now();
+    loop {
+        let r = f.rcfs_rootless(&home, &["logs", "u"]);
+        if r.stdout == "0\n" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{} {}",
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.rcfs_rootless(&home, &["stop", "u"]).expect_ok("stop");
+    let r = f.rcfs_rootless(&home, &["wait", "u"]).expect_ok("wait");
+    assert_eq!(r.stdout, "5\n");
+}

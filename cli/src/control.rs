@@ -56,9 +56,15 @@ fn send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> std::io::Result<()> {
 }
 
 /// Starts answering control requests for the container whose dir is `dir`
-/// and whose pid 1 `init` is (a pidfd), in a thread, for the life of the
+/// and whose pid 1 `init` is (a pidfd; `pid` its pid, an unreaped child of
+/// this process), in cgroups `cgroups`, in a thread, for the life of the
 /// process. Failing to listen costs only the control.
-pub fn serve(dir: BorrowedFd<'_>, init: OwnedFd) {
+pub fn serve(
+    dir: BorrowedFd<'_>,
+    init: OwnedFd,
+    pid: nix::unistd::Pid,
+    cgroups: Vec<std::path::PathBuf>,
+) {
     let path = path_in(dir);
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
@@ -84,6 +90,12 @@ pub fn serve(dir: BorrowedFd<'_>, init: OwnedFd) {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
                 if BufReader::new(&c).take(64).read_line(&mut line).is_err() {
+                    continue;
+                }
+                if line.trim() == "join" {
+                    if let Err(e) = send_join(&c, init.as_fd(), pid, &cgroups) {
+                        let _ = (&c).write_all(format!("error {e}\n").as_bytes());
+                    }
                     continue;
                 }
                 let answer = match line.trim().strip_prefix("kill ").map(str::parse::<i32>) {
@@ -192,4 +204,110 @@ pub fn wait(store: &Store, names: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Answers `join`: the container's namespaces (opened from `/proc/PID/ns`
+/// of its pid 1) and its cgroups' `cgroup.procs`, as fds, with a line that
+/// names them: `ok KIND... cgroups N`.
+fn send_join(
+    c: &UnixStream,
+    init: BorrowedFd<'_>,
+    pid: nix::unistd::Pid,
+    cgroups: &[std::path::PathBuf],
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut kinds = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for kind in rcfs_runtime::exec::NAMESPACES {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))?;
+        kinds.push(kind);
+        fds.push(f.into());
+    }
+    for d in cgroups {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("cgroup.procs"))?;
+        fds.push(f.into());
+    }
+    // Not reaped yet (a signal 0 reaches it): so `pid` was still pid 1 of
+    // the container when its namespaces were opened.
+    send_signal(init, 0)?;
+    let line = format!("ok {} cgroups {}\n", kinds.join(" "), cgroups.len());
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sendmsg::<()>(
+        c.as_raw_fd(),
+        &[std::io::IoSlice::new(line.as_bytes())],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// What joining a running container takes, from its `rcfs run`.
+pub struct Joined {
+    /// Its namespaces: (kind, fd).
+    pub namespaces: Vec<(String, OwnedFd)>,
+    /// Its cgroups' `cgroup.procs`, open for writing.
+    pub cgroups: Vec<OwnedFd>,
+}
+
+/// What joining the running container `name` takes (see [`Joined`]).
+pub fn join(store: &Store, name: &str) -> Result<Joined> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let dir = crate::containers::open(store, name)?;
+    if !crate::containers::load(store, name)?.1 {
+        bail!("container {name} is not running");
+    }
+    let mut c = UnixStream::connect(path_in(dir.as_fd()))
+        .with_context(|| format!("cannot reach container {name}'s rcfs (its control socket)"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(b"join\n")?;
+    let mut buf = [0u8; 512];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+    let msg = recvmsg::<()>(
+        c.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("no answer from the container's rcfs")?;
+    let mut fds = Vec::new();
+    for m in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(got) = m {
+            // SAFETY: new fds the kernel passed us.
+            fds.extend(
+                got.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let n = msg.bytes;
+    let line = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    let Some(rest) = line.strip_prefix("ok ") else {
+        bail!(
+            "container {name}: cannot join it: {}",
+            line.strip_prefix("error ").unwrap_or(&line)
+        );
+    };
+    let (kinds, cg) = rest
+        .split_once(" cgroups ")
+        .context("a garbled answer from the container's rcfs")?;
+    let kinds: Vec<&str> = kinds.split(' ').collect();
+    let cg: usize = cg
+        .parse()
+        .context("a garbled answer from the container's rcfs")?;
+    if fds.len() != kinds.len() + cg {
+        bail!(
+            "container {name}: its rcfs sent {} fds for {} namespaces and {cg} cgroups",
+            fds.len(),
+            kinds.len()
+        );
+    }
+    let cgroups = fds.split_off(kinds.len());
+    Ok(Joined {
+        namespaces: kinds.into_iter().map(str::to_owned).zip(fds).collect(),
+        cgroups,
+    })
 }

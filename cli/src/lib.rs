@@ -7,7 +7,8 @@
 //! * [`containers`] — their records: `rcfs ps`, `rcfs rm`.
 //! * [`detach`] — `rcfs run -d`'s monitor and the container's log, `rcfs logs`.
 //! * [`control`] — a running container's control socket: `rcfs kill`,
-//!   `stop`, `wait`.
+//!   `stop`, `wait`, and what `rcfs exec` joins.
+//! * [`exec`] — `rcfs exec`: a command in a running container.
 //! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
@@ -15,6 +16,7 @@
 pub mod containers;
 pub mod control;
 pub mod detach;
+pub mod exec;
 pub mod image;
 pub mod mount;
 pub mod overlay_args;

@@ -396,7 +396,11 @@ fn serve(
         }
     }
     if result.is_ok() {
-        crate::control::serve(place.fd, init);
+        let cgroup_dirs = _cgroups
+            .as_ref()
+            .map(|c| c.dirs().to_vec())
+            .unwrap_or_default();
+        crate::control::serve(place.fd, init, container.pid, cgroup_dirs);
         on_start();
         let master = terminal.as_ref().map(|t| t.master.clone());
         std::thread::Builder::new()
@@ -463,8 +467,8 @@ impl Drop for RootMounted {
 /// The container's terminal seen from `rcfs run`: its master, relayed to
 /// and from this process's stdio, and the user's terminal in raw mode
 /// meanwhile.
-struct Terminal {
-    master: std::sync::Arc<std::os::fd::OwnedFd>,
+pub(crate) struct Terminal {
+    pub(crate) master: std::sync::Arc<std::os::fd::OwnedFd>,
     output: std::thread::JoinHandle<()>,
     /// Dropped after the rest of the output is written (fields drop after
     /// [`Terminal`]'s own `drop`).
@@ -501,7 +505,7 @@ impl<Fd: std::os::fd::AsFd> Drop for RawMode<Fd> {
 }
 
 /// Gives the container's terminal the size of ours.
-fn copy_window_size(master: &std::os::fd::OwnedFd) {
+pub(crate) fn copy_window_size(master: &std::os::fd::OwnedFd) {
     use std::os::fd::AsRawFd;
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: ioctls with a winsize buffer of the right type.
@@ -513,7 +517,7 @@ fn copy_window_size(master: &std::os::fd::OwnedFd) {
 }
 
 impl Terminal {
-    fn attach(master: std::os::fd::OwnedFd, input: bool) -> Result<Terminal> {
+    pub(crate) fn attach(master: std::os::fd::OwnedFd, input: bool) -> Result<Terminal> {
         use std::io::{Read, Write};
         let master = std::sync::Arc::new(master);
         copy_window_size(&master);
@@ -571,7 +575,7 @@ impl Drop for Terminal {
 }
 
 /// The init's spec from the image config and the options.
-fn spec_of(
+pub(crate) fn spec_of(
     config: &ImageConfiguration,
     opts: &RunOptions,
     name: &str,

@@ -212,6 +212,12 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The container's cgroup dirs (a process joins by writing its pid to
+    /// each one's `cgroup.procs`).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// Removes the cgroups (empty once the container is gone).
     pub fn remove(&mut self) {
         for d in self.dirs.drain(..).rev() {

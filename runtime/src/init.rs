@@ -114,7 +114,7 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
 /// (whose keys it could read and add to); and not dumpable, so that the
 /// command (root of the same user namespace, with more capabilities than
 /// the init keeps) cannot ptrace it.
-fn detach_from_caller() -> io::Result<()> {
+pub(crate) fn detach_from_caller() -> io::Result<()> {
     nix::unistd::setsid().map_err(|e| err("setsid", e))?;
     // SAFETY: keyctl with integer arguments (a NULL name: anonymous).
     let r = unsafe {
@@ -139,7 +139,7 @@ fn detach_from_caller() -> io::Result<()> {
 }
 
 /// Opens a pty in the container's `/dev/pts`: its master and its slave.
-fn terminal() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn terminal() -> io::Result<(OwnedFd, OwnedFd)> {
     let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY)?;
     nix::pty::grantpt(&master)?;
     nix::pty::unlockpt(&master)?;
@@ -162,7 +162,7 @@ fn terminal() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Tells `rcfs run` (over the unix socket `sock`) that the container is
 /// set up, passing the terminal's master if there is one.
-fn ready(sock: i32, master: Option<OwnedFd>) -> io::Result<()> {
+pub(crate) fn ready(sock: i32, master: Option<OwnedFd>) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
     let cmsgs = if fds.is_empty() {
@@ -182,7 +182,7 @@ fn ready(sock: i32, master: Option<OwnedFd>) -> io::Result<()> {
 
 /// Reaps every child, passes signals on to `child`; its exit code once it
 /// is gone.
-fn supervise(child: Pid, sigs: &SigSet) -> i32 {
+pub(crate) fn supervise(child: Pid, sigs: &SigSet) -> i32 {
     loop {
         let sig = match sigs.wait() {
             Ok(s) => s,
@@ -527,7 +527,7 @@ fn keep_only_init_capabilities() -> io::Result<()> {
 
 /// In the command's process: its user, stdin and signals, its seccomp
 /// filter, then exec.
-fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
+pub(crate) fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let _ = SigSet::empty().thread_set_mask();
     // A session of its own (the init's has no terminal either; as pid 1
     // the command is the init, which leads its session already); with -t,

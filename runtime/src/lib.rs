@@ -41,6 +41,7 @@
 //! could not be executed, 127 when it was not found.
 
 pub mod cgroup;
+pub mod exec;
 mod init;
 pub mod keeper;
 mod ns;
@@ -305,35 +306,7 @@ impl Container {
     /// The init's word that it is set up, with the terminal's master when
     /// it made one; `None` if it failed first (it closed the socket).
     fn ready(&self) -> io::Result<Option<Option<OwnedFd>>> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        let mut buf = [0u8; 1];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = loop {
-            match recvmsg::<()>(
-                self.tty_sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                r => break r?,
-            }
-        };
-        if msg.bytes == 0 {
-            return Ok(None);
-        }
-        let mut master = None;
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for fd in fds {
-                    // SAFETY: a new fd the kernel passed us.
-                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                    master.get_or_insert(fd);
-                }
-            }
-        }
-        Ok(Some(master))
+        receive_ready(&self.tty_sock)
     }
 
     /// The master of the container's terminal (after [`Container::start`]
@@ -349,17 +322,58 @@ impl Container {
 
     /// The init's exit code: its own, or 128+N when signal N killed it.
     pub fn wait(&self) -> io::Result<i32> {
-        use nix::sys::wait::{waitpid, WaitStatus};
-        loop {
-            match waitpid(self.pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+        wait_for(self.pid)
+    }
+}
+
+/// The exit code of the child `pid`: its own, or 128+N when signal N
+/// killed it.
+pub(crate) fn wait_for(pid: Pid) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The word of a process set up to exec (the init, or `rcfs exec`'s
+/// command) on `sock`, with its terminal's master when it made one; `None`
+/// if it failed first (it closed the socket).
+pub(crate) fn receive_ready(sock: &OwnedFd) -> io::Result<Option<Option<OwnedFd>>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    if msg.bytes == 0 {
+        return Ok(None);
+    }
+    let mut master = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: a new fd the kernel passed us.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                master.get_or_insert(fd);
             }
         }
     }
+    Ok(Some(master))
 }
 
 /// Closes every fd above stderr except `keep` (the command must not

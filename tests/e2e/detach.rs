@@ -58,7 +58,15 @@ fn a_detached_container_logs_takes_signals_stops_and_is_waited_for() {
     let r = f
         .rcfs(&["logs", "--tail", "1", "d1"])
         .expect_ok("logs --tail");
-    assert_eq!(r.stdout, "ready\n");
+    let log = f.store().join("containers/d1/ctr.log");
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    // The last line of the two streams (their order between them is the
+    // pipes' to decide).
+    let last = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        ["ready\n", "err\n"].contains(&last.as_str()) && text.ends_with(&format!(" F {last}")),
+        "{last:?} of {text}"
+    );
     let r = f.rcfs(&["logs", "-t", "d1"]).expect_ok("logs -t");
     let first = r.stdout.lines().next().unwrap();
     let (time, text) = first.split_once(' ').unwrap();
@@ -68,7 +76,6 @@ fn a_detached_container_logs_takes_signals_stops_and_is_waited_for() {
         "{first}"
     );
     // The log is the user's alone.
-    let log = f.store().join("containers/d1/ctr.log");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
@@ -232,4 +239,121 @@ fn an_unprivileged_user_runs_a_detached_container() {
     f.rcfs_rootless(&home, &["stop", "u"]).expect_ok("stop");
     let r = f.rcfs_rootless(&home, &["wait", "u"]).expect_ok("wait");
     assert_eq!(r.stdout, "5\n");
+}
+
+#[test]
+fn exec_runs_a_command_in_a_running_container_as_its_own_would_run() {
+    let f = Fixture::new(134, "gzip");
+    let img = f.image.as_str();
+    f.run(&[
+        "-d",
+        "--name",
+        "x",
+        "-e",
+        "A=1",
+        "--hostname",
+        "box",
+        "--pids-limit",
+        "100",
+        img,
+        "/bin/sh",
+        "-c",
+        "echo started; while :; do busybox sleep 0.1; done",
+    ])
+    .expect_ok("run -d");
+    logs_show(&f, "x", "started\n");
+    let exec = |args: &[&str]| f.rcfs(&[&["exec"], args].concat());
+    // The container's namespaces, cgroups, environment, filter and
+    // capabilities; not pid 1.
+    let probe = "echo pid=$$ A=$A; busybox hostname; \
+                 test \"$(busybox cat /proc/1/cgroup)\" = \"$(busybox cat /proc/self/cgroup)\" && echo same-cgroup; \
+                 busybox grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                 busybox grep -E '^CapEff:' /proc/1/status; echo written > /from-exec; exit 7";
+    let r = exec(&["x", "/bin/sh", "-c", probe]);
+    assert_eq!(code(&r), Some(7), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("pid=") && lines[0] != "pid=1 A=1" && lines[0].ends_with(" A=1"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(lines[1], "box");
+    assert_eq!(lines[2], "same-cgroup", "{}", r.stdout);
+    assert_eq!(lines[4], "Seccomp:\t2");
+    assert_eq!(
+        lines[3], lines[5],
+        "the container's capabilities: {}",
+        r.stdout
+    );
+    // What it wrote is the container's.
+    let r = exec(&[
+        "-u",
+        "1000",
+        "-e",
+        "A=2",
+        "-w",
+        "/etc",
+        "x",
+        "/bin/sh",
+        "-c",
+        "busybox id -u; echo $A; busybox pwd; busybox cat /from-exec",
+    ]);
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "1000\n2\n/etc\nwritten\n");
+    let r = exec(&["x", "no-such-command"]);
+    assert_eq!(code(&r), Some(127), "{}", r.stderr);
+    // stdin only with -i.
+    let mut c = std::process::Command::new(crate::mounts::RCFS);
+    c.args([
+        "--root",
+        f.store().to_str().unwrap(),
+        "exec",
+        "-i",
+        "x",
+        "/bin/busybox",
+        "cat",
+    ]);
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "typed\n");
+    f.rcfs(&["stop", "-t", "1", "x"]).expect_ok("stop");
+    let r = exec(&["x", "/bin/true"]);
+    assert_eq!(code(&r), Some(125));
+    assert!(r.stderr.contains("not running"), "{}", r.stderr);
+
+    // A user's container, as that user.
+    let home = f.dir.path().join("home");
+    f.run_rootless(
+        &home,
+        &[
+            "-d",
+            "--name",
+            "ux",
+            img,
+            "/bin/sh",
+            "-c",
+            "while :; do busybox sleep 0.1; done",
+        ],
+    )
+    .expect_ok("rootless run -d");
+    let r = f.rcfs_rootless(
+        &home,
+        &[
+            "exec",
+            "ux",
+            "/bin/sh",
+            "-c",
+            "busybox id -u; busybox cat /proc/1/cmdline",
+        ],
+    );
+    assert_eq!(code(&r), Some(0), "{}", r.stderr);
+    assert!(r.stdout.starts_with("0\n/bin/sh"), "{}", r.stdout);
+    f.rcfs_rootless(&home, &["stop", "-t", "1", "ux"])
+        .expect_ok("stop ux");
 }

@@ -79,6 +79,31 @@ enum Cmd {
         timestamps: bool,
         name: String,
     },
+    /// Run a command in a running container (its namespaces, cgroups,
+    /// environment, user and seccomp filter).
+    Exec {
+        /// Keep stdin open (otherwise the command reads /dev/null).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the command a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Run as UID[:GID] or USER[:GROUP] of the image (default: the
+        /// container's user).
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        /// Set an environment variable (KEY=VALUE, or KEY for the caller's).
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Working directory (default: the container's).
+        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
+        /// The container.
+        name: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Send a signal to running containers' pid 1.
     Kill {
         /// The signal: a name (TERM, SIGTERM) or a number.
@@ -498,6 +523,31 @@ fn run() -> Result<()> {
                 timestamps,
             },
         ),
+        Cmd::Exec {
+            interactive,
+            tty,
+            user,
+            env,
+            workdir,
+            name,
+            command,
+        } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            let store = image::open_store(cli.root.as_deref())?;
+            std::process::exit(rcfs::exec::exec(
+                &store,
+                &name,
+                &rcfs::exec::ExecOptions {
+                    interactive,
+                    tty,
+                    user,
+                    env,
+                    workdir,
+                    args: command,
+                },
+            ));
+        }
         Cmd::Kill { signal, names } => {
             rcfs::control::kill(&image::open_store(cli.root.as_deref())?, &names, signal)
         }

@@ -263,6 +263,25 @@ pub fn open(store: &Store, name: &str) -> Result<OwnedFd> {
     })
 }
 
+/// The config of the image the container of `rec` was made from.
+pub fn image_config(store: &Store, rec: &Record) -> Result<oci_spec::image::ImageConfiguration> {
+    let by_id = match &rec.image_id {
+        Some(id) => store.find(id)?,
+        None => None,
+    };
+    let img = match by_id {
+        Some(i) => i,
+        None => crate::image::find(store, &rec.image)?.with_context(|| {
+            format!(
+                "the image of container {}, {}, is no longer in the store",
+                rec.name, rec.image
+            )
+        })?,
+    };
+    let config = store.image_blob(&img, "config", &img.config)?;
+    serde_json::from_slice(&config).context("the image's config is not an image config")
+}
+
 /// The record of the container `name`, and whether it runs.
 pub fn load(store: &Store, name: &str) -> Result<(Record, bool)> {
     crate::run::check_name(name)?;

@@ -19,6 +19,21 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use rcfs_fs::image::store::Store;
 
+/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
+pub fn parse_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
+    use std::str::FromStr;
+    if let Ok(n) = v.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("no signal {n}"));
+    }
+    let up = v.to_ascii_uppercase();
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&full).map_err(|_| format!("no signal {v:?}"))
+}
+
 /// The socket's name in the container dir.
 pub const SOCKET: &str = "ctl";
 
@@ -159,17 +174,37 @@ fn stopped_within(store: &Store, name: &str, limit: Option<Duration>) -> Result<
     }
 }
 
-/// `rcfs stop [-t SECS] NAME...`: the stop signal (SIGTERM), then SIGKILL
+/// The signal that stops the container of `rec`: its `--stop-signal`, else
+/// its image's StopSignal, else SIGTERM.
+fn stop_signal_of(store: &Store, rec: &crate::containers::Record) -> Signal {
+    let given = rec.options.as_ref().and_then(|o| o.stop_signal.clone());
+    let from_image = || {
+        crate::containers::image_config(store, rec)
+            .ok()?
+            .config()
+            .as_ref()?
+            .stop_signal()
+            .clone()
+    };
+    given
+        .or_else(from_image)
+        .and_then(|s| parse_signal(&s).ok())
+        .unwrap_or(Signal::SIGTERM)
+}
+
+/// `rcfs stop [-t SECS] NAME...`: the stop signal (see [`stop_signal_of`]), then SIGKILL
 /// after `timeout`; returns once each has stopped. A stopped container is
 /// fine (as with podman).
 pub fn stop(store: &Store, names: &[String], timeout: Duration) -> Result<()> {
     for n in names {
-        if crate::containers::load(store, n)?.1 {
+        let (rec, running) = crate::containers::load(store, n)?;
+        if running {
+            let stop_signal = stop_signal_of(store, &rec);
             // It may have stopped meanwhile: what counts is that it does.
-            let _ = signal(store, n, Signal::SIGTERM);
+            let _ = signal(store, n, stop_signal);
             if !stopped_within(store, n, Some(timeout))? {
                 eprintln!(
-                    "rcfs stop: SIGTERM did not stop container {n} in {} s, resorting to SIGKILL",
+                    "rcfs stop: {stop_signal} did not stop container {n} in {} s, resorting to SIGKILL",
                     timeout.as_secs()
                 );
                 if let Err(e) = signal(store, n, Signal::SIGKILL) {

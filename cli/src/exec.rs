@@ -7,7 +7,6 @@
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
-use oci_spec::image::ImageConfiguration;
 use rcfs_fs::image::store::Store;
 use rcfs_runtime::{Spec, EXIT_RCFS};
 
@@ -67,22 +66,7 @@ fn exec_inner(store: &Store, name: &str, o: &ExecOptions) -> Result<i32> {
         .clone()
         .context("the container's record has no options: made by an older rcfs")?;
     // The container's spec as its run made it (image config and options).
-    let img = match &rec.image_id {
-        Some(id) => store.find(id)?,
-        None => None,
-    };
-    let img = match img {
-        Some(i) => i,
-        None => crate::image::find(store, &rec.image)?.with_context(|| {
-            format!(
-                "the image of {name}, {}, is no longer in the store",
-                rec.image
-            )
-        })?,
-    };
-    let config = store.image_blob(&img, "config", &img.config)?;
-    let config: ImageConfiguration =
-        serde_json::from_slice(&config).context("the image's config is not an image config")?;
+    let config = crate::containers::image_config(store, &rec)?;
     let dir = store.root.join("containers").join(name);
     let base = crate::run::spec_of(&config, &opts, name, &dir.join("rootfs"))?;
     let mut env = base.env.clone();

@@ -67,6 +67,140 @@ pub struct RunOptions {
     /// [`crate::detach`]).
     #[serde(default)]
     pub detach: bool,
+    /// `--entrypoint`: replaces the image's (and drops its Cmd, as podman
+    /// does); an empty list clears it.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `--stop-signal` (else the image's StopSignal, else SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// `--cap-add`, `--cap-drop` (`CAP_…` names or `ALL`), in order.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--group-add`.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// `--read-only`.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--tmpfs PATH[:OPTIONS]`.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    /// `--ulimit NAME=SOFT[:HARD]`.
+    #[serde(default)]
+    pub ulimit: Vec<String>,
+    /// `--label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `--pull=always|missing|never` (`None`: missing).
+    #[serde(default)]
+    pub pull: Option<String>,
+}
+
+/// podman's default capabilities of a container's command.
+pub const DEFAULT_CAPS: [&str; 11] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_SETFCAP",
+];
+
+/// A capability's name as `CAP_…` (podman takes `net_admin`, `NET_ADMIN`
+/// and `CAP_NET_ADMIN`); an error for one the kernel does not have.
+fn cap_name(n: &str) -> Result<String> {
+    let up = n.to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    full.parse::<caps::Capability>()
+        .map_err(|_| anyhow::anyhow!("unknown capability {n:?}"))?;
+    Ok(full)
+}
+
+/// The command's capabilities: podman's default set, `--cap-drop` taken
+/// out, then `--cap-add` put in (`ALL` for every one); `None` when neither
+/// was given.
+fn capabilities(opts: &RunOptions) -> Result<Option<Vec<String>>> {
+    if opts.cap_add.is_empty() && opts.cap_drop.is_empty() {
+        return Ok(None);
+    }
+    let all = || -> Vec<String> { caps::all().into_iter().map(|c| c.to_string()).collect() };
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    for d in &opts.cap_drop {
+        if d.eq_ignore_ascii_case("all") {
+            set.clear();
+        } else {
+            let d = cap_name(d)?;
+            set.retain(|c| *c != d);
+        }
+    }
+    for a in &opts.cap_add {
+        let add = if a.eq_ignore_ascii_case("all") {
+            all()
+        } else {
+            vec![cap_name(a)?]
+        };
+        for c in add {
+            if !set.contains(&c) {
+                set.push(c);
+            }
+        }
+    }
+    Ok(Some(set))
+}
+
+/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options; podman's
+/// default is rw,noexec,nosuid,nodev: here nosuid,nodev always).
+fn tmpfs_of(v: &str) -> Result<(String, String)> {
+    let (path, opts) = v.split_once(':').unwrap_or((v, ""));
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        bail!("--tmpfs {v:?}: the path must be absolute, without '..'");
+    }
+    let mut data = Vec::new();
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o.split_once('=').map_or(o, |(k, _)| k) {
+            "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks" => data.push(o.to_owned()),
+            // Flags: rcfs mounts every tmpfs nosuid,nodev.
+            "rw" | "nosuid" | "nodev" | "noexec" | "exec" => {}
+            _ => bail!("--tmpfs {v:?}: rcfs does not support the option {o:?} (size, mode, uid, gid, nr_inodes)"),
+        }
+    }
+    Ok((path.to_owned(), data.join(",")))
+}
+
+/// `--ulimit NAME=SOFT[:HARD]` (`-1` or `unlimited` for no limit).
+fn ulimit_of(v: &str) -> Result<(String, u64, u64)> {
+    let bad =
+        || anyhow::anyhow!("invalid --ulimit {v:?}: give NAME=SOFT[:HARD], e.g. nofile=1024:2048");
+    let (name, vals) = v.split_once('=').ok_or_else(bad)?;
+    if rcfs_runtime::rlimit_resource(name).is_none() {
+        bail!("--ulimit {v:?}: unknown resource {name:?}");
+    }
+    let num = |n: &str| -> Result<u64> {
+        match n {
+            "-1" | "unlimited" => Ok(u64::MAX),
+            _ => n.parse().map_err(|_| bad()),
+        }
+    };
+    let (soft, hard) = match vals.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(vals)?, num(vals)?),
+    };
+    if soft > hard {
+        bail!("--ulimit {v:?}: the soft limit is over the hard one");
+    }
+    Ok((name.to_owned(), soft, hard))
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -155,8 +289,37 @@ fn run_inner(
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
+    capabilities(opts)?;
+    for t in &opts.tmpfs {
+        tmpfs_of(t)?;
+    }
+    for u in &opts.ulimit {
+        ulimit_of(u)?;
+    }
+    if let Some(s) = &opts.stop_signal {
+        crate::control::parse_signal(s).map_err(anyhow::Error::msg)?;
+    }
+    for l in &opts.labels {
+        if !l.contains('=') {
+            bail!("invalid --label {l:?}: give KEY=VALUE");
+        }
+    }
     let seccomp = crate::seccomp::program(store, opts.seccomp.as_deref())?;
+    let pull = if again.is_some() {
+        None
+    } else {
+        opts.pull.as_deref()
+    };
+    if pull == Some("always") {
+        crate::image::pull(store, &opts.image, true, opts.insecure, true)?;
+    }
     let found = crate::image::find(store, &opts.image)?;
+    if found.is_none() && pull == Some("never") {
+        bail!(
+            "no image {} in the store, and --pull=never: pull it first (rcfs pull)",
+            opts.image
+        );
+    }
     let (claimed, again) = match again {
         Some(c) => (c, true),
         None => {
@@ -582,11 +745,15 @@ pub(crate) fn spec_of(
     rootfs: &Path,
 ) -> Result<Spec> {
     let c = config.config().clone().unwrap_or_default();
-    let mut args: Vec<String> = c.entrypoint().clone().unwrap_or_default();
-    if opts.args.is_empty() {
-        args.extend(c.cmd().clone().unwrap_or_default());
-    } else {
+    let mut args: Vec<String> = match &opts.entrypoint {
+        Some(e) => e.clone(),
+        None => c.entrypoint().clone().unwrap_or_default(),
+    };
+    if !opts.args.is_empty() {
         args.extend(opts.args.iter().cloned());
+    } else if opts.entrypoint.is_none() {
+        // A new entrypoint drops the image's Cmd, as podman does.
+        args.extend(c.cmd().clone().unwrap_or_default());
     }
     if args.is_empty() {
         bail!(
@@ -674,6 +841,19 @@ pub(crate) fn spec_of(
             .map_err(anyhow::Error::msg)?,
         seccomp: None,
         init: opts.init,
+        caps: capabilities(opts)?,
+        group_add: opts.group_add.clone(),
+        read_only: opts.read_only,
+        tmpfs: opts
+            .tmpfs
+            .iter()
+            .map(|t| tmpfs_of(t))
+            .collect::<Result<_>>()?,
+        rlimits: opts
+            .ulimit
+            .iter()
+            .map(|u| ulimit_of(u))
+            .collect::<Result<_>>()?,
     })
 }
 

@@ -157,8 +157,10 @@ fn command(spec: &Spec, sock: OwnedFd) -> ! {
     }
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // The container's root is ours since the mount namespace was joined.
-    let user = crate::user::in_root(&spec.user, std::path::Path::new("/"))
-        .unwrap_or_else(|e| fail("no such user in the container", &e));
+    let root = std::path::Path::new("/");
+    let user = crate::user::in_root(&spec.user, root)
+        .and_then(|u| crate::user::with_groups(u, &spec.group_add, root))
+        .unwrap_or_else(|e| fail("no such user or group in the container", &e));
     if let Err(e) = nix::unistd::chdir(spec.cwd.as_str()) {
         fail(
             &format!("cannot change to the working directory {}", spec.cwd),

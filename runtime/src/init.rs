@@ -425,7 +425,35 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
             readonly_in(r, &b.target)?;
         }
     }
+    let tmp_opts = "mode=1777".to_owned();
+    let mut tmpfs: Vec<(&str, &str)> = spec
+        .tmpfs
+        .iter()
+        .map(|(p, o)| (p.as_str(), o.as_str()))
+        .collect();
+    if spec.read_only {
+        for p in ["/tmp", "/run", "/var/tmp"] {
+            if !tmpfs.iter().any(|(t, _)| t.trim_end_matches('/') == p) {
+                tmpfs.push((p, &tmp_opts));
+            }
+        }
+    }
+    for (path, opts) in tmpfs {
+        let data = if opts.is_empty() { None } else { Some(opts) };
+        mount_in(
+            r,
+            path,
+            true,
+            "tmpfs",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            data,
+        )?;
+    }
     drop(rootfd);
+    if spec.read_only {
+        readonly(root).map_err(|e| err("making the root read-only", e))?;
+    }
     nix::unistd::sethostname(&spec.hostname).map_err(|e| err("sethostname", e))?;
     // Into the root; the old one detached, so no host path stays reachable.
     nix::unistd::chdir(root).map_err(|e| err("chdir to the root", e))?;
@@ -433,7 +461,9 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detaching the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| err("chdir /", e))?;
     // The user, in the image's files: this is its root now.
-    let user = crate::user::in_root(&spec.user, Path::new("/")).map_err(io::Error::other)?;
+    let user = crate::user::in_root(&spec.user, Path::new("/"))
+        .and_then(|u| crate::user::with_groups(u, &spec.group_add, Path::new("/")))
+        .map_err(io::Error::other)?;
     fs::create_dir_all(&spec.cwd)
         .map_err(|e| err(&format!("making the working directory {}", spec.cwd), e))?;
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|e| err(&format!("chdir to {}", spec.cwd), e))?;
@@ -510,8 +540,44 @@ fn bound_capabilities(keep: &[Capability]) -> io::Result<()> {
 /// container's root could unmount the read-only binds over `/proc/sys` and
 /// `/sys` that its init made, and real root's container (identity-mapped)
 /// would reach the host's sysctls again.
-fn drop_capabilities() -> io::Result<()> {
-    bound_capabilities(&KEPT_CAPS)
+fn drop_capabilities(spec: &Spec) -> io::Result<()> {
+    match &spec.caps {
+        None => bound_capabilities(&KEPT_CAPS),
+        Some(names) => {
+            let keep = names
+                .iter()
+                .map(|n| {
+                    n.parse::<Capability>()
+                        .map_err(|_| io::Error::other(format!("no capability {n}")))
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            bound_capabilities(&keep)
+        }
+    }
+}
+
+/// A resource by the name `ulimit` and podman give it.
+pub fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name {
+        "core" => R::RLIMIT_CORE,
+        "cpu" => R::RLIMIT_CPU,
+        "data" => R::RLIMIT_DATA,
+        "fsize" => R::RLIMIT_FSIZE,
+        "locks" => R::RLIMIT_LOCKS,
+        "memlock" => R::RLIMIT_MEMLOCK,
+        "msgqueue" => R::RLIMIT_MSGQUEUE,
+        "nice" => R::RLIMIT_NICE,
+        "nofile" => R::RLIMIT_NOFILE,
+        "nproc" => R::RLIMIT_NPROC,
+        "rss" => R::RLIMIT_RSS,
+        "rtprio" => R::RLIMIT_RTPRIO,
+        "rttime" => R::RLIMIT_RTTIME,
+        "sigpending" => R::RLIMIT_SIGPENDING,
+        "stack" => R::RLIMIT_STACK,
+        "as" => R::RLIMIT_AS,
+        _ => return None,
+    })
 }
 
 /// The init, once the command is forked: only [`INIT_CAPS`], in every
@@ -564,7 +630,16 @@ pub(crate) fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
             let _ = nix::unistd::dup2_stdin(f);
         }
     }
-    if let Err(e) = drop_capabilities() {
+    for (name, soft, hard) in &spec.rlimits {
+        let set = rlimit_resource(name)
+            .ok_or_else(|| io::Error::other(format!("no resource {name}")))
+            .and_then(|r| Ok(nix::sys::resource::setrlimit(r, *soft, *hard)?));
+        if let Err(e) = set {
+            eprintln!("rcfs: --ulimit {name}={soft}:{hard}: {e}");
+            std::process::exit(EXIT_RCFS);
+        }
+    }
+    if let Err(e) = drop_capabilities(spec) {
         eprintln!("rcfs: cannot drop capabilities: {e}");
         std::process::exit(EXIT_RCFS);
     }

@@ -56,7 +56,7 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use init::{read_in_root, FORWARDED, MOUNT_TARGETS};
+pub use init::{read_in_root, rlimit_resource, FORWARDED, MOUNT_TARGETS};
 pub use ns::{enter_mount_namespace, enter_user_namespace, IdMap};
 pub use user::MAX_ID_FILE;
 
@@ -113,6 +113,24 @@ pub struct Spec {
     /// it has no handler for (SIGTERM, SIGINT of a shell) do nothing.
     #[serde(default)]
     pub init: bool,
+    /// The command's capabilities (`CAP_…` names; `--cap-add`,
+    /// `--cap-drop`); `None`: podman's default set.
+    #[serde(default)]
+    pub caps: Option<Vec<String>>,
+    /// Groups added to the user's (`--group-add`: gids or image group names).
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// The root read-only (`--read-only`), with tmpfs on `/tmp`, `/run` and
+    /// `/var/tmp` as podman does.
+    #[serde(default)]
+    pub read_only: bool,
+    /// tmpfs mounts (`--tmpfs PATH[:OPTIONS]`): (path, mount options).
+    #[serde(default)]
+    pub tmpfs: Vec<(String, String)>,
+    /// Resource limits of the command (`--ulimit`): (name as `ulimit`
+    /// takes it, e.g. `nofile`; soft; hard).
+    #[serde(default)]
+    pub rlimits: Vec<(String, u64, u64)>,
 }
 
 /// `Option<Vec<u8>>` as an optional base64 string.

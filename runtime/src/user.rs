@@ -43,6 +43,39 @@ pub(crate) fn in_root(user: &str, root: &Path) -> Result<User, String> {
     resolve(user, &read("etc/passwd")?, &read("etc/group")?)
 }
 
+/// `user` with the groups `extra` added (`--group-add`: gids, or names in
+/// the image's `/etc/group` under `root`).
+pub(crate) fn with_groups(mut user: User, extra: &[String], root: &Path) -> Result<User, String> {
+    if extra.is_empty() {
+        return Ok(user);
+    }
+    let group = match crate::read_in_root(root, "etc/group", MAX_ID_FILE) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(format!("the image's /etc/group: {e}"))
+        }
+        Err(_) => String::new(),
+    };
+    for g in extra {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 2 && f[0] == g).then(|| f[2].parse::<u32>().ok())?
+                })
+                .ok_or_else(|| {
+                    format!("--group-add {g}: no such group in the image's /etc/group")
+                })?,
+        };
+        if !user.groups.contains(&gid) {
+            user.groups.push(gid);
+        }
+    }
+    Ok(user)
+}
+
 /// `user` (`UID[:GID]` or `USER[:GROUP]`) against the text of an
 /// `/etc/passwd` and an `/etc/group`.
 pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<User, String> {

@@ -72,6 +72,7 @@ mod readonly;
 mod remount;
 mod rename;
 mod rootless;
+mod run_options;
 mod seccomp;
 mod shared_host;
 mod stress;

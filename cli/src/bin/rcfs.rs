@@ -33,7 +33,7 @@ enum Cmd {
     Mount(MountArgs),
     /// Run a command in a new container of an image, rootless: its root is
     /// the image's union (pulled while it runs if the store lacks it).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers (running ones; -a: all).
     Ps {
         #[arg(short = 'a', long)]
@@ -107,7 +107,7 @@ enum Cmd {
     /// Send a signal to running containers' pid 1.
     Kill {
         /// The signal: a name (TERM, SIGTERM) or a number.
-        #[arg(short = 's', long, default_value = "KILL", value_parser = parse_signal)]
+        #[arg(short = 's', long, default_value = "KILL", value_parser = rcfs::control::parse_signal)]
         signal: nix::sys::signal::Signal,
         #[arg(required = true)]
         names: Vec<String>,
@@ -203,19 +203,37 @@ enum Cmd {
     },
 }
 
-/// A signal by name (`TERM`, `SIGTERM`, any case) or number.
-fn parse_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
-    use std::str::FromStr;
-    if let Ok(n) = v.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map_err(|_| format!("no signal {n}"));
+/// `--stop-signal`'s value, checked.
+fn parse_signal_name(v: &str) -> Result<String, String> {
+    rcfs::control::parse_signal(v).map(|_| v.to_owned())
+}
+
+/// `--entrypoint`: a JSON array of strings, or one command; "" for none.
+fn entrypoint_of(v: &str) -> Result<Vec<String>> {
+    if v.is_empty() {
+        return Ok(Vec::new());
     }
-    let up = v.to_ascii_uppercase();
-    let full = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    nix::sys::signal::Signal::from_str(&full).map_err(|_| format!("no signal {v:?}"))
+    if v.trim_start().starts_with('[') {
+        return serde_json::from_str(v).map_err(|e| {
+            anyhow::anyhow!("--entrypoint {v:?} is not a JSON array of strings: {e}")
+        });
+    }
+    Ok(vec![v.to_owned()])
+}
+
+/// `--env-file` FILE's variables, in order (at most 1 MiB of it).
+fn env_file(path: &std::path::Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+        .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `--security-opt`'s value: the profile of `seccomp=PROFILE|unconfined`
@@ -285,6 +303,43 @@ struct RunArgs {
     /// lacks it.
     #[arg(long = "security-opt", value_name = "seccomp=PROFILE|unconfined", value_parser = parse_security_opt)]
     security_opt: Vec<String>,
+    /// Replace the image's entrypoint (a command, or a JSON array); "" clears
+    /// it. The image's Cmd is dropped with it, as podman does.
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Read environment variables from FILE (KEY=VALUE lines; KEY alone for
+    /// the caller's value; # comments); -e values come after.
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// The signal `rcfs stop` sends first (default: the image's StopSignal,
+    /// else SIGTERM).
+    #[arg(long, value_name = "SIG", value_parser = parse_signal_name)]
+    stop_signal: Option<String>,
+    /// Add a capability to podman's default set (NET_ADMIN, ALL, ...).
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability of the default set (ALL for every one).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Add a supplementary group (a gid, or a group of the image).
+    #[arg(long, value_name = "GROUP")]
+    group_add: Vec<String>,
+    /// The root read-only, with tmpfs on /tmp, /run and /var/tmp.
+    #[arg(long)]
+    read_only: bool,
+    /// Mount a tmpfs at PATH (options: size, mode, uid, gid, nr_inodes).
+    #[arg(long, value_name = "PATH[:OPTIONS]")]
+    tmpfs: Vec<String>,
+    /// A resource limit of the command: NAME=SOFT[:HARD] (nofile, nproc, core, ...).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// missing: pull when the store lacks the image (default); always: pull
+    /// (lazily) first; never: fail when the store lacks it.
+    #[arg(long, default_value = "missing", value_parser = ["always", "missing", "never"])]
+    pull: String,
+    /// A label KEY=VALUE of the container (rcfs ps --json shows them).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
     /// Detach: run the container in the background, print its name once
     /// its command has started (read its output with `rcfs logs`).
     #[arg(short = 'd', long)]
@@ -457,6 +512,19 @@ fn run() -> Result<()> {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();
             let store = image::open_store(cli.root.as_deref())?;
+            // Options that cannot be read are rcfs's failure: 125.
+            let given = || -> Result<(Vec<String>, Option<Vec<String>>)> {
+                let mut env = Vec::new();
+                for f in &a.env_file {
+                    env.extend(env_file(f)?);
+                }
+                env.extend(a.env.iter().cloned());
+                Ok((env, a.entrypoint.as_deref().map(entrypoint_of).transpose()?))
+            };
+            let (env, entrypoint) = given().unwrap_or_else(|e| {
+                eprintln!("rcfs run: {e:#}");
+                std::process::exit(rcfs_runtime::EXIT_RCFS)
+            });
             let code = rcfs::run::run(
                 &store,
                 &rcfs::run::RunOptions {
@@ -464,7 +532,7 @@ fn run() -> Result<()> {
                     args: a.command,
                     name: a.name,
                     rm: a.rm,
-                    env: a.env,
+                    env,
                     workdir: a.workdir,
                     user: a.user,
                     hostname: a.hostname,
@@ -481,6 +549,16 @@ fn run() -> Result<()> {
                     seccomp: a.security_opt.last().cloned(),
                     init: a.init,
                     detach: a.detach,
+                    entrypoint,
+                    pull: Some(a.pull),
+                    stop_signal: a.stop_signal,
+                    cap_add: a.cap_add,
+                    cap_drop: a.cap_drop,
+                    group_add: a.group_add,
+                    read_only: a.read_only,
+                    tmpfs: a.tmpfs,
+                    ulimit: a.ulimit,
+                    labels: a.label,
                 },
             );
             std::process::exit(code);

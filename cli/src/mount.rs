@@ -73,6 +73,9 @@ pub struct ImageMount {
     /// With `pull`: serve a streamed layer's files before its digest is
     /// checked (`--unverified-streaming`).
     pub unverified_streaming: bool,
+    /// The image's owners as a keep-id namespace nested in the server's
+    /// sees them, for the user (uid, gid): see `rcfs_fs::layer::shift`.
+    pub keep_id: Option<(u32, u32)>,
 }
 
 impl MountRequest {
@@ -482,6 +485,12 @@ fn build_union(req: &MountRequest) -> Result<Built> {
                 live = Some(pull);
             }
             None => bail!("image {} is no longer in the store", im.name),
+        }
+    }
+    if let Some((uid, gid)) = req.image.as_ref().and_then(|im| im.keep_id) {
+        let dirs = req.lowers.len();
+        for l in &mut lowers[dirs..] {
+            *l = Arc::new(rcfs_fs::layer::shift::Shifted::new(l.clone(), uid, gid));
         }
     }
     let upper = match (&req.upper, &req.work) {

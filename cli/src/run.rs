@@ -97,6 +97,10 @@ pub struct RunOptions {
     /// `--pull=always|missing|never` (`None`: missing).
     #[serde(default)]
     pub pull: Option<String>,
+    /// `--userns=keep-id`: the caller's uid and gid are their own numbers in
+    /// the container (a user namespace nested in the user's own).
+    #[serde(default)]
+    pub keep_id: bool,
 }
 
 /// podman's default capabilities of a container's command.
@@ -286,6 +290,22 @@ fn run_inner(
 ) -> Result<i32> {
     // Bad options, and no usable /dev/fuse, fail before anything is made.
     mount::check_fuse_open()?;
+    let root = nix::unistd::geteuid().is_root();
+    let mut keep_id_opts;
+    let opts = if opts.keep_id {
+        if root {
+            bail!("--userns=keep-id is for ordinary users, as podman's: root's ids are its own already");
+        }
+        // The command runs as the caller (its ids, not 0), unless -u says
+        // otherwise; kept in the record for start and exec.
+        keep_id_opts = opts.clone();
+        keep_id_opts
+            .user
+            .get_or_insert_with(|| format!("{}:{}", nix::unistd::getuid(), nix::unistd::getgid()));
+        &keep_id_opts
+    } else {
+        opts
+    };
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
     }
@@ -370,19 +390,36 @@ fn run_inner(
     // Real root keeps its user namespace (and with it FUSE passthrough for
     // the daemon); the container gets one of its own. Anyone else's daemon
     // needs one to mount, and the container shares it.
-    let root = nix::unistd::geteuid().is_root();
     let entered = if root {
-        rcfs_runtime::enter_mount_namespace()
+        rcfs_runtime::enter_mount_namespace().map(|_| Some(rcfs_runtime::IdMap::Identity))
     } else {
-        rcfs_runtime::enter_user_namespace().map(|_| ())
+        rcfs_runtime::enter_user_namespace().map(|m| opts.keep_id.then_some(m))
     };
-    let entered = entered.map_err(anyhow::Error::from);
+    // The init's own user namespace: real root's identity-mapped one, or
+    // keep-id's, nested in the user's.
+    let entered = entered.map_err(anyhow::Error::from).and_then(|m| match m {
+        Some(rcfs_runtime::IdMap::Identity) => Ok(Some(rcfs_runtime::IdMap::Identity)),
+        Some(m) => {
+            let k = m.keep_id().map_err(anyhow::Error::msg)?;
+            // The container's `/` is its root's (the upper dir's root gives
+            // the union's root its owner): here 1, the id the keep-id
+            // namespace calls 0.
+            let upper = dir.join("upper");
+            std::os::unix::fs::lchown(&upper, Some(1), Some(1)).with_context(|| {
+                format!("cannot give {} to the container's root", upper.display())
+            })?;
+            Ok(Some(k))
+        }
+        None => Ok(None),
+    });
+    let mut own_map = None;
     // In the namespace, which decides (as for the init) which terminals
     // can be opened again write-only; the others go through pipes.
     let mut relays = Vec::new();
     let mut output = None;
     let forked = entered
-        .and_then(|_| {
+        .and_then(|m| {
+            own_map = m;
             if opts.detach {
                 output = Some(crate::detach::Output::capture(claimed.dir())?);
             } else if !opts.tty {
@@ -390,7 +427,7 @@ fn run_inner(
             }
             Ok(())
         })
-        .and_then(|_| Container::fork(root).map_err(Into::into));
+        .and_then(|_| Container::fork_mapped(own_map).map_err(Into::into));
     let mut container = match forked {
         Ok(c) => c,
         Err(e) => {
@@ -418,6 +455,10 @@ fn run_inner(
         name: &name,
         dir: &dir,
         fd: claimed.dir(),
+        keep_id: match own_map {
+            Some(rcfs_runtime::IdMap::KeepId { uid, gid, .. }) => Some((uid, gid)),
+            _ => None,
+        },
     };
     let (code, started) = match serve(
         store,
@@ -449,6 +490,8 @@ struct Place<'a> {
     name: &'a str,
     dir: &'a Path,
     fd: std::os::fd::BorrowedFd<'a>,
+    /// `--userns=keep-id`'s user (uid, gid).
+    keep_id: Option<(u32, u32)>,
 }
 
 /// In the namespaces: mounts the root, starts the init, waits for it;
@@ -482,6 +525,7 @@ fn serve(
         pull: found.is_none(),
         insecure: opts.insecure,
         unverified_streaming: opts.unverified_streaming,
+        keep_id: place.keep_id,
     });
     req.fsname = "rcfs-container".into();
     // The command may run as another id of the namespace.

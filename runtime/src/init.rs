@@ -41,6 +41,12 @@ pub const MOUNT_TARGETS: [&str; 5] = ["proc", "dev", "sys", "etc/resolv.conf", "
 /// Sets up the container and runs the command; returns the exit code.
 /// `dev` is real root's `/dev` tmpfs ([`dev::prepare`]).
 pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
+    // Root of its user namespace: in one nested in the user's (keep-id) it
+    // starts as the id its creator's maps to (the user's own).
+    if let Err(e) = become_root() {
+        eprintln!("rcfs: cannot become root of the container's user namespace: {e}");
+        return EXIT_RCFS;
+    }
     if let Err(e) = detach_from_caller() {
         eprintln!("rcfs: cannot set up the container: {e}");
         return EXIT_RCFS;
@@ -134,6 +140,19 @@ pub(crate) fn detach_from_caller() -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(err("PR_SET_DUMPABLE", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Takes uid and gid 0 of this process's user namespace, when they are not
+/// its ids already.
+fn become_root() -> io::Result<()> {
+    use nix::unistd::{getgid, getuid, setresgid, setresuid, Gid, Uid};
+    if getgid().as_raw() != 0 {
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))?;
+    }
+    if getuid().as_raw() != 0 {
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))?;
     }
     Ok(())
 }

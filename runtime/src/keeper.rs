@@ -160,10 +160,11 @@ fn owner_uid(ns: &OwnedFd) -> Option<u32> {
 type Extent = (u32, u32, u32);
 
 /// The uid and gid maps `map` writes; None for the identity map, which
-/// is never kept (real root keeps the host's user namespace).
+/// is never kept (real root keeps the host's user namespace), and for a
+/// keep-id map, which is the container's own (nested in a kept one).
 fn expected(map: IdMap) -> Option<(Vec<Extent>, Vec<Extent>)> {
     match map {
-        IdMap::Identity => None,
+        IdMap::Identity | IdMap::KeepId { .. } => None,
         IdMap::Single { uid, gid } => Some((vec![(0, uid, 1)], vec![(0, gid, 1)])),
         IdMap::Ranges {
             uid,

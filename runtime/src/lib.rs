@@ -211,10 +211,18 @@ impl Container {
     /// mapped to itself. Fails unless the process has one thread (the
     /// child runs Rust code after the fork).
     pub fn fork(own_user_ns: bool) -> io::Result<Container> {
+        Container::fork_mapped(own_user_ns.then_some(IdMap::Identity))
+    }
+
+    /// [`Container::fork`], the init in a new user namespace mapped as
+    /// `map` when there is one: [`IdMap::Identity`] for real root,
+    /// [`IdMap::KeepId`] for `--userns=keep-id` (nested in the user's own).
+    pub fn fork_mapped(map: Option<IdMap>) -> io::Result<Container> {
         threads::ensure_single("forking the container's init")?;
+        let own_user_ns = map.is_some();
         // Real root's /dev, made here in the host's user namespace, where
         // device nodes may be made (see `init::dev`).
-        let dev = if own_user_ns {
+        let dev = if map == Some(IdMap::Identity) {
             init::dev::prepare()?
         } else {
             None
@@ -284,7 +292,7 @@ impl Container {
         if own_user_ns {
             // The init waits for its spec meanwhile; without maps, closing
             // the pipe lets it go (EXIT_RCFS).
-            if let Err(e) = ns::write_maps(pid, IdMap::Identity) {
+            if let Err(e) = ns::write_maps(pid, map.unwrap_or(IdMap::Identity)) {
                 drop(wr);
                 let _ = nix::sys::wait::waitpid(pid, None);
                 return Err(e);

@@ -25,6 +25,54 @@ pub enum IdMap {
         subuid: (u32, u32),
         subgid: (u32, u32),
     },
+    /// `--userns=keep-id`: a namespace nested in an ordinary user's own
+    /// ([`IdMap::Ranges`]: the user as 0, the subuid range as 1 to `uids`)
+    /// in which the user's ids are their own numbers again: `uid` is the
+    /// user (0 outside), 0 to `uid - 1` are 1 to `uid` outside, and the
+    /// rest of the range follows. The same for gids.
+    KeepId {
+        uid: u32,
+        gid: u32,
+        uids: u32,
+        gids: u32,
+    },
+}
+
+impl IdMap {
+    /// The nested map `--userns=keep-id` makes in this (an ordinary user's
+    /// own) namespace; an error that says why there is none.
+    pub fn keep_id(&self) -> Result<IdMap, String> {
+        match *self {
+            IdMap::Ranges {
+                uid,
+                gid,
+                subuid,
+                subgid,
+            } if uid < subuid.1 && gid < subgid.1 => Ok(IdMap::KeepId {
+                uid,
+                gid,
+                uids: subuid.1,
+                gids: subgid.1,
+            }),
+            IdMap::Ranges { .. } => Err(
+                "--userns=keep-id needs /etc/subuid and /etc/subgid ranges larger than your uid and gid".into(),
+            ),
+            IdMap::Identity => Err("--userns=keep-id is for ordinary users (as podman's)".into()),
+            _ => Err(
+                "--userns=keep-id needs /etc/subuid and /etc/subgid ranges (and newuidmap/newgidmap)".into(),
+            ),
+        }
+    }
+}
+
+/// The lines of a nested keep-id map for `own` within ids 0 to `count`.
+fn keep_id_map(own: u32, count: u32) -> String {
+    format!(
+        "0 1 {own}\n{own} 0 1\n{} {} {}\n",
+        own + 1,
+        own + 1,
+        count - own
+    )
 }
 
 /// The first range of `file` (`/etc/subuid` form: `USER:START:COUNT`, the
@@ -98,6 +146,15 @@ pub(crate) fn write_maps(pid: Pid, map: IdMap) -> io::Result<()> {
         IdMap::Identity => {
             write("uid_map", "0 0 4294967295\n")?;
             write("gid_map", "0 0 4294967295\n")?;
+        }
+        IdMap::KeepId {
+            uid,
+            gid,
+            uids,
+            gids,
+        } => {
+            write("uid_map", &keep_id_map(uid, uids))?;
+            write("gid_map", &keep_id_map(gid, gids))?;
         }
         IdMap::Single { uid, gid } => {
             // An unprivileged map of one's own gid needs setgroups denied.
@@ -237,4 +294,25 @@ fn make_private() -> io::Result<()> {
         None::<&str>,
     )
     .map_err(|e| io::Error::other(format!("cannot make mounts private: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// keep-id: the user's own id is itself, and every other id of the
+    /// range has a place, once.
+    #[test]
+    fn a_keep_id_map_puts_the_users_id_in_its_place() {
+        assert_eq!(
+            super::keep_id_map(1000, 65536),
+            "0 1 1000\n1000 0 1\n1001 1001 64536\n"
+        );
+        let m = super::IdMap::Ranges {
+            uid: 70000,
+            gid: 10,
+            subuid: (100000, 65536),
+            subgid: (100000, 65536),
+        };
+        assert!(m.keep_id().is_err());
+        assert!(super::IdMap::Identity.keep_id().is_err());
+    }
 }

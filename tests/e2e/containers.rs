@@ -75,6 +75,38 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// A test that failed may leave detached containers running: their
+    /// monitors (whose pids the records hold) are killed, and the
+    /// containers with them.
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.store().join("containers")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let running = std::fs::File::open(d.path().join("lock")).is_ok_and(|f| {
+                // SAFETY: a plain flock struct, all zero but what is set.
+                let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+                fl.l_type = libc::F_WRLCK as libc::c_short;
+                use std::os::fd::AsRawFd;
+                // SAFETY: F_OFD_GETLK on an fd we own fills `fl` in.
+                let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+                r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+            });
+            let pid = std::fs::read(d.path().join("container.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["pid"].as_i64());
+            if let (true, Some(pid)) = (running, pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn code(r: &Run) -> Option<i32> {
     r.status.code()
 }

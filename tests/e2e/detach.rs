@@ -165,7 +165,7 @@ fn a_killed_monitor_takes_its_container_with_it() {
         &f.image,
         "/bin/busybox",
         "sleep",
-        "1000",
+        "1132",
     ])
     .expect_ok("run -d");
     let rec: serde_json::Value = serde_json::from_slice(
@@ -182,7 +182,7 @@ fn a_killed_monitor_takes_its_container_with_it() {
             .flatten()
             .filter(|e| {
                 std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| c.starts_with(b"/bin/busybox\0sleep\x001000"))
+                    .is_ok_and(|c| c.starts_with(b"/bin/busybox\0sleep\x001132"))
             })
             .count()
     };

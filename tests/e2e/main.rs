@@ -61,6 +61,7 @@ mod images;
 mod inodes;
 mod io;
 mod isolation;
+mod keep_id;
 mod keeper;
 mod lifecycle;
 mod overlay_cli;

@@ -337,6 +337,11 @@ struct RunArgs {
     /// (lazily) first; never: fail when the store lacks it.
     #[arg(long, default_value = "missing", value_parser = ["always", "missing", "never"])]
     pull: String,
+    /// keep-id: your uid and gid are the same numbers inside the container
+    /// (the command runs as you unless -u), with the rest of your subuid
+    /// range around them (ordinary users with /etc/subuid ranges).
+    #[arg(long, value_name = "MODE", value_parser = ["keep-id"])]
+    userns: Option<String>,
     /// A label KEY=VALUE of the container (rcfs ps --json shows them).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -463,6 +468,7 @@ fn run() -> Result<()> {
                     pull: found.is_none(),
                     insecure: !a.tls_verify,
                     unverified_streaming: a.unverified_streaming,
+                    keep_id: None,
                     name: found.map_or(name, |i| i.name),
                     cache: CacheOptions {
                         mem_bytes: a.cache_memory << 20,
@@ -551,6 +557,7 @@ fn run() -> Result<()> {
                     detach: a.detach,
                     entrypoint,
                     pull: Some(a.pull),
+                    keep_id: a.userns.as_deref() == Some("keep-id"),
                     stop_signal: a.stop_signal,
                     cap_add: a.cap_add,
                     cap_drop: a.cap_drop,

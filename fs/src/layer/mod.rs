@@ -36,6 +36,7 @@
 
 mod dir;
 mod image;
+pub mod shift;
 mod stream;
 
 use std::ffi::{OsStr, OsString};

@@ -43,6 +43,9 @@ pub struct Record {
     /// Set when it ended.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
     /// How it was made, for `rcfs start`.
     #[serde(default)]
     pub options: Option<crate::run::RunOptions>,
@@ -337,15 +340,11 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<40} {:<24} {:<12} COMMAND",
+        "{:<20} {:<40} {:<16} {:<26} COMMAND",
         "NAME", "IMAGE", "CREATED", "STATUS"
     );
     for (r, running) in &recs {
-        let status = match (running, r.exit_code) {
-            (true, _) => "running".to_owned(),
-            (false, Some(c)) => format!("exited ({c})"),
-            (false, None) => "exited (?)".to_owned(),
-        };
+        let status = status(r, *running);
         // What another process wrote is shown, not obeyed: no control
         // characters reach the terminal.
         let shown = |t: &str| {
@@ -353,16 +352,108 @@ pub fn ps(store: &Store, all: bool, json: bool) -> Result<()> {
                 .map(|c| if c.is_control() { '?' } else { c })
                 .collect::<String>()
         };
+        let command = match &r.options {
+            Some(o) if r.command.is_empty() => o.entrypoint.clone().unwrap_or_default().join(" "),
+            _ => r.command.join(" "),
+        };
         println!(
-            "{:<20} {:<40} {:<24} {:<12} {}",
+            "{:<20} {:<40} {:<16} {:<26} {}",
             r.name,
             shown(&r.image),
-            // To the second, as the column has room for.
-            shown(r.created.get(..19).unwrap_or(&r.created)).replace('T', " "),
+            ago(&r.created).map_or_else(|| "?".to_owned(), |a| format!("{a} ago")),
             status,
-            shown(&r.command.join(" "))
+            shown(&command)
         );
     }
+    Ok(())
+}
+
+/// Seconds since the RFC 3339 time `t`.
+fn seconds_since(t: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    let d = time::OffsetDateTime::now_utc() - t;
+    Some(d.whole_seconds().max(0) as u64)
+}
+
+/// How long ago `t` was, as podman says it ("5 seconds", "About a minute").
+fn ago(t: &str) -> Option<String> {
+    let s = seconds_since(t)?;
+    Some(match s {
+        0..=59 => format!("{s} second{}", if s == 1 { "" } else { "s" }),
+        60..=119 => "About a minute".to_owned(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".to_owned(),
+        7200..=86399 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    })
+}
+
+/// A container's state as `rcfs ps` shows it, podman's way: `Up 5
+/// seconds`, `Exited (0) 2 minutes ago`.
+fn status(r: &Record, running: bool) -> String {
+    if running {
+        return format!("Up {}", ago(&r.created).unwrap_or_default());
+    }
+    let code = r
+        .exit_code
+        .map_or_else(|| "?".to_owned(), |c| c.to_string());
+    match r.finished.as_deref().and_then(ago) {
+        Some(a) => format!("Exited ({code}) {a} ago"),
+        None => format!("Exited ({code})"),
+    }
+}
+
+/// `rcfs inspect NAME` of a container: its record as JSON, with podman's
+/// field names where they overlap.
+pub fn inspect(store: &Store, name: &str) -> Result<()> {
+    let (r, running) = load(store, name)?;
+    let o = r.options.clone().unwrap_or_default();
+    let labels: serde_json::Map<String, serde_json::Value> = o
+        .labels
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    let status = if running { "running" } else { "exited" };
+    let v = serde_json::json!([{
+        "Id": r.name,
+        "Name": r.name,
+        "Created": r.created,
+        "Path": r.command.first(),
+        "Args": r.command.get(1..).unwrap_or_default(),
+        "State": {
+            "Status": status,
+            "Running": running,
+            "ExitCode": r.exit_code.unwrap_or(0),
+            "StartedAt": r.created,
+            "FinishedAt": r.finished,
+            "ConmonPid": if running { Some(r.pid) } else { None },
+        },
+        "Image": r.image_id,
+        "ImageName": r.image,
+        "Config": {
+            "Hostname": o.hostname.clone().unwrap_or_else(|| r.name.clone()),
+            "User": o.user,
+            "Env": o.env,
+            "Cmd": if o.args.is_empty() { None } else { Some(&o.args) },
+            "Entrypoint": o.entrypoint,
+            "WorkingDir": o.workdir,
+            "Labels": labels,
+            "StopSignal": o.stop_signal,
+        },
+        "HostConfig": {
+            "AutoRemove": o.rm,
+            "Binds": o.volumes,
+            "CapAdd": o.cap_add,
+            "CapDrop": o.cap_drop,
+            "GroupAdd": o.group_add,
+            "ReadonlyRootfs": o.read_only,
+            "Init": o.init,
+            "NetworkMode": if o.net_none { "none" } else { "host" },
+            "UsernsMode": if o.keep_id { "keep-id" } else { "" },
+        },
+    }]);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 

@@ -223,7 +223,7 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
 
 /// A container's name: letters, digits, `_.-`, not starting with a
 /// punctuation mark (as podman takes them).
-pub(crate) fn check_name(n: &str) -> Result<()> {
+pub fn check_name(n: &str) -> Result<()> {
     let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -365,6 +365,7 @@ fn run_inner(
         created: rcfs_fs::image::pull::now_rfc3339(),
         pid: std::process::id(),
         exit_code: None,
+        finished: None,
         options: Some(opts.clone()),
     };
     if let Err(e) = claimed.write(&record) {
@@ -380,6 +381,7 @@ fn run_inner(
             let _ = std::fs::remove_dir_all(&dir);
         } else {
             record.exit_code = Some(code);
+            record.finished = Some(rcfs_fs::image::pull::now_rfc3339());
             if let Err(e) = claimed.write(&record) {
                 eprintln!("rcfs run: {e:#}");
             }

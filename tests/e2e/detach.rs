@@ -50,6 +50,12 @@ fn a_detached_container_logs_takes_signals_stops_and_is_waited_for() {
     assert!(t0.elapsed() < Duration::from_secs(60));
     assert!(running(&f, "d1"));
     logs_show(&f, "d1", "ready\n");
+    let r = f.rcfs(&["ps"]).expect_ok("ps");
+    let line = r.stdout.lines().find(|l| l.starts_with("d1 ")).unwrap();
+    assert!(line.contains(" Up "), "{line}");
+    let r = f.rcfs(&["inspect", "d1"]).expect_ok("inspect");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["State"]["Running"], true, "{v}");
 
     // stdout and stderr apart, whole lines back together.
     let r = f.rcfs(&["logs", "d1"]).expect_ok("logs");
@@ -95,6 +101,19 @@ fn a_detached_container_logs_takes_signals_stops_and_is_waited_for() {
     assert!(!running(&f, "d1"));
     let r = f.rcfs(&["wait", "d1"]).expect_ok("wait");
     assert_eq!(r.stdout, "3\n");
+    // ps and inspect say so, podman's way.
+    let r = f.rcfs(&["ps", "-a"]).expect_ok("ps -a");
+    let line = r.stdout.lines().find(|l| l.starts_with("d1 ")).unwrap();
+    assert!(
+        line.contains(" ago ") && line.contains("Exited (3) "),
+        "{line}"
+    );
+    let r = f.rcfs(&["inspect", "d1"]).expect_ok("inspect");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["State"]["Status"], "exited");
+    assert_eq!(v[0]["State"]["ExitCode"], 3);
+    assert_eq!(v[0]["Name"], "d1");
+    assert!(v[0]["State"]["FinishedAt"].is_string(), "{v}");
     assert!(f.rcfs(&["logs", "d1"]).stdout.ends_with("bye\n"));
     // Stopping a stopped container is fine; killing one is not.
     f.rcfs(&["stop", "d1"]).expect_ok("stop again");

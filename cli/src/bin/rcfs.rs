@@ -164,8 +164,12 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Show an image's manifest digest, layers and config as JSON.
-    Inspect { image: String },
+    /// Show a container's state and settings, or an image's manifest
+    /// digest, layers and config, as JSON.
+    Inspect {
+        /// A container's name, or an image.
+        image: String,
+    },
     /// Write an image from the store as a new image whose layers are
     /// zstd:chunked (lazy for rcfs, a plain tar+zstd for other tools).
     Convert {
@@ -661,7 +665,14 @@ fn run() -> Result<()> {
         Cmd::Rmi { images } => image::rmi(&image::open_store(cli.root.as_deref())?, &images),
         Cmd::Gc { all } => image::gc(&image::open_store(cli.root.as_deref())?, all),
         Cmd::Inspect { image: name } => {
-            image::inspect(&image::open_store(cli.root.as_deref())?, &name)
+            let store = image::open_store(cli.root.as_deref())?;
+            let container = rcfs::run::check_name(&name).is_ok()
+                && store.root.join("containers").join(&name).is_dir();
+            if container {
+                rcfs::containers::inspect(&store, &name)
+            } else {
+                image::inspect(&store, &name)
+            }
         }
         Cmd::Convert {
             source,

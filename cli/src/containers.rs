@@ -507,6 +507,13 @@ pub fn commit(
 ) -> Result<()> {
     // Held while it is read: no `rcfs start` of it meanwhile.
     let (c, rec) = Claimed::existing(store, name, "commit it once it has stopped")?;
+    if rec.options.as_ref().is_some_and(|o| o.keep_id) {
+        // Its upper dir holds the ids of the user's namespace, not the
+        // container's (the user's own files would be recorded as root's).
+        bail!(
+            "container {name} ran with --userns=keep-id, whose files rcfs commit cannot record              with the owners the container gave them: commit a container run without it"
+        );
+    }
     let d = &c.path;
     let by_id = match &rec.image_id {
         Some(id) => store.find(id)?,

@@ -91,6 +91,10 @@ fn exec_inner(store: &Store, name: &str, o: &ExecOptions) -> Result<i32> {
     } else {
         crate::relay::unopenable_terminals()?
     };
+    // The command never gets this process's stdin itself (a process it
+    // leaves behind in the container would go on reading it): /dev/null,
+    // or with -i a pipe this process fills, closed when it exits.
+    let stdin_relay = stdin_for_command(o)?;
     let mut sigs = SigSet::empty();
     for s in rcfs_runtime::FORWARDED {
         sigs.add(s);
@@ -101,6 +105,13 @@ fn exec_inner(store: &Store, name: &str, o: &ExecOptions) -> Result<i32> {
     drop(joined);
     for r in &mut relays {
         r.start()?;
+    }
+    if let Some((mut from, mut to)) = stdin_relay {
+        std::thread::Builder::new()
+            .name("rcfs-stdin".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+            })?;
     }
     let terminal = match started.master.take() {
         Some(m) => Some(crate::run::Terminal::attach(m, o.interactive)?),
@@ -127,6 +138,36 @@ fn exec_inner(store: &Store, name: &str, o: &ExecOptions) -> Result<i32> {
     drop(terminal);
     drop(relays);
     Ok(code)
+}
+
+/// Puts the command's stdin in place on fd 0 (before the helper is
+/// forked): /dev/null, or with `-i` (without `-t`, whose pty relays it) a
+/// pipe; returns our stdin and the pipe's write end for the thread that
+/// fills it.
+fn stdin_for_command(o: &ExecOptions) -> Result<Option<(std::fs::File, std::fs::File)>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if o.tty {
+        return Ok(None);
+    }
+    if !o.interactive {
+        let null = std::fs::File::open("/dev/null").context("/dev/null")?;
+        nix::unistd::dup2_stdin(null).context("dup2 of /dev/null")?;
+        return Ok(None);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC of stdin: a new fd, owned from here on.
+    let ours = unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup of stdin");
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // SAFETY: dup2 onto fd 0, which this process owns (inheritable there).
+    if unsafe { libc::dup2(rd.as_raw_fd(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("dup2 of a pipe");
+    }
+    Ok(Some((std::fs::File::from(ours), std::fs::File::from(wr))))
 }
 
 #[cfg(test)]

@@ -164,10 +164,13 @@ fn capabilities(opts: &RunOptions) -> Result<Option<Vec<String>>> {
     Ok(Some(set))
 }
 
-/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options; podman's
-/// default is rw,noexec,nosuid,nodev: here nosuid,nodev always).
+/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options), podman's
+/// default rw,noexec,nosuid,nodev (`exec` allows programs; nosuid,nodev
+/// always). `noexec` travels in the options for the init to take out.
 fn tmpfs_of(v: &str) -> Result<(String, String)> {
     let (path, opts) = v.split_once(':').unwrap_or((v, ""));
+    // podman's default: noexec.
+    let mut exec = false;
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         bail!("--tmpfs {v:?}: the path must be absolute, without '..'");
     }
@@ -176,9 +179,14 @@ fn tmpfs_of(v: &str) -> Result<(String, String)> {
         match o.split_once('=').map_or(o, |(k, _)| k) {
             "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks" => data.push(o.to_owned()),
             // Flags: rcfs mounts every tmpfs nosuid,nodev.
-            "rw" | "nosuid" | "nodev" | "noexec" | "exec" => {}
+            "rw" | "nosuid" | "nodev" => {}
+            "exec" => exec = true,
+            "noexec" => exec = false,
             _ => bail!("--tmpfs {v:?}: rcfs does not support the option {o:?} (size, mode, uid, gid, nr_inodes)"),
         }
+    }
+    if !exec {
+        data.push("noexec".into());
     }
     Ok((path.to_owned(), data.join(",")))
 }
@@ -437,6 +445,18 @@ fn run_inner(
             drop(output);
             cleanup(EXIT_RCFS, false);
             return Err(e);
+        }
+    };
+    // The container dies with this process, whatever its pid 1 does.
+    let _watch = match container.watch() {
+        Ok(w) => w,
+        Err(e) => {
+            container.start_never();
+            let _ = container.wait();
+            drop(relays);
+            drop(output);
+            cleanup(EXIT_RCFS, false);
+            return Err(anyhow::Error::from(e).context("cannot start the container's watcher"));
         }
     };
     for r in &mut relays {

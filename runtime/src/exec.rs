@@ -101,6 +101,14 @@ fn ours(kind: &str, fd: &OwnedFd) -> bool {
 /// The helper: joins, forks the command, reaps it; its exit code.
 fn helper(ns: &[(String, OwnedFd)], cgroups: &[OwnedFd], spec: &Spec, sock: OwnedFd) -> i32 {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Nothing of the caller's, before anything of the container's: a
+    // session of its own, a new keyring, not dumpable (inherited by the
+    // command's process, so no container process can ptrace it or take
+    // its fds while it is set up in the container's pid namespace).
+    if let Err(e) = init::detach_from_caller() {
+        eprintln!("rcfs exec: cannot leave the caller's session: {e}");
+        return EXIT_RCFS;
+    }
     // Joining one's own namespace is refused for some kinds, and needs
     // rights over it for others: the same one is left as it is.
     let join: Vec<(&str, &OwnedFd)> = NAMESPACES
@@ -137,6 +145,12 @@ fn helper(ns: &[(String, OwnedFd)], cgroups: &[OwnedFd], spec: &Spec, sock: Owne
         Ok(ForkResult::Child) => command(spec, sock),
         Ok(ForkResult::Parent { child }) => {
             drop(sock);
+            // Nothing of rcfs exec's above stdio stays here (with -i, a
+            // write end of the command's stdin pipe would keep it from
+            // ever ending). By close_range: this process has no /proc of
+            // its own in the container's mount namespace.
+            // SAFETY: close_range with integer arguments.
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
             init::supervise(child, &sigs)
         }
         Err(e) => {
@@ -152,9 +166,8 @@ fn command(spec: &Spec, sock: OwnedFd) -> ! {
         eprintln!("rcfs exec: {what}: {e}");
         std::process::exit(EXIT_RCFS)
     };
-    if let Err(e) = init::detach_from_caller() {
-        fail("cannot leave the caller's session", &e);
-    }
+    // SAFETY: prctl with integer arguments (not dumpable, as the helper).
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // The container's root is ours since the mount namespace was joined.
     let root = std::path::Path::new("/");

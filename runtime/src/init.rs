@@ -361,6 +361,36 @@ fn mount_in(
         .map_err(|e| err(&format!("mounting {source} on the container's {rel}"), e))
 }
 
+/// [`mount_in`] for a target the user or the image chose: refused when it
+/// resolves to (or under) one of `special` (the root's `proc`, `dev` and
+/// `sys`, as host paths: the init has not left the host's root yet).
+#[allow(clippy::too_many_arguments)]
+fn user_mount_in(
+    root: BorrowedFd<'_>,
+    special: &[String],
+    rel: &str,
+    dir: bool,
+    source: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let target = in_root(root, rel, dir).map_err(|e| err(&format!("the container's {rel}"), e))?;
+    let at = fs::read_link(fd_path(&target))?;
+    let at = at.to_string_lossy();
+    if special
+        .iter()
+        .any(|s| at == s.as_str() || at.starts_with(&format!("{s}/")))
+    {
+        return Err(io::Error::other(format!(
+            "the container's {rel} leads into its /proc, /dev or /sys (the image has a symlink \
+             there): refusing to mount over it"
+        )));
+    }
+    mount(Some(source), fd_path(&target).as_str(), fstype, flags, data)
+        .map_err(|e| err(&format!("mounting {source} on the container's {rel}"), e))
+}
+
 /// Makes `rel` in the root read-only (a bind mount there).
 fn readonly_in(root: BorrowedFd<'_>, rel: &str) -> io::Result<()> {
     let fd = in_root(root, rel, false)?;
@@ -418,9 +448,17 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
         readonly_in(r, "sys")?;
     }
     harden::sys(in_root(r, "sys", true)?.as_fd())?;
+    // What the user and the image name as mount targets must not lead
+    // (an image's symlink, say /tmp -> /proc) onto what rcfs mounted for
+    // the container's safety.
+    let special: Vec<String> = ["proc", "dev", "sys"]
+        .iter()
+        .map(|d| format!("{}/{d}", root.display()))
+        .collect();
     for (host, inside) in &spec.host_files {
-        mount_in(
+        user_mount_in(
             r,
+            &special,
             inside,
             false,
             &host.display().to_string(),
@@ -431,8 +469,9 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
         readonly_in(r, inside)?;
     }
     for b in &spec.binds {
-        mount_in(
+        user_mount_in(
             r,
+            &special,
             &b.target,
             b.host.is_dir(),
             &b.host.display().to_string(),
@@ -458,16 +497,23 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
         }
     }
     for (path, opts) in tmpfs {
-        let data = if opts.is_empty() { None } else { Some(opts) };
-        mount_in(
-            r,
-            path,
-            true,
-            "tmpfs",
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            data,
-        )?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let data: Vec<&str> = opts
+            .split(',')
+            .filter(|o| {
+                if *o == "noexec" {
+                    flags |= MsFlags::MS_NOEXEC;
+                }
+                !o.is_empty() && *o != "noexec"
+            })
+            .collect();
+        let data = data.join(",");
+        let data = if data.is_empty() {
+            None
+        } else {
+            Some(data.as_str())
+        };
+        user_mount_in(r, &special, path, true, "tmpfs", Some("tmpfs"), flags, data)?;
     }
     drop(rootfd);
     if spec.read_only {
@@ -645,8 +691,11 @@ pub(crate) fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
         }
         drop(t);
     } else if !spec.stdin {
-        if let Ok(f) = fs::File::open("/dev/null") {
-            let _ = nix::unistd::dup2_stdin(f);
+        // Never the caller's stdin: without /dev/null, no start.
+        let null = fs::File::open("/dev/null").and_then(|f| Ok(nix::unistd::dup2_stdin(f)?));
+        if let Err(e) = null {
+            eprintln!("rcfs: cannot give the command /dev/null as its stdin: {e}");
+            std::process::exit(EXIT_RCFS);
         }
     }
     for (name, soft, hard) in &spec.rlimits {

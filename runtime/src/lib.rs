@@ -350,6 +350,66 @@ impl Container {
     pub fn wait(&self) -> io::Result<i32> {
         wait_for(self.pid)
     }
+
+    /// Makes the container die with this process, whatever its pid 1
+    /// does: the parent-death signal the init is given goes when a command
+    /// that is pid 1 changes its uid (`gosu`, `su-exec`). A small watcher
+    /// process, forked here, holds a pidfd of the init and the read end of
+    /// a pipe whose only write end this process keeps; when this process
+    /// is gone (the pipe ends), it kills the init, and the kernel the rest
+    /// of its pid namespace. Call while single-threaded, right after
+    /// [`Container::fork`]; returns the pipe's write end, to keep for as
+    /// long as the container runs.
+    pub fn watch(&self) -> io::Result<OwnedFd> {
+        threads::ensure_single("starting the container's watcher")?;
+        // SAFETY: pidfd_open with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid.as_raw(), 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd, the init's (an unreaped child of ours).
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // SAFETY: one thread (checked above).
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                drop(wr);
+                let _ = nix::unistd::setsid();
+                if let Ok(null) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                {
+                    for n in 0..3 {
+                        // SAFETY: dup2 onto our stdio numbers.
+                        unsafe { libc::dup2(null.as_raw_fd(), n) };
+                    }
+                }
+                close_fds_except(&[pidfd.as_raw_fd(), rd.as_raw_fd()]);
+                // SAFETY: prctl with a C string of at most 16 bytes.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"rcfs-watch".as_ptr(), 0, 0, 0) };
+                // Blocks until every write end is closed: this process's.
+                let mut b = [0u8; 1];
+                while matches!(
+                    nix::unistd::read(&rd, &mut b),
+                    Err(nix::errno::Errno::EINTR)
+                ) {}
+                // SAFETY: pidfd_send_signal on our pidfd; ESRCH once the
+                // init has ended, which is all right.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                std::process::exit(0);
+            }
+            nix::unistd::ForkResult::Parent { .. } => Ok(wr),
+        }
+    }
 }
 
 /// The exit code of the child `pid`: its own, or 128+N when signal N

@@ -205,6 +205,11 @@ fn a_killed_monitor_takes_its_container_with_it() {
             })
             .count()
     };
+    // Started: the init has set up and execs it (its cmdline follows).
+    let t0 = Instant::now();
+    while sleeps() == 0 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(sleeps(), 1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(monitor),
@@ -341,6 +346,24 @@ fn exec_runs_a_command_in_a_running_container_as_its_own_would_run() {
     child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "typed\n");
+    // The command never holds exec's own stdin (here a file): /dev/null,
+    // or with -i a pipe that exec fills.
+    let given = f.dir.path().join("given-stdin");
+    std::fs::write(&given, "secret\n").unwrap();
+    for (flag, want) in [("-w", "/dev/null"), ("-i", "pipe:")] {
+        let mut c = std::process::Command::new(crate::mounts::RCFS);
+        c.args(["--root", f.store().to_str().unwrap(), "exec", flag])
+            .args(if flag == "-w" { vec!["/"] } else { vec![] })
+            .args(["x", "/bin/busybox", "readlink", "/proc/self/fd/0"]);
+        c.stdin(std::fs::File::open(&given).unwrap());
+        let out = c.output().unwrap();
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            got.starts_with(want),
+            "{flag}: {got:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     f.rcfs(&["stop", "-t", "1", "x"]).expect_ok("stop");
     let r = exec(&["x", "/bin/true"]);
     assert_eq!(code(&r), Some(125));

@@ -108,6 +108,9 @@ fn keep_id_gives_the_user_their_own_ids_inside() {
     let r = as_user(&["exec", "k", "/bin/busybox", "id", "-u"]);
     assert_eq!(r.stdout, format!("{uid}\n"), "{}", r.stderr);
     as_user(&["stop", "-t", "1", "k"]).expect_ok("stop");
+    // Its upper dir holds the user namespace's ids: commit says it cannot.
+    let r = as_user(&["commit", "k", "localhost/k:v1"]);
+    assert!(!r.success() && r.stderr.contains("keep-id"), "{}", r.stderr);
     as_user(&["rm", "k"]).expect_ok("rm");
 
     // Root's ids are its own already: refused, as podman refuses it.

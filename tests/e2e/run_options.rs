@@ -102,9 +102,48 @@ fn the_options_podman_users_type_do_what_podman_does() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(&lines[..3], ["ro", "tmp-ok", "700"], "{out}");
     assert!(
-        lines[3].contains("size=1024k") && lines[3].contains("nosuid,nodev"),
-        "{out}"
+        lines[3].contains("size=1024k") && lines[3].contains("nosuid,nodev,noexec"),
+        "podman's default for --tmpfs is noexec: {out}"
     );
+    let out = ok(&[
+        "--tmpfs",
+        "/x:exec",
+        img,
+        "/bin/busybox",
+        "grep",
+        " /x ",
+        "/proc/mounts",
+    ]);
+    assert!(!out.contains("noexec"), "{out}");
+
+    // A mount target that leads into the container's /proc, /dev or /sys
+    // (here a symlink a container made, committed into an image) is
+    // refused, not mounted over them.
+    f.run(&[
+        "--name",
+        "evil",
+        img,
+        "/bin/busybox",
+        "ln",
+        "-s",
+        "/proc",
+        "/evil",
+    ])
+    .expect_ok("make the symlink");
+    f.rcfs(&["commit", "evil", "localhost/evil:v1"])
+        .expect_ok("commit");
+    let r = f.run(&["--rm", "--tmpfs", "/evil", "localhost/evil:v1", "/bin/true"]);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(r.stderr.contains("leads into its /proc"), "{}", r.stderr);
+    let r = f.run(&[
+        "--rm",
+        "-v",
+        "/tmp:/evil/x",
+        "localhost/evil:v1",
+        "/bin/true",
+    ]);
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    f.rcfs(&["rm", "evil"]).expect_ok("rm");
 
     // --ulimit.
     let out = ok(&[

@@ -718,17 +718,15 @@ pub(crate) fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
         );
         std::process::exit(EXIT_RCFS);
     }
-    if user.gid != 0 {
-        if let Err(e) = nix::unistd::setgid(user.gid.into()) {
-            eprintln!("rcfs: cannot become group {}: {e}", user.gid);
-            std::process::exit(EXIT_RCFS);
-        }
+    // Always, 0 too: `rcfs exec` into a keep-id container starts as the
+    // user's own id there, not its root.
+    if let Err(e) = nix::unistd::setgid(user.gid.into()) {
+        eprintln!("rcfs: cannot become group {}: {e}", user.gid);
+        std::process::exit(EXIT_RCFS);
     }
-    if user.uid != 0 {
-        if let Err(e) = nix::unistd::setuid(user.uid.into()) {
-            eprintln!("rcfs: cannot become user {}: {e}", user.uid);
-            std::process::exit(EXIT_RCFS);
-        }
+    if let Err(e) = nix::unistd::setuid(user.uid.into()) {
+        eprintln!("rcfs: cannot become user {}: {e}", user.uid);
+        std::process::exit(EXIT_RCFS);
     }
     // A change of ids clears the parent-death signal: set again, so that
     // a command that is pid 1 still dies with `rcfs run` (its mount's

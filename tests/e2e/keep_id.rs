@@ -107,6 +107,8 @@ fn keep_id_gives_the_user_their_own_ids_inside() {
     .expect_ok("run -d keep-id");
     let r = as_user(&["exec", "k", "/bin/busybox", "id", "-u"]);
     assert_eq!(r.stdout, format!("{uid}\n"), "{}", r.stderr);
+    let r = as_user(&["exec", "-u", "0", "k", "/bin/busybox", "id", "-u"]);
+    assert_eq!(r.stdout, "0\n", "{}", r.stderr);
     as_user(&["stop", "-t", "1", "k"]).expect_ok("stop");
     // Its upper dir holds the user namespace's ids: commit says it cannot.
     let r = as_user(&["commit", "k", "localhost/k:v1"]);

@@ -115,6 +115,54 @@ fn keep_id_gives_the_user_their_own_ids_inside() {
     assert!(!r.success() && r.stderr.contains("keep-id"), "{}", r.stderr);
     as_user(&["rm", "k"]).expect_ok("rm");
 
+    // The init of a keep-id container takes root of its namespace, which
+    // clears its parent-death signal: the watcher still takes it down
+    // with a killed monitor.
+    as_user(&[
+        "run",
+        "-d",
+        "--name",
+        "w",
+        "--init",
+        "--tls-verify=false",
+        "--userns=keep-id",
+        &f.image,
+        "/bin/busybox",
+        "sleep",
+        "1150",
+    ])
+    .expect_ok("run -d --init keep-id");
+    let sleeps = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"/bin/busybox\0sleep\x001150"))
+            })
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while sleeps() == 0 && t0.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(sleeps(), 1);
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home.join(".local/share/rcfs/containers/w/container.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = rec["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while sleeps() > 0 && t0.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(sleeps(), 0, "the container outlived its monitor");
+
     // Root's ids are its own already: refused, as podman refuses it.
     let r = f.run(&["--rm", "--userns=keep-id", &f.image, "/bin/true"]);
     assert_eq!(code(&r), Some(125), "{}", r.stderr);

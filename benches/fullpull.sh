@@ -41,14 +41,14 @@ PROXY_PID=$!
 trap 'kill $PROXY_PID 2>/dev/null || true; for m in "$W"/mnt*; do mountpoint -q "$m" 2>/dev/null && "$RCFS" umount "$m"; done; cleanup' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null && break; sleep 0.1; done
 
-REG=127.0.0.1:$PORT
+REGISTRY=127.0.0.1:$PORT
 VIA=127.0.0.1:$PROXY_PORT
 "$RCFS" --root "$W/conv" pull -q "oci:$LAYOUT:v1"
-"$RCFS" --root "$W/conv" convert "oci:$LAYOUT:v1" "$REG/py/chunked:v1" >/dev/null
-"$RCFS" --root "$W/conv" push --tls-verify=false "$REG/py/chunked:v1" >/dev/null
+"$RCFS" --root "$W/conv" convert "oci:$LAYOUT:v1" "$REGISTRY/py/chunked:v1" >/dev/null
+"$RCFS" --root "$W/conv" push --tls-verify=false "$REGISTRY/py/chunked:v1" >/dev/null
 rm -rf "$W/conv"
 skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --dest-compress-format gzip \
-    "docker://$REG/py/chunked:v1" "docker://$REG/py/gz:v1"
+    "docker://$REGISTRY/py/chunked:v1" "docker://$REGISTRY/py/gz:v1"
 
 proxy_bytes() { kill -USR1 "$PROXY_PID"; sleep 0.2; awk '/bytes_to_client/ {print $2}' "$W/proxy.stats"; }
 now() { date +%s.%N; }

@@ -266,21 +266,27 @@ pub fn open(store: &Store, name: &str) -> Result<OwnedFd> {
     })
 }
 
-/// The config of the image the container of `rec` was made from.
-pub fn image_config(store: &Store, rec: &Record) -> Result<oci_spec::image::ImageConfiguration> {
+/// The image the container of `rec` was made from: by the manifest it
+/// was started with, else by name.
+fn image_of(store: &Store, rec: &Record) -> Result<rcfs_fs::image::store::ImageRecord> {
     let by_id = match &rec.image_id {
         Some(id) => store.find(id)?,
         None => None,
     };
-    let img = match by_id {
-        Some(i) => i,
+    match by_id {
+        Some(i) => Ok(i),
         None => crate::image::find(store, &rec.image)?.with_context(|| {
             format!(
-                "the image of container {}, {}, is no longer in the store",
+                "the image of container {}, {}, is no longer in the store: pull it again",
                 rec.name, rec.image
             )
-        })?,
-    };
+        }),
+    }
+}
+
+/// The config of the image the container of `rec` was made from.
+pub fn image_config(store: &Store, rec: &Record) -> Result<oci_spec::image::ImageConfiguration> {
+    let img = image_of(store, rec)?;
     let config = store.image_blob(&img, "config", &img.config)?;
     serde_json::from_slice(&config).context("the image's config is not an image config")
 }
@@ -511,23 +517,12 @@ pub fn commit(
         // Its upper dir holds the ids of the user's namespace, not the
         // container's (the user's own files would be recorded as root's).
         bail!(
-            "container {name} ran with --userns=keep-id, whose files rcfs commit cannot record              with the owners the container gave them: commit a container run without it"
+            "container {name} ran with --userns=keep-id, whose files rcfs commit cannot record \
+             with the owners the container gave them: commit a container run without it"
         );
     }
     let d = &c.path;
-    let by_id = match &rec.image_id {
-        Some(id) => store.find(id)?,
-        None => None,
-    };
-    let img = match by_id {
-        Some(i) => i,
-        None => crate::image::find(store, &rec.image)?.with_context(|| {
-            format!(
-                "the image of container {name}, {}, is no longer in the store: pull it again",
-                rec.image
-            )
-        })?,
-    };
+    let img = image_of(store, &rec)?;
     let dest = crate::image::canonical_name(dest);
     // Read the upper dir with the ids the container gave its files: as
     // root of a user namespace that maps them as `rcfs run` did.

@@ -22,6 +22,13 @@ use rcfs_runtime::{Container, Spec, EXIT_RCFS};
 
 use crate::mount::{self, ImageMount, MountRequest};
 
+mod options;
+mod terminal;
+
+pub use options::DEFAULT_CAPS;
+use options::{capabilities, tmpfs_of, ulimit_of};
+pub(crate) use terminal::{copy_window_size, Terminal};
+
 /// What `rcfs run` was asked (kept in the container's record, for `rcfs
 /// start`).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -101,118 +108,6 @@ pub struct RunOptions {
     /// the container (a user namespace nested in the user's own).
     #[serde(default)]
     pub keep_id: bool,
-}
-
-/// podman's default capabilities of a container's command.
-pub const DEFAULT_CAPS: [&str; 11] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_SETFCAP",
-];
-
-/// A capability's name as `CAP_…` (podman takes `net_admin`, `NET_ADMIN`
-/// and `CAP_NET_ADMIN`); an error for one the kernel does not have.
-fn cap_name(n: &str) -> Result<String> {
-    let up = n.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") {
-        up
-    } else {
-        format!("CAP_{up}")
-    };
-    full.parse::<caps::Capability>()
-        .map_err(|_| anyhow::anyhow!("unknown capability {n:?}"))?;
-    Ok(full)
-}
-
-/// The command's capabilities: podman's default set, `--cap-drop` taken
-/// out, then `--cap-add` put in (`ALL` for every one); `None` when neither
-/// was given.
-fn capabilities(opts: &RunOptions) -> Result<Option<Vec<String>>> {
-    if opts.cap_add.is_empty() && opts.cap_drop.is_empty() {
-        return Ok(None);
-    }
-    let all = || -> Vec<String> { caps::all().into_iter().map(|c| c.to_string()).collect() };
-    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
-    for d in &opts.cap_drop {
-        if d.eq_ignore_ascii_case("all") {
-            set.clear();
-        } else {
-            let d = cap_name(d)?;
-            set.retain(|c| *c != d);
-        }
-    }
-    for a in &opts.cap_add {
-        let add = if a.eq_ignore_ascii_case("all") {
-            all()
-        } else {
-            vec![cap_name(a)?]
-        };
-        for c in add {
-            if !set.contains(&c) {
-                set.push(c);
-            }
-        }
-    }
-    Ok(Some(set))
-}
-
-/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options), podman's
-/// default rw,noexec,nosuid,nodev (`exec` allows programs; nosuid,nodev
-/// always). `noexec` travels in the options for the init to take out.
-fn tmpfs_of(v: &str) -> Result<(String, String)> {
-    let (path, opts) = v.split_once(':').unwrap_or((v, ""));
-    // podman's default: noexec.
-    let mut exec = false;
-    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        bail!("--tmpfs {v:?}: the path must be absolute, without '..'");
-    }
-    let mut data = Vec::new();
-    for o in opts.split(',').filter(|o| !o.is_empty()) {
-        match o.split_once('=').map_or(o, |(k, _)| k) {
-            "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks" => data.push(o.to_owned()),
-            // Flags: rcfs mounts every tmpfs nosuid,nodev.
-            "rw" | "nosuid" | "nodev" => {}
-            "exec" => exec = true,
-            "noexec" => exec = false,
-            _ => bail!("--tmpfs {v:?}: rcfs does not support the option {o:?} (size, mode, uid, gid, nr_inodes)"),
-        }
-    }
-    if !exec {
-        data.push("noexec".into());
-    }
-    Ok((path.to_owned(), data.join(",")))
-}
-
-/// `--ulimit NAME=SOFT[:HARD]` (`-1` or `unlimited` for no limit).
-fn ulimit_of(v: &str) -> Result<(String, u64, u64)> {
-    let bad =
-        || anyhow::anyhow!("invalid --ulimit {v:?}: give NAME=SOFT[:HARD], e.g. nofile=1024:2048");
-    let (name, vals) = v.split_once('=').ok_or_else(bad)?;
-    if rcfs_runtime::rlimit_resource(name).is_none() {
-        bail!("--ulimit {v:?}: unknown resource {name:?}");
-    }
-    let num = |n: &str| -> Result<u64> {
-        match n {
-            "-1" | "unlimited" => Ok(u64::MAX),
-            _ => n.parse().map_err(|_| bad()),
-        }
-    };
-    let (soft, hard) = match vals.split_once(':') {
-        Some((a, b)) => (num(a)?, num(b)?),
-        None => (num(vals)?, num(vals)?),
-    };
-    if soft > hard {
-        bail!("--ulimit {v:?}: the soft limit is over the hard one");
-    }
-    Ok((name.to_owned(), soft, hard))
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -693,116 +588,6 @@ impl Drop for RootMounted {
     }
 }
 
-/// The container's terminal seen from `rcfs run`: its master, relayed to
-/// and from this process's stdio, and the user's terminal in raw mode
-/// meanwhile.
-pub(crate) struct Terminal {
-    pub(crate) master: std::sync::Arc<std::os::fd::OwnedFd>,
-    output: std::thread::JoinHandle<()>,
-    /// Dropped after the rest of the output is written (fields drop after
-    /// [`Terminal`]'s own `drop`).
-    _raw: RawMode<std::io::Stdin>,
-}
-
-/// A terminal in raw mode (ours: stdin), its settings restored when
-/// dropped: on every way out.
-struct RawMode<Fd: std::os::fd::AsFd> {
-    fd: Fd,
-    saved: Option<nix::sys::termios::Termios>,
-}
-
-impl<Fd: std::os::fd::AsFd> RawMode<Fd> {
-    /// Puts `fd`'s terminal in raw mode; nothing if it is not a terminal.
-    fn enter(fd: Fd) -> RawMode<Fd> {
-        use nix::sys::termios;
-        let saved = termios::tcgetattr(&fd).ok();
-        if let Some(t) = &saved {
-            let mut raw = t.clone();
-            termios::cfmakeraw(&mut raw);
-            let _ = termios::tcsetattr(&fd, termios::SetArg::TCSANOW, &raw);
-        }
-        RawMode { fd, saved }
-    }
-}
-
-impl<Fd: std::os::fd::AsFd> Drop for RawMode<Fd> {
-    fn drop(&mut self) {
-        if let Some(t) = &self.saved {
-            let _ = nix::sys::termios::tcsetattr(&self.fd, nix::sys::termios::SetArg::TCSANOW, t);
-        }
-    }
-}
-
-/// Gives the container's terminal the size of ours.
-pub(crate) fn copy_window_size(master: &std::os::fd::OwnedFd) {
-    use std::os::fd::AsRawFd;
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: ioctls with a winsize buffer of the right type.
-    unsafe {
-        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        }
-    }
-}
-
-impl Terminal {
-    pub(crate) fn attach(master: std::os::fd::OwnedFd, input: bool) -> Result<Terminal> {
-        use std::io::{Read, Write};
-        let master = std::sync::Arc::new(master);
-        copy_window_size(&master);
-        let raw_mode = RawMode::enter(std::io::stdin());
-        if input {
-            let m = master.clone();
-            std::thread::Builder::new()
-                .name("rcfs-tty-in".into())
-                .spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    let mut out = std::fs::File::from(m.try_clone().expect("dup"));
-                    loop {
-                        match std::io::stdin().lock().read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if out.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                })?;
-        }
-        let m = master.clone();
-        let output = std::thread::Builder::new()
-            .name("rcfs-tty-out".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut from = std::fs::File::from(m.try_clone().expect("dup"));
-                let mut stdout = std::io::stdout();
-                // Ends with EIO once the container's side is closed.
-                while let Ok(n) = from.read(&mut buf) {
-                    if n == 0 || stdout.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    let _ = stdout.flush();
-                }
-            })?;
-        Ok(Terminal {
-            master,
-            output,
-            _raw: raw_mode,
-        })
-    }
-}
-
-impl Drop for Terminal {
-    /// After the container: the rest of its output (then our terminal back).
-    fn drop(&mut self) {
-        let t0 = std::time::Instant::now();
-        while !self.output.is_finished() && t0.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// The init's spec from the image config and the options.
 pub(crate) fn spec_of(
     config: &ImageConfiguration,
@@ -932,34 +717,5 @@ mod tests {
         assert!(check_name("web-1").is_ok());
         assert!(check_name("-x").is_err());
         assert!(check_name("a/b").is_err());
-    }
-
-    /// The terminal `rcfs run -t` puts in raw mode gets its settings back
-    /// when the guard goes, whichever way `serve` is left (an error from
-    /// the container's wait included): here on a pty of the test's own.
-    #[test]
-    fn a_terminal_in_raw_mode_gets_its_settings_back_when_the_guard_goes() {
-        use nix::sys::termios::{tcgetattr, LocalFlags};
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let before = tcgetattr(&pty.slave).unwrap();
-        assert!(before
-            .local_flags
-            .contains(LocalFlags::ICANON | LocalFlags::ECHO));
-        let failed: Result<()> = (|| {
-            let _raw = RawMode::enter(&pty.slave);
-            let now = tcgetattr(&pty.slave).unwrap();
-            assert!(!now
-                .local_flags
-                .intersects(LocalFlags::ICANON | LocalFlags::ECHO));
-            anyhow::bail!("the container's wait failed")
-        })();
-        assert!(failed.is_err());
-        let after = tcgetattr(&pty.slave).unwrap();
-        assert_eq!(after.local_flags, before.local_flags);
-        assert_eq!(after.input_flags, before.input_flags);
-        assert_eq!(after.output_flags, before.output_flags);
-        // Not a terminal: nothing to change, nothing to restore.
-        let null = std::fs::File::open("/dev/null").unwrap();
-        assert!(RawMode::enter(&null).saved.is_none());
     }
 }

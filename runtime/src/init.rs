@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use caps::{CapSet, Capability};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -18,7 +17,11 @@ use nix::unistd::{fork, ForkResult, Pid};
 use crate::user::User;
 use crate::{Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_RCFS};
 
+mod caps;
 pub(crate) mod dev;
+pub use caps::rlimit_resource;
+pub(crate) use caps::KEPT_CAPS;
+use caps::{drop_capabilities, keep_only_init_capabilities};
 mod harden;
 
 /// Signals passed on to the command (by the init; `rcfs run` passes them on
@@ -356,9 +359,7 @@ fn mount_in(
     flags: MsFlags,
     data: Option<&str>,
 ) -> io::Result<()> {
-    let target = in_root(root, rel, dir).map_err(|e| err(&format!("the container's {rel}"), e))?;
-    mount(Some(source), fd_path(&target).as_str(), fstype, flags, data)
-        .map_err(|e| err(&format!("mounting {source} on the container's {rel}"), e))
+    user_mount_in(root, &[], rel, dir, source, fstype, flags, data)
 }
 
 /// [`mount_in`] for a target the user or the image chose: refused when it
@@ -376,11 +377,15 @@ fn user_mount_in(
     data: Option<&str>,
 ) -> io::Result<()> {
     let target = in_root(root, rel, dir).map_err(|e| err(&format!("the container's {rel}"), e))?;
-    let at = fs::read_link(fd_path(&target))?;
-    let at = at.to_string_lossy();
+    let at = match special {
+        [] => String::new(),
+        _ => fs::read_link(fd_path(&target))?
+            .to_string_lossy()
+            .into_owned(),
+    };
     if special
         .iter()
-        .any(|s| at == s.as_str() || at.starts_with(&format!("{s}/")))
+        .any(|s| at == *s || at.starts_with(&format!("{s}/")))
     {
         return Err(io::Error::other(format!(
             "the container's {rel} leads into its /proc, /dev or /sys (the image has a symlink \
@@ -565,95 +570,6 @@ fn readonly(p: &Path) -> io::Result<()> {
     };
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep;
     mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(io::Error::from)
-}
-
-/// The capabilities a container's command keeps (in its user namespace):
-/// podman's default set.
-pub(crate) const KEPT_CAPS: [Capability; 11] = [
-    Capability::CAP_CHOWN,
-    Capability::CAP_DAC_OVERRIDE,
-    Capability::CAP_FOWNER,
-    Capability::CAP_FSETID,
-    Capability::CAP_KILL,
-    Capability::CAP_SETGID,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETPCAP,
-    Capability::CAP_NET_BIND_SERVICE,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_SETFCAP,
-];
-
-/// What the init keeps once the command is forked: CAP_KILL, to pass
-/// signals on to a command that runs as another user. It waits, reaps and
-/// signals; nothing else.
-const INIT_CAPS: [Capability; 1] = [Capability::CAP_KILL];
-
-/// Takes every capability but `keep` out of this process's bounding set,
-/// so that neither it nor what it execs can ever get them back.
-fn bound_capabilities(keep: &[Capability]) -> io::Result<()> {
-    for cap in caps::runtime::thread_all_supported() {
-        if !keep.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(io::Error::other)?;
-        }
-    }
-    Ok(())
-}
-
-/// Takes every capability but [`KEPT_CAPS`] out of the bounding set, so
-/// the command (root of the container's user namespace, which would get
-/// them all at exec) never has them. CAP_SYS_ADMIN above all: with it, the
-/// container's root could unmount the read-only binds over `/proc/sys` and
-/// `/sys` that its init made, and real root's container (identity-mapped)
-/// would reach the host's sysctls again.
-fn drop_capabilities(spec: &Spec) -> io::Result<()> {
-    match &spec.caps {
-        None => bound_capabilities(&KEPT_CAPS),
-        Some(names) => {
-            let keep = names
-                .iter()
-                .map(|n| {
-                    n.parse::<Capability>()
-                        .map_err(|_| io::Error::other(format!("no capability {n}")))
-                })
-                .collect::<io::Result<Vec<_>>>()?;
-            bound_capabilities(&keep)
-        }
-    }
-}
-
-/// A resource by the name `ulimit` and podman give it.
-pub fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
-    use nix::sys::resource::Resource as R;
-    Some(match name {
-        "core" => R::RLIMIT_CORE,
-        "cpu" => R::RLIMIT_CPU,
-        "data" => R::RLIMIT_DATA,
-        "fsize" => R::RLIMIT_FSIZE,
-        "locks" => R::RLIMIT_LOCKS,
-        "memlock" => R::RLIMIT_MEMLOCK,
-        "msgqueue" => R::RLIMIT_MSGQUEUE,
-        "nice" => R::RLIMIT_NICE,
-        "nofile" => R::RLIMIT_NOFILE,
-        "nproc" => R::RLIMIT_NPROC,
-        "rss" => R::RLIMIT_RSS,
-        "rtprio" => R::RLIMIT_RTPRIO,
-        "rttime" => R::RLIMIT_RTTIME,
-        "sigpending" => R::RLIMIT_SIGPENDING,
-        "stack" => R::RLIMIT_STACK,
-        "as" => R::RLIMIT_AS,
-        _ => return None,
-    })
-}
-
-/// The init, once the command is forked: only [`INIT_CAPS`], in every
-/// set (bounding, permitted, effective; none inheritable).
-fn keep_only_init_capabilities() -> io::Result<()> {
-    bound_capabilities(&INIT_CAPS)?;
-    let keep: caps::CapsHashSet = INIT_CAPS.into_iter().collect();
-    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new()).map_err(io::Error::other)?;
-    caps::set(None, CapSet::Effective, &keep).map_err(io::Error::other)?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(io::Error::other)?;
-    Ok(())
 }
 
 /// In the command's process: its user, stdin and signals, its seccomp

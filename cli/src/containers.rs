@@ -455,7 +455,12 @@ pub fn inspect(store: &Store, name: &str) -> Result<()> {
             "GroupAdd": o.group_add,
             "ReadonlyRootfs": o.read_only,
             "Init": o.init,
-            "NetworkMode": if o.net_none { "none" } else { "host" },
+            "NetworkMode": match (o.net_none, o.net_private) {
+                (true, _) => "none",
+                (_, true) => "pasta",
+                _ => "host",
+            },
+            "PortBindings": o.publish,
             "UsernsMode": if o.keep_id { "keep-id" } else { "" },
         },
     }]);

@@ -9,6 +9,7 @@
 //! * [`control`] — a running container's control socket: `rcfs kill`,
 //!   `stop`, `wait`, and what `rcfs exec` joins.
 //! * [`exec`] — `rcfs exec`: a command in a running container.
+//! * [`net`] — a container's private network (pasta), `-p`, `/etc/hosts`.
 //! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
@@ -19,6 +20,7 @@ pub mod detach;
 pub mod exec;
 pub mod image;
 pub mod mount;
+pub mod net;
 pub mod overlay_args;
 pub mod relay;
 pub mod run;

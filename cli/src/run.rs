@@ -108,6 +108,19 @@ pub struct RunOptions {
     /// the container (a user namespace nested in the user's own).
     #[serde(default)]
     pub keep_id: bool,
+    /// `--net private`: a network namespace of its own, connected by pasta
+    /// (see [`crate::net`]).
+    #[serde(default)]
+    pub net_private: bool,
+    /// `-p [IP:]HOST:CTR[/tcp|udp]` (with a private network).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// `--add-host NAME:IP`.
+    #[serde(default)]
+    pub add_host: Vec<String>,
+    /// `--dns IP`.
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -227,6 +240,18 @@ fn run_inner(
             bail!("invalid --label {l:?}: give KEY=VALUE");
         }
     }
+    let publish = opts
+        .publish
+        .iter()
+        .map(|p| crate::net::Publish::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !publish.is_empty() && !opts.net_private {
+        bail!("-p publishes ports of a container's own network: not with --net host or none");
+    }
+    for h in &opts.add_host {
+        crate::net::parse_add_host(h)?;
+    }
+    dns_servers(opts)?;
     let seccomp = crate::seccomp::program(store, opts.seccomp.as_deref())?;
     let pull = if again.is_some() {
         None
@@ -332,7 +357,7 @@ fn run_inner(
             }
             Ok(())
         })
-        .and_then(|_| Container::fork_mapped(own_map).map_err(Into::into));
+        .and_then(|_| Container::fork_mapped(own_map, opts.net_private).map_err(Into::into));
     let mut container = match forked {
         Ok(c) => c,
         Err(e) => {
@@ -342,16 +367,32 @@ fn run_inner(
             return Err(e);
         }
     };
-    // The container dies with this process, whatever its pid 1 does.
-    let _watch = match container.watch() {
-        Ok(w) => w,
+    // The container dies with this process, whatever its pid 1 does; its
+    // network (pasta, set up while the union is mounted) is stopped when
+    // this function returns.
+    let setup = container
+        .watch()
+        .map_err(|e| anyhow::Error::from(e).context("cannot start the container's watcher"))
+        .and_then(|w| {
+            let pasta = match opts.net_private {
+                true => Some(crate::net::spawn(
+                    container.pid,
+                    &publish,
+                    crate::net::dns_forward(),
+                )?),
+                false => None,
+            };
+            Ok((w, pasta))
+        });
+    let (_watch, _pasta) = match setup {
+        Ok(s) => s,
         Err(e) => {
             container.start_never();
             let _ = container.wait();
             drop(relays);
             drop(output);
             cleanup(EXIT_RCFS, false);
-            return Err(anyhow::Error::from(e).context("cannot start the container's watcher"));
+            return Err(e);
         }
     };
     for r in &mut relays {
@@ -372,6 +413,7 @@ fn run_inner(
         name: &name,
         dir: &dir,
         fd: claimed.dir(),
+        net: _pasta.as_ref(),
         keep_id: match own_map {
             Some(rcfs_runtime::IdMap::KeepId { uid, gid, .. }) => Some((uid, gid)),
             _ => None,
@@ -402,11 +444,54 @@ fn run_inner(
     Ok(cleanup(code, started))
 }
 
+/// The container's `/etc/hosts` and `/etc/resolv.conf` where they are its
+/// own (a network of its own, `--add-host`, `--dns`), written in its dir;
+/// otherwise the host's, as `spec_of` has them.
+fn network_files(mut spec: Spec, opts: &RunOptions, place: &Place<'_>) -> Result<Spec> {
+    let mut own = |file: &str, text: &str| -> Result<()> {
+        crate::net::write_etc_file(place.fd, file, text)?;
+        let inside = format!("/etc/{file}");
+        spec.host_files.retain(|(_, i)| *i != inside);
+        spec.host_files.push((place.dir.join(file), inside));
+        Ok(())
+    };
+    if opts.net_private || opts.net_none || !opts.add_host.is_empty() {
+        let add = opts
+            .add_host
+            .iter()
+            .map(|h| crate::net::parse_add_host(h))
+            .collect::<Result<Vec<_>>>()?;
+        own(
+            "hosts",
+            &crate::net::hosts_text(&spec.hostname, opts.net_private, &add),
+        )?;
+    }
+    let dns = dns_servers(opts)?;
+    let forward = opts.net_private.then(crate::net::dns_forward).flatten();
+    if let Some(text) = crate::net::resolv_text(&dns, forward) {
+        own("resolv.conf", &text)?;
+    }
+    Ok(spec)
+}
+
+/// `--dns` as addresses.
+fn dns_servers(opts: &RunOptions) -> Result<Vec<std::net::IpAddr>> {
+    opts.dns
+        .iter()
+        .map(|d| {
+            d.parse()
+                .map_err(|_| anyhow::anyhow!("invalid --dns {d:?}: give an IP address"))
+        })
+        .collect()
+}
+
 /// Where a container is: its name and its dir (path and fd).
 struct Place<'a> {
     name: &'a str,
     dir: &'a Path,
     fd: std::os::fd::BorrowedFd<'a>,
+    /// The pasta connecting its own network, when it has one.
+    net: Option<&'a crate::net::Pasta>,
     /// `--userns=keep-id`'s user (uid, gid).
     keep_id: Option<(u32, u32)>,
 }
@@ -510,9 +595,13 @@ fn serve(
     } else {
         None
     };
-    let spec = spec_of(&config, opts, name, &rootfs).map(|s| Spec { seccomp, ..s });
+    let spec = spec_of(&config, opts, name, &rootfs)
+        .and_then(|s| network_files(s, opts, place))
+        .map(|s| Spec { seccomp, ..s });
     let pid = container.pid;
-    let result = spec.and_then(|spec| container.start(&spec).map_err(Into::into));
+    let result = spec
+        .and_then(|spec| place.net.map_or(Ok(()), |p| p.ready()).map(|_| spec))
+        .and_then(|spec| container.start(&spec).map_err(Into::into));
     let mut terminal = None;
     if result.is_ok() && opts.tty {
         if let Some(master) = container.terminal()? {
@@ -681,6 +770,7 @@ pub(crate) fn spec_of(
         hostname: opts.hostname.clone().unwrap_or_else(|| name.into()),
         user,
         net_none: opts.net_none,
+        net_private: opts.net_private,
         stdin: opts.interactive,
         tty: opts.tty,
         host_files,

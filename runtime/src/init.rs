@@ -430,7 +430,7 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
     dev::mount(r, dev)?;
     // /sys: its own with a network namespace of its own; otherwise the
     // host's, read-only.
-    if spec.net_none {
+    if spec.net_none || spec.net_private {
         mount_in(
             r,
             "sys",

@@ -86,6 +86,11 @@ pub struct Spec {
     pub user: String,
     /// No network: a new network namespace with only a loopback (down).
     pub net_none: bool,
+    /// A private network: the init was forked into a network namespace
+    /// of its own ([`Container::fork_mapped`]), which `rcfs run` connects
+    /// to the host's through pasta.
+    #[serde(default)]
+    pub net_private: bool,
     /// Keep stdin (`-i`); otherwise the command reads /dev/null.
     pub stdin: bool,
     /// Host files bound read-only over files of the root, as (host path,
@@ -211,13 +216,15 @@ impl Container {
     /// mapped to itself. Fails unless the process has one thread (the
     /// child runs Rust code after the fork).
     pub fn fork(own_user_ns: bool) -> io::Result<Container> {
-        Container::fork_mapped(own_user_ns.then_some(IdMap::Identity))
+        Container::fork_mapped(own_user_ns.then_some(IdMap::Identity), false)
     }
 
     /// [`Container::fork`], the init in a new user namespace mapped as
     /// `map` when there is one: [`IdMap::Identity`] for real root,
     /// [`IdMap::KeepId`] for `--userns=keep-id` (nested in the user's own).
-    pub fn fork_mapped(map: Option<IdMap>) -> io::Result<Container> {
+    /// With `new_net`, in a new network namespace too (see
+    /// [`Spec::net_private`]).
+    pub fn fork_mapped(map: Option<IdMap>, new_net: bool) -> io::Result<Container> {
         threads::ensure_single("forking the container's init")?;
         let own_user_ns = map.is_some();
         // Real root's /dev, made here in the host's user namespace, where
@@ -228,7 +235,10 @@ impl Container {
             None
         };
         let dev_fd = dev.as_ref().map(|d| d.as_raw_fd());
-        let (rd, wr) = nix::unistd::pipe()?;
+        // Close-on-exec: no program `rcfs run` starts before the spec is
+        // written (pasta) may hold the write end, or the init never reads
+        // the end of it.
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (rd_fd, wr_fd) = (rd.as_raw_fd(), wr.as_raw_fd());
         let (tty_sock, tty_peer) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -275,6 +285,9 @@ impl Container {
         let mut flags = nix::sched::CloneFlags::CLONE_NEWPID;
         if own_user_ns {
             flags |= nix::sched::CloneFlags::CLONE_NEWUSER;
+        }
+        if new_net {
+            flags |= nix::sched::CloneFlags::CLONE_NEWNET;
         }
         let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
             .map_err(|e| {

@@ -63,7 +63,9 @@ impl Fixture {
 
     /// `rcfs ARGS...` as uid 65534, with its own store under `home`.
     pub fn rcfs_rootless(&self, home: &Path, args: &[&str]) -> Run {
-        let _ = Command::new("chmod").args(["666", "/dev/fuse"]).status();
+        let _ = Command::new("chmod")
+            .args(["666", "/dev/fuse", "/dev/net/tun"])
+            .status();
         std::fs::create_dir_all(home).unwrap();
         std::os::unix::fs::chown(self.dir.path(), Some(65534), Some(65534)).unwrap();
         std::os::unix::fs::chown(home, Some(65534), Some(65534)).unwrap();
@@ -216,7 +218,10 @@ fn a_root_container_cannot_change_the_hosts_kernel_settings() {
          echo \"$v\" 2>/dev/null > /proc/sys/kernel/core_pattern && echo core_pattern-written; true",
         under_sys.join(" ")
     );
-    let r = f.run(&["--rm", img, "/bin/sh", "-c", &script]);
+    // The host's /sys, bound read-only, is a container's on the host's
+    // network; with one of its own (the default) it has a sysfs of its
+    // own, read-only too (below).
+    let r = f.run(&["--rm", "--net", "host", img, "/bin/sh", "-c", &script]);
     // Whatever the container made on the host goes again.
     for m in &under_sys {
         let _ = std::fs::remove_dir(Path::new(m).join(&probe));
@@ -230,6 +235,19 @@ fn a_root_container_cannot_change_the_hosts_kernel_settings() {
     assert!(out.contains("keys=0 timer_list=0"), "{out}");
     assert!(out.contains("CapEff:\t00000000800405fb"), "{out}");
     assert!(!out.contains("unmounted"), "{out}");
+    let r = f.run(&[
+        "--rm",
+        img,
+        "/bin/sh",
+        "-c",
+        "busybox mkdir /sys/kernel/probe; busybox touch /sys/probe-file",
+    ]);
+    assert_eq!(
+        r.stderr.matches("Read-only file system").count(),
+        2,
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -64,6 +64,7 @@ mod isolation;
 mod keep_id;
 mod keeper;
 mod lifecycle;
+mod network;
 mod overlay_cli;
 mod partial_pull;
 mod permissions;

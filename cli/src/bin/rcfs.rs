@@ -290,9 +290,22 @@ struct RunArgs {
     /// Most processes (and threads) the container may have.
     #[arg(long)]
     pids_limit: Option<u64>,
-    /// host: the host's network; none: only a loopback.
-    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    /// private (the default; also "pasta"): a network of its own, connected
+    /// to the host's by pasta (Debian's passt); host: the host's network;
+    /// none: only a loopback.
+    #[arg(long, visible_alias = "network", default_value = "private", value_parser = ["private", "pasta", "host", "none"])]
     net: String,
+    /// Publish a port of the container's own network (not with --net host
+    /// or none):
+    /// [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CTR[/PROTO]")]
+    publish: Vec<String>,
+    /// An /etc/hosts entry NAME:IP.
+    #[arg(long, value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// A DNS server for the container's /etc/resolv.conf.
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
     /// Use plain HTTP (and no TLS checks) when the image must be pulled.
     #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     tls_verify: bool,
@@ -444,7 +457,12 @@ struct MountArgs {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    // A command line that cannot be read is rcfs's failure, 125 as in
+    // podman: never a code a container's command could have given.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 125 } else { 0 })
+    });
     match cli.cmd {
         Cmd::Mount(a) => {
             init_log(a.debug);
@@ -562,6 +580,10 @@ fn run() -> Result<()> {
                     entrypoint,
                     pull: Some(a.pull),
                     keep_id: a.userns.as_deref() == Some("keep-id"),
+                    net_private: matches!(a.net.as_str(), "private" | "pasta"),
+                    publish: a.publish,
+                    add_host: a.add_host,
+                    dns: a.dns,
                     stop_signal: a.stop_signal,
                     cap_add: a.cap_add,
                     cap_drop: a.cap_drop,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use rcfs_fs::image::store::Store;
+use rcfs_fs::sys;
 
 /// A signal by name (`TERM`, `SIGTERM`, any case) or number.
 pub fn parse_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
@@ -149,9 +150,51 @@ fn signal(store: &Store, name: &str, sig: Signal) -> Result<()> {
     }
 }
 
+/// The mark `rcfs stop` and `kill` leave in a container's dir: its
+/// restart policy does not start it again.
+const STOPPED: &str = "stopped";
+
+/// Marks the container `name` stopped by its user (see [`STOPPED`]).
+fn mark_stopped(store: &Store, name: &str) -> Result<()> {
+    let dir = crate::containers::open(store, name)?;
+    sys::open_at(
+        dir.as_fd(),
+        STOPPED.as_ref(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+        0o600,
+    )
+    .with_context(|| format!("cannot mark container {name} stopped"))?;
+    Ok(())
+}
+
+/// Whether `rcfs stop` or `kill` stopped the container `name` since it was
+/// (re)started by its user.
+pub fn stopped_by_user(store: &Store, name: &str) -> bool {
+    crate::containers::open(store, name).is_ok_and(|dir| {
+        nix::sys::stat::fstatat(
+            dir.as_fd(),
+            STOPPED,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+    })
+}
+
+/// Takes the mark of [`stopped_by_user`] away: a user started it.
+pub fn clear_stopped(store: &Store, name: &str) {
+    if let Ok(dir) = crate::containers::open(store, name) {
+        let _ = nix::unistd::unlinkat(
+            dir.as_fd(),
+            STOPPED,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 /// `rcfs kill [-s SIG] NAME...`.
 pub fn kill(store: &Store, names: &[String], sig: Signal) -> Result<()> {
     for n in names {
+        mark_stopped(store, n)?;
         signal(store, n, sig)?;
         println!("{n}");
     }
@@ -197,7 +240,17 @@ fn stop_signal_of(store: &Store, rec: &crate::containers::Record) -> Signal {
 /// fine (as with podman).
 pub fn stop(store: &Store, names: &[String], timeout: Duration) -> Result<()> {
     for n in names {
-        let (rec, running) = crate::containers::load(store, n)?;
+        stop_quietly(store, n, timeout)?;
+        println!("{n}");
+    }
+    Ok(())
+}
+
+/// Stops the container `name` as [`stop`] does, without saying so.
+pub fn stop_quietly(store: &Store, n: &str, timeout: Duration) -> Result<()> {
+    let (rec, running) = crate::containers::load(store, n)?;
+    {
+        mark_stopped(store, n)?;
         if running {
             let stop_signal = stop_signal_of(store, &rec);
             // It may have stopped meanwhile: what counts is that it does.
@@ -217,7 +270,6 @@ pub fn stop(store: &Store, names: &[String], timeout: Duration) -> Result<()> {
                 }
             }
         }
-        println!("{n}");
     }
     Ok(())
 }

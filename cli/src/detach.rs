@@ -32,6 +32,12 @@ pub const LOG: &str = "ctr.log";
 /// Pieces of output are read (and logged) at most this many bytes at a time.
 const PIECE: usize = 8192;
 
+/// What a monitor starts: a new container, or a stopped one again.
+pub enum Start<'a> {
+    New(&'a RunOptions),
+    Again(&'a str),
+}
+
 /// `rcfs run -d`: forks the monitor, which runs the container; returns
 /// once the command has started (0, its name printed), or with the
 /// monitor's exit code when the container could not start (the monitor
@@ -44,14 +50,42 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
         );
         return rcfs_runtime::EXIT_RCFS;
     }
+    // Named here: a monitor that starts it again needs the name.
+    let mut opts = opts.clone();
+    opts.name.get_or_insert_with(crate::run::new_id);
+    if let Err(e) = crate::run::check_restart(&opts) {
+        eprintln!("rcfs run: {e:#}");
+        return rcfs_runtime::EXIT_RCFS;
+    }
+    spawn_monitor(store, Start::New(&opts), "rcfs run")
+}
+
+/// `rcfs restart [-t SECS] NAME...`: each stopped (as `rcfs stop` does,
+/// when it runs), then started again detached by a monitor of its own,
+/// with its restart policy.
+pub fn restart(store: &Store, names: &[String], timeout: Duration) -> Result<()> {
+    for n in names {
+        crate::run::options_of(store, n)?;
+        crate::control::stop_quietly(store, n, timeout)?;
+        match spawn_monitor(store, Start::Again(n), "rcfs restart") {
+            0 => {}
+            code => bail!("container {n} could not be started again (exit code {code})"),
+        }
+    }
+    Ok(())
+}
+
+/// Forks the monitor of `what`; 0 once its command has started (the name
+/// printed), or the monitor's exit code.
+fn spawn_monitor(store: &Store, what: Start<'_>, who: &str) -> i32 {
     if let Err(e) = rcfs_runtime::threads::ensure_single("starting a container's monitor") {
-        eprintln!("rcfs run: {e}");
+        eprintln!("{who}: {e}");
         return rcfs_runtime::EXIT_RCFS;
     }
     let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("rcfs run: pipe: {e}");
+            eprintln!("{who}: pipe: {e}");
             return rcfs_runtime::EXIT_RCFS;
         }
     };
@@ -59,7 +93,7 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(rd);
-            std::process::exit(monitor(store, opts, wr));
+            std::process::exit(monitor(store, what, wr));
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(wr);
@@ -75,7 +109,7 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("rcfs run: cannot fork the container's monitor: {e}");
+            eprintln!("{who}: cannot fork the container's monitor: {e}");
             rcfs_runtime::EXIT_RCFS
         }
     }
@@ -83,18 +117,101 @@ pub fn run(store: &Store, opts: &RunOptions) -> i32 {
 
 /// The monitor: a session of its own, stdin from /dev/null; then the
 /// container as `rcfs run` runs it, its output to the log (see
-/// [`Output`]). `started` gets `started NAME` once the command runs.
-fn monitor(store: &Store, opts: &RunOptions, started: OwnedFd) -> i32 {
+/// [`Output`]), started again as its restart policy says (each run in a
+/// child of the monitor, which dies with it). `started` gets
+/// `started NAME` once the command first runs.
+fn monitor(store: &Store, what: Start<'_>, started: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
     if let Ok(null) = File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null);
     }
-    let notify = Mutex::new(Some(File::from(started)));
-    crate::run::run_detached(store, opts, &|name: &str| {
-        if let Some(mut f) = notify.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    let started = Mutex::new(Some(File::from(started)));
+    let notify = |name: &str| {
+        if let Some(mut f) = started.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = write!(f, "started {name}");
         }
+    };
+    let (name, policy) = match &what {
+        Start::New(opts) => (opts.name.clone().unwrap_or_default(), opts.restart.clone()),
+        Start::Again(n) => (
+            n.to_string(),
+            crate::run::options_of(store, n)
+                .ok()
+                .and_then(|o| o.restart),
+        ),
+    };
+    crate::control::clear_stopped(store, &name);
+    let policy = crate::run::Restart::parse(policy.as_deref()).unwrap_or(crate::run::Restart::No);
+    if policy == crate::run::Restart::No {
+        return run_once(store, &what, &notify);
+    }
+    // The first run tells the caller; this process's copy of the pipe goes
+    // (the caller reads until it ends).
+    let forget = || drop(started.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let Ok(mut code) = in_child(|| run_once(store, &what, &notify), forget) else {
+        return rcfs_runtime::EXIT_RCFS;
+    };
+    let mut restarts = 0;
+    // Not after rcfs's own failure (125: the container could not be set
+    // up, or is gone), which would only come again.
+    while code != rcfs_runtime::EXIT_RCFS
+        && policy.again(code, restarts)
+        && !crate::control::stopped_by_user(store, &name)
+    {
+        restarts += 1;
+        // podman's back-off: 100 ms, doubled each time, 5 minutes at most.
+        let wait = Duration::from_millis(100).saturating_mul(1 << restarts.min(12));
+        std::thread::sleep(wait.min(Duration::from_secs(300)));
+        if crate::control::stopped_by_user(store, &name) {
+            break;
+        }
+        match in_child(|| run_once(store, &Start::Again(&name), &|_| {}), || {}) {
+            Ok(c) => code = c,
+            // The run itself was killed (not its container): no more.
+            Err(()) => return rcfs_runtime::EXIT_RCFS,
+        }
+    }
+    code
+}
+
+/// Runs `what` once, in this process; its exit code.
+fn run_once(store: &Store, what: &Start<'_>, started: &dyn Fn(&str)) -> i32 {
+    let r = match what {
+        Start::New(opts) => return crate::run::run_detached(store, opts, started),
+        Start::Again(n) => crate::run::start_again(store, n, true, started),
+    };
+    r.unwrap_or_else(|e| {
+        eprintln!("rcfs: {e:#}");
+        rcfs_runtime::EXIT_RCFS
     })
+}
+
+/// Runs `f` in a child of this (one-threaded) process, which dies with it,
+/// and `parent` here once it is forked; the child's exit code, or `Err`
+/// when it was killed.
+fn in_child(f: impl FnOnce() -> i32, parent: impl FnOnce()) -> Result<i32, ()> {
+    // SAFETY: the monitor has one thread (its runs are children).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            std::process::exit(f());
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            parent();
+            loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(..)) => return Err(()),
+                    Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
+                    Err(_) => return Err(()),
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("rcfs: cannot fork the container's run: {e}");
+            Err(())
+        }
+    }
 }
 
 /// The container's stdout and stderr in a detached container: pipes in

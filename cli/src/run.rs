@@ -121,6 +121,48 @@ pub struct RunOptions {
     /// `--dns IP`.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// `--restart=no|on-failure[:N]|always|unless-stopped` (see
+    /// [`Restart`]).
+    #[serde(default)]
+    pub restart: Option<String>,
+}
+
+/// When the monitor of a detached container starts it again after its
+/// command ended (`--restart`, podman's policies). A container stopped or
+/// killed by `rcfs stop`/`kill` is not started again by any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    No,
+    /// After a non-zero exit, at most N times (unbounded without N).
+    OnFailure(Option<u32>),
+    /// After every exit (`always`; `unless-stopped` is the same here).
+    Always,
+}
+
+impl Restart {
+    pub fn parse(v: Option<&str>) -> Result<Restart> {
+        Ok(match v {
+            None | Some("no" | "") => Restart::No,
+            Some("always" | "unless-stopped") => Restart::Always,
+            Some("on-failure") => Restart::OnFailure(None),
+            Some(v) => match v.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(n)) => Restart::OnFailure(Some(n)),
+                _ => bail!(
+                    "invalid --restart {v:?}: give no, on-failure[:MAX], always or unless-stopped"
+                ),
+            },
+        })
+    }
+
+    /// Whether a container that ended with `code`, started again
+    /// `restarts` times so far, is started again.
+    pub fn again(self, code: i32, restarts: u32) -> bool {
+        match self {
+            Restart::No => false,
+            Restart::Always => true,
+            Restart::OnFailure(max) => code != 0 && max.is_none_or(|m| restarts < m),
+        }
+    }
 }
 
 /// Runs the container; returns the exit code to exit with.
@@ -150,7 +192,22 @@ pub fn check_name(n: &str) -> Result<()> {
     Ok(())
 }
 
-fn new_id() -> String {
+/// `--restart` is read, and goes with a detached container, not with
+/// `--rm` (as podman has it).
+pub(crate) fn check_restart(opts: &RunOptions) -> Result<Restart> {
+    let r = Restart::parse(opts.restart.as_deref())?;
+    if r != Restart::No && opts.rm {
+        bail!(
+            "--restart and --rm conflict: a container removed when it ends cannot be started again"
+        );
+    }
+    if r != Restart::No && !opts.detach {
+        bail!("--restart is held by a detached container's monitor: add -d");
+    }
+    Ok(r)
+}
+
+pub(crate) fn new_id() -> String {
     let seed = format!(
         "{:?}{}{:?}",
         std::time::SystemTime::now(),
@@ -163,24 +220,44 @@ fn new_id() -> String {
 /// `rcfs start -a NAME`: runs the stopped container NAME again, as it was
 /// made (the same image, command and options), on its upper dir.
 pub fn start(store: &Store, name: &str) -> i32 {
-    let go = || -> Result<i32> {
-        let (claimed, rec) = crate::containers::Claimed::existing(store, name, "stop it first")?;
-        let mut opts = rec
-            .options
-            .context("the container's record has no options: made by an older rcfs")?;
-        opts.name = Some(name.to_owned());
-        opts.rm = false;
-        // Attached, whatever it was made with.
-        opts.detach = false;
-        run_inner(store, &opts, Some(claimed), &|_| {})
-    };
-    match go() {
+    crate::control::clear_stopped(store, name);
+    match start_again(store, name, false, &|_| {}) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rcfs start: {e:#}");
             EXIT_RCFS
         }
     }
+}
+
+/// Runs the stopped container `name` again as it was made, attached or
+/// `detached` (by its monitor: output to its log); `started` is told its
+/// name once the command runs.
+pub(crate) fn start_again(
+    store: &Store,
+    name: &str,
+    detached: bool,
+    started: &dyn Fn(&str),
+) -> Result<i32> {
+    let (claimed, rec) = crate::containers::Claimed::existing(store, name, "stop it first")?;
+    let mut opts = rec
+        .options
+        .context("the container's record has no options: made by an older rcfs")?;
+    opts.name = Some(name.to_owned());
+    opts.rm = false;
+    opts.detach = detached;
+    if !detached {
+        // Attached: no monitor holds the policy.
+        opts.restart = None;
+    }
+    run_inner(store, &opts, Some(claimed), started)
+}
+
+/// The stopped container `name`'s options, for `rcfs restart`.
+pub(crate) fn options_of(store: &Store, name: &str) -> Result<RunOptions> {
+    let (rec, _) = crate::containers::load(store, name)?;
+    rec.options
+        .context("the container's record has no options: made by an older rcfs")
 }
 
 /// The monitor of `rcfs run -d` (see [`crate::detach`]): runs the
@@ -235,6 +312,7 @@ fn run_inner(
     if let Some(s) = &opts.stop_signal {
         crate::control::parse_signal(s).map_err(anyhow::Error::msg)?;
     }
+    check_restart(opts)?;
     for l in &opts.labels {
         if !l.contains('=') {
             bail!("invalid --label {l:?}: give KEY=VALUE");

@@ -399,3 +399,96 @@ fn exec_runs_a_command_in_a_running_container_as_its_own_would_run() {
     f.rcfs_rootless(&home, &["stop", "-t", "1", "ux"])
         .expect_ok("stop ux");
 }
+
+/// How many lines `rcfs logs NAME` has.
+fn log_lines(f: &Fixture, name: &str) -> usize {
+    f.rcfs(&["logs", name]).stdout.lines().count()
+}
+
+/// Waits (60 s at most) until `rcfs logs NAME` has at least `n` lines.
+fn logged_at_least(f: &Fixture, name: &str, n: usize) {
+    let t0 = Instant::now();
+    while log_lines(f, name) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name}: {} lines logged, not {n}",
+            log_lines(f, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_monitor_restarts_as_the_policy_says_and_never_after_stop() {
+    let f = Fixture::new(132, "gzip");
+    let img = f.image.as_str();
+    // on-failure:2: the first run and two more, then it stays exited.
+    f.run(&[
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        img,
+        "/bin/sh",
+        "-c",
+        "echo run; exit 3",
+    ])
+    .expect_ok("run -d flaky");
+    logged_at_least(&f, "flaky", 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(log_lines(&f, "flaky"), 3);
+    assert!(!running(&f, "flaky"));
+    assert_eq!(f.rcfs(&["wait", "flaky"]).stdout, "3\n");
+    // on-failure after a zero exit: once.
+    f.run(&[
+        "-d",
+        "--name",
+        "fine2",
+        "--restart",
+        "on-failure",
+        img,
+        "/bin/sh",
+        "-c",
+        "echo once",
+    ])
+    .expect_ok("run -d fine2");
+    logged_at_least(&f, "fine2", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(log_lines(&f, "fine2"), 1);
+
+    // always: again and again, until rcfs stop; rcfs restart starts it
+    // again, with its policy.
+    let tick = ["/bin/sh", "-c", "echo tick; busybox sleep 0.2"];
+    f.run(
+        &[
+            &["-d", "--name", "ticker", "--restart", "always", img][..],
+            &tick[..],
+        ]
+        .concat(),
+    )
+    .expect_ok("run -d ticker");
+    logged_at_least(&f, "ticker", 3);
+    f.rcfs(&["stop", "-t", "1", "ticker"]).expect_ok("stop");
+    let n = log_lines(&f, "ticker");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(log_lines(&f, "ticker"), n, "started again after rcfs stop");
+    f.rcfs(&["restart", "ticker"]).expect_ok("restart");
+    logged_at_least(&f, "ticker", n + 2);
+    f.rcfs(&["kill", "ticker"]).expect_ok("kill");
+    std::thread::sleep(Duration::from_secs(1));
+    let n = log_lines(&f, "ticker");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(log_lines(&f, "ticker"), n, "started again after rcfs kill");
+
+    // Policies that cannot hold: refused before anything runs.
+    for bad in [
+        &["-d", "--restart", "sometimes"][..],
+        &["-d", "--rm", "--restart", "always"],
+        &["--restart", "always"],
+    ] {
+        let r = f.run(&[bad, &[img, "true"]].concat());
+        assert_eq!(code(&r), Some(125), "{bad:?}: {}", r.stderr);
+        assert!(r.stderr.contains("--restart"), "{bad:?}: {}", r.stderr);
+    }
+}

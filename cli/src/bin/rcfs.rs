@@ -120,6 +120,15 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Stop running containers (as rcfs stop) and start them again,
+    /// detached.
+    Restart {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", default_value = "10", value_name = "SECS")]
+        time: u64,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Wait for containers to stop; print their exit codes.
     Wait {
         #[arg(required = true)]
@@ -328,6 +337,11 @@ struct RunArgs {
     /// the caller's value; # comments); -e values come after.
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// Start a detached container again when its command ends: no (the
+    /// default), on-failure[:MAX] (after a non-zero exit), always,
+    /// unless-stopped. Never after rcfs stop or kill.
+    #[arg(long, value_name = "POLICY")]
+    restart: Option<String>,
     /// The signal `rcfs stop` sends first (default: the image's StopSignal,
     /// else SIGTERM).
     #[arg(long, value_name = "SIG", value_parser = parse_signal_name)]
@@ -585,6 +599,7 @@ fn run() -> Result<()> {
                     add_host: a.add_host,
                     dns: a.dns,
                     stop_signal: a.stop_signal,
+                    restart: a.restart,
                     cap_add: a.cap_add,
                     cap_drop: a.cap_drop,
                     group_add: a.group_add,
@@ -667,6 +682,15 @@ fn run() -> Result<()> {
             &names,
             Duration::from_secs(time),
         ),
+        Cmd::Restart { time, names } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            rcfs::detach::restart(
+                &image::open_store(cli.root.as_deref())?,
+                &names,
+                Duration::from_secs(time),
+            )
+        }
         Cmd::Wait { names } => {
             rcfs::control::wait(&image::open_store(cli.root.as_deref())?, &names)
         }

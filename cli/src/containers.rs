@@ -67,7 +67,7 @@ fn containers_dir(store: &Store) -> Result<OwnedFd> {
 
 /// Opens the container dir `name` of `containers`: ours, and closed to
 /// everyone else (see [`own_dir`]).
-fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     let fd = sys::open_at(
         containers,
         name.as_ref(),
@@ -80,7 +80,7 @@ fn open_dir(containers: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
 
 /// Makes the dir `name` in `dir` with exactly `mode` (mkdir, then fchmod:
 /// the umask may have taken bits).
-fn make_dir_mode(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
+pub(crate) fn make_dir_mode(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
     let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
     nix::sys::stat::mkdirat(dir, name, mode)?;
     let fd = sys::open_at(dir, name.as_ref(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
@@ -494,15 +494,20 @@ pub fn rm(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
         // Held while it goes: no `rcfs start` of it meanwhile.
         let (c, _) = Claimed::existing(store, n, "stop it first")?;
-        let d = &c.path;
-        if let Err(e) = std::fs::remove_dir_all(d) {
-            // Files the container gave ids of the caller's subuid range:
-            // removable as root of a user namespace with those ids mapped.
-            if nix::unistd::geteuid().is_root() || !remove_in_namespace(d) {
-                return Err(e).with_context(|| format!("cannot remove {}", d.display()));
-            }
-        }
+        remove_all(&c.path)?;
         println!("{n}");
+    }
+    Ok(())
+}
+
+/// Removes the tree `d` of the store (a container's dir, a volume).
+pub(crate) fn remove_all(d: &std::path::Path) -> Result<()> {
+    if let Err(e) = std::fs::remove_dir_all(d) {
+        // Files the container gave ids of the caller's subuid range:
+        // removable as root of a user namespace with those ids mapped.
+        if nix::unistd::geteuid().is_root() || !remove_in_namespace(d) {
+            return Err(e).with_context(|| format!("cannot remove {}", d.display()));
+        }
     }
     Ok(())
 }

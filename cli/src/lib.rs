@@ -10,6 +10,7 @@
 //!   `stop`, `wait`, and what `rcfs exec` joins.
 //! * [`exec`] — `rcfs exec`: a command in a running container.
 //! * [`net`] — a container's private network (pasta), `-p`, `/etc/hosts`.
+//! * [`volume`] — named volumes (`rcfs volume`), `-v NAME:/path`, `--mount`.
 //! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
@@ -26,3 +27,4 @@ pub mod relay;
 pub mod run;
 pub mod seccomp;
 pub mod stats;
+pub mod volume;

@@ -53,8 +53,17 @@ pub struct RunOptions {
     /// `--unverified-streaming`: see [`ImageMount`].
     #[serde(default)]
     pub unverified_streaming: bool,
-    /// `-v HOST:CTR[:ro]`.
+    /// `-v HOST:CTR[:ro]`, `-v VOLUME:CTR[:ro]`.
     pub volumes: Vec<String>,
+    /// `--mount type=bind|volume|tmpfs,...` (see [`crate::volume`]).
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// `--device HOST[:CTR][:PERMS]`.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// `--shm-size` in bytes.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
     /// `--memory`, `--cpus`, `--pids-limit`.
     #[serde(default)]
     pub memory: Option<u64>,
@@ -299,8 +308,15 @@ fn run_inner(
     } else {
         opts
     };
+    // Named volumes made, --mounts as -v and --tmpfs: the record keeps
+    // what the container binds.
+    let resolved = crate::volume::resolve(store, opts)?;
+    let opts = &resolved;
     for v in &opts.volumes {
         rcfs_runtime::Bind::parse(v).map_err(anyhow::Error::msg)?;
+    }
+    for d in &opts.devices {
+        rcfs_runtime::Device::parse(d).map_err(anyhow::Error::msg)?;
     }
     capabilities(opts)?;
     for t in &opts.tmpfs {
@@ -873,6 +889,13 @@ pub(crate) fn spec_of(
             .iter()
             .map(|u| ulimit_of(u))
             .collect::<Result<_>>()?,
+        devices: opts
+            .devices
+            .iter()
+            .map(|d| rcfs_runtime::Device::parse(d))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
+        shm_size: opts.shm_size,
     })
 }
 

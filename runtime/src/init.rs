@@ -427,7 +427,8 @@ fn setup(spec: &Spec, keep_fd: i32, dev: Option<OwnedFd>) -> io::Result<User> {
     // /proc of the container's pid namespace.
     mount_in(r, "proc", true, "proc", Some("proc"), nosuid, none)?;
     harden::proc(in_root(r, "proc", true)?.as_fd())?;
-    dev::mount(r, dev)?;
+    dev::mount(r, dev, spec.shm_size)?;
+    dev::devices(r, &spec.devices)?;
     // /sys: its own with a network namespace of its own; otherwise the
     // host's, read-only.
     if spec.net_none || spec.net_private {

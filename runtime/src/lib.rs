@@ -136,6 +136,63 @@ pub struct Spec {
     /// takes it, e.g. `nofile`; soft; hard).
     #[serde(default)]
     pub rlimits: Vec<(String, u64, u64)>,
+    /// Host devices bound into the container's `/dev` (`--device`).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// The size of `/dev/shm` in bytes (`--shm-size`; 64 MiB without).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+}
+
+/// A host device in the container (`--device HOST[:CTR][:PERMS]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub host: PathBuf,
+    /// Where in the container: a path under `/dev`.
+    pub target: String,
+}
+
+impl Device {
+    /// `HOST[:CTR][:PERMS]`, as podman's `--device`: HOST a character or
+    /// block device, CTR under `/dev` (HOST's path without it), PERMS
+    /// `rw` or `rwm`: rcfs has no device cgroup to hold the container to
+    /// less than the host lets its user do (podman's rootless neither).
+    pub fn parse(v: &str) -> Result<Device, String> {
+        let parts: Vec<&str> = v.split(':').collect();
+        let perms_ok = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+        let (host, target, perms) = match parts[..] {
+            [h] => (h, h, "rwm"),
+            [h, p] if perms_ok(p) => (h, h, p),
+            [h, c] => (h, c, "rwm"),
+            [h, c, p] if perms_ok(p) => (h, c, p),
+            _ => {
+                return Err(format!(
+                    "invalid --device {v:?}: give HOST[:CONTAINER][:rwm]"
+                ))
+            }
+        };
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::metadata(host) {
+            Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {}
+            Ok(_) => return Err(format!("invalid --device {v:?}: {host} is not a device")),
+            Err(e) => return Err(format!("invalid --device {v:?}: {host}: {e}")),
+        }
+        if !target.starts_with("/dev/") || target.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "invalid --device {v:?}: the container path must be under /dev, without '..'"
+            ));
+        }
+        if !perms.contains('r') || !perms.contains('w') {
+            return Err(format!(
+                "--device {v:?}: rcfs cannot limit a device to {perms:?} (it has no device \
+                 cgroup): give rw or rwm, or leave the permissions out"
+            ));
+        }
+        Ok(Device {
+            host: PathBuf::from(host),
+            target: target.to_owned(),
+        })
+    }
 }
 
 /// `Option<Vec<u8>>` as an optional base64 string.

@@ -78,3 +78,4 @@ mod run_options;
 mod seccomp;
 mod shared_host;
 mod stress;
+mod volumes;

@@ -27,6 +27,23 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// Make a volume (named, or a new id); prints its name.
+    Create { name: Option<String> },
+    /// List the volumes.
+    Ls {
+        /// Names only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove volumes no container uses.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Mount an image (fetched lazily) or read-only layer dirs, optionally
     /// with a writable upper dir.
@@ -139,6 +156,12 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Named volumes: dirs of the store that containers bind
+    /// (-v NAME:/PATH, --mount type=volume).
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
     /// Pull an image into the store: REGISTRY/REPO[:TAG|@DIGEST], a short
     /// name (registries.conf), oci:DIR[:TAG] or docker-archive:FILE.
     Pull {
@@ -217,6 +240,23 @@ enum Cmd {
 }
 
 /// `--stop-signal`'s value, checked.
+/// A size in bytes: a number, with b, k, m or g (1024-based).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let l = v.trim().to_ascii_lowercase();
+    let (num, shift) = match l.chars().last() {
+        Some('b') => (&l[..l.len() - 1], 0),
+        Some('k') => (&l[..l.len() - 1], 10),
+        Some('m') => (&l[..l.len() - 1], 20),
+        Some('g') => (&l[..l.len() - 1], 30),
+        _ => (&l[..], 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("invalid size {v:?}: give bytes, or a number with k, m or g"))
+}
+
 fn parse_signal_name(v: &str) -> Result<String, String> {
     rcfs::control::parse_signal(v).map(|_| v.to_owned())
 }
@@ -272,9 +312,21 @@ struct RunArgs {
     /// Set an environment variable (KEY=VALUE, or KEY for the caller's).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Bind a host path into the container (HOST:CONTAINER[:ro]).
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    /// Bind a host path (HOST:CONTAINER[:ro]) or a named volume, made on
+    /// first use (VOLUME:CONTAINER[:ro]), into the container.
+    #[arg(short = 'v', long = "volume", value_name = "HOST|VOLUME:CTR[:ro]")]
     volume: Vec<String>,
+    /// Mount into the container: type=bind,source=/HOST,target=/PATH;
+    /// type=volume[,source=NAME],target=/PATH; type=tmpfs,target=/PATH
+    /// [,tmpfs-size=N][,tmpfs-mode=M]; each with [,readonly].
+    #[arg(long = "mount", value_name = "type=TYPE,...")]
+    mount: Vec<String>,
+    /// Give the container a host device: HOST[:CONTAINER][:rwm].
+    #[arg(long = "device", value_name = "HOST[:CTR][:PERMS]")]
+    device: Vec<String>,
+    /// The size of /dev/shm (bytes, or with k, m or g; 64m without).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    shm_size: Option<u64>,
     /// Working directory in the container.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
@@ -584,6 +636,9 @@ fn run() -> Result<()> {
                     insecure: !a.tls_verify,
                     unverified_streaming: a.unverified_streaming,
                     volumes: a.volume,
+                    mounts: a.mount,
+                    devices: a.device,
+                    shm_size: a.shm_size,
                     memory: a.memory,
                     cpus: a.cpus,
                     pids_limit: a.pids_limit,
@@ -695,6 +750,14 @@ fn run() -> Result<()> {
             rcfs::control::wait(&image::open_store(cli.root.as_deref())?, &names)
         }
         Cmd::Rm { names } => rcfs::containers::rm(&image::open_store(cli.root.as_deref())?, &names),
+        Cmd::Volume { cmd } => {
+            let store = image::open_store(cli.root.as_deref())?;
+            match cmd {
+                VolumeCmd::Create { name } => rcfs::volume::create(&store, name.as_deref()),
+                VolumeCmd::Ls { quiet } => rcfs::volume::ls(&store, quiet),
+                VolumeCmd::Rm { names } => rcfs::volume::rm(&store, &names),
+            }
+        }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Pull {
             image: name,

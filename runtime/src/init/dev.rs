@@ -186,7 +186,11 @@ fn links_and_dirs(dev: BorrowedFd<'_>) -> io::Result<()> {
 /// device node still opens for writing; a chmod, chown or utimes of it
 /// fails with EROFS even where the namespace maps the nodes' owner). Then
 /// `pts`, `shm` and `mqueue` of the container's own.
-pub(super) fn mount(root: BorrowedFd<'_>, prepared: Option<OwnedFd>) -> io::Result<()> {
+pub(super) fn mount(
+    root: BorrowedFd<'_>,
+    prepared: Option<OwnedFd>,
+    shm_size: Option<u64>,
+) -> io::Result<()> {
     let none = None::<&str>;
     match prepared {
         Some(mnt) => {
@@ -248,7 +252,7 @@ pub(super) fn mount(root: BorrowedFd<'_>, prepared: Option<OwnedFd>) -> io::Resu
         "shm",
         Some("tmpfs"),
         nosuid,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20))),
     )?;
     mount_in(
         root,
@@ -259,5 +263,25 @@ pub(super) fn mount(root: BorrowedFd<'_>, prepared: Option<OwnedFd>) -> io::Resu
         nosuid,
         none,
     )?;
+    Ok(())
+}
+
+/// The host devices of `--device`, bound over files made in the
+/// container's `/dev`. A bind opens what the host lets the user open, no
+/// more.
+pub(super) fn devices(root: BorrowedFd<'_>, devices: &[crate::Device]) -> io::Result<()> {
+    for d in devices {
+        let rel = d.target.trim_start_matches('/');
+        let host = d.host.display().to_string();
+        mount_in(
+            root,
+            rel,
+            false,
+            &host,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+    }
     Ok(())
 }

@@ -693,9 +693,18 @@ fn serve(
         .and_then(|s| network_files(s, opts, place))
         .map(|s| Spec { seccomp, ..s });
     let pid = container.pid;
+    // The init sets the container up while pasta connects its network;
+    // the command starts once both are done.
     let result = spec
-        .and_then(|spec| place.net.map_or(Ok(()), |p| p.ready()).map(|_| spec))
-        .and_then(|spec| container.start(&spec).map_err(Into::into));
+        .map(|s| Spec {
+            wait_go: place.net.is_some(),
+            ..s
+        })
+        .and_then(|spec| container.start(&spec).map_err(Into::into))
+        .and_then(|_| match place.net {
+            Some(p) => p.ready().and_then(|_| container.go().map_err(Into::into)),
+            None => Ok(()),
+        });
     let mut terminal = None;
     if result.is_ok() && opts.tty {
         if let Some(master) = container.terminal()? {
@@ -732,6 +741,9 @@ fn serve(
         Err(e) => {
             eprintln!("rcfs run: {e:#}");
             container.start_never();
+            // An init that is set up waits for its word to go: it never
+            // comes.
+            let _ = kill(pid, Signal::SIGKILL);
             let _ = container.wait();
             EXIT_RCFS
         }
@@ -896,6 +908,7 @@ pub(crate) fn spec_of(
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?,
         shm_size: opts.shm_size,
+        wait_go: false,
     })
 }
 

@@ -79,6 +79,20 @@ pub(crate) fn run(spec: &Spec, tty_sock: i32, dev: Option<OwnedFd>) -> i32 {
         eprintln!("rcfs: cannot tell rcfs run the container is ready: {e}");
         return EXIT_RCFS;
     }
+    if spec.wait_go {
+        let mut b = [0u8; 1];
+        // SAFETY: the init's socket, into a one-byte buffer.
+        let n = loop {
+            let n = unsafe { libc::read(tty_sock, b.as_mut_ptr().cast(), 1) };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
+            }
+        };
+        if n != 1 {
+            // `rcfs run` gave up (it said why).
+            return EXIT_RCFS;
+        }
+    }
     // SAFETY: the socket is the init's, and done with.
     unsafe { libc::close(tty_sock) };
     if !spec.init {

@@ -139,6 +139,11 @@ pub struct Spec {
     /// Host devices bound into the container's `/dev` (`--device`).
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// After saying it is set up, the init waits for [`Container::go`]
+    /// before it starts the command (the container's network is connected
+    /// meanwhile).
+    #[serde(default)]
+    pub wait_go: bool,
     /// The size of `/dev/shm` in bytes (`--shm-size`; 64 MiB without).
     #[serde(default)]
     pub shm_size: Option<u64>,
@@ -403,6 +408,12 @@ impl Container {
     /// it made one; `None` if it failed first (it closed the socket).
     fn ready(&self) -> io::Result<Option<Option<OwnedFd>>> {
         receive_ready(&self.tty_sock)
+    }
+
+    /// Lets an init started with [`Spec::wait_go`] start the command.
+    pub fn go(&self) -> io::Result<()> {
+        nix::unistd::write(&self.tty_sock, b"g")?;
+        Ok(())
     }
 
     /// The master of the container's terminal (after [`Container::start`]

@@ -280,22 +280,58 @@ pub fn parse_add_host(v: &str) -> Result<(String, std::net::IpAddr)> {
     Ok((name.to_owned(), ip))
 }
 
-/// The container's `/etc/hosts`: localhost, the container's hostname,
-/// `host.containers.internal` (with a network of its own: pasta's gateway,
-/// which reaches the host's loopback) and the `--add-host` entries.
+/// The container's `/etc/hosts`, as podman writes it: the host's entries,
+/// the `--add-host` ones, `host.containers.internal` (with a network of its
+/// own: pasta's gateway, which reaches the host's loopback) and the
+/// container's own address (the one pasta gives it: the host's) with its
+/// hostname.
 pub fn hosts_text(hostname: &str, private: bool, add: &[(String, std::net::IpAddr)]) -> String {
-    let mut text =
-        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    text.push_str(&format!("127.0.1.1\t{hostname}\n"));
-    if let Some(gw) = default_gateway().filter(|_| private) {
-        text.push_str(&format!(
-            "{gw}\thost.containers.internal host.docker.internal\n"
-        ));
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open("/etc/hosts") {
+        let _ = f.take(64 << 10).read_to_string(&mut text);
+    }
+    if !text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("127.0.0.1") && w.any(|n| n == "localhost")
+    }) {
+        text.insert_str(
+            0,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
     }
     for (name, ip) in add {
         text.push_str(&format!("{ip}\t{name}\n"));
     }
+    let gw = default_gateway().filter(|_| private);
+    if let Some(gw) = gw {
+        text.push_str(&format!(
+            "{gw}\thost.containers.internal host.docker.internal\n"
+        ));
+    }
+    let own = gw
+        .and_then(|_| default_address())
+        .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+    text.push_str(&format!("{own}\t{hostname}\n"));
     text
+}
+
+/// The host's IPv4 address on its default route's interface: the one
+/// pasta gives the container.
+fn default_address() -> Option<Ipv4Addr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_owned())
+    })?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        (a.interface_name == iface)
+            .then(|| a.address?.as_sockaddr_in().map(|s| s.ip()))
+            .flatten()
+    })
 }
 
 /// The host's `/etc/resolv.conf` (64 KiB at most).

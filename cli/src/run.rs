@@ -26,7 +26,7 @@ mod options;
 mod terminal;
 
 pub use options::DEFAULT_CAPS;
-use options::{capabilities, tmpfs_of, ulimit_of};
+use options::{capabilities, rlimits, tmpfs_of, ulimit_of};
 pub(crate) use terminal::{copy_window_size, Terminal};
 
 /// What `rcfs run` was asked (kept in the container's record, for `rcfs
@@ -560,6 +560,8 @@ fn network_files(mut spec: Spec, opts: &RunOptions, place: &Place<'_>) -> Result
             &crate::net::hosts_text(&spec.hostname, opts.net_private, &add),
         )?;
     }
+    // Without a newline, as podman writes it.
+    own("hostname", &spec.hostname.clone())?;
     let dns = dns_servers(opts)?;
     let forward = opts.net_private.then(crate::net::dns_forward).flatten();
     if let Some(text) = crate::net::resolv_text(&dns, forward) {
@@ -818,6 +820,12 @@ pub(crate) fn spec_of(
         "PATH".into(),
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
     );
+    // As podman: TERM (with or without -t), and `container` for programs
+    // that ask whether they are in one (podman says "podman"; rcfs the
+    // name systemd knows for any OCI runtime's); the image's Env and -e
+    // come over them.
+    set("TERM".into(), "xterm".into());
+    set("container".into(), "oci".into());
     for kv in c.env().clone().unwrap_or_default() {
         if let Some((k, v)) = kv.split_once('=') {
             set(k.into(), v.into());
@@ -836,10 +844,6 @@ pub(crate) fn spec_of(
                 }
             }
         }
-    }
-    if !env.contains_key("HOME") {
-        env.insert("HOME".into(), "/root".into());
-        order.push("HOME".into());
     }
     let env = order
         .iter()
@@ -860,7 +864,8 @@ pub(crate) fn spec_of(
         .unwrap_or_else(|| "0".into());
     let host_files = rcfs_runtime::MOUNT_TARGETS
         .into_iter()
-        .filter(|t| t.starts_with("etc/"))
+        // The container's hostname is its own (network_files).
+        .filter(|t| t.starts_with("etc/") && *t != "etc/hostname")
         .map(|t| PathBuf::from("/").join(t))
         .filter(|p| p.is_file())
         .map(|p| {
@@ -896,11 +901,7 @@ pub(crate) fn spec_of(
             .iter()
             .map(|t| tmpfs_of(t))
             .collect::<Result<_>>()?,
-        rlimits: opts
-            .ulimit
-            .iter()
-            .map(|u| ulimit_of(u))
-            .collect::<Result<_>>()?,
+        rlimits: rlimits(opts)?,
         devices: opts
             .devices
             .iter()

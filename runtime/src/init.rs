@@ -39,7 +39,14 @@ pub const FORWARDED: [Signal; 6] = [
 /// `resolv.conf` and `hosts`, when the host has them), made in the root
 /// when the image lacks them: an empty directory or file that `rcfs commit`
 /// leaves out.
-pub const MOUNT_TARGETS: [&str; 5] = ["proc", "dev", "sys", "etc/resolv.conf", "etc/hosts"];
+pub const MOUNT_TARGETS: [&str; 6] = [
+    "proc",
+    "dev",
+    "sys",
+    "etc/resolv.conf",
+    "etc/hosts",
+    "etc/hostname",
+];
 
 /// Sets up the container and runs the command; returns the exit code.
 /// `dev` is real root's `/dev` tmpfs ([`dev::prepare`]).
@@ -670,7 +677,11 @@ pub(crate) fn exec(spec: &Spec, user: &User, tty: Option<OwnedFd>) -> ! {
     let path = find(cmd, &spec.env);
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = spec.args.iter().map(|a| cstr(a)).collect();
-    let envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect();
+    let mut envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect();
+    // HOME, where the image and -e gave none: the user's, as podman sets it.
+    if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
+        envp.push(cstr(&format!("HOME={}", user.home)));
+    }
     // Last: everything above may need what the filter denies (setgroups,
     // setuid, capabilities, chdir, mounts). no_new_privs is set (`setup`),
     // so no privilege is needed to load it; the profile must allow execve.

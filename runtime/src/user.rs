@@ -19,11 +19,14 @@ pub const MAX_ID_FILE: u64 = 4 << 20;
 pub(crate) struct User {
     pub uid: u32,
     pub gid: u32,
-    /// The supplementary groups, set exactly: the gid and every group of
-    /// the image's `/etc/group` that lists the user's name (a uid's name
-    /// is its `/etc/passwd` entry's; a uid without one has only its gid).
-    /// None of the caller's.
+    /// The supplementary groups, set exactly: every group of the image's
+    /// `/etc/group` that lists the user's name (a uid's name is its
+    /// `/etc/passwd` entry's); a uid without one has its gid. None of the
+    /// caller's.
     pub groups: Vec<u32>,
+    /// Its home: its passwd entry's, else `/` (the command's HOME when the
+    /// image and `-e` give none, as podman sets it).
+    pub home: String,
 }
 
 /// Resolves `user` in the image's root `root` (already the process's own
@@ -92,13 +95,18 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<User, Str
     if name_or_uid.is_empty() {
         return Err(bad());
     }
-    // (name, uid, gid) of each well-formed passwd entry.
-    let users: Vec<(&str, u32, u32)> = passwd
+    // (name, uid, gid, home) of each well-formed passwd entry.
+    let users: Vec<(&str, u32, u32, &str)> = passwd
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() > 3).then_some(())?;
-            Some((f[0], f[2].parse().ok()?, f[3].parse().ok()?))
+            Some((
+                f[0],
+                f[2].parse().ok()?,
+                f[3].parse().ok()?,
+                f.get(5).copied().unwrap_or(""),
+            ))
         })
         .collect();
     // (name, gid, members) of each well-formed group entry.
@@ -110,15 +118,16 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<User, Str
             Some((f[0], f[2].parse().ok()?, f.get(3).copied().unwrap_or("")))
         })
         .collect();
-    let (name, uid, mut gid) = match name_or_uid.parse::<u32>() {
+    let (name, uid, mut gid, home) = match name_or_uid.parse::<u32>() {
         // A uid's group is its passwd entry's, if it has one, else 0.
         Ok(n) => match users.iter().find(|e| e.1 == n) {
-            Some(&(name, _, g)) => (Some(name), n, g),
-            None => (None, n, 0),
+            Some(&(name, _, g, home)) => (Some(name), n, g, home),
+            None => (None, n, 0, ""),
         },
         Err(_) => {
-            let &(name, uid, gid) = users.iter().find(|e| e.0 == name_or_uid).ok_or_else(bad)?;
-            (Some(name), uid, gid)
+            let &(name, uid, gid, home) =
+                users.iter().find(|e| e.0 == name_or_uid).ok_or_else(bad)?;
+            (Some(name), uid, gid, home)
         }
     };
     if let Some(g) = group_spec {
@@ -131,18 +140,29 @@ pub(crate) fn resolve(user: &str, passwd: &str, group: &str) -> Result<User, Str
                 .ok_or_else(bad)?,
         };
     }
-    let mut supplementary = vec![gid];
-    if let Some(name) = name {
-        for &(_, g, members) in &groups {
-            if members.split(',').any(|m| m.trim() == name) && !supplementary.contains(&g) {
-                supplementary.push(g);
+    // podman's (runc's) rule: a user of /etc/passwd gets the groups that
+    // list them, not their gid again; a bare uid its gid, but root none.
+    let mut supplementary = Vec::new();
+    match name {
+        Some(name) => {
+            for &(_, g, members) in &groups {
+                if members.split(',').any(|m| m.trim() == name) && !supplementary.contains(&g) {
+                    supplementary.push(g);
+                }
             }
         }
+        None if uid == 0 => {}
+        None => supplementary.push(gid),
     }
     Ok(User {
         uid,
         gid,
         groups: supplementary,
+        // podman's HOME: the passwd entry's, else /.
+        home: Some(home)
+            .filter(|h| !h.is_empty())
+            .unwrap_or("/")
+            .to_owned(),
     })
 }
 
@@ -168,20 +188,21 @@ mod tests {
         assert!(p("1:2:3").unwrap_err().contains("1:2:3"));
     }
 
-    /// Supplementary groups as podman gives them: the gid, and the groups
-    /// of the image's /etc/group that list the user by name; a uid
-    /// without a passwd entry has its gid alone.
+    /// Supplementary groups as podman gives them (checked with podman 4.3
+    /// and runc): the groups of the image's /etc/group that list the user
+    /// by name, without its gid; a uid without a passwd entry has its gid.
     #[test]
     fn supplementary_groups_from_the_image() {
         let group = "root:x:0:\nwheel:x:10:root,app\nvideo:x:44:other, app\napp:x:1001:\n\
                      bad\nx:y:zz:app\n";
         let g = |u: &str| resolve(u, PASSWD, group).unwrap().groups;
-        assert_eq!(g("app"), [1001, 10, 44]);
-        assert_eq!(g("1000"), [1001, 10, 44]);
+        assert_eq!(g("app"), [10, 44]);
+        assert_eq!(g("1000"), [10, 44]);
         assert_eq!(g("app:wheel"), [10, 44]);
-        assert_eq!(g("app:7"), [7, 10, 44]);
-        assert_eq!(g("0"), [0, 10]);
+        assert_eq!(g("app:7"), [10, 44]);
+        assert_eq!(g("0"), [10]);
         assert_eq!(g("4242"), [0]);
+        assert_eq!(g("4242:0"), [0]);
         assert_eq!(g("4242:4243"), [4243]);
     }
 
@@ -210,6 +231,6 @@ mod tests {
         )
         .unwrap();
         let u = in_root("app", t.path()).unwrap();
-        assert_eq!((u.uid, u.gid, u.groups), (1000, 1001, vec![1001]));
+        assert_eq!((u.uid, u.gid, u.groups), (1000, 1001, vec![]));
     }
 }

@@ -69,6 +69,7 @@ mod overlay_cli;
 mod partial_pull;
 mod permissions;
 mod podman5;
+mod podman_compare;
 mod readdir;
 mod readonly;
 mod remount;

@@ -144,7 +144,7 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
             "-p",
             "8080",
             "-h",
-            "/etc",
+            "/usr/share/data",
         ];
         let rcfs = |a: &[&str]| match who {
             "root" => f.rcfs(a),
@@ -152,8 +152,8 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
         };
         let r = rcfs(&[&["run", "--tls-verify=false"], &args[..]].concat());
         assert_eq!(code(&r), Some(0), "{who}: {}", r.stderr);
-        let page = http_get(port, "hostname");
-        assert!(page.contains("top 151"), "{who}: {page}");
+        let page = http_get(port, "f001");
+        assert!(page.contains("small file 1 of 151"), "{who}: {page}");
         let r = rcfs(&["inspect", &name]);
         assert!(
             r.stdout.contains("\"NetworkMode\": \"pasta\""),

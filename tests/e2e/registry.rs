@@ -55,8 +55,14 @@ pub fn tar_layer(items: &[Item]) -> Vec<u8> {
                 b.append_link(&mut h, name, target).unwrap();
             }
             Item::HardLink(name, target) => {
+                // As tar and podman write them: the target's mode (podman
+                // applies a link header's mode to the shared file).
+                let mode = items.iter().find_map(|i| match i {
+                    Item::File(n, _, m) if n == target => Some(*m),
+                    _ => None,
+                });
                 h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
+                h.set_mode(mode.unwrap_or(0o644));
                 h.set_size(0);
                 b.append_link(&mut h, name, target).unwrap();
             }

@@ -68,12 +68,16 @@ fn audit(root: &Path) -> Vec<String> {
     bad
 }
 
-/// A container's own `/etc/hosts` or `/etc/resolv.conf`, kept in its dir:
+/// A container's own `/etc/hosts`, `/etc/hostname` or `/etc/resolv.conf`,
+/// kept in its dir:
 /// 0644 as podman's, for the container's users to read (nobody else
 /// enters the 0700 dir around it).
 fn etc_file(rel: &str) -> bool {
     let parts: Vec<&str> = rel.split('/').collect();
-    matches!(parts[..], ["containers", _, "hosts" | "resolv.conf"])
+    matches!(
+        parts[..],
+        ["containers", _, "hosts" | "resolv.conf" | "hostname"]
+    )
 }
 
 /// Pull, run (a container that keeps a setuid shell and a secret in its

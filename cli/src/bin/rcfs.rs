@@ -410,7 +410,8 @@ struct RunArgs {
     /// The root read-only, with tmpfs on /tmp, /run and /var/tmp.
     #[arg(long)]
     read_only: bool,
-    /// Mount a tmpfs at PATH (options: size, mode, uid, gid, nr_inodes).
+    /// Mount a tmpfs at PATH (options: size, mode, uid, gid, nr_inodes,
+    /// noexec).
     #[arg(long, value_name = "PATH[:OPTIONS]")]
     tmpfs: Vec<String>,
     /// A resource limit of the command: NAME=SOFT[:HARD] (nofile, nproc, core, ...).

@@ -66,13 +66,13 @@ pub(super) fn capabilities(opts: &RunOptions) -> Result<Option<Vec<String>>> {
     Ok(Some(set))
 }
 
-/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options), podman's
-/// default rw,noexec,nosuid,nodev (`exec` allows programs; nosuid,nodev
+/// `--tmpfs PATH[:OPTIONS]`: (absolute path, mount options), podman 4.3's
+/// default rw,nosuid,nodev (`noexec` refuses programs; nosuid,nodev
 /// always). `noexec` travels in the options for the init to take out.
 pub(super) fn tmpfs_of(v: &str) -> Result<(String, String)> {
     let (path, opts) = v.split_once(':').unwrap_or((v, ""));
-    // podman's default: noexec.
-    let mut exec = false;
+    // podman 4.3's default (its oracle, whatever its manual says): exec.
+    let mut exec = true;
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         bail!("--tmpfs {v:?}: the path must be absolute, without '..'");
     }
@@ -91,6 +91,47 @@ pub(super) fn tmpfs_of(v: &str) -> Result<(String, String)> {
         data.push("noexec".into());
     }
     Ok((path.to_owned(), data.join(",")))
+}
+
+/// The command's resource limits: `--ulimit`, and podman's defaults for
+/// open files and processes where it gives none: as many as the caller's
+/// hard limit allows (at most 1,048,576 files; 32,768 processes for a
+/// user, 4,194,304 for root), soft and hard alike.
+pub(super) fn rlimits(opts: &super::RunOptions) -> Result<Vec<(String, u64, u64)>> {
+    let mut out = opts
+        .ulimit
+        .iter()
+        .map(|u| ulimit_of(u))
+        .collect::<Result<Vec<_>>>()?;
+    // Real root: uid 0 with every id its own (also in the mount namespace
+    // rcfs run enters); a user is root of a namespace mapping fewer.
+    let root = nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    for (name, resource, most) in [
+        (
+            "nofile",
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            1 << 20,
+        ),
+        (
+            "nproc",
+            nix::sys::resource::Resource::RLIMIT_NPROC,
+            if root { 4_194_304 } else { 32_768 },
+        ),
+    ] {
+        if out.iter().any(|(n, _, _)| n == name) {
+            continue;
+        }
+        let Ok((_, hard)) = nix::sys::resource::getrlimit(resource) else {
+            continue;
+        };
+        // Never above the hard limit: the container's root (real root's
+        // too, in its own user namespace) cannot raise it.
+        let n = hard.min(most);
+        out.push((name.to_owned(), n, n));
+    }
+    Ok(out)
 }
 
 /// `--ulimit NAME=SOFT[:HARD]` (`-1` or `unlimited` for no limit).

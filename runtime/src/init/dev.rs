@@ -252,7 +252,11 @@ pub(super) fn mount(
         "shm",
         Some("tmpfs"),
         nosuid,
-        Some(&format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20))),
+        // podman's default "64m" is 65,536,000 bytes.
+        Some(&format!(
+            "mode=1777,size={}",
+            shm_size.unwrap_or(65_536_000)
+        )),
     )?;
     mount_in(
         root,

@@ -455,9 +455,10 @@ pub fn inspect(store: &Store, name: &str) -> Result<()> {
             "GroupAdd": o.group_add,
             "ReadonlyRootfs": o.read_only,
             "Init": o.init,
-            "NetworkMode": match (o.net_none, o.net_private) {
-                (true, _) => "none",
-                (_, true) => "pasta",
+            "NetworkMode": match (o.net_none, o.net_private, o.net_slirp) {
+                (true, _, _) => "none",
+                (_, true, true) => "slirp4netns",
+                (_, true, false) => "pasta",
                 _ => "host",
             },
             "PortBindings": o.publish,

@@ -9,7 +9,8 @@
 //! * [`control`] — a running container's control socket: `rcfs kill`,
 //!   `stop`, `wait`, and what `rcfs exec` joins.
 //! * [`exec`] — `rcfs exec`: a command in a running container.
-//! * [`net`] — a container's private network (pasta), `-p`, `/etc/hosts`.
+//! * [`net`] — a container's own network (slirp4netns or pasta), `-p`,
+//!   `/etc/hosts`; [`portfwd`] — published ports over slirp4netns.
 //! * [`volume`] — named volumes (`rcfs volume`), `-v NAME:/path`, `--mount`.
 //! * [`seccomp`] — the container's seccomp program, kept in the store.
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
@@ -23,6 +24,7 @@ pub mod image;
 pub mod mount;
 pub mod net;
 pub mod overlay_args;
+pub mod portfwd;
 pub mod relay;
 pub mod run;
 pub mod seccomp;

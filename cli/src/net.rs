@@ -66,11 +66,47 @@ impl Publish {
     }
 }
 
-/// The pasta that connects a container's network; stopped when dropped
-/// (it holds the namespace's tap device, so it would not end on its own),
-/// and when the process that started it dies (its parent-death signal).
-#[derive(Debug)]
+/// What connects a container's own network to the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// slirp4netns (podman 4's default): starts in a few ms; published
+    /// ports go through [`crate::portfwd`].
+    Slirp,
+    /// pasta (podman 5's default): the host's address and routes, ports
+    /// forwarded by pasta itself; some 30 ms to start.
+    Pasta,
+}
+
+impl Backend {
+    fn program(self) -> &'static str {
+        match self {
+            Backend::Slirp => "slirp4netns",
+            Backend::Pasta => "pasta",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Backend::Slirp => "slirp4netns",
+            Backend::Pasta => "passt",
+        }
+    }
+}
+
+/// slirp4netns's network: the container's address, the gateway (which
+/// reaches the host's loopback) and its DNS forwarder.
+pub const SLIRP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+pub const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const SLIRP_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
+/// The process that connects a container's network (pasta or
+/// slirp4netns), and the forwarder of its published ports; stopped when
+/// dropped (it holds the namespace's tap device, so it would not end on
+/// its own), and when the process that started it dies (its parent-death
+/// signal).
 pub struct Pasta {
+    backend: Backend,
+    _ports: Option<crate::portfwd::Forwarder>,
     child: std::process::Child,
     /// Where pasta writes its pid once the namespace is set up (its
     /// `--pid` file is this pipe's write end, as `/proc/self/fd/N`).
@@ -100,11 +136,45 @@ const NETNS_FD: i32 = 4;
 /// is the one that holds the container to the end (`rcfs run` or the
 /// monitor): pasta dies with it.
 pub fn spawn(
+    backend: Backend,
     pid: nix::unistd::Pid,
     ports: &[Publish],
     dns_forward: Option<Ipv4Addr>,
 ) -> Result<Pasta> {
-    let mut c = std::process::Command::new("pasta");
+    // The namespace as an fd of ours: pasta, with the capabilities it
+    // keeps, may not open /proc/PID/ns of an init that is not dumpable; it
+    // joins the network namespace only (it acts in its owner's user
+    // namespace: ours, or one nested in it), and stays while we hold it.
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", pid.as_raw()))
+        .context("cannot open the container's network namespace")?;
+    let mut c = std::process::Command::new(backend.program());
+    let forwarder = match backend {
+        Backend::Slirp => {
+            c.args([
+                "--configure",
+                "--mtu=65520",
+                "--enable-sandbox",
+                "--enable-seccomp",
+            ])
+            .arg(format!("--ready-fd={READY_FD}"))
+            .args(["--netns-type=path"])
+            .arg(format!("/proc/self/fd/{NETNS_FD}"))
+            .arg("tap0");
+            Some(crate::portfwd::start(
+                OwnedFd::from(netns.try_clone()?),
+                ports,
+            )?)
+        }
+        Backend::Pasta => {
+            pasta_args(&mut c, ports, dns_forward);
+            None
+        }
+    };
+    spawn_with(backend, c, netns, forwarder)
+}
+
+/// pasta's arguments: ready on READY_FD, the namespace on NETNS_FD.
+fn pasta_args(c: &mut std::process::Command, ports: &[Publish], dns_forward: Option<Ipv4Addr>) {
     // In the foreground: pasta goes to the background only when started
     // from a terminal, and rcfs must stop it when the container ends.
     c.args(["--config-net", "--quiet", "--foreground", "--pid"])
@@ -129,15 +199,19 @@ pub fn spawn(
     if let Some(gw) = dns_forward {
         c.arg("--dns-forward").arg(gw.to_string());
     }
-    // The namespace as an fd of ours: pasta, with the capabilities it
-    // keeps, may not open /proc/PID/ns of an init that is not dumpable; it
-    // joins the network namespace only (it acts in its owner's user
-    // namespace: ours, or one nested in it), and stays while we hold it.
-    let netns = std::fs::File::open(format!("/proc/{}/ns/net", pid.as_raw()))
-        .context("cannot open the container's network namespace")?;
-    let ns_fd = netns.as_raw_fd();
     c.args(["--no-netns-quit", "--netns"])
         .arg(format!("/proc/self/fd/{NETNS_FD}"));
+}
+
+/// Starts `c` (pasta or slirp4netns) with its readiness pipe and `netns`
+/// in place.
+fn spawn_with(
+    backend: Backend,
+    mut c: std::process::Command,
+    netns: std::fs::File,
+    forwarder: Option<crate::portfwd::Forwarder>,
+) -> Result<Pasta> {
+    let ns_fd = netns.as_raw_fd();
     let said = {
         // SAFETY: memfd_create with a C string; a new fd, owned here.
         let fd = unsafe { libc::memfd_create(c"rcfs-pasta".as_ptr(), libc::MFD_CLOEXEC) };
@@ -178,13 +252,17 @@ pub fn spawn(
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                "a container's own network needs pasta, which is not installed: apt-get \
-                 install passt (or run with --net host, or --net none)"
+                "a container's own network needs {}, which is not installed: apt-get \
+                 install {} (or run with --net host, or --net none)",
+                backend.program(),
+                backend.package()
             ),
-            _ => anyhow::Error::from(e).context("cannot run pasta"),
+            _ => anyhow::Error::from(e).context(format!("cannot run {}", backend.program())),
         })?;
     drop((wr, netns));
     Ok(Pasta {
+        backend,
+        _ports: forwarder,
         child,
         ready: std::fs::File::from(rd),
         said,
@@ -207,9 +285,15 @@ impl Pasta {
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
             match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e).context("waiting for pasta"),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("waiting for {}", self.backend.program()))
+                }
                 Ok(0) if left.is_zero() => {
-                    bail!("pasta did not set up the container's network within 10 s")
+                    bail!(
+                        "{} did not set up the container's network within 10 s",
+                        self.backend.program()
+                    )
                 }
                 Ok(_) => {}
             }
@@ -217,10 +301,15 @@ impl Pasta {
             let n = match (&self.ready).read(&mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => r.context("waiting for pasta")?,
+                r => r.with_context(|| format!("waiting for {}", self.backend.program()))?,
             };
             got.extend_from_slice(&buf[..n]);
-            if got.ends_with(b"\n") {
+            // pasta writes its pid and a newline, slirp4netns "1".
+            let done = match self.backend {
+                Backend::Pasta => got.ends_with(b"\n"),
+                Backend::Slirp => got == b"1",
+            };
+            if done {
                 return Ok(());
             }
             if n == 0 || got.len() > 64 {
@@ -247,7 +336,10 @@ impl Pasta {
         } else {
             ""
         };
-        bail!("pasta could not connect the container's network: {why}{hint}");
+        bail!(
+            "{} could not connect the container's network: {why}{hint}",
+            self.backend.program()
+        );
     }
 }
 
@@ -285,7 +377,11 @@ pub fn parse_add_host(v: &str) -> Result<(String, std::net::IpAddr)> {
 /// own: pasta's gateway, which reaches the host's loopback) and the
 /// container's own address (the one pasta gives it: the host's) with its
 /// hostname.
-pub fn hosts_text(hostname: &str, private: bool, add: &[(String, std::net::IpAddr)]) -> String {
+pub fn hosts_text(
+    hostname: &str,
+    net: Option<Backend>,
+    add: &[(String, std::net::IpAddr)],
+) -> String {
     use std::io::Read;
     let mut text = String::new();
     if let Ok(f) = std::fs::File::open("/etc/hosts") {
@@ -306,15 +402,17 @@ pub fn hosts_text(hostname: &str, private: bool, add: &[(String, std::net::IpAdd
     for (name, ip) in add {
         text.push_str(&format!("{ip}\t{name}\n"));
     }
-    let gw = default_gateway().filter(|_| private);
+    let (gw, own) = match net {
+        Some(Backend::Pasta) => (default_gateway(), default_address()),
+        Some(Backend::Slirp) => (Some(SLIRP_GATEWAY), Some(SLIRP_ADDR)),
+        None => (None, None),
+    };
     if let Some(gw) = gw {
         text.push_str(&format!(
             "{gw}\thost.containers.internal host.docker.internal\n"
         ));
     }
-    let own = gw
-        .and_then(|_| default_address())
-        .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+    let own = own.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
     text.push_str(&format!("{own}\t{hostname}\n"));
     text
 }
@@ -359,11 +457,12 @@ fn loopback_nameserver(line: &str) -> bool {
 /// pasta forwards to the host's first nameserver: the gateway, when the
 /// host's resolv.conf names a nameserver on its loopback.
 pub fn dns_forward() -> Option<Ipv4Addr> {
-    host_resolv()
-        .lines()
-        .any(loopback_nameserver)
-        .then(default_gateway)
-        .flatten()
+    loopback_dns().then(default_gateway).flatten()
+}
+
+/// Whether the host's resolv.conf names a nameserver on its loopback.
+pub fn loopback_dns() -> bool {
+    host_resolv().lines().any(loopback_nameserver)
 }
 
 /// The container's `/etc/resolv.conf` when it is not the host's: the

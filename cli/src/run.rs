@@ -121,6 +121,9 @@ pub struct RunOptions {
     /// (see [`crate::net`]).
     #[serde(default)]
     pub net_private: bool,
+    /// Its own network connected by slirp4netns rather than pasta.
+    #[serde(default)]
+    pub net_slirp: bool,
     /// `-p [IP:]HOST:CTR[/tcp|udp]` (with a private network).
     #[serde(default)]
     pub publish: Vec<String>,
@@ -470,6 +473,11 @@ fn run_inner(
         .and_then(|w| {
             let pasta = match opts.net_private {
                 true => Some(crate::net::spawn(
+                    if opts.net_slirp {
+                        crate::net::Backend::Slirp
+                    } else {
+                        crate::net::Backend::Pasta
+                    },
                     container.pid,
                     &publish,
                     crate::net::dns_forward(),
@@ -557,17 +565,33 @@ fn network_files(mut spec: Spec, opts: &RunOptions, place: &Place<'_>) -> Result
             .collect::<Result<Vec<_>>>()?;
         own(
             "hosts",
-            &crate::net::hosts_text(&spec.hostname, opts.net_private, &add),
+            &crate::net::hosts_text(&spec.hostname, net_of(opts), &add),
         )?;
     }
     // Without a newline, as podman writes it.
     own("hostname", &spec.hostname.clone())?;
     let dns = dns_servers(opts)?;
-    let forward = opts.net_private.then(crate::net::dns_forward).flatten();
+    let forward = match net_of(opts) {
+        Some(crate::net::Backend::Pasta) => crate::net::dns_forward(),
+        // slirp4netns's DNS forwarder reaches any nameserver of the host's.
+        Some(crate::net::Backend::Slirp) => {
+            crate::net::loopback_dns().then_some(crate::net::SLIRP_DNS)
+        }
+        None => None,
+    };
     if let Some(text) = crate::net::resolv_text(&dns, forward) {
         own("resolv.conf", &text)?;
     }
     Ok(spec)
+}
+
+/// What connects the container's own network, if it has one.
+fn net_of(opts: &RunOptions) -> Option<crate::net::Backend> {
+    match (opts.net_private, opts.net_slirp) {
+        (false, _) => None,
+        (true, true) => Some(crate::net::Backend::Slirp),
+        (true, false) => Some(crate::net::Backend::Pasta),
+    }
 }
 
 /// `--dns` as addresses.

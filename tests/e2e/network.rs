@@ -1,6 +1,7 @@
 //! A container's network: its own by default (a network namespace that
-//! pasta connects to the host's), `--net host` and `--net none`; `-p`
-//! publishes a port the host reaches on loopback; the container reaches a
+//! slirp4netns, or pasta with `--net pasta`, connects to the host's),
+//! `--net host` and `--net none`; `-p` publishes a port the host reaches on
+//! loopback; the container reaches a
 //! service on the host's loopback as `host.containers.internal`; its
 //! `/etc/hosts` (hostname, `--add-host`) and `/etc/resolv.conf` (`--dns`).
 //! As root and as an unprivileged user. Only loopback addresses and
@@ -126,13 +127,21 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
     let f = Fixture::new(151, "gzip");
     let img = f.image.as_str();
     let home = temp_dir();
-    for who in ["root", "user"] {
+    // slirp4netns (the default: rcfs forwards the ports) and pasta.
+    for (who, net) in [
+        ("root", "private"),
+        ("user", "private"),
+        ("root", "pasta"),
+        ("user", "pasta"),
+    ] {
         // The container's httpd, published on the host's loopback.
         let port = free_port();
-        let name = format!("web-{who}");
+        let name = format!("web-{who}-{net}");
         let publish = format!("127.0.0.1:{port}:8080");
         let args = [
             "-d",
+            "--net",
+            net,
             "--name",
             &name,
             "-p",
@@ -155,8 +164,13 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
         let page = http_get(port, "f001");
         assert!(page.contains("small file 1 of 151"), "{who}: {page}");
         let r = rcfs(&["inspect", &name]);
+        let mode = if net == "pasta" {
+            "pasta"
+        } else {
+            "slirp4netns"
+        };
         assert!(
-            r.stdout.contains("\"NetworkMode\": \"pasta\""),
+            r.stdout.contains(&format!("\"NetworkMode\": \"{mode}\"")),
             "{who}: {}",
             r.stdout
         );
@@ -180,7 +194,18 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
                 .unwrap();
         });
         let url = format!("http://host.containers.internal:{hport}/");
-        let a = ["--rm", img, "/bin/busybox", "wget", "-q", "-O", "-", &url];
+        let a = [
+            "--rm",
+            "--net",
+            net,
+            img,
+            "/bin/busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &url,
+        ];
         let r = match who {
             "root" => f.run(&a),
             _ => f.run_rootless(home.path(), &a),
@@ -244,6 +269,17 @@ fn hosts_and_resolv_conf_name_what_podman_names() {
     let mut c = std::process::Command::new(crate::mounts::RCFS);
     c.args(["--root", f.store().to_str().unwrap(), "run", "--rm"])
         .args(["--tls-verify=false", img, "true"])
+        .env("PATH", "/nonexistent");
+    let r = crate::mounts::run(&mut c, Duration::from_secs(120));
+    assert_eq!(code(&r), Some(125), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("apt-get install slirp4netns"),
+        "{}",
+        r.stderr
+    );
+    let mut c = std::process::Command::new(crate::mounts::RCFS);
+    c.args(["--root", f.store().to_str().unwrap(), "run", "--rm"])
+        .args(["--net", "pasta", "--tls-verify=false", img, "true"])
         .env("PATH", "/nonexistent");
     let r = crate::mounts::run(&mut c, Duration::from_secs(120));
     assert_eq!(code(&r), Some(125), "{}", r.stderr);

@@ -351,10 +351,10 @@ struct RunArgs {
     /// Most processes (and threads) the container may have.
     #[arg(long)]
     pids_limit: Option<u64>,
-    /// private (the default; also "pasta"): a network of its own, connected
-    /// to the host's by pasta (Debian's passt); host: the host's network;
-    /// none: only a loopback.
-    #[arg(long, visible_alias = "network", default_value = "private", value_parser = ["private", "pasta", "host", "none"])]
+    /// private (the default; also "slirp4netns"): a network of its own,
+    /// connected to the host's by slirp4netns; pasta: the same by pasta
+    /// (Debian's passt); host: the host's network; none: only a loopback.
+    #[arg(long, visible_alias = "network", default_value = "private", value_parser = ["private", "slirp4netns", "pasta", "host", "none"])]
     net: String,
     /// Publish a port of the container's own network (not with --net host
     /// or none):
@@ -650,7 +650,8 @@ fn run() -> Result<()> {
                     entrypoint,
                     pull: Some(a.pull),
                     keep_id: a.userns.as_deref() == Some("keep-id"),
-                    net_private: matches!(a.net.as_str(), "private" | "pasta"),
+                    net_private: matches!(a.net.as_str(), "private" | "pasta" | "slirp4netns"),
+                    net_slirp: matches!(a.net.as_str(), "private" | "slirp4netns"),
                     publish: a.publish,
                     add_host: a.add_host,
                     dns: a.dns,

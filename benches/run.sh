@@ -2,8 +2,12 @@
 # Warm container start: `/bin/true` in a container of a small image (busybox
 # and /etc, 2 layers) already in the store, as root and as an unprivileged
 # user. Compared in the same run:
-#   rcfs run --rm IMAGE /bin/busybox true      (namespaces, the image's union
-#                                               mounted, init, exec, teardown)
+#   rcfs run --rm --net none IMAGE /bin/busybox true
+#                                              (namespaces, the image's union
+#                                               mounted, init, exec, teardown;
+#                                               no network, as bwrap's
+#                                               --unshare-all: benches/ops.sh
+#                                               times the default network)
 #   fuse-overlayfs mount of the same 2 layers + bwrap --unshare-all into it
 #   + fusermount -u                             (what a rootless runtime over
 #                                               fuse-overlayfs does)
@@ -81,16 +85,16 @@ export W
 # One untimed run of each, as of podman above: the binaries in the page
 # cache, and for the user the namespace rcfs's keeper holds (podman's: its
 # pause process), which later runs join.
-"$RCFS" --root "$W/store" run --rm "$IMAGE" /bin/busybox true
-as_user "$RCFS" run --rm "$IMAGE" /bin/busybox true
+"$RCFS" --root "$W/store" run --rm --net none "$IMAGE" /bin/busybox true
+as_user "$RCFS" run --rm --net none "$IMAGE" /bin/busybox true
 mkdir -p "$W/warm/u" "$W/warm/w" "$W/warm/m"
 bash -c "fovl_bwrap $W/warm/u $W/warm/w $W/warm/m"
 declare -A T
 for i in $(seq 1 "$RUNS"); do
-    T[rcfs-root,$i]=$(ms "$RCFS" --root "$W/store" run --rm "$IMAGE" /bin/busybox true)
+    T[rcfs-root,$i]=$(ms "$RCFS" --root "$W/store" run --rm --net none "$IMAGE" /bin/busybox true)
     d=$W/f-$i; mkdir -p "$d/u" "$d/w" "$d/m"
     T[bwrap-root,$i]=$(ms bash -c "fovl_bwrap $d/u $d/w $d/m")
-    T[rcfs-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" "$RCFS" run --rm "$IMAGE" /bin/busybox true)
+    T[rcfs-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" "$RCFS" run --rm --net none "$IMAGE" /bin/busybox true)
     d=$W/g-$i; mkdir -p "$d/u" "$d/w" "$d/m"; chown -R rcfs-bench: "$d"
     T[bwrap-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env W="$W" bash -c "$(declare -f fovl_bwrap); fovl_bwrap $d/u $d/w $d/m")
     [ -n "$NO_PODMAN" ] || T[podman-user,$i]=$(ms setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" podman run --rm --net=host "$IMAGE" /bin/busybox true)

@@ -139,6 +139,7 @@ pub fn spawn(
     backend: Backend,
     pid: nix::unistd::Pid,
     ports: &[Publish],
+    host_loopback: bool,
     dns_forward: Option<Ipv4Addr>,
 ) -> Result<Pasta> {
     // The namespace as an fd of ours: pasta, with the capabilities it
@@ -147,9 +148,16 @@ pub fn spawn(
     // namespace: ours, or one nested in it), and stays while we hold it.
     let netns = std::fs::File::open(format!("/proc/{}/ns/net", pid.as_raw()))
         .context("cannot open the container's network namespace")?;
-    let mut c = std::process::Command::new(backend.program());
+    let mut c = std::process::Command::new(program(backend)?);
+    // Nothing of the caller's environment.
+    c.env_clear();
     let forwarder = match backend {
         Backend::Slirp => {
+            // The host's loopback is the caller's (its databases, tunnels,
+            // agents): reached only when asked, as in podman.
+            if !host_loopback {
+                c.arg("--disable-host-loopback");
+            }
             c.args([
                 "--configure",
                 "--mtu=65520",
@@ -167,10 +175,47 @@ pub fn spawn(
         }
         Backend::Pasta => {
             pasta_args(&mut c, ports, dns_forward);
+            if !host_loopback {
+                c.arg("--no-map-gw");
+            }
             None
         }
     };
     spawn_with(backend, c, netns, forwarder)
+}
+
+/// Where `backend`'s program is: found in PATH, but for root only in an
+/// absolute dir that root owns and no one else may write.
+fn program(backend: Backend) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let root = real_root();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        if root
+            && (!dir.is_absolute()
+                || !std::fs::metadata(&dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
+        {
+            continue;
+        }
+        let p = dir.join(backend.program());
+        if std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0) {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "a container's own network needs {}, which is not installed: apt-get install {} (or \
+         run with --net host, or --net none)",
+        backend.program(),
+        backend.package()
+    )
+}
+
+/// Whether this is real root: uid 0 with every id its own (a user is root
+/// of a namespace mapping fewer).
+pub(crate) fn real_root() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 /// pasta's arguments: ready on READY_FD, the namespace on NETNS_FD.
@@ -380,6 +425,7 @@ pub fn parse_add_host(v: &str) -> Result<(String, std::net::IpAddr)> {
 pub fn hosts_text(
     hostname: &str,
     net: Option<Backend>,
+    host_loopback: bool,
     add: &[(String, std::net::IpAddr)],
 ) -> String {
     use std::io::Read;
@@ -402,10 +448,14 @@ pub fn hosts_text(
     for (name, ip) in add {
         text.push_str(&format!("{ip}\t{name}\n"));
     }
-    let (gw, own) = match net {
-        Some(Backend::Pasta) => (default_gateway(), default_address()),
-        Some(Backend::Slirp) => (Some(SLIRP_GATEWAY), Some(SLIRP_ADDR)),
-        None => (None, None),
+    // host.containers.internal: the gateway where it reaches the host's
+    // loopback, else (slirp4netns, as podman) the host's own address.
+    let (gw, own) = match (net, host_loopback) {
+        (Some(Backend::Pasta), true) => (default_gateway(), default_address()),
+        (Some(Backend::Pasta), false) => (None, default_address()),
+        (Some(Backend::Slirp), true) => (Some(SLIRP_GATEWAY), Some(SLIRP_ADDR)),
+        (Some(Backend::Slirp), false) => (default_address(), Some(SLIRP_ADDR)),
+        (None, _) => (None, None),
     };
     if let Some(gw) = gw {
         text.push_str(&format!(

@@ -15,8 +15,10 @@ use anyhow::{Context, Result};
 
 use crate::net::Publish;
 
-/// Connections forwarded at once, per published port; more are closed.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections forwarded at once, all ports together (each takes two
+/// threads of this process, outside the container's cgroups); more are
+/// closed.
+const MAX_CONNECTIONS: usize = 256;
 
 /// The listeners of a container's published ports; they stop taking
 /// connections when this process ends (with the container).
@@ -29,7 +31,9 @@ pub struct Forwarder {
 /// network namespace `netns`, port by port.
 pub fn start(netns: OwnedFd, ports: &[Publish]) -> Result<Forwarder> {
     let netns = Arc::new(netns);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut threads = Vec::new();
+    let mut listeners = Vec::new();
     for p in ports {
         if p.udp {
             anyhow::bail!(
@@ -42,13 +46,24 @@ pub fn start(netns: OwnedFd, ports: &[Publish]) -> Result<Forwarder> {
         let addr = SocketAddr::new(ip, p.host);
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("cannot publish port {addr}: it is taken, or not yours"))?;
-        let (netns, ctr) = (netns.clone(), p.ctr);
+        listeners.push((listener, p.ctr));
+    }
+    // The threads take no signal: those sent to rcfs run are for its
+    // signal thread to pass on (threads inherit this mask).
+    let old = nix::sys::signal::SigSet::all()
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+    for (listener, ctr) in listeners {
+        let (netns, open) = (netns.clone(), open.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("rcfs-port".into())
                 .spawn(move || {
-                    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                    for conn in listener.incoming().flatten() {
+                    for conn in listener.incoming() {
+                        let Ok(conn) = conn else {
+                            // Out of fds, say: not a busy loop.
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            continue;
+                        };
                         // Bounded: each takes two threads.
                         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                             open.fetch_sub(1, Ordering::SeqCst);
@@ -67,9 +82,11 @@ pub fn start(netns: OwnedFd, ports: &[Publish]) -> Result<Forwarder> {
                             open.fetch_sub(1, Ordering::SeqCst);
                         }
                     }
-                })?,
+                }),
         );
     }
+    let _ = old.thread_set_mask();
+    let threads = threads.into_iter().collect::<std::io::Result<Vec<_>>>()?;
     Ok(Forwarder { _threads: threads })
 }
 
@@ -78,8 +95,11 @@ pub fn start(netns: OwnedFd, ports: &[Publish]) -> Result<Forwarder> {
 fn forward(outside: TcpStream, netns: BorrowedFd<'_>, port: u16) -> Result<()> {
     nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("joining the container's network")?;
-    // The container's loopback: its service listening on any address.
-    let inside = TcpStream::connect(("127.0.0.1", port))
+    // The container's address, as podman's rootlessport: never its
+    // loopback, which its services may trust (a database's "trust
+    // 127.0.0.1") and keep for themselves.
+    let to = SocketAddr::from((crate::net::SLIRP_ADDR, port));
+    let inside = TcpStream::connect_timeout(&to, std::time::Duration::from_secs(10))
         .with_context(|| format!("connecting to port {port} in the container"))?;
     let _ = outside.set_nodelay(true);
     let _ = inside.set_nodelay(true);

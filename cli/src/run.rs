@@ -124,6 +124,10 @@ pub struct RunOptions {
     /// Its own network connected by slirp4netns rather than pasta.
     #[serde(default)]
     pub net_slirp: bool,
+    /// Its own network reaches the host's loopback through the gateway
+    /// (slirp4netns's allow_host_loopback, pasta's --map-gw).
+    #[serde(default)]
+    pub host_loopback: bool,
     /// `-p [IP:]HOST:CTR[/tcp|udp]` (with a private network).
     #[serde(default)]
     pub publish: Vec<String>,
@@ -332,6 +336,19 @@ fn run_inner(
         crate::control::parse_signal(s).map_err(anyhow::Error::msg)?;
     }
     check_restart(opts)?;
+    if let Some(h) = &opts.hostname {
+        // RFC 1123: it goes into /etc/hosts and /etc/hostname.
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !ok {
+            bail!("invalid --hostname {h:?}: letters, digits, '-' and '.', labels of 63 at most");
+        }
+    }
     for l in &opts.labels {
         if !l.contains('=') {
             bail!("invalid --label {l:?}: give KEY=VALUE");
@@ -480,6 +497,7 @@ fn run_inner(
                     },
                     container.pid,
                     &publish,
+                    opts.host_loopback,
                     crate::net::dns_forward(),
                 )?),
                 false => None,
@@ -565,7 +583,7 @@ fn network_files(mut spec: Spec, opts: &RunOptions, place: &Place<'_>) -> Result
             .collect::<Result<Vec<_>>>()?;
         own(
             "hosts",
-            &crate::net::hosts_text(&spec.hostname, net_of(opts), &add),
+            &crate::net::hosts_text(&spec.hostname, net_of(opts), opts.host_loopback, &add),
         )?;
     }
     // Without a newline, as podman writes it.

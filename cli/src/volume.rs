@@ -39,7 +39,17 @@ pub fn data_dir(store: &Store, name: &str) -> Result<std::path::PathBuf> {
         .with_context(|| format!("cannot open volume {name}"))?;
     match crate::containers::make_dir_mode(dir.as_fd(), DATA, 0o755) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // A dir, not a symlink that would lead the bind elsewhere.
+            let st = nix::sys::stat::fstatat(
+                dir.as_fd(),
+                DATA,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                bail!("volume {name}: its {DATA} is not a directory");
+            }
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot make volume {name}'s data dir")),
     }
     Ok(store.root.join("volumes").join(name).join(DATA))

@@ -194,23 +194,39 @@ fn a_published_port_serves_the_host_and_the_container_reaches_the_hosts_loopback
                 .unwrap();
         });
         let url = format!("http://host.containers.internal:{hport}/");
-        let a = [
-            "--rm",
-            "--net",
-            net,
-            img,
-            "/bin/busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &url,
-        ];
-        let r = match who {
-            "root" => f.run(&a),
-            _ => f.run_rootless(home.path(), &a),
+        let wget = |net: &str| {
+            let a = [
+                "--rm",
+                "--net",
+                net,
+                img,
+                "/bin/busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &url,
+            ];
+            match who {
+                "root" => f.run(&a),
+                _ => f.run_rootless(home.path(), &a),
+            }
         };
-        assert_eq!(code(&r), Some(0), "{who}: {}", r.stderr);
+        // Not by default: the host's loopback is the caller's.
+        let r = wget(net);
+        assert_ne!(
+            code(&r),
+            Some(0),
+            "{who} {net}: reached the host's loopback"
+        );
+        // When asked, as podman's options say it.
+        let allow = if net == "pasta" {
+            "pasta:--map-gw"
+        } else {
+            "slirp4netns:allow_host_loopback=true"
+        };
+        let r = wget(allow);
+        assert_eq!(code(&r), Some(0), "{who} {allow}: {}", r.stderr);
         assert_eq!(r.stdout, "from host\n", "{who}");
         served.join().unwrap();
     }

@@ -257,6 +257,25 @@ fn parse_size(v: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {v:?}: give bytes, or a number with k, m or g"))
 }
 
+/// `--net`: private, slirp4netns, pasta, host or none; podman's option to
+/// reach the host's loopback after the backend's name.
+fn parse_net(v: &str) -> Result<String, String> {
+    match v {
+        "private"
+        | "slirp4netns"
+        | "pasta"
+        | "host"
+        | "none"
+        | "private:allow_host_loopback=true"
+        | "slirp4netns:allow_host_loopback=true"
+        | "pasta:--map-gw" => Ok(v.to_owned()),
+        _ => Err(format!(
+            "rcfs does not support --net {v:?}: give private (slirp4netns), pasta, host or none; \
+             slirp4netns:allow_host_loopback=true or pasta:--map-gw to reach the host's loopback"
+        )),
+    }
+}
+
 fn parse_signal_name(v: &str) -> Result<String, String> {
     rcfs::control::parse_signal(v).map(|_| v.to_owned())
 }
@@ -354,7 +373,9 @@ struct RunArgs {
     /// private (the default; also "slirp4netns"): a network of its own,
     /// connected to the host's by slirp4netns; pasta: the same by pasta
     /// (Debian's passt); host: the host's network; none: only a loopback.
-    #[arg(long, visible_alias = "network", default_value = "private", value_parser = ["private", "slirp4netns", "pasta", "host", "none"])]
+    /// slirp4netns:allow_host_loopback=true and pasta:--map-gw let the
+    /// container reach the host's loopback (host.containers.internal).
+    #[arg(long, visible_alias = "network", default_value = "private", value_parser = parse_net)]
     net: String,
     /// Publish a port of the container's own network (not with --net host
     /// or none):
@@ -634,6 +655,8 @@ fn run() -> Result<()> {
                     interactive: a.interactive,
                     tty: a.tty,
                     net_none: a.net == "none",
+                    host_loopback: a.net.ends_with(":allow_host_loopback=true")
+                        || a.net.ends_with(":--map-gw"),
                     insecure: !a.tls_verify,
                     unverified_streaming: a.unverified_streaming,
                     volumes: a.volume,
@@ -650,8 +673,8 @@ fn run() -> Result<()> {
                     entrypoint,
                     pull: Some(a.pull),
                     keep_id: a.userns.as_deref() == Some("keep-id"),
-                    net_private: matches!(a.net.as_str(), "private" | "pasta" | "slirp4netns"),
-                    net_slirp: matches!(a.net.as_str(), "private" | "slirp4netns"),
+                    net_private: !matches!(a.net.as_str(), "host" | "none"),
+                    net_slirp: !a.net.starts_with("pasta"),
                     publish: a.publish,
                     add_host: a.add_host,
                     dns: a.dns,

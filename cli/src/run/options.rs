@@ -103,11 +103,7 @@ pub(super) fn rlimits(opts: &super::RunOptions) -> Result<Vec<(String, u64, u64)
         .iter()
         .map(|u| ulimit_of(u))
         .collect::<Result<Vec<_>>>()?;
-    // Real root: uid 0 with every id its own (also in the mount namespace
-    // rcfs run enters); a user is root of a namespace mapping fewer.
-    let root = nix::unistd::geteuid().is_root()
-        && std::fs::read_to_string("/proc/self/uid_map")
-            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    let root = crate::net::real_root();
     for (name, resource, most) in [
         (
             "nofile",

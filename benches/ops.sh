@@ -4,7 +4,8 @@
 # image (busybox and /etc, 2 layers, run.sh's) already in each tool's store:
 #   1. warm start of /bin/true with each tool's default network:
 #        rcfs run --rm IMAGE /bin/busybox true    (a network namespace of its
-#                                                  own, connected by pasta)
+#                                                  own, connected by
+#                                                  slirp4netns)
 #        podman run --rm IMAGE /bin/busybox true  (podman 4.3 rootless:
 #                                                  slirp4netns)
 #      and, as extra rows, both with the host's network (--net host).
@@ -18,7 +19,8 @@
 #      socket itself; `dd | nc -l` would measure nc's small copy buffer, about
 #      130 MB/s even on the host), published as 127.0.0.1:HOSTPORT; the host
 #      reads it all (python, from connect to EOF), MB/s. rcfs forwards with
-#      pasta, podman 4.3 with slirp4netns's default port handler, rootlessport
+#      its own splice forwarder (slirp4netns's network), podman 4.3 with
+#      slirp4netns's default port handler, rootlessport
 #      (rootlesskit's builtin driver: a host process that copies to a socket
 #      in the netns).
 #      Reference row: the same server with rcfs --net host (no forwarding: the
@@ -168,7 +170,7 @@ port() {
     local tool=$1 name=$2 hp cp=8080; shift 2; hp=$(free_port)
     local pub=(-p "127.0.0.1:$hp:8080"); [[ "$*" == *host* ]] && { pub=(); cp=$hp; }
     # The container lives on after serving: its end would tear down the
-    # forwarder, maybe before the last bytes are through (rcfs kills pasta).
+    # forwarder, maybe before the last bytes are through (rcfs stops its forwarder).
     local sh="/bin/busybox nc -l -p $cp -e /bin/busybox dd if=/dev/zero bs=1M count=1024; exec /bin/busybox sleep 1000"
     if [ "$tool" = rcfs ]; then R run -d --name "$name" "${pub[@]}" "$@" "$IMAGE" /bin/busybox sh -c "$sh" >/dev/null
     else P run -d --name "$name" "${pub[@]}" "$@" "$IMAGE" /bin/busybox sh -c "$sh" >/dev/null; fi
@@ -202,16 +204,16 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "| operation | rcfs | podman | rcfs/podman | target | |"
     echo "| --- | ---: | ---: | ---: | --- | --- |"
-    row "run --rm true, default network (rcfs: pasta; podman: slirp4netns), ms" start "≤ 0.2x and < 50 ms" "q <= 0.2 && r < 50"
+    row "run --rm true, default network (both: slirp4netns), ms" start "≤ 0.2x and < 50 ms" "q <= 0.2 && r < 50"
     row "run --rm true, --net host, ms" host "" ""
     row "exec true into a running container, ms" exec "≤ 0.2x" "q <= 0.2"
     row "run -d until logs shows its first line, ms" logs "≤ 0.2x" "q <= 0.2"
-    row "1 GiB from a published port (rcfs: pasta; podman: slirp4netns + rootlessport), MB/s" port "≥ 1.0x" "q >= 1.0"
+    row "1 GiB from a published port (rcfs: slirp4netns + its forwarder; podman: slirp4netns + rootlessport), MB/s" port "≥ 1.0x" "q >= 1.0"
     echo "| (reference) the same server with rcfs --net host, no forwarding, MB/s | $(med port-host) | | | | |"
     echo
     echo "podman: $(podman --version), $(runc --version | head -n 1), $(slirp4netns --version | head -n 1);" \
         "its default network as inspected: $PNET; its published port forwarded by: $(cat "$W/ph")."
-    echo "pasta: passt $(dpkg-query -W -f='${Version}' passt). Total time of the script: $((SECONDS - START)) s."
+    echo "rcfs's network: slirp4netns $(dpkg-query -W -f='${Version}' slirp4netns). Total time of the script: $((SECONDS - START)) s."
     echo "CPU busy at the start: $BUSY0 %; pairs of runs that started over $IDLE_BUSY % busy (IDLE_WAIT=$IDLE_WAIT s): $( ((IDLE_WAIT > 0)) && echo "$NOISY" || echo "not checked")."
     echo
     for k in start-rcfs start-podman host-rcfs host-podman exec-rcfs exec-podman logs-rcfs logs-podman port-rcfs port-podman port-host; do

@@ -115,6 +115,10 @@ fn forward(outside: TcpStream, netns: BorrowedFd<'_>, port: u16) -> Result<()> {
 /// Copies `from` to `to` until `from` ends, then ends `to`'s writing.
 fn pump(from: &TcpStream, to: &TcpStream) -> Result<()> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // A pipe as large as a user may make (1 MiB by default; 64 KiB
+    // without): fewer, larger splices.
+    // SAFETY: fcntl on our pipe.
+    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     let r = splice_all(from.as_fd(), &rd, &wr, to.as_fd());
     let _ = to.shutdown(std::net::Shutdown::Write);
     r
@@ -154,7 +158,7 @@ fn splice_all(from: BorrowedFd<'_>, rd: &OwnedFd, wr: &OwnedFd, to: BorrowedFd<'
                     to.as_raw_fd(),
                     std::ptr::null_mut(),
                     left,
-                    libc::SPLICE_F_MOVE,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
                 )
             };
             if m < 0 {

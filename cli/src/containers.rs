@@ -37,6 +37,9 @@ pub struct Record {
     pub image_id: Option<String>,
     pub command: Vec<String>,
     pub created: String,
+    /// When it was last started (RFC 3339; `created` in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
     /// The `rcfs run` process of its last start (for people: whether it
     /// runs is its lock's to say).
     pub pid: u32,
@@ -211,6 +214,11 @@ impl Claimed {
             },
             rec,
         ))
+    }
+
+    /// Its record as it is now.
+    pub fn read(&self) -> Result<Record> {
+        read_record(self.dir.as_fd(), &self.name)
     }
 
     /// The container dir, open.
@@ -398,7 +406,10 @@ fn ago(t: &str) -> Option<String> {
 /// seconds`, `Exited (0) 2 minutes ago`.
 fn status(r: &Record, running: bool) -> String {
     if running {
-        return format!("Up {}", ago(&r.created).unwrap_or_default());
+        return format!(
+            "Up {}",
+            ago(r.started.as_ref().unwrap_or(&r.created)).unwrap_or_default()
+        );
     }
     let code = r
         .exit_code
@@ -431,7 +442,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<()> {
             "Status": status,
             "Running": running,
             "ExitCode": r.exit_code.unwrap_or(0),
-            "StartedAt": r.created,
+            "StartedAt": r.started.as_ref().unwrap_or(&r.created),
             "FinishedAt": r.finished,
             "ConmonPid": if running { Some(r.pid) } else { None },
         },

@@ -152,6 +152,14 @@ fn monitor(store: &Store, what: Start<'_>, started: OwnedFd) -> i32 {
         return rcfs_runtime::EXIT_RCFS;
     };
     let mut restarts = 0;
+    // The container this monitor keeps: one removed, and another made
+    // under its name, is not its to start.
+    let created = |store: &Store| {
+        crate::containers::load(store, &name)
+            .ok()
+            .map(|(r, _)| r.created)
+    };
+    let ours = created(store);
     // Not after rcfs's own failure (125: the container could not be set
     // up, or is gone), which would only come again.
     while code != rcfs_runtime::EXIT_RCFS
@@ -162,7 +170,7 @@ fn monitor(store: &Store, what: Start<'_>, started: OwnedFd) -> i32 {
         // podman's back-off: 100 ms, doubled each time, 5 minutes at most.
         let wait = Duration::from_millis(100).saturating_mul(1 << restarts.min(12));
         std::thread::sleep(wait.min(Duration::from_secs(300)));
-        if crate::control::stopped_by_user(store, &name) {
+        if crate::control::stopped_by_user(store, &name) || created(store) != ours {
             break;
         }
         match in_child(|| run_once(store, &Start::Again(&name), &|_| {}), || {}) {

@@ -188,7 +188,7 @@ pub fn spawn(
 /// absolute dir that root owns and no one else may write.
 fn program(backend: Backend) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let root = real_root();
+    let root = rcfs_runtime::real_root();
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         if root
@@ -208,14 +208,6 @@ fn program(backend: Backend) -> Result<std::path::PathBuf> {
         backend.program(),
         backend.package()
     )
-}
-
-/// Whether this is real root: uid 0 with every id its own (a user is root
-/// of a namespace mapping fewer).
-pub(crate) fn real_root() -> bool {
-    nix::unistd::geteuid().is_root()
-        && std::fs::read_to_string("/proc/self/uid_map")
-            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 /// pasta's arguments: ready on READY_FD, the namespace on NETNS_FD.

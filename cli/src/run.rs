@@ -404,9 +404,14 @@ fn run_inner(
             .map_or_else(|| opts.image.clone(), |i| i.name.clone()),
         image_id: found.as_ref().map(|i| i.manifest.clone()),
         command: opts.args.clone(),
-        created: rcfs_fs::image::pull::now_rfc3339(),
+        // Made once: a container started again keeps when it was made.
+        created: again
+            .then(|| claimed.read().ok().map(|r| r.created))
+            .flatten()
+            .unwrap_or_else(rcfs_fs::image::pull::now_rfc3339),
         pid: std::process::id(),
         exit_code: None,
+        started: Some(rcfs_fs::image::pull::now_rfc3339()),
         finished: None,
         options: Some(opts.clone()),
     };

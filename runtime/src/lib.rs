@@ -149,6 +149,14 @@ pub struct Spec {
     pub shm_size: Option<u64>,
 }
 
+/// Whether this is real root: uid 0 with every id its own (a user is root
+/// of a namespace mapping fewer, as in `rcfs run` after it entered one).
+pub fn real_root() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+}
+
 /// A host device in the container (`--device HOST[:CTR][:PERMS]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
@@ -176,7 +184,26 @@ impl Device {
                 ))
             }
         };
-        use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if !host.starts_with('/') {
+            return Err(format!(
+                "invalid --device {v:?}: give the host path whole (absolute)"
+            ));
+        }
+        // Real root binds what the path names when the container starts:
+        // not a path another user could swap (a dir others may write).
+        let parent = std::path::Path::new(host)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        if real_root()
+            && std::fs::metadata(parent).is_ok_and(|m| m.mode() & 0o022 != 0 || m.uid() != 0)
+        {
+            return Err(format!(
+                "--device {v:?}: {} is writable by others or not root's: a device there could be \
+                 swapped before the container starts",
+                parent.display()
+            ));
+        }
         match std::fs::metadata(host) {
             Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => {}
             Ok(_) => return Err(format!("invalid --device {v:?}: {host} is not a device")),

@@ -103,7 +103,7 @@ pub(super) fn rlimits(opts: &super::RunOptions) -> Result<Vec<(String, u64, u64)
         .iter()
         .map(|u| ulimit_of(u))
         .collect::<Result<Vec<_>>>()?;
-    let root = crate::net::real_root();
+    let root = rcfs_runtime::real_root();
     for (name, resource, most) in [
         (
             "nofile",

@@ -625,8 +625,7 @@ fn run() -> Result<()> {
         }
         Cmd::Run(a) => {
             // The container's output is the user's: only warnings here.
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .init();
+            warnings_only();
             let store = image::open_store(cli.root.as_deref())?;
             // Options that cannot be read are rcfs's failure: 125.
             let given = || -> Result<(Vec<String>, Option<Vec<String>>)> {
@@ -695,8 +694,7 @@ fn run() -> Result<()> {
             rcfs::containers::ps(&image::open_store(cli.root.as_deref())?, all, json)
         }
         Cmd::Start { attach: _, name } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .init();
+            warnings_only();
             let store = image::open_store(cli.root.as_deref())?;
             std::process::exit(rcfs::run::start(&store, &name));
         }
@@ -738,8 +736,7 @@ fn run() -> Result<()> {
             name,
             command,
         } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .init();
+            warnings_only();
             let store = image::open_store(cli.root.as_deref())?;
             std::process::exit(rcfs::exec::exec(
                 &store,
@@ -763,8 +760,7 @@ fn run() -> Result<()> {
             Duration::from_secs(time),
         ),
         Cmd::Restart { time, names } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .init();
+            warnings_only();
             rcfs::detach::restart(
                 &image::open_store(cli.root.as_deref())?,
                 &names,
@@ -838,11 +834,22 @@ fn run() -> Result<()> {
     }
 }
 
+/// The log of a command whose output is the user's (a container's):
+/// warnings only. fuser's "Failed to send FUSE reply: No such file or
+/// directory" is left out: it says that a request's process went (killed
+/// with its container) before its answer, which is no one's problem.
+fn warnings_only() {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,fuser::reply=off"),
+    )
+    .init();
+}
+
 fn init_log(debug: bool) {
     let level = if debug {
         "warn,rcfs=debug,rcfs_fs=debug"
     } else {
-        "warn,rcfs=info,rcfs_fs=info"
+        "warn,rcfs=info,rcfs_fs=info,fuser::reply=off"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_micros()

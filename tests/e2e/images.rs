@@ -192,6 +192,99 @@ fn gzip_and_zstd_images_are_indexed_and_served_as_pushed() {
     }
 }
 
+/// The store's trees (the binary index a mount reads): made at the pull,
+/// one per layer, 0600; one short, damaged or gone is built again from
+/// the layer's TOC, and the image reads the same. Damage found while
+/// mounted gives EIO (never another answer), says so, and the next mount
+/// is whole again.
+#[test]
+fn a_short_damaged_or_missing_tree_is_built_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Case::new(21);
+    let lazy = c.registry.push(&c.layout, "v1", "lazy", "zstd:chunked");
+    let plain = c.registry.push(&c.layout, "v1", "plain", "gzip");
+    let trees_dir = c.store().join("trees");
+    let trees = || {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&trees_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    for image in [&lazy, &plain] {
+        pull(&c.store(), image, &[]).expect_ok("rcfs pull");
+    }
+    let made = trees();
+    assert_eq!(made.len(), 4, "two layers of two images: {made:?}");
+    for t in &made {
+        let md = std::fs::metadata(t).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o600, "{t:?}");
+    }
+    let sizes: Vec<u64> = made
+        .iter()
+        .map(|t| std::fs::metadata(t).unwrap().len())
+        .collect();
+    // Short, and gone: built again at the mount, silently.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&made[0])
+        .unwrap();
+    f.set_len(sizes[0] / 2).unwrap();
+    std::fs::remove_file(&made[1]).unwrap();
+    for image in [&lazy, &plain] {
+        let m = ImageMount::new(&c.store(), image, &c.path("mnt"), &[]);
+        c.assert_same_tree(&m.mnt);
+    }
+    assert_eq!(trees(), made);
+    let again: Vec<u64> = made
+        .iter()
+        .map(|t| std::fs::metadata(t).unwrap().len())
+        .collect();
+    assert_eq!(again, sizes);
+    // Damaged where the root's entries are (the uid of the root's first
+    // child, past the 256-byte header and the root's 96-byte record):
+    // found when the root is first listed.
+    for t in &made {
+        let mut b = std::fs::read(t).unwrap();
+        b[256 + 96 + 16] ^= 1;
+        std::fs::write(t, &b).unwrap();
+    }
+    // A listing of the root reads the top layer's root first: its damage
+    // fails the listing (and the tree goes), then the next layer's.
+    for image in [&lazy, &plain] {
+        let mut failed = 0;
+        loop {
+            let m = ImageMount::new(&c.store(), image, &c.path("mnt"), &[]);
+            // (Entries hold the directory open: counted, not kept.)
+            let listed = std::fs::read_dir(&m.mnt)
+                .and_then(|d| d.map(|e| e.map(|_| ())).collect::<Result<Vec<_>, _>>());
+            match listed {
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{image}: {e}");
+                    failed += 1;
+                    assert!(failed <= 2, "{image}: a damaged tree stayed");
+                }
+                Ok(_) => {
+                    c.assert_same_tree(&m.mnt);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            failed, 2,
+            "{image}: each of its two layers' damage was found"
+        );
+    }
+    assert_eq!(trees(), made);
+    // gc keeps the trees of images it keeps, and drops the others'.
+    run(&mut rcfs(&c.store(), &["rmi", &plain]), T).expect_ok("rcfs rmi");
+    run(&mut rcfs(&c.store(), &["gc"]), T).expect_ok("rcfs gc");
+    assert_eq!(trees().len(), 2, "{:?}", trees());
+    let m = ImageMount::new(&c.store(), &lazy, &c.path("mnt"), &[]);
+    c.assert_same_tree(&m.mnt);
+}
+
 /// With `--unverified-streaming` (the files of a layer are served before
 /// its digest is checked).
 #[test]

@@ -20,7 +20,7 @@ use base64::Engine;
 use super::cas::CasWriter;
 use super::chunked::{format_ranges, ChunkedBlob, ChunkedWriter, START_KEY, START_ORDER_KEY};
 use super::digest::Digest;
-use super::open::{open_layers, CacheOptions};
+use super::open::{data_of, open_layers, stored_toc, CacheOptions};
 use super::pull::decompress_toc;
 use super::store::{ImageRecord, LayerFormat, LayerKey, LayerRecord, Origin, Store};
 use super::toc::{rfc3339, DataIn, Source, Toc, TocEntry, TocJson, NONE};
@@ -231,13 +231,13 @@ fn order(toc: &Toc, first: &[String]) -> Vec<u32> {
 fn convert_layer(
     store: &Store,
     layer: &ImageLayer,
+    toc: &Toc,
     opts: &ConvertOptions,
 ) -> io::Result<(
     LayerRecord,
     Digest,
     std::collections::BTreeMap<String, String>,
 )> {
-    let toc = layer.toc();
     let sink = store.blobs.writer()?;
     let mut w = ChunkedWriter::new(sink, opts.level);
     let mut first_name: HashMap<u32, String> = HashMap::new();
@@ -448,9 +448,10 @@ pub fn convert(
     let mut diff_ids = Vec::new();
     let total = layers.len();
     // Bottom first, as in the manifest.
-    for (i, (_, layer)) in layers.iter().rev().enumerate() {
+    for (i, (src_rec, layer)) in layers.iter().rev().enumerate() {
         progress(i, total);
-        let (rec, diff_id, annotations) = convert_layer(store, layer, opts)?;
+        let toc = stored_toc(store, src_rec, data_of(src_rec))?;
+        let (rec, diff_id, annotations) = convert_layer(store, layer, &toc, opts)?;
         descs.push(layer_descriptor(&rec, &annotations));
         keys.push(LayerKey::Blob(Digest::parse(&rec.digest)?));
         diff_ids.push(diff_id.to_string());

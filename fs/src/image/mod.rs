@@ -32,3 +32,4 @@ pub mod registries;
 pub mod registry;
 pub mod store;
 pub mod toc;
+pub mod tree;

@@ -1,8 +1,10 @@
-//! Opening a stored image's layers for a mount: each layer's table of
-//! contents is read back from the store (and checked again), and becomes
-//! an [`ImageLayer`] whose data comes from the store or, for layers pulled
+//! Opening a stored image's layers for a mount: each layer's tree is
+//! mapped from the store (built from its table of contents the first time,
+//! or again when the stored one is damaged), and becomes an
+//! [`ImageLayer`] whose data comes from the store or, for layers pulled
 //! lazily, from the registry the image came from, through one shared
-//! [`BlockCache`].
+//! [`BlockCache`]. What this costs does not grow with the layer: a mount
+//! reads a tree's header, and each directory when it is first looked up.
 
 use std::io;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use super::reference::Reference;
 use super::registry::{ClientOptions, Registry, RegistryBlob};
 use super::store::{ImageRecord, LayerFormat, LayerKey, LayerRecord, Origin, Store};
 use super::toc::{DataIn, Toc, TocJson};
+use super::tree::{self, Tree};
 use crate::cache::BlockCache;
 use crate::error::layer_error;
 use crate::layer::{ImageLayer, Layer, Trace};
@@ -128,15 +131,8 @@ pub fn open_layer(
         )
     };
     let rec = store.layer(key)?.ok_or_else(missing)?;
-    let comp = store
-        .blobs
-        .read(&Digest::parse(&rec.toc)?)?
-        .ok_or_else(missing)?;
-    let json = decompress_toc(&comp, rec.toc_len)?;
-    let parsed: TocJson = serde_json::from_slice(&json)
-        .map_err(|e| layer_error(libc::EIO, format!("layer {d}: stored TOC: {e}")))?;
-    let (data, source): (DataIn, Option<Arc<dyn BlobSource>>) = match rec.format {
-        LayerFormat::Indexed => (DataIn::Store, None),
+    let source: Option<Arc<dyn BlobSource>> = match rec.format {
+        LayerFormat::Indexed => None,
         LayerFormat::ZstdChunked => {
             // The blob itself when the store has it (images rcfs
             // converted), else by range from the registry.
@@ -155,20 +151,105 @@ pub fn open_layer(
                     }
                 },
             };
-            (
-                DataIn::Blob {
-                    data_end: rec.data_end,
-                },
-                Some(source),
-            )
+            Some(source)
         }
     };
-    let toc =
-        Toc::parse(&parsed, data).map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))?;
+    let tree = layer_tree(store, &rec, data_of(&rec))?;
     let layer = Arc::new(
-        ImageLayer::new(d.to_string(), toc, source, cache.clone(), opts.prefetch)
+        ImageLayer::with_tree(d.to_string(), tree, source, cache.clone(), opts.prefetch)
             .with_trace(opts.trace.clone())
             .with_start(rec.start_bytes, &rec.start_order),
     );
     Ok((rec, layer))
+}
+
+/// Where the file data of stored layer `rec` is.
+pub fn data_of(rec: &LayerRecord) -> DataIn {
+    match rec.format {
+        LayerFormat::Indexed => DataIn::Store,
+        LayerFormat::ZstdChunked => DataIn::Blob {
+            data_end: rec.data_end,
+        },
+    }
+}
+
+/// The table of contents of stored layer `rec`, read back from the store
+/// (checked against its digest) and parsed for data placed as `data`.
+pub fn stored_toc(store: &Store, rec: &LayerRecord, data: DataIn) -> io::Result<Toc> {
+    let d = &rec.digest;
+    let comp = store
+        .blobs
+        .read(&Digest::parse(&rec.toc)?)?
+        .ok_or_else(|| {
+            layer_error(
+                libc::EIO,
+                format!("the TOC of layer {d} is missing from the store; pull the image again"),
+            )
+        })?;
+    let json = decompress_toc(&comp, rec.toc_len)?;
+    let parsed: TocJson = serde_json::from_slice(&json)
+        .map_err(|e| layer_error(libc::EIO, format!("layer {d}: stored TOC: {e}")))?;
+    Toc::parse(&parsed, data).map_err(|e| layer_error(libc::EIO, format!("layer {d}: {e}")))
+}
+
+/// The tree of stored layer `rec` (data placed as `data`): the store's,
+/// mapped, when it is there and sound; else built from the TOC (`toc`
+/// when the caller has it parsed already) and stored for the next mount.
+pub fn layer_tree(store: &Store, rec: &LayerRecord, data: DataIn) -> io::Result<Tree> {
+    ensure_tree(store, rec, data, None)
+}
+
+/// See [`layer_tree`]; `toc` is the layer's TOC if the caller has it.
+pub fn ensure_tree(
+    store: &Store,
+    rec: &LayerRecord,
+    data: DataIn,
+    toc: Option<&Toc>,
+) -> io::Result<Tree> {
+    let toc_digest = Digest::parse(&rec.toc)?;
+    let name = tree::file_name(&toc_digest, data);
+    let what = format!("layer {}", rec.digest);
+    let expect = tree::Expect {
+        toc: toc_digest,
+        data,
+    };
+    if let Some(f) = store.open_tree(&name)? {
+        let opened = crate::sys::Mapping::of(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                Tree::open(
+                    tree::Bytes::Mapped(m),
+                    what.clone(),
+                    expect,
+                    Some(store.tree_remover(&name)),
+                )
+            });
+        match opened {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                log::warn!("the store's index of {what} is not usable ({e}); building it again")
+            }
+        }
+    }
+    let parsed;
+    let toc = match toc {
+        Some(t) => t,
+        None => {
+            parsed = stored_toc(store, rec, data)?;
+            &parsed
+        }
+    };
+    let bytes = tree::build(toc, &toc_digest, data)
+        .map_err(|e| layer_error(libc::EIO, format!("{what}: {e}")))?;
+    // A store that cannot take it (a full disk) still mounts, from memory.
+    if let Err(e) = store.put_tree(&name, &bytes) {
+        log::warn!("cannot store the index of {what}: {e}");
+    }
+    Tree::open(
+        tree::Bytes::Owned(bytes),
+        what.clone(),
+        expect,
+        Some(store.tree_remover(&name)),
+    )
+    .map_err(|e| layer_error(libc::EIO, format!("{what}: {e}")))
 }

@@ -336,6 +336,7 @@ fn fetch_toc(
             .unwrap_or_default(),
         diff_id: None,
     };
+    store_tree(store, &rec, &toc);
     Ok(FetchedToc {
         rec,
         bytes: fetched,
@@ -412,6 +413,14 @@ fn index_whole(
     Ok((rec, ix.blob_size))
 }
 
+/// Builds and stores the tree of layer `rec` from its TOC as it arrives
+/// (what a mount reads; a mount builds it itself if this fails).
+fn store_tree(store: &Store, rec: &LayerRecord, toc: &Toc) {
+    if let Err(e) = super::open::ensure_tree(store, rec, super::open::data_of(rec), Some(toc)) {
+        log::warn!("layer {}: {e}", rec.digest);
+    }
+}
+
 /// Stores what indexing layer `d` (media type `mt`) gave, and its record.
 fn record_indexed(store: &Store, d: &Digest, mt: String, ix: &Indexed) -> io::Result<LayerRecord> {
     // The files were written without a flush each: one for all of them
@@ -420,11 +429,11 @@ fn record_indexed(store: &Store, d: &Digest, mt: String, ix: &Indexed) -> io::Re
     store.files.sync()?;
     let json = serde_json::to_vec(&ix.toc).map_err(io::Error::other)?;
     // Check what we wrote parses as we will read it.
-    Toc::parse(&ix.toc, DataIn::Store).map_err(|e| fail(format!("layer {d}: {e}")))?;
+    let toc = Toc::parse(&ix.toc, DataIn::Store).map_err(|e| fail(format!("layer {d}: {e}")))?;
     let comp = zstd::bulk::compress(&json, 3)?;
     let toc_d = Digest::of(&comp);
     store.blobs.put(&toc_d, &comp)?;
-    Ok(LayerRecord {
+    let rec = LayerRecord {
         digest: d.to_string(),
         media_type: mt,
         size: ix.blob_size,
@@ -437,7 +446,9 @@ fn record_indexed(store: &Store, d: &Digest, mt: String, ix: &Indexed) -> io::Re
         start_bytes: 0,
         start_order: Vec::new(),
         diff_id: None,
-    })
+    };
+    store_tree(store, &rec, &toc);
+    Ok(rec)
 }
 
 /// How many zero bytes (whole 512-byte blocks, up to a 10 KiB tar

@@ -13,6 +13,8 @@
 //!                              (checked), chunks from blob BLOB (named by its manifest, not checked)
 //! ROOT/layers/sha256/diff-DIFF.json  a layer indexed from a tar rcfs rebuilt and hashed to DIFF
 //!                              (a zstd:chunked layer pulled whole by chunks, its diff_id checked)
+//! ROOT/trees/TOC-WHERE.vN      a layer's tree in binary form, built from its checked TOC
+//!                              (`super::tree`): what a mount reads; rebuilt when damaged
 //! ROOT/images.json             image names → manifests
 //! ```
 //!
@@ -254,6 +256,8 @@ pub struct Store {
     root_fd: OwnedFd,
     tmp: OwnedFd,
     layers: OwnedFd,
+    /// `trees/` (shared with the callbacks that remove a damaged tree).
+    trees: Arc<OwnedFd>,
     pub blobs: Arc<Cas>,
     pub files: Arc<Cas>,
     pub cache: Arc<Cas>,
@@ -318,6 +322,7 @@ impl Store {
         let tmp = make_dir(root_fd.as_fd(), "tmp")?;
         let layers_top = make_dir(root_fd.as_fd(), "layers")?;
         let layers = make_dir(layers_top.as_fd(), "sha256")?;
+        let trees = Arc::new(make_dir(root_fd.as_fd(), "trees")?);
         let blobs = Arc::new(Cas::open(root_fd.as_fd(), "blobs", tmp.as_fd())?);
         let files = Arc::new(Cas::open(root_fd.as_fd(), "files", tmp.as_fd())?);
         let cache = Arc::new(Cas::open(root_fd.as_fd(), "cache", tmp.as_fd())?);
@@ -326,6 +331,7 @@ impl Store {
             root_fd,
             tmp,
             layers,
+            trees,
             blobs,
             files,
             cache,
@@ -404,6 +410,53 @@ impl Store {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The stored tree `name` (see [`super::tree::file_name`]), if there is
+    /// one.
+    pub fn open_tree(&self, name: &str) -> io::Result<Option<File>> {
+        match sys::open_at(self.trees.as_fd(), name.as_ref(), libc::O_RDONLY, 0) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores tree `name` (written whole and renamed into place; not
+    /// flushed: a tree a crash left short or torn fails its checks and is
+    /// built again).
+    pub fn put_tree(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let t = tmp_name("tree");
+        let fd = sys::open_at(
+            self.tmp.as_fd(),
+            t.as_ref(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        let r = File::from(fd).write_all(bytes).and_then(|_| {
+            renameat(self.tmp.as_fd(), t.as_str(), self.trees.as_fd(), name)
+                .map_err(io::Error::from)
+        });
+        if r.is_err() {
+            let _ = nix::unistd::unlinkat(
+                self.tmp.as_fd(),
+                t.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        r
+    }
+
+    /// What removes tree `name` (once it was found damaged).
+    pub fn tree_remover(&self, name: &str) -> Box<dyn Fn() + Send + Sync> {
+        let (dir, name) = (self.trees.clone(), name.to_owned());
+        Box::new(move || {
+            let _ = nix::unistd::unlinkat(
+                dir.as_fd(),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        })
     }
 
     /// The record under `key`, if the store has it and its TOC, and it is
@@ -649,6 +702,17 @@ impl Store {
                 self.blobs.remove(&d)?;
                 report.objects += 1;
                 report.bytes += size;
+            }
+        }
+        // Trees of TOCs that went (each is built again when needed).
+        let trees = sys::DirFd::open(self.trees.as_fd(), ".".as_ref())?;
+        for (name, _) in trees.entries()? {
+            let keep = name
+                .to_str()
+                .and_then(super::tree::toc_of_file_name)
+                .is_some_and(|d| keep_blobs.contains(&d));
+            if !keep {
+                self.tree_remover(&name.to_string_lossy())();
             }
         }
         for (d, size) in self.files.list()? {

@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
@@ -33,6 +33,7 @@ use crate::cache::{Block, BlockCache, MEM_CHUNK_MAX};
 use crate::error::layer_error;
 use crate::image::blob::BlobSource;
 use crate::image::toc::{Source, Toc, NONE};
+use crate::image::tree::{Bits, Tree};
 use crate::lock::{Mutex, Rank};
 use fetch::ReadAheadState;
 
@@ -82,16 +83,13 @@ const START_PIECE: u64 = 256 << 10;
 #[derive(Debug)]
 struct Inner {
     id: String,
-    toc: Toc,
+    tree: Tree,
     /// The blob, for chunks that live in it; `None` for layers whose data is
     /// all in the store.
     source: Option<Arc<dyn BlobSource>>,
     cache: Arc<BlockCache>,
     /// Files already queued for the background fetch.
-    queued: Vec<AtomicBool>,
-    /// Every chunk in the blob as (start, file, chunk index), by start:
-    /// what follows a chunk in the blob, for reading ahead.
-    by_offset: Vec<(u64, u32, u32)>,
+    queued: Bits,
     /// This layer, for the jobs it gives the fetch pool (weak: a queued
     /// job keeps no layer alive).
     me: std::sync::Weak<Inner>,
@@ -170,50 +168,49 @@ pub struct ImageLayer {
 impl ImageLayer {
     /// A layer named `id` (its blob digest) over `toc`, whose chunks come
     /// from `source` through `cache`. With `prefetch`, the whole layer is
-    /// fetched in the background.
+    /// fetched in the background. (A mount of a stored image takes the
+    /// store's tree of the layer instead: [`ImageLayer::with_tree`].)
     pub fn new(
         id: String,
         toc: Toc,
         source: Option<Arc<dyn BlobSource>>,
         cache: Arc<BlockCache>,
         prefetch: bool,
+    ) -> io::Result<ImageLayer> {
+        let tree = Tree::from_toc(&toc, format!("layer {id}"))?;
+        Ok(ImageLayer::with_tree(id, tree, source, cache, prefetch))
+    }
+
+    /// A layer named `id` over `tree` (see [`ImageLayer::new`]).
+    pub fn with_tree(
+        id: String,
+        tree: Tree,
+        source: Option<Arc<dyn BlobSource>>,
+        cache: Arc<BlockCache>,
+        prefetch: bool,
     ) -> ImageLayer {
-        let queued = (0..toc.files.len())
-            .map(|_| AtomicBool::new(false))
-            .collect();
-        let mut by_offset: Vec<(u64, u32, u32)> = Vec::new();
-        for (fi, f) in toc.files.iter().enumerate() {
-            for (ci, c) in f.chunks.iter().enumerate() {
-                if let Source::Blob { start, .. } = c.source {
-                    by_offset.push((start, fi as u32, ci as u32));
-                }
-            }
-        }
-        by_offset.sort_unstable();
+        let queued = Bits::new(tree.counts().1 as usize);
         let inner = Arc::new_cyclic(|me| Inner {
             id,
-            toc,
+            tree,
             source,
             cache,
             queued,
-            by_offset,
             me: me.clone(),
             ra: Mutex::new(Rank::LayerReadAhead, ReadAheadState::default()),
         });
         if prefetch {
             // Blob order: one request can then take several files.
-            let mut order: Vec<u32> = Vec::new();
-            let mut seen = vec![false; inner.toc.files.len()];
-            for &(_, f, _) in &inner.by_offset {
-                if !std::mem::replace(&mut seen[f as usize], true) {
-                    order.push(f);
+            let seen = Bits::new(inner.tree.counts().1 as usize);
+            for i in 0..inner.tree.order_len() {
+                let (_, f, _) = inner.tree.order(i);
+                if seen.set(f) {
+                    continue;
                 }
-            }
-            for f in order {
                 let weak = Arc::downgrade(&inner);
                 inner.cache.pool.idle(Box::new(move || {
                     if let Some(l) = weak.upgrade() {
-                        if !l.queued[f as usize].swap(true, Ordering::Relaxed) {
+                        if !l.queued.set(f) {
                             l.fetch_in_background(f, u64::MAX);
                         }
                     }
@@ -259,16 +256,23 @@ impl ImageLayer {
     /// the store's files (one indexed before) is not fetched.
     pub fn fetch_all(&self) {
         let inner = &self.inner;
-        let whole_here: Vec<bool> = inner
-            .toc
-            .files
-            .iter()
-            .map(|f| {
-                f.chunks.len() > 1
-                    && f.size > MEM_CHUNK_MAX
-                    && f.digest.is_some_and(|d| inner.cache.holds(&d, f.size))
-            })
-            .collect();
+        let whole_here = Bits::new(inner.tree.counts().1 as usize);
+        let not_here = Bits::new(inner.tree.counts().1 as usize);
+        let is_here = |f: u32| {
+            if whole_here.get(f) {
+                return true;
+            }
+            if not_here.get(f) {
+                return false;
+            }
+            let here = inner.tree.file(f).is_ok_and(|d| {
+                d.chunks.len() > 1
+                    && d.size > MEM_CHUNK_MAX
+                    && d.digest.is_some_and(|dg| inner.cache.holds(&dg, d.size))
+            });
+            if here { &whole_here } else { &not_here }.set(f);
+            here
+        };
         let queue = |from: u64, to: u64| {
             let weak = Arc::downgrade(inner);
             inner.cache.pool.urgent(Box::new(move || {
@@ -280,12 +284,14 @@ impl ImageLayer {
         // Pieces of chunks next to each other in the blob, none of a file
         // that is here whole (a piece takes every chunk in its range).
         let mut piece: Option<(u64, u64)> = None;
-        for &(start, f, c) in &inner.by_offset {
-            let Source::Blob { end, .. } = inner.toc.files[f as usize].chunks[c as usize].source
+        for i in 0..inner.tree.order_len() {
+            let (start, f, c) = inner.tree.order(i);
+            let Some(Source::Blob { end, .. }) =
+                inner.tree.order_chunk(start, f, c).map(|c| c.source)
             else {
                 continue;
             };
-            if whole_here[f as usize] {
+            if is_here(f) {
                 if let Some((from, to)) = piece.take() {
                     queue(from, to);
                 }
@@ -305,16 +311,18 @@ impl ImageLayer {
         }
     }
 
-    /// The table of contents.
-    pub fn toc(&self) -> &Toc {
-        &self.inner.toc
+    /// The layer's tree.
+    pub fn tree(&self) -> &Tree {
+        &self.inner.tree
     }
 
-    fn node(&self, path: &Path) -> io::Result<u32> {
-        self.inner
-            .toc
-            .lookup(path.as_os_str().as_bytes())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    /// The entry at `path`.
+    fn node(&self, path: &Path) -> io::Result<crate::image::tree::Node<'_>> {
+        let tree = &self.inner.tree;
+        match tree.lookup(path.as_os_str().as_bytes())? {
+            Some(id) => tree.node(id),
+            None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
     }
 }
 
@@ -357,7 +365,10 @@ impl Inner {
     /// Fetches the first `len` bytes of `file`; a whole file of several
     /// chunks is then put together into one host file.
     fn fetch_in_background(&self, file: u32, len: u64) {
-        let f = &self.toc.files[file as usize];
+        let f = match self.tree.file(file) {
+            Ok(f) => f,
+            Err(e) => return log::warn!("layer {}: background fetch: {e}", self.id),
+        };
         let size = f.size.min(len);
         match self.fetch(file, 0, size, false) {
             Ok(blocks) if size == f.size && f.chunks.len() > 1 && f.size > MEM_CHUNK_MAX => {
@@ -382,9 +393,14 @@ impl Inner {
     }
 
     fn name_of(&self, file: u32) -> String {
-        let f = &self.toc.files[file as usize];
-        let node = f.links.first().copied().unwrap_or(0);
-        String::from_utf8_lossy(&self.toc.path_of(node)).into_owned()
+        let path = self
+            .tree
+            .file(file)
+            .and_then(|f| self.tree.path_of(f.links().next().unwrap_or(0)));
+        match path {
+            Ok(p) => String::from_utf8_lossy(&p).into_owned(),
+            Err(_) => format!("(file {file})"),
+        }
     }
 }
 
@@ -394,53 +410,50 @@ impl Layer for ImageLayer {
     }
 
     fn stat(&self, path: &Path) -> io::Result<Attr> {
-        Ok(self.inner.toc.node(self.node(path)?).attr.clone())
+        Ok(self.node(path)?.attr)
     }
 
     fn read_dir(&self, path: &Path, each: &mut EntryVisitor<'_>) -> io::Result<Vec<OsString>> {
-        let toc = &self.inner.toc;
-        let dir = toc.node(self.node(path)?);
+        let dir = self.node(path)?;
         if dir.attr.kind != Kind::Dir {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        for &c in &dir.children {
-            let n = toc.node(c);
-            each(OsStr::from_bytes(&n.name), n.attr.kind, &mut || {
+        for n in self.inner.tree.children(&dir)? {
+            each(OsStr::from_bytes(n.name), n.attr.kind, &mut || {
                 Ok(n.attr.clone())
             })?;
         }
         Ok(dir
-            .xattrs
-            .iter()
+            .xattrs()
             .map(|(k, _)| OsStr::from_bytes(k).to_owned())
             .collect())
     }
 
     fn readlink(&self, path: &Path) -> io::Result<OsString> {
-        match &self.inner.toc.node(self.node(path)?).target {
+        match self.node(path)?.target {
             Some(t) => Ok(OsStr::from_bytes(t).to_owned()),
             None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
 
     fn list_xattrs(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        let n = self.inner.toc.node(self.node(path)?);
-        Ok(n.xattrs
-            .iter()
+        Ok(self
+            .node(path)?
+            .xattrs()
             .map(|(k, _)| OsStr::from_bytes(k).to_owned())
             .collect())
     }
 
     fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
-        let n = self.inner.toc.node(self.node(path)?);
-        Ok(n.xattrs
-            .iter()
-            .find(|(k, _)| &k[..] == name.as_bytes())
+        Ok(self
+            .node(path)?
+            .xattrs()
+            .find(|(k, _)| *k == name.as_bytes())
             .map(|(_, v)| v.to_vec()))
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LowerFile>> {
-        let n = self.inner.toc.node(self.node(path)?);
+        let n = self.node(path)?;
         if n.file == NONE {
             return Err(io::Error::from_raw_os_error(if n.attr.kind == Kind::Dir {
                 libc::EISDIR
@@ -451,7 +464,7 @@ impl Layer for ImageLayer {
         if let Some(t) = &self.trace {
             t.note(path.as_os_str().as_bytes());
         }
-        let data = &self.inner.toc.files[n.file as usize];
+        let data = self.inner.tree.file(n.file)?;
         // The whole file on disk (its only chunk, or its chunks put
         // together): a host file.
         if let Some(d) = data.digest.filter(|_| data.size > MEM_CHUNK_MAX) {
@@ -470,8 +483,8 @@ impl Layer for ImageLayer {
     }
 
     fn will_need(&self, path: &Path, len: u64) -> io::Result<()> {
-        let n = self.inner.toc.node(self.node(path)?);
-        if n.file == NONE || self.inner.queued[n.file as usize].load(Ordering::Relaxed) {
+        let n = self.node(path)?;
+        if n.file == NONE || self.inner.queued.get(n.file) {
             return Ok(());
         }
         let len = if self.inner.source.is_some() {
@@ -487,24 +500,25 @@ impl Layer for ImageLayer {
     }
 
     fn links_of(&self, file_id: u64) -> io::Result<Vec<PathBuf>> {
-        let toc = &self.inner.toc;
+        let tree = &self.inner.tree;
         let f = file_id
             .checked_sub(1)
-            .and_then(|i| toc.files.get(i as usize))
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| i < tree.counts().1)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        Ok(f.links
-            .iter()
-            .map(|&l| PathBuf::from(OsStr::from_bytes(&toc.path_of(l))))
-            .collect())
+        tree.file(f)?
+            .links()
+            .map(|l| Ok(PathBuf::from(OsStr::from_bytes(&tree.path_of(l)?))))
+            .collect()
     }
 
     fn statfs(&self) -> io::Result<FsStats> {
-        let (_, bytes) = self.inner.toc.data_size();
+        let (entries, _, bytes) = self.inner.tree.counts();
         Ok(FsStats {
             blocks: bytes.div_ceil(4096),
             bfree: 0,
             bavail: 0,
-            files: self.inner.toc.nodes.len() as u64,
+            files: u64::from(entries),
             ffree: 0,
             bsize: 4096,
             namemax: 255,
@@ -524,7 +538,7 @@ struct ImageFile {
 
 impl LowerFile for ImageFile {
     fn prefetch(&self) -> io::Result<()> {
-        let size = self.layer.toc.files[self.file as usize].size;
+        let size = self.layer.tree.file(self.file)?.size;
         // A piece at a time, as reads ask: no allocation sized by the file.
         const PIECE: u64 = 4 << 20;
         let mut off = 0;
@@ -538,7 +552,7 @@ impl LowerFile for ImageFile {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let size = self.layer.toc.files[self.file as usize].size;
+        let size = self.layer.tree.file(self.file)?.size;
         if offset >= size || buf.is_empty() {
             return Ok(0);
         }
@@ -568,7 +582,7 @@ impl LowerFile for ImageFile {
             }
         }
         // The rest of the file, in the background.
-        if !self.layer.queued[self.file as usize].swap(true, Ordering::Relaxed) {
+        if !self.layer.queued.set(self.file) {
             self.layer.queue(self.file, u64::MAX, false);
         }
         let mut done = 0usize;

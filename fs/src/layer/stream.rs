@@ -220,7 +220,7 @@ impl Stream {
             None,
             self.cache.clone(),
             false,
-        ));
+        )?);
         let mut st = self.st.lock();
         if generation == st.replaced && st.snap.as_ref().is_none_or(|(n, _, _)| *n < covered) {
             st.snap = Some((covered, generation, snap.clone()));

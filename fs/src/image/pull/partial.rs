@@ -61,7 +61,7 @@ pub(super) fn pull_by_chunks(
         _ => e,
     })?;
     let cache = new_cache(store, &CacheOptions::default());
-    let layer = ImageLayer::new(d.to_string(), toc, Some(src.clone()), cache, false);
+    let layer = ImageLayer::new(d.to_string(), toc, Some(src.clone()), cache, false)?;
     layer.fetch_all();
     let open = |name: &[u8], size: u64| -> io::Result<Box<dyn Read + '_>> {
         let name = &go_string(name);

@@ -116,12 +116,13 @@ impl Inner {
         ahead: bool,
         retry: bool,
     ) -> io::Result<Vec<(Chunk, Option<Block>)>> {
-        let f = &self.toc.files[file as usize];
+        let f = self.tree.file(file)?;
         let first = f.chunks.partition_point(|c| c.offset + c.len <= start);
         let mut out: Vec<(Chunk, Option<Block>)> = Vec::new();
         let mut waits = Vec::new();
         let mut run: Vec<RunItem<'_>> = Vec::new();
-        for c in f.chunks[first..].iter().take_while(|c| c.offset < end) {
+        for c in f.chunks.iter_from(first).take_while(|c| c.offset < end) {
+            let c = &c;
             let i = out.len();
             out.push((c.clone(), None));
             let Source::Blob { start: s, end: e } = c.source else {
@@ -205,13 +206,17 @@ impl Inner {
     /// `limit` bytes past its end.
     fn extend<'a>(&'a self, run: &mut Vec<RunItem<'a>>, limit: u64) {
         let last_end = run[run.len() - 1].end;
-        let from = self.by_offset.partition_point(|&(s, _, _)| s < last_end);
+        let from = self.tree.order_from(last_end);
         let limit = last_end.saturating_add(limit);
-        for &(s, file, chunk) in &self.by_offset[from..] {
-            let c = &self.toc.files[file as usize].chunks[chunk as usize];
+        for i in from..self.tree.order_len() {
+            let (s, file, chunk) = self.tree.order(i);
+            let Some(c) = self.tree.order_chunk(s, file, chunk) else {
+                continue;
+            };
             let Source::Blob { end: e, .. } = c.source else {
                 continue;
             };
+            let c = &c;
             if e > limit || !Self::joins(run, s, e) {
                 break;
             }
@@ -228,13 +233,17 @@ impl Inner {
     /// with one request. Run by the fetch pool after a read that missed, so
     /// that the read waits only for its own bytes.
     pub(super) fn read_ahead_from(&self, from: u64, limit: u64) {
-        let first = self.by_offset.partition_point(|&(s, _, _)| s < from);
+        let first = self.tree.order_from(from);
         let mut run: Vec<RunItem<'_>> = Vec::new();
-        for &(s, file, chunk) in &self.by_offset[first..] {
-            let c = &self.toc.files[file as usize].chunks[chunk as usize];
+        for i in first..self.tree.order_len() {
+            let (s, file, chunk) = self.tree.order(i);
+            let Some(c) = self.tree.order_chunk(s, file, chunk) else {
+                continue;
+            };
             let Source::Blob { end: e, .. } = c.source else {
                 continue;
             };
+            let c = &c;
             if e > from.saturating_add(limit) {
                 break;
             }

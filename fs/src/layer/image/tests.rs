@@ -2,7 +2,7 @@
 //! corrupt or cut what it serves.
 
 use std::io::{Cursor, Read};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -137,7 +137,8 @@ fn layer(files: &[(&str, Vec<u8>, usize)], cache: Arc<BlockCache>) -> (ImageLaye
         Some(blob.clone() as Arc<dyn BlobSource>),
         cache,
         false,
-    );
+    )
+    .unwrap();
     (l, blob)
 }
 
@@ -204,10 +205,13 @@ fn serves_metadata_without_fetching_and_bytes_once() {
     let mut buf = vec![0u8; 100_000];
     assert_eq!(f.read_at(&mut buf, 300_000).unwrap(), 100_000);
     assert_eq!(&buf[..], &big[300_000..400_000]);
-    let chunks =
-        &l.toc().files[l.toc().node(l.toc().lookup(b"usr/big").unwrap()).file as usize].chunks;
+    let t = l.tree();
+    let chunks = t
+        .file(t.node(t.lookup(b"usr/big").unwrap().unwrap()).unwrap().file)
+        .unwrap()
+        .chunks;
     let (Source::Blob { start, .. }, Source::Blob { end, .. }) =
-        (chunks[4].source, chunks[6].source)
+        (chunks.get(4).source, chunks.get(6).source)
     else {
         panic!()
     };
@@ -244,7 +248,7 @@ fn a_corrupt_or_missing_blob_gives_eio_and_caches_nothing() {
     let data = pattern(300_000, 3);
     let cache = Arc::new(BlockCache::in_memory(64 << 20));
     let (l, blob) = layer(&[("f", data.clone(), 100_000)], cache.clone());
-    let Source::Blob { start, .. } = l.toc().files[0].chunks[1].source else {
+    let Source::Blob { start, .. } = l.tree().file(0).unwrap().chunks.get(1).source else {
         panic!()
     };
     *blob.flip.lock().unwrap() = Some(start + 20);
@@ -528,7 +532,7 @@ fn a_start_fetches_each_byte_once_and_serves_it() {
         .collect();
     let (l, blob) = layer(&files, cache);
     let src: Vec<(u64, u64)> = (0..6)
-        .map(|f| match l.toc().files[f].chunks[0].source {
+        .map(|f| match l.tree().file(f).unwrap().chunks.get(0).source {
             Source::Blob { start, end } => (start, end),
             _ => unreachable!(),
         })

@@ -77,7 +77,7 @@ impl Feed {
         };
         let toc = Toc::parse(&json, DataIn::Store).unwrap();
         let id = self.stream.layer().id().to_owned();
-        let layer = ImageLayer::new(id, toc, None, self.cache.clone(), false);
+        let layer = ImageLayer::new(id, toc, None, self.cache.clone(), false).unwrap();
         self.stream.finish(Ok(Arc::new(layer)));
     }
 }

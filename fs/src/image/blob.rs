@@ -30,6 +30,89 @@ pub fn range_len(start: u64, end: u64, what: &dyn std::fmt::Display) -> io::Resu
     }
 }
 
+/// A reader of a stream that a thread of its own reads ahead, up to
+/// `pieces` pieces of `piece` bytes: the network keeps delivering while the
+/// reader decompresses, hashes and writes what came before (a pull's
+/// indexing then overlaps the download instead of adding to it). Made by
+/// [`read_ahead`] inside a thread scope, which waits for the thread: it
+/// ends at the stream's end or error, or when this reader is dropped.
+pub struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+/// See [`ReadAhead`].
+pub fn read_ahead<'scope, R: Read + Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut src: R,
+    piece: usize,
+    pieces: usize,
+) -> ReadAhead {
+    let (tx, rx) = std::sync::mpsc::sync_channel(pieces.max(1));
+    scope.spawn(move || loop {
+        let mut buf = vec![0u8; piece];
+        let mut n = 0;
+        // Whole pieces where the stream gives them quickly; what has come
+        // once half a piece is there (a slow link's bytes are not held).
+        let r = loop {
+            match src.read(&mut buf[n..]) {
+                Ok(0) => break Ok(()),
+                Ok(k) => {
+                    n += k;
+                    if n >= piece / 2 {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let end = r.is_err() || n == 0;
+        buf.truncate(n);
+        let msg = match r {
+            Err(e) if n == 0 => Err(e),
+            Err(e) => {
+                // The bytes before the error first, then the error.
+                if tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+                Err(e)
+            }
+            Ok(()) if n == 0 => return,
+            Ok(()) => Ok(buf),
+        };
+        if tx.send(msg).is_err() || end {
+            return;
+        }
+    });
+    ReadAhead {
+        rx,
+        cur: Vec::new(),
+        pos: 0,
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(buf)) => {
+                    self.cur = buf;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Bytes of one blob by range.
 pub trait BlobSource: Send + Sync + Debug {
     /// A reader of bytes `[start, end)` of the blob. It may give fewer
@@ -137,6 +220,61 @@ pub fn unzstd_exact(frame: &[u8], len: u64, what: &dyn std::fmt::Display) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream that gives `data` in reads of at most 1000 bytes, then
+    /// fails (if `fail`) or ends.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        fail: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.data.len() {
+                return match self.fail {
+                    true => Err(io::Error::other("the connection broke")),
+                    false => Ok(0),
+                };
+            }
+            let n = buf.len().min(1000).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_ahead_stream_gives_every_byte_in_order_then_its_end_or_error() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        for fail in [false, true] {
+            std::thread::scope(|s| {
+                let src = Trickle {
+                    data: data.clone(),
+                    at: 0,
+                    fail,
+                };
+                let mut r = read_ahead(s, src, 64 << 10, 4);
+                let mut got = Vec::new();
+                let res = r.read_to_end(&mut got);
+                assert_eq!(got.len(), data.len());
+                assert!(got == data);
+                assert_eq!(res.is_err(), fail);
+            });
+        }
+        // A reader that stops early: the thread ends (the scope returns).
+        std::thread::scope(|s| {
+            let src = Trickle {
+                data: data.clone(),
+                at: 0,
+                fail: false,
+            };
+            let mut r = read_ahead(s, src, 4096, 2);
+            let mut first = [0u8; 10];
+            r.read_exact(&mut first).unwrap();
+            assert_eq!(&first[..], &data[..10]);
+        });
+    }
 
     #[test]
     fn file_ranges_and_exact_frames() {

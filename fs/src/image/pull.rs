@@ -368,13 +368,17 @@ fn index_whole(
         fail(format!("layer {d} has media type '{mt}', which is not a layer rcfs can read (tar, tar+gzip, tar+zstd)"))
     })?;
     let reader = blobs.open(&d)?;
-    let ix = index_layer_with(
-        reader,
-        comp,
-        &store.files,
-        &mut |n| progress.layer_bytes(&d, n),
-        &mut |e| progress.entry(&d, e),
-    )
+    // The download goes on (up to 32 MiB ahead) while what came is
+    // decompressed, hashed and written.
+    let ix = std::thread::scope(|s| {
+        index_layer_with(
+            super::blob::read_ahead(s, reader, 1 << 20, 32),
+            comp,
+            &store.files,
+            &mut |n| progress.layer_bytes(&d, n),
+            &mut |e| progress.entry(&d, e),
+        )
+    })
     .map_err(|e| fail(format!("layer {d}: {e}")))?;
     if ix.blob_digest != d {
         return Err(fail(format!(

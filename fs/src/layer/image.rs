@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{Attr, EntryVisitor, FsStats, Kind, Layer, LowerFile};
@@ -41,6 +41,10 @@ use fetch::ReadAheadState;
 /// start of the next files of a directory is worth a request only while it
 /// is small next to what a round trip costs.
 const WILL_NEED_REMOTE: u64 = 64 << 10;
+
+/// How many bytes a reader of a remote file reads in order from its start
+/// before the rest of the file is fetched for it in the background.
+const WHOLE_AFTER: u64 = 1 << 20;
 
 /// Requests in flight for the start of a traced layer (see
 /// [`ImageLayer::with_start`]).
@@ -475,6 +479,8 @@ impl Layer for ImageLayer {
         Ok(Arc::new(ImageFile {
             layer: self.inner.clone(),
             file: n.file,
+            next: AtomicU64::new(0),
+            run: AtomicU64::new(0),
             trace: self
                 .trace
                 .clone()
@@ -532,6 +538,10 @@ impl Layer for ImageLayer {
 struct ImageFile {
     layer: Arc<Inner>,
     file: u32,
+    /// Where the last read ended, and how many bytes the reads before it
+    /// read one after another up to there (a reader of the whole file).
+    next: AtomicU64,
+    run: AtomicU64,
     /// Where its reads are recorded, and the path it was opened by.
     trace: Option<(Arc<Trace>, Box<[u8]>)>,
 }
@@ -581,8 +591,20 @@ impl LowerFile for ImageFile {
                 t.note_read(path, c.offset, c.len);
             }
         }
-        // The rest of the file, in the background.
-        if !self.layer.queued.set(self.file) {
+        // The rest of the file, in the background: of a stored layer
+        // (nothing to fetch but a few opens), or once the reads go through
+        // the file in order (a copy, a checksum; not a program's pages,
+        // which the kernel asks for here and there, or one read of a
+        // file's start).
+        let run = if self.next.swap(end, Ordering::Relaxed) == offset {
+            self.run.fetch_add(end - offset, Ordering::Relaxed) + (end - offset)
+        } else {
+            self.run.store(end - offset, Ordering::Relaxed);
+            end - offset
+        };
+        let whole =
+            self.layer.source.is_none() || (offset == run - (end - offset) && run >= WHOLE_AFTER);
+        if whole && !self.layer.queued.set(self.file) {
             self.layer.queue(self.file, u64::MAX, false);
         }
         let mut done = 0usize;

@@ -433,13 +433,45 @@ fn the_disk_cache_stays_within_its_budget() {
     assert_eq!(read_all(&l, "f0").unwrap(), files[0].1);
 }
 
+/// Reads the first MiB of `name` in order, as `cat` would: the reader of
+/// a whole file.
+fn read_first_mib(l: &ImageLayer, name: &str) {
+    let f = l.open(Path::new(name)).unwrap();
+    let mut b = vec![0u8; 128 << 10];
+    for k in 0..8 {
+        f.read_at(&mut b, k * (128 << 10)).unwrap();
+    }
+}
+
+/// A program's pages (a library it maps) are read here and there: each
+/// read fetches what it covers and a little read-ahead in the blob, not
+/// the whole file, however long the mount then stays idle.
+#[test]
+fn reads_here_and_there_fetch_what_they_cover_not_the_whole_file() {
+    let data = pattern(8 << 20, 9);
+    let cache = Arc::new(BlockCache::in_memory(64 << 20));
+    let (l, blob) = layer(&[("lib.so", data.clone(), 100_000)], cache);
+    let f = l.open(Path::new("lib.so")).unwrap();
+    let mut b = vec![0u8; 4096];
+    for at in [4 << 20, 200_000, 6 << 20] {
+        f.read_at(&mut b, at).unwrap();
+        assert_eq!(&b[..], &data[at as usize..at as usize + 4096]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let fetched = blob.bytes.load(Ordering::SeqCst);
+    assert!(
+        fetched < 4 << 20,
+        "three reads of a page fetched {fetched} of {} bytes",
+        blob.data.len()
+    );
+}
+
 #[test]
 fn background_fetch_gets_the_rest_of_a_file_and_stops_with_the_layer() {
     let data = pattern(2_000_000, 6);
     let cache = Arc::new(BlockCache::in_memory(64 << 20));
     let (l, blob) = layer(&[("f", data.clone(), 100_000)], cache.clone());
-    let mut b = vec![0u8; 10];
-    l.open(Path::new("f")).unwrap().read_at(&mut b, 0).unwrap();
+    read_first_mib(&l, "f");
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while blob.bytes.load(Ordering::SeqCst) < blob.data.len() as u64 - 7
         && Instant::now() < deadline
@@ -486,8 +518,7 @@ fn a_file_fetched_whole_in_chunks_becomes_a_host_file() {
     let cache = Arc::new(BlockCache::new(1 << 20, Some(chunks), 1 << 30, None));
     let (l, _) = layer(&[("f", data.clone(), 100_000)], cache);
     assert!(l.open(Path::new("f")).unwrap().host_fd().is_none());
-    let mut b = [0u8; 10];
-    l.open(Path::new("f")).unwrap().read_at(&mut b, 0).unwrap();
+    read_first_mib(&l, "f");
     // The rest comes in the background, then the file is put together.
     let deadline = Instant::now() + std::time::Duration::from_secs(20);
     let f = loop {

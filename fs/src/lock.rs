@@ -38,6 +38,7 @@
 //! | [`Rank::Pull`] | `image::live::LivePull::ready` | a mount learns that its image's layers are known |
 //! | [`Rank::Stream`] | `layer::Stream::st` | a streaming layer's entries are added or looked up |
 //! | [`Rank::Trace`] | `layer::Trace::out` | a first open is written to a trace |
+//! | [`Rank::StartLog`] | `layer::StartLog::seen` | a start's read is noted |
 //! | [`Rank::LayerReadAhead`] | `ImageLayer`'s `Inner::ra` | an image layer's read-ahead window moves |
 //! | [`Rank::CachePending`] | `BlockCache::pending` | chunk fetches in flight are looked up |
 //! | [`Rank::CacheFetch`] | `cache::Pending::done` | one fetch's result is set or waited for |
@@ -79,6 +80,7 @@ pub(crate) enum Rank {
     Pull,
     Stream,
     Trace,
+    StartLog,
     LayerReadAhead,
     CachePending,
     CacheFetch,

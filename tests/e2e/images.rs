@@ -192,6 +192,67 @@ fn gzip_and_zstd_images_are_indexed_and_served_as_pushed() {
     }
 }
 
+/// A lazy layer's first start is kept as its start order: the next mount
+/// with an empty cache fetches what that start read before anything asks
+/// for it, and the same reads then wait for nothing.
+#[test]
+fn a_lazy_layers_first_start_is_fetched_first_by_the_next_mount() {
+    let c = Case::new(22);
+    c.registry.push(&c.layout, "v1", "lazy", "zstd:chunked");
+    let proxy = FaultProxy::start(c.registry.port);
+    let image = format!("{}/lazy:v1", proxy.host());
+    pull(&c.store(), &image, &[]).expect_ok("rcfs pull");
+    let start = [
+        "etc/hostname",
+        "usr/share/data/f005",
+        "usr/share/data/f012",
+        "new.txt",
+    ];
+    let records = || -> Vec<String> {
+        std::fs::read_dir(c.store().join("layers/sha256"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    };
+    assert!(records().iter().all(|r| !r.contains("start_order")));
+    {
+        let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+        for f in start {
+            std::fs::read(m.mnt.join(f)).unwrap();
+        }
+    }
+    assert_eq!(
+        records()
+            .iter()
+            .filter(|r| r.contains("start_order"))
+            .count(),
+        2,
+        "{:?}",
+        records()
+    );
+    // An empty cache: the next mount fetches the start by itself.
+    run(&mut rcfs(&c.store(), &["gc", "--all"]), T).expect_ok("rcfs gc --all");
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while m.stats()["bytes_fetched"] == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = m.stats();
+    assert!(before["bytes_fetched"] > 0, "{before:?}");
+    for f in start {
+        assert_eq!(
+            std::fs::read(m.mnt.join(f)).unwrap(),
+            std::fs::read(c.path("bundle/rootfs").join(f)).unwrap()
+        );
+    }
+    let after = m.stats();
+    assert_eq!(
+        after["requests"], before["requests"],
+        "the start's files were there before it asked: {before:?} {after:?}"
+    );
+}
+
 /// The store's trees (the binary index a mount reads): made at the pull,
 /// one per layer, 0600; one short, damaged or gone is built again from
 /// the layer's TOC, and the image reads the same. Damage found while

@@ -160,6 +160,7 @@ impl Filesystem for UnionFs {
 
     fn destroy(&mut self) {
         self.union.sync_all();
+        self.union.end();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

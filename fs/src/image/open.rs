@@ -131,35 +131,41 @@ pub fn open_layer(
         )
     };
     let rec = store.layer(key)?.ok_or_else(missing)?;
-    let source: Option<Arc<dyn BlobSource>> = match rec.format {
+    // The blob itself when the store has it (images rcfs converted), else
+    // by range from the registry.
+    let stored = match rec.format {
         LayerFormat::Indexed => None,
-        LayerFormat::ZstdChunked => {
-            // The blob itself when the store has it (images rcfs
-            // converted), else by range from the registry.
-            let source: Arc<dyn BlobSource> = match store.blobs.open_object(d)? {
-                Some(f) => Arc::new(FileBlob::new(f, format!("stored blob {}", d.short()))),
-                None => match registry {
-                    Some(reg) => Arc::new(RegistryBlob {
-                        registry: reg.clone(),
-                        digest: *d,
-                    }),
-                    None => {
-                        return Err(layer_error(
-                            libc::EIO,
-                            format!("layer {d} is lazy but {image} has no registry to fetch from"),
-                        ))
-                    }
-                },
-            };
-            Some(source)
+        LayerFormat::ZstdChunked => store.blobs.open_object(d)?,
+    };
+    let remote = rec.format == LayerFormat::ZstdChunked && stored.is_none();
+    let source: Option<Arc<dyn BlobSource>> = match (stored, registry) {
+        (Some(f), _) => Some(Arc::new(FileBlob::new(
+            f,
+            format!("stored blob {}", d.short()),
+        ))),
+        _ if !remote => None,
+        (None, Some(reg)) => Some(Arc::new(RegistryBlob {
+            registry: reg.clone(),
+            digest: *d,
+        })),
+        (None, None) => {
+            return Err(layer_error(
+                libc::EIO,
+                format!("layer {d} is lazy but {image} has no registry to fetch from"),
+            ))
         }
     };
     let tree = layer_tree(store, &rec, data_of(&rec))?;
-    let layer = Arc::new(
+    let mut layer =
         ImageLayer::with_tree(d.to_string(), tree, source, cache.clone(), opts.prefetch)
             .with_trace(opts.trace.clone())
-            .with_start(rec.start_bytes, &rec.start_order),
-    );
+            .with_start(rec.start_bytes, &rec.start_order);
+    // A lazy layer nobody told the order of its start: this mount's start
+    // tells the next one.
+    if remote && rec.start_bytes == 0 && rec.start_order.is_empty() {
+        layer = layer.with_start_log(start_log(&store.root, *key));
+    }
+    let layer = Arc::new(layer);
     Ok((rec, layer))
 }
 
@@ -252,4 +258,27 @@ pub fn ensure_tree(
         Some(store.tree_remover(&name)),
     )
     .map_err(|e| layer_error(libc::EIO, format!("{what}: {e}")))
+}
+
+/// Keeps what a start read as the start order of layer `key` of the store
+/// at `root`, unless something else gave it one meanwhile (best effort: a
+/// start that cannot be kept is only logged).
+fn start_log(root: &std::path::Path, key: LayerKey) -> crate::layer::StartLog {
+    let root = root.to_owned();
+    crate::layer::StartLog::new(Box::new(move |ranges| {
+        let keep = || -> io::Result<()> {
+            let store = Store::open(&root)?;
+            let _l = store.lock_shared()?;
+            if let Some(mut rec) = store.layer(&key)? {
+                if rec.start_bytes == 0 && rec.start_order.is_empty() {
+                    rec.start_order = ranges;
+                    store.put_layer(&key, &rec)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = keep() {
+            log::warn!("layer {key}: cannot keep the order of its start: {e}");
+        }
+    }))
 }

@@ -164,9 +164,10 @@ pub struct LayerRecord {
     /// bytes that hold what a start reads, fetched at once when mounted.
     #[serde(default)]
     pub start_bytes: u64,
-    /// zstd:chunked written by `rcfs convert --trace`: blob ranges
-    /// (start, end) of the chunks a traced start read, in the order it
-    /// read them; fetched first when mounted.
+    /// Blob ranges (start, end) of the chunks a start read, in the order
+    /// it read them; fetched first when mounted. Written by `rcfs convert
+    /// --trace` (from its trace), or for a lazy layer by the end of its
+    /// first mount (what that mount's start read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub start_order: Vec<(u64, u64)>,
 }

@@ -99,6 +99,9 @@ struct Inner {
     me: std::sync::Weak<Inner>,
     /// The read-ahead window; taken alone.
     ra: Mutex<ReadAheadState>,
+    /// What this mount's start reads, for the next one (set once, before
+    /// any read).
+    start_log: OnceLock<StartLog>,
 }
 
 /// The order in which a mount's files were first opened
@@ -161,6 +164,78 @@ impl Trace {
     }
 }
 
+/// What a layer's first start read, in the order it read it: the blob
+/// range of each chunk a read of the first [`StartLog::WINDOW`] covered,
+/// once each, up to [`StartLog::MAX_BYTES`]. Given to `save` when the log
+/// goes (with its layer, at the end of the mount), so that the next mount
+/// of the same layer with an empty cache fetches those ranges first
+/// ([`ImageLayer::with_start`]) as a `rcfs convert --trace` layer's are.
+pub struct StartLog {
+    since: std::time::Instant,
+    /// Taken alone.
+    seen: Mutex<StartSeen>,
+    save: SaveStart,
+}
+
+/// The ranges noted, the chunk starts among them, and their bytes.
+type StartSeen = (Vec<(u64, u64)>, HashSet<u64>, u64);
+
+/// What keeps the ranges a start read (blob offsets, start to end).
+pub type SaveStart = Box<dyn Fn(Vec<(u64, u64)>) + Send + Sync>;
+
+impl std::fmt::Debug for StartLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StartLog({} ranges)", self.seen.lock().0.len())
+    }
+}
+
+impl StartLog {
+    /// How long after the layer is opened a read counts as the start's.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+    /// The most compressed bytes a log names.
+    pub const MAX_BYTES: u64 = 256 << 20;
+
+    pub fn new(save: SaveStart) -> StartLog {
+        StartLog {
+            since: std::time::Instant::now(),
+            seen: Mutex::new(Rank::StartLog, (Vec::new(), HashSet::new(), 0)),
+            save,
+        }
+    }
+
+    fn note(&self, start: u64, end: u64) {
+        if self.since.elapsed() > Self::WINDOW {
+            return;
+        }
+        let mut g = self.seen.lock();
+        let (ranges, starts, bytes) = &mut *g;
+        if *bytes + (end - start) > Self::MAX_BYTES || !starts.insert(start) {
+            return;
+        }
+        *bytes += end - start;
+        match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => ranges.push((start, end)),
+        }
+    }
+}
+
+impl StartLog {
+    /// Gives what was noted to `save`, once.
+    fn keep(&self) {
+        let ranges = std::mem::take(&mut self.seen.lock().0);
+        if !ranges.is_empty() {
+            (self.save)(ranges);
+        }
+    }
+}
+
+impl Drop for StartLog {
+    fn drop(&mut self) {
+        self.keep();
+    }
+}
+
 /// See the module doc.
 #[derive(Debug)]
 pub struct ImageLayer {
@@ -202,6 +277,7 @@ impl ImageLayer {
             queued,
             me: me.clone(),
             ra: Mutex::new(Rank::LayerReadAhead, ReadAheadState::default()),
+            start_log: OnceLock::new(),
         });
         if prefetch {
             // Blob order: one request can then take several files.
@@ -242,6 +318,12 @@ impl ImageLayer {
         for _ in 0..START_STREAMS {
             Inner::fetch_start(self.inner.me.clone(), start.clone());
         }
+        self
+    }
+
+    /// Notes what this mount's start reads in `log` (see [`StartLog`]).
+    pub fn with_start_log(self, log: StartLog) -> ImageLayer {
+        let _ = self.inner.start_log.set(log);
         self
     }
 
@@ -518,6 +600,12 @@ impl Layer for ImageLayer {
             .collect()
     }
 
+    fn end(&self) {
+        if let Some(log) = self.inner.start_log.get() {
+            log.keep();
+        }
+    }
+
     fn statfs(&self) -> io::Result<FsStats> {
         let (entries, _, bytes) = self.inner.tree.counts();
         Ok(FsStats {
@@ -589,6 +677,13 @@ impl LowerFile for ImageFile {
         if let Some((t, path)) = &self.trace {
             for (c, _) in &blocks {
                 t.note_read(path, c.offset, c.len);
+            }
+        }
+        if let Some(log) = self.layer.start_log.get() {
+            for (c, _) in &blocks {
+                if let Source::Blob { start, end } = c.source {
+                    log.note(start, end);
+                }
             }
         }
         // The rest of the file, in the background: of a stored layer

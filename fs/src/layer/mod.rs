@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use dir::DirLayer;
-pub use image::{ImageLayer, Trace};
+pub use image::{ImageLayer, StartLog, Trace};
 pub use stream::{Stream, StreamLayer};
 
 /// The type of a layer entry.
@@ -334,6 +334,9 @@ pub trait Layer: Send + Sync + Debug {
     /// Capacity and usage of where the layer lives (a read-only union's
     /// `statfs`).
     fn statfs(&self) -> io::Result<FsStats>;
+
+    /// The mount ends: keep what is worth keeping for the next one.
+    fn end(&self) {}
     /// Whether every entry of the layer is there (only a layer still
     /// arriving says no).
     fn complete(&self) -> bool {

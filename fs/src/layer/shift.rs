@@ -90,6 +90,10 @@ impl Layer for Shifted {
         self.inner.statfs()
     }
 
+    fn end(&self) {
+        self.inner.end()
+    }
+
     fn complete(&self) -> bool {
         self.inner.complete()
     }

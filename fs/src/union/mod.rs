@@ -490,6 +490,14 @@ impl Union {
     /// At unmount: finishes every flush and, unless flushing is off, makes
     /// everything written to the upper dir durable (copy-up renames among
     /// it), so that the upper dir is complete on disk once the server exits.
+    /// The mount ends: each layer keeps what it learned (see
+    /// [`layer::Layer::end`]).
+    pub fn end(&self) {
+        for l in &self.lowers {
+            l.end();
+        }
+    }
+
     pub fn sync_all(&self) {
         self.finish_flushes();
         if let (Some(u), true) = (&self.upper, self.fsync) {

@@ -237,6 +237,9 @@ struct Disk {
     limit: u64,
     /// Objects whose bytes this process has checked.
     verified: HashSet<Digest>,
+    /// Whether `lru` holds what earlier processes left (see
+    /// [`BlockCache::list_disk`]).
+    listed: bool,
 }
 
 /// See the module doc.
@@ -270,21 +273,17 @@ impl BlockCache {
         disk_limit: u64,
         files: Option<Arc<Cas>>,
     ) -> BlockCache {
-        let mut disk = Disk {
+        // What earlier processes left is listed when this one first adds
+        // to the cache (`note_on_disk`): a mount that fetches nothing (an
+        // image whose data is all here) never reads the cache's directory,
+        // however large it is.
+        let disk = Disk {
             lru: LruCache::unbounded(),
             bytes: 0,
             limit: disk_limit,
             verified: HashSet::new(),
+            listed: chunks.is_none(),
         };
-        if let Some(c) = &chunks {
-            // What earlier processes left, oldest first by modification.
-            if let Ok(list) = c.list() {
-                for (d, size) in list {
-                    disk.lru.put(d, size);
-                    disk.bytes += size;
-                }
-            }
-        }
         BlockCache {
             mem: Mutex::new(
                 Rank::CacheMem,
@@ -352,7 +351,12 @@ impl BlockCache {
                 continue;
             }
             if evictable {
-                self.disk.lock().lru.get(d);
+                let mut disk = self.disk.lock();
+                if disk.lru.get(d).is_none() && !disk.listed {
+                    // Known before the listing: it keeps its recency.
+                    disk.lru.put(*d, len);
+                    disk.bytes += len;
+                }
             }
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             let f = Arc::new(f);
@@ -505,6 +509,7 @@ impl BlockCache {
     /// Notes a new object in the disk cache and evicts the least recently
     /// used ones past the budget.
     fn note_on_disk(&self, d: &Digest, len: u64) {
+        self.list_disk();
         let mut victims = Vec::new();
         {
             let mut disk = self.disk.lock();
@@ -531,8 +536,44 @@ impl BlockCache {
         }
     }
 
+    /// Adds what earlier processes left in the disk cache to its
+    /// bookkeeping, once, as less recently used than what this process
+    /// used.
+    fn list_disk(&self) {
+        if self.disk.lock().listed {
+            return;
+        }
+        let listed = match self.chunks.as_ref().map(|c| c.list()) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                log::warn!("cannot list the disk cache (it may grow past its budget): {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut disk = self.disk.lock();
+        if disk.listed {
+            return;
+        }
+        let mine = std::mem::replace(&mut disk.lru, LruCache::unbounded());
+        disk.bytes = 0;
+        for (d, size) in listed {
+            if !mine.contains(&d) {
+                disk.lru.put(d, size);
+                disk.bytes += size;
+            }
+        }
+        // Least recently used first, so the last put is the most recent.
+        for (d, size) in mine.iter().rev() {
+            disk.lru.put(*d, *size);
+            disk.bytes += size;
+        }
+        disk.listed = true;
+    }
+
     /// Bytes in memory and on disk (cache part).
     pub fn usage(&self) -> (u64, u64) {
+        self.list_disk();
         (self.mem.lock().bytes, self.disk.lock().bytes)
     }
 

@@ -433,6 +433,45 @@ fn the_disk_cache_stays_within_its_budget() {
     assert_eq!(read_all(&l, "f0").unwrap(), files[0].1);
 }
 
+/// What an earlier process left in the disk cache is read without being
+/// listed (a mount that fetches nothing never reads the cache's
+/// directory), and counts against the budget once this process adds to it.
+#[test]
+fn an_earlier_processs_cache_is_used_at_once_and_kept_within_the_budget() {
+    let t = tempfile::tempdir().unwrap();
+    let chunks = Arc::new(crate::image::cas::temp_cas(t.path(), "cache"));
+    let files: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("f{i}"), pattern(300_000, 50 + i as u8)))
+        .collect();
+    let spec: Vec<(&str, Vec<u8>, usize)> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone(), 0))
+        .collect();
+    // An earlier process with a large budget fills the cache.
+    {
+        let cache = Arc::new(BlockCache::new(0, Some(chunks.clone()), 1 << 30, None));
+        let (l, _) = layer(&spec[..6], cache);
+        for (n, d) in &files[..6] {
+            assert_eq!(&read_all(&l, n).unwrap(), d);
+        }
+    }
+    let left: u64 = chunks.list().unwrap().iter().map(|(_, s)| s).sum();
+    assert!(left >= 6 * 300_000, "{left}");
+    // This one reads what is there without a request...
+    let cache = Arc::new(BlockCache::new(0, Some(chunks.clone()), 1 << 20, None));
+    let (l, blob) = layer(&spec, cache.clone());
+    assert_eq!(read_all(&l, "f0").unwrap(), files[0].1);
+    assert_eq!(blob.requests.load(Ordering::SeqCst), 0);
+    // ...and what it adds makes room within its budget, the earlier
+    // process's least recently used first.
+    for (n, d) in &files[6..] {
+        assert_eq!(&read_all(&l, n).unwrap(), d);
+    }
+    let on_disk: u64 = chunks.list().unwrap().iter().map(|(_, s)| s).sum();
+    assert!(on_disk <= 1 << 20, "{on_disk}");
+    assert_eq!(cache.usage().1, on_disk);
+}
+
 /// Reads the first MiB of `name` in order, as `cat` would: the reader of
 /// a whole file.
 fn read_first_mib(l: &ImageLayer, name: &str) {

@@ -575,15 +575,21 @@ impl Layer for ImageLayer {
         if n.file == NONE || self.inner.queued.get(n.file) {
             return Ok(());
         }
-        let len = if self.inner.source.is_some() {
-            len.min(WILL_NEED_REMOTE)
-        } else {
-            len
-        };
+        if self.inner.source.is_none() {
+            // A stored file: the kernel reads it ahead into its page cache
+            // (a hint, no copy here; nothing to do for pages already there).
+            let f = self.inner.tree.file(n.file)?;
+            if let (Some(d), Some(files)) = (f.digest, self.inner.cache.files()) {
+                if let Some(host) = files.open_object(&d)? {
+                    crate::sys::will_need(&host, len)?;
+                }
+            }
+            return Ok(());
+        }
         // From a remote blob, reading ahead in blob order (after each
         // read that missed) is what keeps a start's requests few; these
         // wait until no read is fetching.
-        self.inner.queue(n.file, len, self.inner.source.is_none());
+        self.inner.queue(n.file, len.min(WILL_NEED_REMOTE), false);
         Ok(())
     }
 
@@ -686,11 +692,10 @@ impl LowerFile for ImageFile {
                 }
             }
         }
-        // The rest of the file, in the background: of a stored layer
-        // (nothing to fetch but a few opens), or once the reads go through
-        // the file in order (a copy, a checksum; not a program's pages,
+        // The rest of a remote file, in the background, once the reads go
+        // through it in order (a copy, a checksum; not a program's pages,
         // which the kernel asks for here and there, or one read of a
-        // file's start).
+        // file's start). A stored file is here already.
         let run = if self.next.swap(end, Ordering::Relaxed) == offset {
             self.run.fetch_add(end - offset, Ordering::Relaxed) + (end - offset)
         } else {
@@ -698,7 +703,7 @@ impl LowerFile for ImageFile {
             end - offset
         };
         let whole =
-            self.layer.source.is_none() || (offset == run - (end - offset) && run >= WHOLE_AFTER);
+            self.layer.source.is_some() && offset == run - (end - offset) && run >= WHOLE_AFTER;
         if whole && !self.layer.queued.set(self.file) {
             self.layer.queue(self.file, u64::MAX, false);
         }

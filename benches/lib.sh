@@ -1,5 +1,32 @@
 # Pieces the benchmark scripts share; `source benches/lib.sh` (bash).
 
+# installed PKG: whether the Debian package PKG is installed.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# need_packages PKG...: installs those of the Debian packages PKG that are
+# not installed.
+need_packages() {
+    local p
+    for p in "$@"; do
+        installed "$p" || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+    done
+}
+
+# need_podman: with PODMAN=1 (the default), installs podman, runc and uidmap
+# if missing; sets NO_PODMAN to why podman is left out ("" when it is not).
+need_podman() {
+    local p
+    NO_PODMAN=
+    if [ "${PODMAN:-1}" = 1 ]; then
+        for p in podman runc uidmap; do
+            installed "$p" || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1 \
+                || NO_PODMAN="apt-get install $p failed"
+        done
+    else
+        NO_PODMAN="PODMAN=0"
+    fi
+}
+
 # A free TCP port on loopback.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

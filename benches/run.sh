@@ -29,20 +29,9 @@ RCFS=${RCFS:-$PWD/target/release/rcfs}
 OUT=${OUT:-$PWD/benches/results/run-$(date +%Y%m%d-%H%M%S).md}
 PODMAN=${PODMAN:-1}
 [ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in bubblewrap fuse-overlayfs docker-registry skopeo busybox-static; do
-    installed "$p" || apt-get install -y -qq "$p" >/dev/null
-done
+need_packages bubblewrap fuse-overlayfs docker-registry skopeo busybox-static
 # Why podman is left out, if it is (printed with the results).
-NO_PODMAN=
-if [ "$PODMAN" = 1 ]; then
-    for p in podman runc uidmap; do
-        installed "$p" || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1 \
-            || NO_PODMAN="apt-get install $p failed"
-    done
-else
-    NO_PODMAN="PODMAN=0"
-fi
+need_podman
 scripts/setup-fuse
 W=$(mktemp -d /var/tmp/rcfs-runbench.XXXXXX)
 chmod 755 "$W"

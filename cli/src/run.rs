@@ -666,7 +666,10 @@ fn serve(
         name: found
             .as_ref()
             .map_or_else(|| opts.image.clone(), |i| i.name.clone()),
-        cache: CacheOptions::default(),
+        cache: CacheOptions {
+            learn_start: true,
+            ..Default::default()
+        },
         pull: found.is_none(),
         insecure: opts.insecure,
         unverified_streaming: opts.unverified_streaming,

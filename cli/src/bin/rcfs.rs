@@ -584,6 +584,7 @@ fn run() -> Result<()> {
                         mem_bytes: a.cache_memory << 20,
                         disk_bytes: a.cache_disk << 20,
                         prefetch: a.prefetch,
+                        learn_start: true,
                         trace: match &a.record_trace {
                             Some(p) => Some(rcfs_fs::layer::Trace::create(p).map_err(|e| {
                                 anyhow::anyhow!("cannot write the trace {}: {e}", p.display())

@@ -33,6 +33,10 @@ pub struct CacheOptions {
     pub prefetch: bool,
     /// Record the order in which files are first opened.
     pub trace: Option<Arc<Trace>>,
+    /// Keep what this mount's start reads as the start order of each lazy
+    /// layer that has none (a mount's, not a whole-image reader's such as
+    /// `convert`).
+    pub learn_start: bool,
 }
 
 impl Default for CacheOptions {
@@ -42,6 +46,7 @@ impl Default for CacheOptions {
             disk_bytes: 10 << 30,
             prefetch: false,
             trace: None,
+            learn_start: false,
         }
     }
 }
@@ -162,7 +167,7 @@ pub fn open_layer(
             .with_start(rec.start_bytes, &rec.start_order);
     // A lazy layer nobody told the order of its start: this mount's start
     // tells the next one.
-    if remote && rec.start_bytes == 0 && rec.start_order.is_empty() {
+    if opts.learn_start && remote && rec.start_bytes == 0 && rec.start_order.is_empty() {
         layer = layer.with_start_log(start_log(&store.root, *key));
     }
     let layer = Arc::new(layer);
@@ -219,10 +224,16 @@ pub fn ensure_tree(
         toc: toc_digest,
         data,
     };
-    if let Some(f) = store.open_tree(&name)? {
+    let stored = store.open_tree(&name).unwrap_or_else(|e| {
+        log::warn!("cannot open the store's index of {what} ({e}); building it again");
+        None
+    });
+    if let Some(f) = stored {
         let opened = crate::sys::Mapping::of(&f)
             .map_err(|e| e.to_string())
             .and_then(|m| {
+                // Looked up here and there: no read-ahead around each page.
+                m.advise_random();
                 Tree::open(
                     tree::Bytes::Mapped(m),
                     what.clone(),
@@ -268,7 +279,7 @@ fn start_log(root: &std::path::Path, key: LayerKey) -> crate::layer::StartLog {
     crate::layer::StartLog::new(Box::new(move |ranges| {
         let keep = || -> io::Result<()> {
             let store = Store::open(&root)?;
-            let _l = store.lock_shared()?;
+            let _l = store.lock_exclusive()?;
             if let Some(mut rec) = store.layer(&key)? {
                 if rec.start_bytes == 0 && rec.start_order.is_empty() {
                     rec.start_order = ranges;

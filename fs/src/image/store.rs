@@ -434,10 +434,17 @@ impl Store {
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             0o600,
         )?;
-        let r = File::from(fd).write_all(bytes).and_then(|_| {
-            renameat(self.tmp.as_fd(), t.as_str(), self.trees.as_fd(), name)
-                .map_err(io::Error::from)
-        });
+        // In pages: the page cache then holds the file in small folios, and
+        // a mount that maps it (to look up a few names) maps the pages it
+        // reads, not the 2 MiB folios one large write would make.
+        let mut f = File::from(fd);
+        let r = bytes
+            .chunks(4096)
+            .try_for_each(|p| f.write_all(p))
+            .and_then(|_| {
+                renameat(self.tmp.as_fd(), t.as_str(), self.trees.as_fd(), name)
+                    .map_err(io::Error::from)
+            });
         if r.is_err() {
             let _ = nix::unistd::unlinkat(
                 self.tmp.as_fd(),

@@ -194,6 +194,9 @@ impl StartLog {
     pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
     /// The most compressed bytes a log names.
     pub const MAX_BYTES: u64 = 256 << 20;
+    /// The most ranges it keeps (each a request at the next start, at
+    /// worst, and a line of the layer's record).
+    pub const MAX_RANGES: usize = 4096;
 
     pub fn new(save: SaveStart) -> StartLog {
         StartLog {
@@ -209,7 +212,10 @@ impl StartLog {
         }
         let mut g = self.seen.lock();
         let (ranges, starts, bytes) = &mut *g;
-        if *bytes + (end - start) > Self::MAX_BYTES || !starts.insert(start) {
+        if *bytes + (end - start) > Self::MAX_BYTES
+            || ranges.len() >= Self::MAX_RANGES
+            || !starts.insert(start)
+        {
             return;
         }
         *bytes += end - start;

@@ -47,6 +47,21 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Tells the kernel the mapping is read at random: a page fault reads
+    /// that page, not a read-ahead window around it, and no huge page maps
+    /// it (what a process that looks up a few names in a large index holds
+    /// stays small).
+    pub fn advise_random(&self) {
+        if self.len > 0 {
+            // SAFETY: our own mapping, whole; advice changes no contents.
+            // (Huge pages would map 2 MiB of it for any page looked up.)
+            unsafe {
+                libc::madvise(self.ptr, self.len, libc::MADV_RANDOM);
+                libc::madvise(self.ptr, self.len, libc::MADV_NOHUGEPAGE);
+            }
+        }
+    }
+
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         if self.len == 0 {

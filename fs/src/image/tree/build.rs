@@ -50,6 +50,7 @@ pub fn build(toc: &Toc, toc_digest: &Digest, data: DataIn) -> Result<Vec<u8>, St
         u32_of(strings.len(), "names")?;
         Ok(off)
     };
+    let mut xattr_at: std::collections::HashMap<Vec<u8>, u32> = Default::default();
     let mut nodes = vec![0u8; n * NODE_LEN];
     for (p, &old) in order.iter().enumerate() {
         let node = toc.node(old);
@@ -94,7 +95,18 @@ pub fn build(toc: &Toc, toc_digest: &Digest, data: DataIn) -> Result<Vec<u8>, St
             xb.extend_from_slice(k);
             xb.extend_from_slice(v);
         }
-        r[88..92].copy_from_slice(&put(&xb)?.to_le_bytes());
+        // Hard links carry their file's xattrs each: written once.
+        let off = match xattr_at.get(&xb) {
+            Some(&off) => off,
+            None => {
+                let off = put(&xb)?;
+                if !xb.is_empty() {
+                    xattr_at.insert(xb, off);
+                }
+                off
+            }
+        };
+        r[88..92].copy_from_slice(&off.to_le_bytes());
     }
 
     let mut files = vec![0u8; toc.files.len() * FILE_LEN];
@@ -104,7 +116,7 @@ pub fn build(toc: &Toc, toc_digest: &Digest, data: DataIn) -> Result<Vec<u8>, St
     let mut data_bytes = 0u64;
     for (fi, f) in toc.files.iter().enumerate() {
         let r = &mut files[fi * FILE_LEN..(fi + 1) * FILE_LEN];
-        data_bytes += f.size;
+        data_bytes = data_bytes.saturating_add(f.size);
         r[0..8].copy_from_slice(&f.size.to_le_bytes());
         if let Some(d) = f.digest {
             r[8..40].copy_from_slice(&d.0);
@@ -177,6 +189,10 @@ pub fn build(toc: &Toc, toc_digest: &Digest, data: DataIn) -> Result<Vec<u8>, St
                 crc.update(string(u32_at(cr, 80), u32_at(cr, 84) as usize));
             }
             crc.update(xattr_bytes(cr));
+            if cr[12] == kind_code(Kind::File) {
+                let f = u32_at(cr, 80) as usize;
+                crc.update(&files[f * FILE_LEN + 60..(f + 1) * FILE_LEN]);
+            }
         }
         let sum = crc.finalize();
         nodes[p * NODE_LEN + 92..p * NODE_LEN + 96].copy_from_slice(&sum.to_le_bytes());

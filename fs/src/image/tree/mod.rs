@@ -53,8 +53,9 @@ use crate::layer::{Attr, Kind, Time};
 
 /// The first bytes of every tree file.
 const MAGIC: &[u8; 8] = b"RCFSTREE";
-/// The format's version: a tree of another version is built again.
-pub const VERSION: u32 = 1;
+/// The format's version: a tree of another version is built again (its
+/// file name differs; gc removes the old one).
+pub const VERSION: u32 = 2;
 const HEADER_LEN: usize = 256;
 const NODE_LEN: usize = 96;
 const FILE_LEN: usize = 64;
@@ -74,8 +75,12 @@ pub fn file_name(toc: &Digest, data: DataIn) -> String {
     }
 }
 
-/// The TOC digest a tree file is named for, if `name` is a tree's name.
+/// The TOC digest a tree file is named for, if `name` is the name of a
+/// tree of this version.
 pub fn toc_of_file_name(name: &str) -> Option<Digest> {
+    if !name.ends_with(&format!(".v{VERSION}")) {
+        return None;
+    }
     let (hex, _) = name.split_once('-')?;
     Digest::from_hex(hex)
 }
@@ -143,7 +148,8 @@ fn layout(nodes: u32, files: u32, chunks: u32, links: u32, order: u32, strings: 
         links_off,
         order_off,
         strings_off,
-        strings_off + strings,
+        // (Saturating: a length past any file's is refused.)
+        strings_off.saturating_add(strings),
     ]
 }
 
@@ -562,6 +568,11 @@ impl Tree {
                 crc.update(t);
             }
             crc.update(n.xattrs);
+            // A file's record is vouched for by its own CRC, and that CRC
+            // by its name's directory.
+            if n.file != NONE {
+                crc.update(&self.file_crc(n.file));
+            }
         }
         if crc.finalize() != u32_at(self.node_bytes(dir.id), 92) {
             return Err(self.damaged(format!("the entries of directory {}", dir.id)));
@@ -575,19 +586,32 @@ impl Tree {
         if id >= self.h.nodes {
             return Err(self.damaged(format!("entry {id} outside the tree")));
         }
-        if id != 0 {
-            let parent = u32_at(self.node_bytes(id), 0);
-            // Parents come before their children: walking up ends.
-            if parent >= id {
-                return Err(self.damaged(format!("entry {id} has parent {parent}")));
+        // Up (without recursion) to an entry whose parent's children were
+        // checked, or the root's child; parents come before their
+        // children, so the walk ends.
+        let mut chain = Vec::new();
+        let mut at = id;
+        while at != 0 {
+            let parent = u32_at(self.node_bytes(at), 0);
+            if parent >= at {
+                return Err(self.damaged(format!("entry {at} has parent {parent}")));
             }
-            if !self.dirs_ok.get(parent) {
-                let p = self.node(parent)?;
-                if p.attr.kind != Kind::Dir || !p.children.contains(&id) {
-                    return Err(self.damaged(format!("entry {id} is not among its parent's")));
-                }
-                self.check_dir(&p)?;
+            chain.push(at);
+            if self.dirs_ok.get(parent) {
+                break;
             }
+            at = parent;
+        }
+        // Down: each parent (the root, vouched for by the header, or an
+        // entry checked just before) must list the entry among its
+        // children, whose records its CRC covers.
+        for &c in chain.iter().rev() {
+            let parent = u32_at(self.node_bytes(c), 0);
+            let p = self.decode(parent).map_err(|e| self.damaged(e))?;
+            if p.attr.kind != Kind::Dir || !p.children.contains(&c) {
+                return Err(self.damaged(format!("entry {c} is not among its parent's")));
+            }
+            self.check_dir(&p)?;
         }
         self.decode(id).map_err(|e| self.damaged(e))
     }
@@ -643,6 +667,12 @@ impl Tree {
         }
         parts.reverse();
         Ok(parts.join(&b'/'))
+    }
+
+    /// The CRC of file `f`'s record (`f` < the file count).
+    fn file_crc(&self, f: u32) -> [u8; 4] {
+        let o = self.h.files_off + f as usize * FILE_LEN + 60;
+        self.bytes.get()[o..o + 4].try_into().expect("4 bytes")
     }
 
     /// The data of regular file `f`, checked once.

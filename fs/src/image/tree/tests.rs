@@ -212,9 +212,11 @@ fn a_short_or_foreign_tree_is_not_opened() {
         None,
     );
     assert!(other.unwrap_err().contains("placement"));
-    let mut v2 = good.clone();
-    v2[8] = 2;
-    assert!(open(v2, &d).unwrap_err().contains("version 2"));
+    let mut other = good.clone();
+    other[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    assert!(open(other, &d)
+        .unwrap_err()
+        .contains(&format!("version {}", VERSION + 1)));
     // Any flipped bit of the header, or of the root's record.
     for at in (0..HEADER_LEN + NODE_LEN).step_by(7) {
         let mut bad = good.clone();
@@ -330,4 +332,55 @@ fn a_damaged_blob_order_entry_is_skipped() {
     let t = open(bytes, &d).unwrap();
     let (s, f, c) = t.order(3);
     assert!(t.order_chunk(s, f, c).is_none());
+}
+
+/// An entry whose parent field was changed to name another directory,
+/// one already checked, is refused wherever it is reached from (here, as a
+/// hard link's name), never read as that directory's.
+#[test]
+fn an_entry_claiming_a_checked_directory_as_parent_is_refused() {
+    let (toc, d) = sample();
+    let good = build(&toc, &d, DATA).unwrap();
+    let t = open(good.clone(), &d).unwrap();
+    let x = t.lookup(b"usr/big").unwrap().unwrap();
+    let q = t.lookup(b"etc").unwrap().unwrap();
+    let mut bad = good;
+    let at = HEADER_LEN + x as usize * NODE_LEN;
+    bad[at..at + 4].copy_from_slice(&q.to_le_bytes());
+    let t = open(bad, &d).unwrap();
+    // etc's children are checked first.
+    assert!(t.lookup(b"etc/passwd").unwrap().is_some());
+    let e = t.node(x).unwrap_err();
+    assert_eq!(crate::error::errno_of(&e), libc::EIO);
+    assert!(t.path_of(x).is_err());
+}
+
+/// A path as deep as a TOC may make (a chain of directories), reached
+/// first from its far end (a hard link's name): checked upwards without
+/// recursion.
+#[test]
+fn the_deepest_entry_is_checked_without_recursion() {
+    let mut name = String::new();
+    let mut entries = Vec::new();
+    for _ in 0..2040 {
+        name.push_str("d/");
+        entries.push(entry("dir", &name));
+    }
+    let file = format!("{name}f");
+    entries.push(reg(&file, b"deep", 10, 20));
+    entries.push(TocEntry {
+        link_name: file.clone(),
+        ..entry("hardlink", "top")
+    });
+    let json = TocJson {
+        version: 1,
+        entries,
+        tar_split_digest: None,
+    };
+    let toc = Toc::parse(&json, DATA).unwrap();
+    let d = Digest::of(b"deep");
+    let t = open(build(&toc, &d, DATA).unwrap(), &d).unwrap();
+    let f = t.file(0).unwrap();
+    let names: Vec<Vec<u8>> = f.links().map(|l| t.path_of(l).unwrap()).collect();
+    assert_eq!(names, vec![file.into_bytes(), b"top".to_vec()]);
 }

@@ -184,3 +184,45 @@ fn small_files_come_with_their_open_without_passthrough() {
         }
     });
 }
+
+/// Without passthrough, reads of a lower file are spliced from its page
+/// cache into the reply (the patched fuser's `data_from_fd`). O_DIRECT
+/// reads reach the server at the offsets and lengths they were made with:
+/// odd ones, across and past the end, and of a dir layer's file that was
+/// cut shorter after the kernel learnt its size, all give the file's bytes.
+#[test]
+fn direct_reads_of_a_lower_file_give_its_bytes_at_any_offset() {
+    const LEN: usize = (1 << 20) + 4321;
+    let bottom = Layer::new().big_file("big", LEN);
+    let fix = Fixture::without_passthrough(&[bottom], &Layer::new());
+    let want = crate::layers::pattern(LEN, 3);
+    let m = &fix.subject.root;
+    let fd = sys::open(&m.join("big"), libc::O_RDONLY | libc::O_DIRECT, 0).unwrap();
+    for (off, len) in [
+        (0usize, 1usize << 20),
+        (1, 200_000),
+        (4097, 65_537),
+        (131_071, 131_074),
+        (LEN - 10, 100_000), // across the end
+        (LEN - 9000, 9000),  // to the end exactly
+        (LEN + 5, 20_000),   // past the end
+    ] {
+        let got = sys::pread(&fd, len, off as i64).unwrap();
+        let end = (off + len).min(LEN).max(off.min(LEN));
+        assert!(
+            got == want[off.min(LEN)..end],
+            "{len} bytes at {off}: {} bytes read, not the file's {}",
+            got.len(),
+            end - off.min(LEN)
+        );
+    }
+    // The host's lower file cut to 50,000 bytes: the mount still says the
+    // old size, a read gets what the file now holds.
+    sys::truncate(&fix.subject_lower(0).join("big"), 50_000).unwrap();
+    let got = sys::pread(&fd, 300_000, 10_000).unwrap();
+    assert!(
+        got == want[10_000..50_000],
+        "{} bytes read after the cut",
+        got.len()
+    );
+}

@@ -23,10 +23,15 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Reads of at least this many bytes of a host file are spliced.
+const SPLICE_FROM: usize = 2 * 4096;
+
 impl UnionFs {
-    /// READ of `size` bytes at `offset` of handle `fh` of `ino`: from the
-    /// file's mapping when it has one (a store file: one copy, into the
-    /// reply), else into this thread's buffer and from there.
+    /// READ of `size` bytes at `offset` of handle `fh` of `ino`: a lower
+    /// file on the host is spliced into the reply (one copy, the kernel's,
+    /// into the request's pages); a small read of one from its mapping
+    /// when it has one (a store file); else into this thread's buffer and
+    /// from there.
     pub(super) fn do_read(
         &self,
         ino: u64,
@@ -49,6 +54,17 @@ impl UnionFs {
                 return reply.error(reply_err(e));
             }
         };
+        if let Some(fd) = file.host_fd().filter(|_| !file.is_upper()) {
+            // A lower file on the host (a store object, a dir layer's
+            // file): spliced from its page cache into the reply, so the
+            // bytes never pass through this process. Small reads are not
+            // worth the pipe's two extra calls.
+            if size as usize >= SPLICE_FROM {
+                let r = reply.data_from_fd(fd, offset, size as usize);
+                self.trace("read", what, t, &r);
+                return;
+            }
+        }
         if let Some(bytes) = file.mapped() {
             let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
             let end = start.saturating_add(size as usize).min(bytes.len());

@@ -186,7 +186,7 @@ fn small_files_come_with_their_open_without_passthrough() {
 }
 
 /// Without passthrough, reads of a lower file are spliced from its page
-/// cache into the reply (the patched fuser's `data_from_fd`). O_DIRECT
+/// cache into the reply (the patched fuser's `splice_from`). O_DIRECT
 /// reads reach the server at the offsets and lengths they were made with:
 /// odd ones, across and past the end, and of a dir layer's file that was
 /// cut shorter after the kernel learnt its size, all give the file's bytes.

@@ -54,15 +54,17 @@ impl UnionFs {
                 return reply.error(reply_err(e));
             }
         };
+        let mut reply = reply;
         if let Some(fd) = file.host_fd().filter(|_| !file.is_upper()) {
             // A lower file on the host (a store object, a dir layer's
             // file): spliced from its page cache into the reply, so the
             // bytes never pass through this process. Small reads are not
             // worth the pipe's two extra calls.
             if size as usize >= SPLICE_FROM {
-                let r = reply.data_from_fd(fd, offset, size as usize);
-                self.trace("read", what, t, &r);
-                return;
+                match reply.splice_from(fd, offset, size as usize) {
+                    Ok(n) => return self.trace("read", what, t, &Ok::<usize, io::Error>(n)),
+                    Err(unsent) => reply = unsent,
+                }
             }
         }
         if let Some(bytes) = file.mapped() {

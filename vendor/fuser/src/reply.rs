@@ -210,18 +210,18 @@ impl ReplyData {
     }
 
     /// Reply with `len` bytes of the file `fd` from `offset`, fewer where
-    /// the file ends first. On Linux they are spliced from the file's page
-    /// cache into the reply, without a copy through this process; where
-    /// that cannot be done (a pipe too small for the reply, a file that
-    /// cannot be spliced) they are read and sent as by [`ReplyData::data`].
-    /// Returns how many bytes were sent, or the error of the read, which is
-    /// then the reply.
-    pub fn data_from_fd(
+    /// the file ends first, spliced from the file's page cache into the
+    /// reply: no copy passes through this process. Returns how many bytes
+    /// were sent (a failure to send is logged, as for every reply), or the
+    /// reply itself, unsent, where splicing cannot be done (not Linux, a
+    /// pipe too small for the reply, a file that cannot be spliced): send
+    /// the bytes with [`ReplyData::data`] then.
+    pub fn splice_from(
         mut self,
         fd: BorrowedFd<'_>,
         offset: u64,
         len: usize,
-    ) -> std::io::Result<usize> {
+    ) -> Result<usize, ReplyData> {
         #[cfg(target_os = "linux")]
         if let Some(ReplySender::Channel(sender)) = &self.reply.sender {
             match sender.send_spliced(self.reply.unique.0, fd, offset, len) {
@@ -237,21 +237,8 @@ impl ReplyData {
                 }
             }
         }
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match nix::sys::uio::pread(fd, &mut buf[got..], (offset + got as u64) as libc::off_t) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    self.reply.error(Errno::from_i32(e as i32));
-                    return Err(e.into());
-                }
-            }
-        }
-        self.reply.send_ll(&ll::ResponseSlice(&buf[..got]));
-        Ok(got)
+        let _ = (fd, offset, len);
+        Err(self)
     }
 
     /// Reply to a request with the given error code

@@ -128,6 +128,19 @@ pub fn timed_out(msg: String) -> io::Error {
 }
 
 /// Whether `e` is ureq's timeout, as it is or inside an `io::Error`.
+/// Whether a TLS connection failed because the server spoke plain HTTP
+/// (rustls's `InvalidContentType` on its first bytes): no retry helps.
+fn is_plain_http(e: &ureq::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("InvalidContentType") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn is_timeout(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Timeout(_) => true,
@@ -346,6 +359,14 @@ impl Registry {
                     log::info!("{url}: {} — trying again", resp.status());
                 }
                 Ok(resp) => return Ok(resp),
+                Err(e) if is_plain_http(&e) => {
+                    return Err(err(format!(
+                        "cannot reach registry {}: it answered the TLS handshake in plain HTTP. \
+                         For a registry without TLS (one on loopback, say) pass \
+                         --tls-verify=false, or mark it `insecure = true` in registries.conf",
+                        self.base
+                    )))
+                }
                 Err(e) if attempt < self.opts.attempts && !matches!(e, ureq::Error::BadUri(_)) => {
                     log::info!("{url}: {e} — trying again");
                     retry_after = None;

@@ -223,3 +223,36 @@ fn reads_bearer_challenges() {
     );
     assert!(transient(503) && transient(429) && !transient(404));
 }
+
+#[test]
+fn a_registry_that_answers_tls_in_plain_http_is_told_at_once_not_retried() {
+    // What an HTTP-only registry sends back to a TLS ClientHello.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicU64::new(0));
+    let c = conns.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello);
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
+        }
+    });
+    let r = Reference::parse(&format!("127.0.0.1:{port}/plain:v1"), "docker.io").unwrap();
+    let reg = Arc::new(Registry::new(
+        &r,
+        ClientOptions {
+            attempts: 5,
+            backoff: Duration::from_millis(200),
+            ..Default::default()
+        },
+    ));
+    let e = blob_of(reg).read_range(0, 10).unwrap_err().to_string();
+    assert!(
+        e.contains("plain HTTP") && e.contains("--tls-verify=false"),
+        "{e}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "tried again: {e}");
+}

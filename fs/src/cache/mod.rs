@@ -333,18 +333,20 @@ impl BlockCache {
                 .any(|cas| matches!(cas.size_of(d), Ok(Some(n)) if n == len))
     }
 
-    /// The chunk `d` if it is here (memory, then disk).
+    /// The chunk `d` if it is here (memory, then disk: the store's files,
+    /// where every file of a stored layer is, then fetched chunks).
     pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<Block>> {
         if let Some(b) = self.mem.lock().lru.get(d) {
             self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Block::Mem(b.clone())));
         }
-        for (cas, evictable) in [(&self.chunks, true), (&self.files, false)] {
+        for (cas, evictable) in [(&self.files, false), (&self.chunks, true)] {
             let Some(cas) = cas else { continue };
             let Some(f) = cas.open_object(d)? else {
                 continue;
             };
-            if crate::sys::fstat(&f)?.st_size as u64 != len || !self.check_once(d, &f)? {
+            let st = crate::sys::fstat(&f)?;
+            if st.st_size as u64 != len || !self.check_once(d, &f, &st)? {
                 log::error!("cached object {d} is corrupt; it is removed and fetched again");
                 self.stats.digest_errors.fetch_add(1, Ordering::Relaxed);
                 let _ = cas.remove(d);
@@ -375,11 +377,11 @@ impl BlockCache {
 
     /// Whether `f` holds the bytes of `d`, hashing it unless this process
     /// or another has since the system booted (see [`cas::mark_checked`]).
-    fn check_once(&self, d: &Digest, f: &File) -> io::Result<bool> {
+    fn check_once(&self, d: &Digest, f: &File, st: &libc::stat) -> io::Result<bool> {
         if self.disk.lock().verified.contains(d) {
             return Ok(true);
         }
-        if cas::checked_this_boot(f) {
+        if cas::checked_this_boot(f, st) {
             self.disk.lock().verified.insert(*d);
             return Ok(true);
         }

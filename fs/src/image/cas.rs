@@ -45,19 +45,19 @@ fn boot_id() -> Option<&'static [u8]> {
     ID.get_or_init(crate::flush::boot_id).as_deref()
 }
 
-/// The value of [`CHECKED_XATTR`] for the object open as `f`, now.
-fn mark(f: BorrowedFd<'_>) -> Option<Vec<u8>> {
+/// The value of [`CHECKED_XATTR`] for an object whose `fstat` is `st`.
+fn mark(st: &libc::stat) -> Option<Vec<u8>> {
     let id = boot_id()?;
-    let st = sys::fstat(&f).ok()?;
     let mut v = id.to_vec();
     v.extend_from_slice(format!(" {}.{} {}", st.st_mtime, st.st_mtime_nsec, st.st_size).as_bytes());
     Some(v)
 }
 
-/// Whether the object open as `f` was checked against its digest since
-/// the system booted, and not written since (see [`mark_checked`]).
-pub fn checked_this_boot(f: &impl AsFd) -> bool {
-    let Some(want) = mark(f.as_fd()) else {
+/// Whether the object open as `f`, whose `fstat` (taken after it was
+/// opened) is `st`, was checked against its digest since the system
+/// booted, and not written since (see [`mark_checked`]).
+pub fn checked_this_boot(f: &impl AsFd, st: &libc::stat) -> bool {
+    let Some(want) = mark(st) else {
         return false;
     };
     let mut buf = [0u8; 128];
@@ -76,7 +76,9 @@ pub fn checked_this_boot(f: &impl AsFd) -> bool {
 /// Marks the object open as `f` as checked in this boot. Best effort: on a
 /// filesystem without user xattrs each process checks it once instead.
 pub fn mark_checked(f: &impl AsFd) {
-    let Some(v) = mark(f.as_fd()) else { return };
+    let Some(v) = sys::fstat(&f.as_fd()).ok().as_ref().and_then(mark) else {
+        return;
+    };
     // SAFETY: a valid fd, a C string and a buffer of the length given.
     unsafe {
         libc::fsetxattr(
@@ -443,12 +445,15 @@ mod tests {
         // of another boot, takes that back.
         c.put_verified(&d, b"hello").unwrap();
         let f = c.open_object(&d).unwrap().unwrap();
-        assert!(checked_this_boot(&f));
+        assert!(checked_this_boot(&f, &sys::fstat(&f).unwrap()));
         let p = t.path().join("blobs/sha256").join(d.hex());
         std::fs::write(&p, b"jello!").unwrap();
-        assert!(!checked_this_boot(&f), "its size changed");
+        assert!(
+            !checked_this_boot(&f, &sys::fstat(&f).unwrap()),
+            "its size changed"
+        );
         mark_checked(&f);
-        assert!(checked_this_boot(&f));
+        assert!(checked_this_boot(&f, &sys::fstat(&f).unwrap()));
         let other = b"another-boot 1.0 6";
         // SAFETY: a valid fd, C string and buffer.
         unsafe {
@@ -460,7 +465,7 @@ mod tests {
                 0,
             )
         };
-        assert!(!checked_this_boot(&f));
+        assert!(!checked_this_boot(&f, &sys::fstat(&f).unwrap()));
         assert!(c.dir().as_raw_fd() >= 0);
     }
 }

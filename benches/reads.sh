@@ -18,7 +18,8 @@
 # The host's files (store and layer dirs) are read once before each run, so
 # what is measured is the mount, not the disk; each case runs on a new
 # mount, whose kernel page cache starts empty. Peers take turns run by run;
-# medians of RUNS, and the ratio of each to fuse-overlayfs's median.
+# medians of RUNS, and the ratio of each to fuse-overlayfs's median; and the
+# server's CPU time over each run (steadier than wall time on a shared VM).
 #
 # Run as root after `cargo build --release`:  benches/reads.sh
 # Knobs: RUNS=7  RCFS=target/release/rcfs  CASES="seqread readusr"
@@ -107,19 +108,33 @@ BIG_SUM=$(cat "$W/data/data/big" | sha256sum)
 USR_SUM=$(cd "$W/usr" && find . -type f -print0 | sort -z | xargs -0 cat | sha256sum)
 for p in $PEERS; do check "$p"; done
 
-declare -A T
+# server_pid PEER: the process serving the mount on $W/mnt.
+server_pid() {
+    case $1 in
+    fovl) pgrep -n -u rcfs-bench -x fuse-overlayfs ;;
+    *) pgrep -n -u rcfs-bench -f "^$RCFS mount" ;;
+    esac
+}
+# cpu_ms PID: the user + system CPU time of PID (all its threads), in ms.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
+
+declare -A T C
 for c in $CASES; do
     for r in $(seq "$RUNS"); do
         for p in $PEERS; do
             warm "$p"
             mount_peer "$p"
+            pid=$(server_pid "$p")
             wait_idle
+            c0=$(cpu_ms "$pid")
             a=$(date +%s%N)
             as_user sh -c "$(case_cmd "$c")"
             b=$(date +%s%N)
+            c1=$(cpu_ms "$pid")
             fusermount3 -u "$W/mnt"
             T[$c.$p]+=" $(((b - a) / 1000000))"
-            log "  $c $p run $r: $(((b - a) / 1000000)) ms"
+            C[$c.$p]+=" $((c1 - c0))"
+            log "  $c $p run $r: $(((b - a) / 1000000)) ms, server CPU $((c1 - c0)) ms"
         done
     done
 done
@@ -144,7 +159,17 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print (NR % 2
         echo "$line |"
     done
     echo
-    echo "All runs (ms):"
-    for c in $CASES; do for p in $PEERS; do echo "- $c $p:${T[$c.$p]}"; done; done
+    echo "The mount's server's CPU time (user + system, all threads) over the same runs, medians in ms:"
+    echo
+    echo "| case | $(echo "$PEERS" | sed 's/ / | /g') |"
+    echo "| --- |$(for _ in $PEERS; do printf ' --- |'; done)"
+    for c in $CASES; do
+        line="| $c"
+        for p in $PEERS; do line+=" | $(echo "${C[$c.$p]}" | median)"; done
+        echo "$line |"
+    done
+    echo
+    echo "All runs (ms, wall / server CPU):"
+    for c in $CASES; do for p in $PEERS; do echo "- $c $p:${T[$c.$p]} /${C[$c.$p]}"; done; done
 } | tee "$OUT"
 log "written to $OUT"

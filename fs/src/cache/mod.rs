@@ -340,6 +340,22 @@ impl BlockCache {
             self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Block::Mem(b.clone())));
         }
+        self.get_disk(d, len, true)
+    }
+
+    /// The chunk `d` from disk, checked, as [`Block::Disk`]: for a file
+    /// that is read where it is (a stored layer's), never copied into
+    /// memory whatever its size.
+    pub fn get_file(&self, d: &Digest, len: u64) -> io::Result<Option<Arc<File>>> {
+        Ok(match self.get_disk(d, len, false)? {
+            Some(Block::Disk(f)) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// [`Self::get`] past memory; `to_mem`: a small chunk is read into
+    /// memory (and kept there) rather than returned as its file.
+    fn get_disk(&self, d: &Digest, len: u64, to_mem: bool) -> io::Result<Option<Block>> {
         for (cas, evictable) in [(&self.files, false), (&self.chunks, true)] {
             let Some(cas) = cas else { continue };
             let Some(f) = cas.open_object(d)? else {
@@ -362,7 +378,7 @@ impl BlockCache {
             }
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             let f = Arc::new(f);
-            if len <= MEM_CHUNK_MAX {
+            if to_mem && len <= MEM_CHUNK_MAX {
                 let mut buf = vec![0u8; len as usize];
                 if crate::sys::pread_full(&f, &mut buf, 0)? == buf.len() {
                     let b: Arc<[u8]> = buf.into();

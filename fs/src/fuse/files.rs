@@ -29,9 +29,8 @@ const SPLICE_FROM: usize = 2 * 4096;
 impl UnionFs {
     /// READ of `size` bytes at `offset` of handle `fh` of `ino`: a lower
     /// file on the host is spliced into the reply (one copy, the kernel's,
-    /// into the request's pages); a small read of one from its mapping
-    /// when it has one (a store file); else into this thread's buffer and
-    /// from there.
+    /// into the request's pages); anything else, and a small read, into
+    /// this thread's buffer and from there.
     pub(super) fn do_read(
         &self,
         ino: u64,
@@ -66,12 +65,6 @@ impl UnionFs {
                     Err(unsent) => reply = unsent,
                 }
             }
-        }
-        if let Some(bytes) = file.mapped() {
-            let start = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
-            let end = start.saturating_add(size as usize).min(bytes.len());
-            self.trace("read", what, t, &Ok::<usize, io::Error>(end - start));
-            return reply.data(&bytes[start..end]);
         }
         READ_BUF.with_borrow_mut(|buf| {
             let size = size as usize;

@@ -558,10 +558,20 @@ impl Layer for ImageLayer {
         }
         let data = self.inner.tree.file(n.file)?;
         // The whole file on disk (its only chunk, or its chunks put
-        // together): a host file.
-        if let Some(d) = data.digest.filter(|_| data.size > MEM_CHUNK_MAX) {
-            if let Some(Block::Disk(f)) = self.inner.cache.get(&d, data.size)? {
-                return Ok(Arc::new(HostFile(f, OnceLock::new())));
+        // together): a host file. A stored layer's files always are, and
+        // are read where they are (the host's page cache holds them, so a
+        // copy in the block cache's memory would be a second one); a
+        // remote layer's small ones are read into memory with their chunk,
+        // as a stored layer's are while a trace records their reads.
+        if let Some(d) = data.digest {
+            if self.inner.source.is_none() && self.trace.is_none() {
+                if let Some(f) = self.inner.cache.get_file(&d, data.size)? {
+                    return Ok(Arc::new(HostFile(f)));
+                }
+            } else if data.size > MEM_CHUNK_MAX {
+                if let Some(Block::Disk(f)) = self.inner.cache.get(&d, data.size)? {
+                    return Ok(Arc::new(HostFile(f)));
+                }
             }
         }
         Ok(Arc::new(ImageFile {
@@ -740,10 +750,9 @@ impl LowerFile for ImageFile {
     }
 }
 
-/// A file whose bytes are one host file in the store, mapped when first
-/// read through [`LowerFile::mapped`].
+/// A file whose bytes are one host file in the store.
 #[derive(Debug)]
-struct HostFile(Arc<File>, OnceLock<Option<crate::sys::Mapping>>);
+struct HostFile(Arc<File>);
 
 impl LowerFile for HostFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -752,16 +761,6 @@ impl LowerFile for HostFile {
 
     fn host_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
-    }
-
-    fn mapped(&self) -> Option<&[u8]> {
-        // Store objects are never changed in place (a new one is renamed
-        // over), so the mapping holds the checked bytes for as long as the
-        // file is open. A mapping that cannot be made: reads use `read_at`.
-        self.1
-            .get_or_init(|| crate::sys::Mapping::of(&self.0).ok())
-            .as_ref()
-            .map(|m| m.bytes())
     }
 
     fn copy_to(&self, dst: &File, len: u64, durable: bool) -> io::Result<()> {

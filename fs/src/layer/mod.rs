@@ -252,14 +252,6 @@ pub trait LowerFile: Send + Sync + Debug {
     /// can then serve reads itself (FUSE passthrough).
     fn host_fd(&self) -> Option<BorrowedFd<'_>>;
 
-    /// The file's bytes mapped into memory, when it is a store object that
-    /// nothing changes: a read is then answered from the mapping, one copy
-    /// (into the kernel's reply) instead of two (a read into a buffer, and
-    /// the reply). What serves reads without passthrough (rootless).
-    fn mapped(&self) -> Option<&[u8]> {
-        None
-    }
-
     /// Brings the file's data here, when it is somewhere slow (a registry):
     /// a copy-up calls this before it takes the node's copy lock, so that
     /// the lock, which readers and writers of the node wait on, is never

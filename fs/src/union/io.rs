@@ -98,15 +98,6 @@ impl OpenFile {
         FileReader { file: self, at: 0 }
     }
 
-    /// The file's bytes mapped into memory, for a lower file that has
-    /// them so (see [`LowerFile::mapped`]).
-    pub fn mapped(&self) -> Option<&[u8]> {
-        match self {
-            OpenFile::Lower(f) => f.mapped(),
-            _ => None,
-        }
-    }
-
     /// Whether this is the upper file (as opposed to a lower one).
     pub fn is_upper(&self) -> bool {
         !matches!(self, OpenFile::Lower(_))
@@ -417,10 +408,8 @@ impl Union {
         if size == 0 || size > max || !wanted() {
             return Ok(false);
         }
-        if let Some(bytes) = file.mapped().filter(|b| b.len() as u64 == size) {
-            f(bytes)?;
-            return Ok(true);
-        }
+        // Read, not mapped: for a file this small a mapping's mmap, faults
+        // and munmap cost more than the copy.
         let mut buf = vec![0u8; size as usize];
         if file.read_at(&mut buf, 0)? != buf.len() {
             return Ok(false); // changed under us: leave it to READ

@@ -84,14 +84,9 @@ log "building the image in $W ..."
 mkdir -p "$W/l0/bin" "$W/l0/etc" "$W/l0/proc" "$W/l0/dev" "$W/l0/sys" "$W/l0/tmp" "$W/l1/usr" "$W/l2/data"
 cp /bin/busybox "$W/l0/bin/busybox"
 echo bench > "$W/l0/etc/hostname"
-USR_USED=
-for d in $USR_SRC; do # unquoted: globs expand
-    [ -d "$d" ] || continue
-    mkdir -p "$W/l1$(dirname "$d")"
-    cp -a "$d" "$W/l1$d"
-    USR_USED+="${USR_USED:+ }$d"
-done
-[ -n "$USR_USED" ] || { echo "datapath.sh: none of USR_SRC ($USR_SRC) exists" >&2; exit 1; }
+# shellcheck disable=SC2086 # unquoted: globs expand
+copy_trees "$W/l1" $USR_SRC || { echo "datapath.sh: none of USR_SRC ($USR_SRC) exists" >&2; exit 1; }
+USR_USED=$COPIED
 USR_FILES=$(find "$W/l1/usr" -type f | wc -l)
 USR_BYTES=$(find "$W/l1/usr" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
 head -c "${BIG_MB}M" /dev/urandom > "$W/l2/data/big"

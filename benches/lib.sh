@@ -50,6 +50,21 @@ mk_layout() {
     echo '{"imageLayoutVersion":"1.0.0"}' > "$d/oci-layout"
 }
 
+# copy_trees DEST SRC...: copies each existing dir SRC (globs expanded by
+# the caller) to DEST/SRC; sets COPIED to the ones copied, and fails when
+# none exists.
+copy_trees() {
+    local dest=$1 d; shift
+    COPIED=
+    for d in "$@"; do
+        [ -d "$d" ] || continue
+        mkdir -p "$dest$(dirname "$d")"
+        cp -a "$d" "$dest$d"
+        COPIED+="${COPIED:+ }$d"
+    done
+    [ -n "$COPIED" ] || { echo "none of $* exists" >&2; return 1; }
+}
+
 # cleanup: at exit, removes the work dir W and what lives in it: the
 # registry REG, podman's pause process, anything still mounted there (a run
 # that was interrupted).

@@ -53,11 +53,8 @@ trap cleanup EXIT
 log "building the layers in $W ..."
 mkdir -p "$W/data/data" "$W/usr"
 head -c 1G /dev/urandom > "$W/data/data/big"
-for d in $USR_SRC; do # unquoted: globs expand
-    [ -d "$d" ] || continue
-    mkdir -p "$W/usr$(dirname "$d")"
-    cp -a "$d" "$W/usr$d"
-done
+# shellcheck disable=SC2086 # unquoted: globs expand
+copy_trees "$W/usr" $USR_SRC || { echo "reads.sh: none of USR_SRC ($USR_SRC) exists" >&2; exit 1; }
 USR_FILES=$(find "$W/usr" -type f | wc -l)
 USR_BYTES=$(find "$W/usr" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
 mk_layout "$W/layout" "$W/data" "$W/usr"

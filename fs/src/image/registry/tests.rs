@@ -6,31 +6,37 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A server on loopback that reads each request's head and answers
-/// with `answer` (one thread per connection); counts connections.
-fn lying_server(answer: fn(&mut TcpStream, &str)) -> (u16, Arc<AtomicU64>) {
+/// A server on loopback that hands each connection to `serve` (one
+/// thread per connection); counts connections.
+fn server(serve: impl Fn(TcpStream) + Copy + Send + 'static) -> (u16, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let conns = Arc::new(AtomicU64::new(0));
     let c = conns.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
+            let Ok(s) = s else { continue };
             c.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                answer(&mut s, &String::from_utf8_lossy(&head));
-            });
+            std::thread::spawn(move || serve(s));
         }
     });
     (port, conns)
+}
+
+/// A server on loopback that reads each request's head and answers
+/// with `answer`; counts connections.
+fn lying_server(answer: fn(&mut TcpStream, &str)) -> (u16, Arc<AtomicU64>) {
+    server(move |mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        answer(&mut s, &String::from_utf8_lossy(&head));
+    })
 }
 
 fn client(port: u16, deadline: Duration) -> Arc<Registry> {
@@ -227,18 +233,12 @@ fn reads_bearer_challenges() {
 #[test]
 fn a_registry_that_answers_tls_in_plain_http_is_told_at_once_not_retried() {
     // What an HTTP-only registry sends back to a TLS ClientHello.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let conns = Arc::new(AtomicU64::new(0));
-    let c = conns.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut hello = [0u8; 512];
-            let _ = s.read(&mut hello);
-            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
-        }
+    let (port, conns) = server(|mut s| {
+        let mut hello = [0u8; 512];
+        let _ = s.read(&mut hello);
+        let _ = s.write_all(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        );
     });
     let r = Reference::parse(&format!("127.0.0.1:{port}/plain:v1"), "docker.io").unwrap();
     let reg = Arc::new(Registry::new(

@@ -18,6 +18,7 @@
 
 pub mod containers;
 pub mod control;
+pub mod deferred;
 pub mod detach;
 pub mod exec;
 pub mod image;

@@ -526,33 +526,31 @@ pub fn run(mut req: MountRequest) -> Result<()> {
     match unsafe { nix::unistd::fork() }.context("fork")? {
         ForkResult::Parent { child } => {
             drop(wr);
-            // The first child only forks the server and exits: reap it.
-            let _ = nix::sys::wait::waitpid(child, None);
             let mut msg = String::new();
             std::fs::File::from(rd).read_to_string(&mut msg).ok();
-            match msg.strip_prefix("ok") {
-                Some(_) => Ok(()),
-                None if msg.is_empty() => {
-                    bail!("the rcfs server exited before the mount was ready")
-                }
-                None => bail!("{}", msg.trim_end()),
+            if msg.starts_with("ok") {
+                // The server serves on: init (or the nearest subreaper)
+                // adopts it when this process exits, which it does now.
+                return Ok(());
             }
+            // It failed and exits (or has): reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            if msg.is_empty() {
+                bail!("the rcfs server exited before the mount was ready")
+            }
+            bail!("{}", msg.trim_end())
         }
         ForkResult::Child => {
             drop(rd);
+            // Out of the caller's session and process group: the
+            // terminal's signals are not the server's. One fork, not the
+            // daemon's two (a second fork costs every mount most of a
+            // millisecond): the server is a session leader, which could
+            // take a terminal it opened as its controlling one, and it
+            // opens none as one (O_NOCTTY for a log; it serves regular
+            // files, and device nodes in a mount are opened by the kernel,
+            // never by it).
             let _ = nix::unistd::setsid();
-            // Fork again so the server is nobody's child to reap: it is
-            // adopted by init (or the nearest subreaper) and never lingers as
-            // a zombie under a parent that does not wait.
-            // SAFETY: still single-threaded.
-            match unsafe { nix::unistd::fork() } {
-                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
-                Ok(ForkResult::Child) => {}
-                Err(e) => {
-                    let _ = std::fs::File::from(wr).write_all(format!("fork: {e}").as_bytes());
-                    std::process::exit(1);
-                }
-            }
             let code = match serve(&req, Some(wr)) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -697,11 +695,16 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
 /// A background server keeps no terminal: its stdio goes to /dev/null.
 fn detach_stdio(keep: i32, log: Option<&Path>) {
     let open = |p: &Path, append: bool| {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(!append)
             .write(true)
             .append(append)
             .create(append)
+            // The server leads its session: a terminal given as its log
+            // must not become its controlling one (whose hangup would
+            // unmount it).
+            .custom_flags(libc::O_NOCTTY)
             .open(p)
     };
     let Ok(null) = open(Path::new("/dev/null"), false) else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use rcfs::deferred::Deferred;
 use rcfs::image;
 use rcfs::mount::{self, split_lowers, ImageMount, MountRequest};
 use rcfs_fs::image::open::CacheOptions;
@@ -47,10 +48,10 @@ enum VolumeCmd {
 enum Cmd {
     /// Mount an image (fetched lazily) or read-only layer dirs, optionally
     /// with a writable upper dir.
-    Mount(MountArgs),
+    Mount(Deferred<MountArgs>),
     /// Run a command in a new container of an image, rootless: its root is
     /// the image's union (pulled while it runs if the store lacks it).
-    Run(Box<RunArgs>),
+    Run(Deferred<Box<RunArgs>>),
     /// List containers (running ones; -a: all).
     Ps {
         #[arg(short = 'a', long)]
@@ -552,7 +553,7 @@ fn run() -> Result<()> {
         std::process::exit(if e.use_stderr() { 125 } else { 0 })
     });
     match cli.cmd {
-        Cmd::Mount(a) => {
+        Cmd::Mount(Deferred(a)) => {
             init_log(a.debug);
             let (image, mountpoint) = match &a.targets[..] {
                 [mp] => (None, PathBuf::from(mp)),
@@ -624,7 +625,7 @@ fn run() -> Result<()> {
             }
             mount::run(req)
         }
-        Cmd::Run(a) => {
+        Cmd::Run(Deferred(a)) => {
             // The container's output is the user's: only warnings here.
             warnings_only();
             let store = image::open_store(cli.root.as_deref())?;

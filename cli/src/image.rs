@@ -304,8 +304,13 @@ pub fn inspect(store: &Store, name: &str) -> Result<()> {
 
 /// The store for `--root`, or the default one.
 pub fn open_store(root: Option<&Path>) -> Result<Store> {
-    let root = root.map(Path::to_owned).unwrap_or_else(Store::default_root);
+    let root = store_root(root);
     Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+}
+
+/// The store's root: `--root`, or the user's default.
+pub fn store_root(root: Option<&Path>) -> std::path::PathBuf {
+    root.map(Path::to_owned).unwrap_or_else(Store::default_root)
 }
 
 /// `rcfs convert`.

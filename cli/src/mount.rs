@@ -17,7 +17,6 @@ use rcfs_fs::fuse::{MountOptions, UnionFs};
 use rcfs_fs::image::live::LivePull;
 use rcfs_fs::image::open::{open_image, CacheOptions};
 use rcfs_fs::image::pull::PullOptions;
-use rcfs_fs::image::store::Store;
 use rcfs_fs::layer::{DirLayer, Layer};
 use rcfs_fs::union::{Config, Union, UpperConfig};
 use rcfs_fs::MountConfig;
@@ -63,12 +62,16 @@ pub struct MountRequest {
 #[derive(Debug, Clone)]
 pub struct ImageMount {
     pub store: PathBuf,
-    /// As the store lists it; or as the user gave it, with `pull`.
+    /// As the store lists it, or as the user gave it (found as
+    /// [`crate::image::find`] finds it: `debian` is
+    /// `docker.io/library/debian:latest`).
     pub name: String,
     pub cache: CacheOptions,
-    /// Not in the store yet: the server pulls it while mounted (see
+    /// If it is not in the store, the server pulls it while mounted (see
     /// `rcfs_fs::image::live`), with `--tls-verify=false` if `insecure`.
     pub pull: bool,
+    /// Say so on stderr when it is pulled while mounted (`rcfs mount`).
+    pub tell_pull: bool,
     pub insecure: bool,
     /// With `pull`: serve a streamed layer's files before its digest is
     /// checked (`--unverified-streaming`).
@@ -459,10 +462,12 @@ fn build_union(req: &MountRequest) -> Result<Built> {
     let mut cache = None;
     let mut live = None;
     if let Some(im) = &req.image {
-        let store = Store::open(&im.store)?;
+        // Opened and looked up here, in the server, only: the caller of a
+        // background mount does not, which spares it both.
+        let store = crate::image::open_store(Some(&im.store))?;
         // Held until the server exits: no gc under a mount.
         std::mem::forget(store.lock_in_use()?);
-        match store.find(&im.name)? {
+        match crate::image::find(&store, &im.name)? {
             Some(img) => {
                 let (layers, c) = open_image(&store, &img, &im.cache)
                     .with_context(|| format!("cannot open the layers of {}", im.name))?;
@@ -470,6 +475,14 @@ fn build_union(req: &MountRequest) -> Result<Built> {
                 cache = Some(c);
             }
             None if im.pull => {
+                if im.tell_pull {
+                    // The server's stderr is the caller's until it is ready.
+                    eprintln!(
+                        "{} is not in the store: it is pulled while mounted, and its files \
+                         are readable as they arrive (rcfs stats MOUNTPOINT shows what was fetched)",
+                        im.name
+                    );
+                }
                 let opts = PullOptions {
                     lazy: true,
                     insecure: im.insecure,

@@ -671,6 +671,7 @@ fn serve(
             ..Default::default()
         },
         pull: found.is_none(),
+        tell_pull: false,
         insecure: opts.insecure,
         unverified_streaming: opts.unverified_streaming,
         keep_id: place.keep_id,

@@ -566,21 +566,14 @@ fn run() -> Result<()> {
             let lowers = a.lower.as_deref().map(split_lowers).unwrap_or_default();
             let mut req = MountRequest::new(lowers, a.upper, a.work, mountpoint);
             if let Some(name) = image {
-                let store = image::open_store(cli.root.as_deref())?;
-                let found = image::find(&store, &name)?;
-                if found.is_none() {
-                    eprintln!(
-                        "{name} is not in the store: it is pulled while mounted, and its files \
-                         are readable as they arrive (rcfs stats MOUNTPOINT shows what was fetched)"
-                    );
-                }
                 req.image = Some(ImageMount {
-                    store: store.root.clone(),
-                    pull: found.is_none(),
+                    store: image::store_root(cli.root.as_deref()),
+                    pull: true,
+                    tell_pull: true,
                     insecure: !a.tls_verify,
                     unverified_streaming: a.unverified_streaming,
                     keep_id: None,
-                    name: found.map_or(name, |i| i.name),
+                    name,
                     cache: CacheOptions {
                         mem_bytes: a.cache_memory << 20,
                         disk_bytes: a.cache_disk << 20,

@@ -455,6 +455,52 @@ fn a_tar_image_mounted_while_pulled_serves_a_layer_once_its_digest_is_checked() 
     c.assert_same_tree(&m.mnt);
 }
 
+/// gc takes nothing from a pull under way: it refuses while one runs (the
+/// layer the pull has recorded belongs to no image yet), and the image the
+/// pull records afterwards is whole.
+#[test]
+fn gc_takes_nothing_from_a_pull_under_way() {
+    let c = Case::new(21);
+    c.registry.push(&c.layout, "v1", "pulling", "gzip");
+    let proxy = FaultProxy::start(c.registry.port);
+    // The top layer arrives whole; the base layer's first 3 MiB, and the
+    // rest once released.
+    proxy
+        .faults
+        .hold_blobs_after
+        .store(3 << 20, Ordering::SeqCst);
+    let image = format!("{}/pulling:v1", proxy.host());
+    let mut pulling = rcfs(&c.store(), &["pull", "--tls-verify=false", &image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let records = c.store().join("layers/sha256");
+    let recorded = || {
+        std::fs::read_dir(&records)
+            .map(|d| d.filter_map(|e| e.ok()).count())
+            .unwrap_or(0)
+    };
+    let t0 = std::time::Instant::now();
+    while recorded() == 0 {
+        assert!(t0.elapsed() < T, "the pull recorded no layer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = recorded();
+    let r = run(&mut rcfs(&c.store(), &["gc"]), T);
+    assert!(
+        !r.success() && r.stderr.contains("being pulled"),
+        "gc ran under a pull: {}",
+        r.stderr
+    );
+    assert!(recorded() >= before);
+    proxy.faults.release.store(true, Ordering::SeqCst);
+    assert!(pulling.wait().unwrap().success());
+    run(&mut rcfs(&c.store(), &["gc"]), T).expect_ok("gc after the pull");
+    let m = ImageMount::new(&c.store(), &image, &c.path("mnt"), &[]);
+    c.assert_same_tree(&m.mnt);
+}
+
 #[test]
 fn what_images_share_is_fetched_once() {
     let c = Case::new(20);

@@ -279,6 +279,9 @@ pub fn commit(
     dst: &str,
     opts: &CommitOptions,
 ) -> io::Result<Committed> {
+    // No gc under the source's layers, nor before the new image is
+    // recorded.
+    let _in_use = store.lock_in_use()?;
     let (layers, _cache) = open_layers(store, src, &CacheOptions::default())?;
     let lowers: Vec<Arc<dyn Layer>> = layers
         .iter()

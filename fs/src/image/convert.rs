@@ -435,6 +435,9 @@ pub fn convert(
     opts: &ConvertOptions,
     progress: &dyn Fn(usize, usize),
 ) -> io::Result<ImageRecord> {
+    // No gc under the source's layers, nor before the new image is
+    // recorded.
+    let _in_use = store.lock_in_use()?;
     let (layers, _cache) = open_layers(
         store,
         src,

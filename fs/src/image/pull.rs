@@ -684,6 +684,9 @@ pub fn pull(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> io::Result<PullReport> {
+    // No gc while the new image's objects and layer records are in the
+    // store and the image is not (yet).
+    let _in_use = store.lock_in_use()?;
     match Source::parse(name, "docker.io") {
         Ok(Source::OciLayout { dir, tag }) => {
             pull_layout(store, &dir, tag.as_deref(), opts, progress)

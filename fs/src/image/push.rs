@@ -47,6 +47,8 @@ pub fn push(
     insecure: bool,
     note: &dyn Fn(&str),
 ) -> io::Result<PushReport> {
+    // No gc under the objects it sends.
+    let _in_use = store.lock_in_use()?;
     let r = Reference::parse(dest, "docker.io")
         .map_err(|e| layer_error(libc::EINVAL, e.to_string()))?;
     let reg = client(&r, insecure);

@@ -361,9 +361,11 @@ impl Store {
             .map_err(|(_, e)| io::Error::from(e))
     }
 
-    /// Held (shared) by every server of an image mount for its lifetime:
-    /// `gc` does not run while one is alive, as it could remove what the
-    /// mount reads.
+    /// Held (shared) by every server of an image mount for its lifetime,
+    /// and by every pull, convert and commit while it runs: `gc` does not
+    /// run while one is alive, as it could remove what a mount reads, or
+    /// the objects and layer records a new image is made of before that
+    /// image is recorded.
     pub fn lock_in_use(&self) -> io::Result<StoreLock> {
         self.lock_file("mounts.lock", FlockArg::LockShared)
     }
@@ -648,10 +650,11 @@ impl Store {
                     io::Error::new(
                         io::ErrorKind::WouldBlock,
                         format!(
-                        "images of the store at {} are mounted: unmount them first (rcfs umount), \
-                         since gc could remove what they read",
-                        self.root.display()
-                    ),
+                            "images of the store at {} are mounted, or being pulled, converted or \
+                         committed: let those finish and unmount the images first (rcfs umount), \
+                         since gc could remove what they read or write",
+                            self.root.display()
+                        ),
                     )
                 } else {
                     e

@@ -756,9 +756,16 @@ fn pull_registry(
             );
         }
     }
+    // The caller names the image that could not be pulled: this says
+    // where it was looked for (the name it resolved to, unless that is the
+    // name given) and why.
     Err(fail(match errors.len() {
-        1 => errors.remove(0),
-        _ => format!("cannot pull {name}:\n  {}", errors.join("\n  ")),
+        1 => {
+            let e = errors.remove(0);
+            e.strip_prefix(&format!("{name}: "))
+                .map_or_else(|| e.clone(), str::to_owned)
+        }
+        _ => format!("no source could give it:\n  {}", errors.join("\n  ")),
     }))
 }
 

@@ -467,6 +467,12 @@ fn build_union(req: &MountRequest) -> Result<Built> {
         let store = crate::image::open_store(Some(&im.store))?;
         // Held until the server exits: no gc under a mount.
         std::mem::forget(store.lock_in_use()?);
+        // Where the mount's stats socket goes (`crate::stats::serve`),
+        // made (or closed to others) before anything is put in it; without
+        // it the mount only has no stats.
+        if let Err(e) = store.own_dir("run") {
+            log::warn!("no stats for this mount: {e}");
+        }
         match crate::image::find(&store, &im.name)? {
             Some(img) => {
                 let (layers, c) = open_image(&store, &img, &im.cache)

@@ -34,8 +34,8 @@ pub fn serve(
 ) {
     let path = socket_path(store, mountpoint);
     let listen = || -> std::io::Result<UnixListener> {
-        // Made (or closed to others) before anything is put in it.
-        rcfs_fs::image::store::Store::open(store)?.own_dir("run")?;
+        // The store's `run/` is made (or closed to others) by the mount
+        // that serves this, before it is mounted.
         let _ = std::fs::remove_file(&path);
         UnixListener::bind(&path)
     };

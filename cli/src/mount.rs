@@ -448,9 +448,10 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The union of `req`, the cache of its image, and the pull of an image
-/// pulled while mounted.
-type Built = (Union, Option<Arc<BlockCache>>, Option<Arc<LivePull>>);
+/// The union of `req`, the cache of its image, the pull of an image
+/// pulled while mounted, and whether the store's `run/` (where the
+/// mount's stats socket goes) passed its checks.
+type Built = (Union, Option<Arc<BlockCache>>, Option<Arc<LivePull>>, bool);
 
 fn build_union(req: &MountRequest) -> Result<Built> {
     let mut lowers: Vec<Arc<dyn Layer>> = Vec::new();
@@ -461,6 +462,7 @@ fn build_union(req: &MountRequest) -> Result<Built> {
     }
     let mut cache = None;
     let mut live = None;
+    let mut run_dir = false;
     if let Some(im) = &req.image {
         // Opened and looked up here, in the server, only: the caller of a
         // background mount does not, which spares it both.
@@ -470,9 +472,13 @@ fn build_union(req: &MountRequest) -> Result<Built> {
         // Where the mount's stats socket goes (`crate::stats::serve`),
         // made (or closed to others) before anything is put in it; without
         // it the mount only has no stats.
-        if let Err(e) = store.own_dir("run") {
-            log::warn!("no stats for this mount: {e}");
-        }
+        run_dir = match store.own_dir("run") {
+            Ok(_) => true,
+            Err(e) => {
+                log::warn!("no stats for this mount: the store's run/: {e}");
+                false
+            }
+        };
         match crate::image::find(&store, &im.name)? {
             Some(img) => {
                 let (layers, c) = open_image(&store, &img, &im.cache)
@@ -526,7 +532,7 @@ fn build_union(req: &MountRequest) -> Result<Built> {
         fsync: req.fsync,
     })
     .context("cannot set up the union")?;
-    Ok((union, cache, live))
+    Ok((union, cache, live, run_dir))
 }
 
 /// Mounts and serves `req`. In the foreground this returns when the mount is
@@ -538,7 +544,9 @@ pub fn run(mut req: MountRequest) -> Result<()> {
         return serve(&req, None);
     }
     // A pipe tells the parent when the child has mounted (or why it failed).
-    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+    // Close-on-exec: no helper the server starts (fusermount3) keeps the
+    // write end, which would keep the caller waiting for its end.
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     rcfs_runtime::threads::ensure_single("starting a background server")?;
     // SAFETY: no other threads exist (checked), so the child may run any
     // code.
@@ -629,7 +637,7 @@ pub struct Started {
 pub fn start(req: &MountRequest) -> Result<Started> {
     raise_fd_limit();
     keep_large_blocks_out_of_the_heap();
-    let (union, cache, live) = build_union(req)?;
+    let (union, cache, live, run_dir) = build_union(req)?;
     let union = Arc::new(union);
     let fs = UnionFs::new(
         union,
@@ -652,7 +660,7 @@ pub fn start(req: &MountRequest) -> Result<Started> {
     };
     let session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
         .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
-    if let (Some(cache), Some(im)) = (cache, &req.image) {
+    if let (Some(cache), Some(im), true) = (cache, &req.image, run_dir) {
         let more = live
             .clone()
             .map(|l| Box::new(move || l.status()) as Box<dyn Fn() -> String + Send>);

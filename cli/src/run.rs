@@ -647,7 +647,12 @@ fn serve(
             .config()
             .context("the pull gave no image config")?
             .to_vec(),
-        (None, None) => bail!("no image {}", opts.image),
+        // Another pull recorded it since it was looked for: the mount
+        // serves what the store has now.
+        (None, None) => match crate::image::find(store, &opts.image)? {
+            Some(img) => store.image_blob(&img, "config", &img.config)?,
+            None => bail!("no image {}", opts.image),
+        },
     };
     let config: ImageConfiguration =
         serde_json::from_slice(&config).context("the image's config is not an image config")?;

@@ -765,6 +765,7 @@ fn pull_registry(
             e.strip_prefix(&format!("{name}: "))
                 .map_or_else(|| e.clone(), str::to_owned)
         }
+        0 => "no source to pull it from".to_owned(),
         _ => format!("no source could give it:\n  {}", errors.join("\n  ")),
     }))
 }

@@ -365,7 +365,7 @@ impl Store {
     }
 
     /// Held (shared) by every server of an image mount for its lifetime,
-    /// and by every pull, convert and commit while it runs: `gc` does not
+    /// and by every pull, convert, commit and push while it runs: `gc` does not
     /// run while one is alive, as it could remove what a mount reads, or
     /// the objects and layer records a new image is made of before that
     /// image is recorded.

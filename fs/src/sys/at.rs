@@ -13,8 +13,10 @@ use nix::sys::stat::Mode;
 
 use super::{cname, cvt, cvt_long, proc_path};
 
-/// `openat(dir, name)` of one component; `O_NOFOLLOW` and `O_CLOEXEC` are
-/// always added, so a symlink in `name`'s place is never followed.
+/// `openat(dir, name)` of one component; `O_NOFOLLOW`, `O_CLOEXEC` and
+/// `O_NOCTTY` are always added, so a symlink in `name`'s place is never
+/// followed (nor a terminal made the controlling one of a server that
+/// leads its session).
 pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let name = if name.is_empty() {
         OsStr::new(".")
@@ -24,10 +26,20 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::
     let fd = nix::fcntl::openat(
         dir,
         name,
-        OFlag::from_bits_retain(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC),
+        OFlag::from_bits_retain(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | no_ctty(flags)),
         Mode::from_bits_truncate(mode),
     )?;
     Ok(fd)
+}
+
+/// `O_NOCTTY` for an open that could reach a terminal; none with `O_PATH`,
+/// which never does, and with which `openat2` takes no other flags.
+fn no_ctty(flags: i32) -> i32 {
+    if flags & libc::O_PATH != 0 {
+        0
+    } else {
+        libc::O_NOCTTY
+    }
 }
 
 /// Longest path handed to the kernel in one piece (its limit is PATH_MAX,
@@ -85,7 +97,7 @@ fn openat2_beneath(
     let rel = if rel.is_empty() { OsStr::new(".") } else { rel };
     let how = OpenHow::new()
         .flags(OFlag::from_bits_retain(
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | no_ctty(flags),
         ))
         .mode(Mode::from_bits_truncate(mode))
         .resolve(
@@ -215,7 +227,7 @@ pub fn chown_at(
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_path(fd.as_raw_fd(), OsStr::new(""))?;
     // SAFETY: valid C string; the new fd is owned below.
-    let r = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    let r = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC | no_ctty(flags)) })?;
     // SAFETY: `r` was just opened and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }

@@ -33,26 +33,22 @@ pub fn mount_fuse(source: &CStr, mp: &CStr, flags: libc::c_ulong, data: &CStr) -
 /// and the fd as SCM_RIGHTS over a socket).
 pub fn fusermount(helper: &Path, mp: &Path, opts: &str) -> io::Result<OwnedFd> {
     let (ours, theirs) = UnixStream::pair()?;
-    let theirs_fd = theirs.as_raw_fd();
     let mut cmd = Command::new(helper);
     cmd.arg("-o")
         .arg(opts)
         .arg("--")
         .arg(mp)
-        .env("_FUSE_COMMFD", theirs_fd.to_string())
-        .stdin(Stdio::null())
+        // The helper's end of the socket is its fd 0: std puts it there in
+        // the spawn itself (with posix_spawn, no fork of the server), so no
+        // other child of this process can inherit it meanwhile.
+        .env("_FUSE_COMMFD", "0")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // The helper's end of the socket must survive its exec. It is made
-    // inheritable here rather than in a `pre_exec` hook, which would make
-    // std fork the whole server instead of spawning with vfork semantics
-    // (posix_spawn): a fork of a process with threads and mappings costs a
-    // millisecond of every mount. The end is closed right after the spawn;
-    // nothing else in this process spawns while it mounts.
-    // SAFETY: fcntl on an fd we own.
-    cvt(unsafe { libc::fcntl(theirs_fd, libc::F_SETFD, 0) })?;
     let child = cmd.spawn();
-    drop(theirs);
+    // Our copy of the helper's end goes with the command: a helper that
+    // exits without sending gives EOF.
+    drop(cmd);
     let child = child?;
     let got = recv_fd(&ours);
     let out = child.wait_with_output()?;

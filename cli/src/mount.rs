@@ -453,7 +453,9 @@ fn which(name: &str) -> Option<PathBuf> {
 /// mount's stats socket goes) passed its checks.
 type Built = (Union, Option<Arc<BlockCache>>, Option<Arc<LivePull>>, bool);
 
-fn build_union(req: &MountRequest) -> Result<Built> {
+/// `before_pull` runs before an image that is not in the store starts to
+/// be pulled (which waits on the registry).
+fn build_union(req: &MountRequest, before_pull: &mut dyn FnMut()) -> Result<Built> {
     let mut lowers: Vec<Arc<dyn Layer>> = Vec::new();
     for l in &req.lowers {
         lowers.push(Arc::new(
@@ -487,6 +489,7 @@ fn build_union(req: &MountRequest) -> Result<Built> {
                 cache = Some(c);
             }
             None if im.pull => {
+                before_pull();
                 if im.tell_pull {
                     // The server's stderr is the caller's until it is ready.
                     eprintln!(
@@ -635,19 +638,6 @@ pub struct Started {
 /// Builds the union of `req` and mounts it (the one path of `rcfs mount`
 /// and `rcfs run`); an image mount also answers `rcfs stats`.
 pub fn start(req: &MountRequest) -> Result<Started> {
-    raise_fd_limit();
-    keep_large_blocks_out_of_the_heap();
-    let (union, cache, live, run_dir) = build_union(req)?;
-    let union = Arc::new(union);
-    let fs = UnionFs::new(
-        union,
-        MountOptions {
-            ttl: req.ttl,
-            debug: req.debug,
-            passthrough: req.passthrough,
-            prefetch: true,
-        },
-    );
     let cfg = MountConfig {
         allow_other: req.allow_other,
         fsname: req.fsname.clone(),
@@ -658,8 +648,30 @@ pub fn start(req: &MountRequest) -> Result<Started> {
         suid: req.suid,
         dev: req.dev,
     };
-    let session = rcfs_fs::mount(fs, &req.mountpoint, &cfg)
-        .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
+    let in_mount = || format!("cannot mount on {}", req.mountpoint.display());
+    // A user's fusermount3 mounts while the union is built; not while an
+    // image is pulled: its mount would hold up whoever looks at it (a
+    // FUSE mount answers nothing until served) for as long as the
+    // registry takes.
+    let mut mounting = Some(rcfs_fs::begin_mount(&req.mountpoint, &cfg).with_context(in_mount)?);
+    raise_fd_limit();
+    keep_large_blocks_out_of_the_heap();
+    let (union, cache, live, run_dir) = build_union(req, &mut || drop(mounting.take()))?;
+    let mounting = match mounting {
+        Some(m) => m,
+        None => rcfs_fs::begin_mount(&req.mountpoint, &cfg).with_context(in_mount)?,
+    };
+    let union = Arc::new(union);
+    let fs = UnionFs::new(
+        union,
+        MountOptions {
+            ttl: req.ttl,
+            debug: req.debug,
+            passthrough: req.passthrough,
+            prefetch: true,
+        },
+    );
+    let session = mounting.finish(fs).with_context(in_mount)?;
     if let (Some(cache), Some(im), true) = (cache, &req.image, run_dir) {
         let more = live
             .clone()

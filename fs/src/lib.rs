@@ -28,7 +28,7 @@ pub mod union;
 mod upper;
 pub mod whiteout;
 
-pub use fuse::mount::{mount, MountConfig, Mounted, Unmounted, Unmounter};
+pub use fuse::mount::{begin_mount, mount, MountConfig, Mounted, Mounting, Unmounted, Unmounter};
 
 /// Hash maps keyed by inode numbers and file handles, which are small
 /// sequential integers: a multiplicative hash spreads them well and costs a

@@ -271,3 +271,58 @@ fn an_exiting_rcfs_overlay_leaves_the_next_mount_at_its_path_alone() {
 fn an_exiting_rcfs_mount_leaves_the_next_mount_at_its_path_alone() {
     next_mount_survives(mounts::RCFS);
 }
+
+/// A user's `rcfs mount` whose image cannot be opened fails with the
+/// reason and leaves nothing mounted: fusermount3 mounts while the server
+/// opens the image, and the server takes that mount down when it fails.
+/// Once the image can be opened, the same mount works.
+#[test]
+fn a_users_mount_that_fails_leaves_nothing_mounted() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = crate::containers::Fixture::new(171, "gzip");
+    let home = f.dir.path().join("home");
+    let img = f.image.as_str();
+    f.rcfs_rootless(&home, &["pull", "--tls-verify=false", img])
+        .expect_ok("pull as a user");
+    let mnt = f.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::os::unix::fs::chown(&mnt, Some(65534), Some(65534)).unwrap();
+    let records = home.join(".local/share/rcfs/layers/sha256");
+    let set_modes = |mode: u32| {
+        for e in std::fs::read_dir(&records).unwrap().flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    // Its layers' records unreadable to their owner: the image is found
+    // and cannot be opened.
+    set_modes(0o000);
+    let m = mnt.to_str().unwrap();
+    let r = f.rcfs_rootless(&home, &["mount", img, m]);
+    assert!(!r.success(), "mounted an image whose layers cannot be read");
+    assert!(
+        r.stderr.contains("cannot open the layers of"),
+        "not the reason: {}",
+        r.stderr
+    );
+    assert!(
+        !mounts::is_mountpoint(&mnt),
+        "a failed mount left a mount at {m}"
+    );
+    assert!(
+        mounts::wait_daemons_gone(&mnt, Duration::from_secs(10)),
+        "the failed mount's server is still running"
+    );
+    set_modes(0o600);
+    f.rcfs_rootless(&home, &["mount", img, m])
+        .expect_ok("mount as a user");
+    let r = mounts::run(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+            .arg(&mnt),
+        mounts::COMMAND_TIMEOUT,
+    );
+    let ls = r.expect_ok("ls of the mount");
+    assert!(ls.stdout.contains("bin"), "{}", ls.stdout);
+    f.rcfs_rootless(&home, &["umount", m]).expect_ok("umount");
+    assert!(!mounts::is_mountpoint(&mnt));
+}

@@ -121,16 +121,97 @@ pub enum Unmounted {
 
 /// Mounts `fs` at `mountpoint`; serve it with [`Mounted::run`].
 pub fn mount(fs: UnionFs, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
+    begin_mount(mountpoint, cfg)?.finish(fs)
+}
+
+/// A mount under way, for a filesystem that is not built yet: a user's
+/// mount starts the fusermount3 helper at once, which mounts (a setuid
+/// exec, most of a mount's time) while the caller builds what it serves.
+/// Dropped without [`Mounting::finish`], it takes down the helper's mount.
+#[derive(Debug)]
+pub struct Mounting {
+    /// Canonical.
+    mp: PathBuf,
+    cfg: MountConfig,
+    helper: Option<sys::HelperMount>,
+}
+
+/// Starts mounting at `mountpoint` (see [`Mounting`]): as root, nothing
+/// happens until [`Mounting::finish`] (mount(2) is quick); as a user, the
+/// helper starts mounting now.
+pub fn begin_mount(mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounting> {
     let mp = mountpoint.canonicalize()?;
-    let root = nix::unistd::geteuid().is_root();
-    let fuse = match if root { mount_sys(&mp, cfg)? } else { None } {
-        Some(fd) => fd,
-        // As a user, or root of a user namespace that may not mount here.
-        None => mount_helper(&mp, cfg)?,
+    let helper = if nix::unistd::geteuid().is_root() {
+        None
+    } else {
+        Some(spawn_helper(&mp, cfg)?)
     };
+    Ok(Mounting {
+        mp,
+        cfg: cfg.clone(),
+        helper,
+    })
+}
+
+impl Mounting {
+    /// The mount's /dev/fuse fd: the helper's, or mount(2)'s as root (the
+    /// helper's when root of a user namespace may not mount here).
+    fn fuse(&mut self) -> io::Result<OwnedFd> {
+        if let Some(h) = self.helper.take() {
+            return h.wait();
+        }
+        match mount_sys(&self.mp, &self.cfg)? {
+            Some(fd) => Ok(fd),
+            None => spawn_helper(&self.mp, &self.cfg)?.wait(),
+        }
+    }
+
+    /// Completes the mount with `fs` to serve it.
+    pub fn finish(mut self, fs: UnionFs) -> io::Result<Mounted> {
+        let fuse = self.fuse()?;
+        let own = own_mount(&self.mp, fuse.try_clone()?)?;
+        let config = {
+            let mut c = Config::default();
+            c.acl = acl(&self.cfg);
+            c.n_threads = Some(self.cfg.threads.max(1));
+            c.clone_fd = true;
+            c
+        };
+        let notifier = fs.notifier_slot();
+        let session = match Session::from_fd(fs, fuse, acl(&self.cfg), config) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = Unmounter(own).unmount();
+                return Err(e);
+            }
+        };
+        let _ = notifier.set(session.notifier());
+        Ok(Mounted {
+            session: Some(session),
+            own,
+        })
+    }
+}
+
+impl Drop for Mounting {
+    /// Not finished (what it was to serve failed): the helper's mount, if
+    /// it made one, goes (only ours, see the module doc).
+    fn drop(&mut self) {
+        let Some(h) = self.helper.take() else { return };
+        let Ok(fuse) = h.wait() else { return };
+        // A mount we cannot tell apart is left to its path's owner (its
+        // connection ends with our fds).
+        if let Err(e) = own_mount(&self.mp, fuse).and_then(|own| Unmounter(own).unmount()) {
+            log::warn!("unmounting {}: {e}", self.mp.display());
+        }
+    }
+}
+
+/// What identifies the mount at `mp` just made with the connection `fuse`.
+fn own_mount(mp: &Path, fuse: OwnedFd) -> io::Result<Arc<OwnMount>> {
     // O_PATH: opening the mount root for reading would ask the server,
     // which does not serve yet.
-    let dev = match open_path(&mp).and_then(|f| sys::mount_of(f.as_fd())) {
+    let dev = match open_path(mp).and_then(|f| sys::mount_of(f.as_fd())) {
         Ok((dev, true)) => dev,
         Ok((_, false)) => {
             return Err(io::Error::other(format!(
@@ -145,31 +226,11 @@ pub fn mount(fs: UnionFs, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mo
             ))
         }
     };
-    let own = Arc::new(OwnMount {
-        mountpoint: mp,
+    Ok(Arc::new(OwnMount {
+        mountpoint: mp.to_owned(),
         dev,
-        fuse: fuse.try_clone()?,
-    });
-    let config = {
-        let mut c = Config::default();
-        c.acl = acl(cfg);
-        c.n_threads = Some(cfg.threads.max(1));
-        c.clone_fd = true;
-        c
-    };
-    let notifier = fs.notifier_slot();
-    let session = match Session::from_fd(fs, fuse, acl(cfg), config) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = Unmounter(own).unmount();
-            return Err(e);
-        }
-    };
-    let _ = notifier.set(session.notifier());
-    Ok(Mounted {
-        session: Some(session),
-        own,
-    })
+        fuse,
+    }))
 }
 
 /// `p` opened O_PATH (no request reaches a FUSE server), a dir, the last
@@ -240,8 +301,8 @@ fn mount_sys(mp: &Path, cfg: &MountConfig) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Mounts through the setuid helper fusermount3 (or fusermount).
-fn mount_helper(mp: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
+/// Starts mounting through the setuid helper fusermount3 (or fusermount).
+fn spawn_helper(mp: &Path, cfg: &MountConfig) -> io::Result<sys::HelperMount> {
     let helper = helper().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -265,7 +326,7 @@ fn mount_helper(mp: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
     if cfg.read_only {
         opts.push("ro".into());
     }
-    sys::fusermount(&helper, mp, &opts.join(","))
+    sys::HelperMount::spawn(&helper, mp, &opts.join(","))
 }
 
 fn helper() -> Option<PathBuf> {

@@ -28,46 +28,67 @@ pub fn mount_fuse(source: &CStr, mp: &CStr, flags: libc::c_ulong, data: &CStr) -
     .map(drop)
 }
 
-/// Has the setuid helper `fusermount` mount `mp` with `opts` and hand back
-/// the /dev/fuse fd it mounted with (its `_FUSE_COMMFD` protocol: one byte
-/// and the fd as SCM_RIGHTS over a socket).
-pub fn fusermount(helper: &Path, mp: &Path, opts: &str) -> io::Result<OwnedFd> {
-    let (ours, theirs) = UnixStream::pair()?;
-    let mut cmd = Command::new(helper);
-    cmd.arg("-o")
-        .arg(opts)
-        .arg("--")
-        .arg(mp)
-        // The helper's end of the socket is its fd 0: std puts it there in
-        // the spawn itself (with posix_spawn, no fork of the server), so no
-        // other child of this process can inherit it meanwhile.
-        .env("_FUSE_COMMFD", "0")
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn();
-    // Our copy of the helper's end goes with the command: a helper that
-    // exits without sending gives EOF.
-    drop(cmd);
-    let child = child?;
-    let got = recv_fd(&ours);
-    let out = child.wait_with_output()?;
-    match got {
-        Ok(fd) => Ok(fd),
-        Err(e) => {
-            let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            Err(io::Error::new(
-                e.kind(),
-                if why.is_empty() {
-                    format!(
-                        "{} gave no /dev/fuse fd ({}): {e}",
-                        helper.display(),
-                        out.status
-                    )
-                } else {
-                    why
-                },
-            ))
+/// The setuid helper `fusermount` mounting a FUSE filesystem, started and
+/// not waited for yet: it mounts while the caller does other work, and
+/// [`HelperMount::wait`] takes the /dev/fuse fd it mounted with (its
+/// `_FUSE_COMMFD` protocol: one byte and the fd as SCM_RIGHTS over a
+/// socket).
+#[derive(Debug)]
+pub struct HelperMount {
+    helper: std::path::PathBuf,
+    child: std::process::Child,
+    ours: UnixStream,
+}
+
+impl HelperMount {
+    /// Starts `helper` mounting `mp` with `opts`.
+    pub fn spawn(helper: &Path, mp: &Path, opts: &str) -> io::Result<HelperMount> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut cmd = Command::new(helper);
+        cmd.arg("-o")
+            .arg(opts)
+            .arg("--")
+            .arg(mp)
+            // The helper's end of the socket is its fd 0: std puts it there
+            // in the spawn itself (with posix_spawn, no fork of the server),
+            // so no other child of this process can inherit it meanwhile.
+            .env("_FUSE_COMMFD", "0")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn();
+        // Our copy of the helper's end goes with the command: a helper that
+        // exits without sending gives EOF.
+        drop(cmd);
+        Ok(HelperMount {
+            helper: helper.to_owned(),
+            child: child?,
+            ours,
+        })
+    }
+
+    /// The /dev/fuse fd the helper mounted with, once it exited; its own
+    /// message if it failed.
+    pub fn wait(self) -> io::Result<OwnedFd> {
+        let got = recv_fd(&self.ours);
+        let out = self.child.wait_with_output()?;
+        match got {
+            Ok(fd) => Ok(fd),
+            Err(e) => {
+                let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+                Err(io::Error::new(
+                    e.kind(),
+                    if why.is_empty() {
+                        format!(
+                            "{} gave no /dev/fuse fd ({}): {e}",
+                            self.helper.display(),
+                            out.status
+                        )
+                    } else {
+                        why
+                    },
+                ))
+            }
         }
     }
 }

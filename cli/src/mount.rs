@@ -19,7 +19,7 @@ use rcfs_fs::image::open::{open_image, CacheOptions};
 use rcfs_fs::image::pull::PullOptions;
 use rcfs_fs::layer::{DirLayer, Layer};
 use rcfs_fs::union::{Config, Union, UpperConfig};
-use rcfs_fs::MountConfig;
+use rcfs_fs::{MountConfig, Mounting};
 
 /// Everything a mount needs.
 #[derive(Debug, Clone)]
@@ -544,13 +544,18 @@ fn build_union(req: &MountRequest, before_pull: &mut dyn FnMut()) -> Result<Buil
 pub fn run(mut req: MountRequest) -> Result<()> {
     check(&mut req)?;
     if req.foreground {
-        return serve(&req, None);
+        return serve(&req, None, None);
     }
     // A pipe tells the parent when the child has mounted (or why it failed).
     // Close-on-exec: no helper the server starts (fusermount3) keeps the
     // write end, which would keep the caller waiting for its end.
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     rcfs_runtime::threads::ensure_single("starting a background server")?;
+    // A user's fusermount3 starts mounting before the fork: its setuid
+    // exec overlaps the fork and the server's start. The server takes the
+    // mount over; this process only reaps the helper.
+    let early = rcfs_fs::begin_mount(&req.mountpoint, &mount_config(&req))
+        .with_context(|| format!("cannot mount on {}", req.mountpoint.display()))?;
     // SAFETY: no other threads exist (checked), so the child may run any
     // code.
     match unsafe { nix::unistd::fork() }.context("fork")? {
@@ -558,6 +563,7 @@ pub fn run(mut req: MountRequest) -> Result<()> {
             drop(wr);
             let mut msg = String::new();
             std::fs::File::from(rd).read_to_string(&mut msg).ok();
+            early.leave_to_child();
             if msg.starts_with("ok") {
                 // The server serves on: init (or the nearest subreaper)
                 // adopts it when this process exits, which it does now.
@@ -581,7 +587,7 @@ pub fn run(mut req: MountRequest) -> Result<()> {
             // files, and device nodes in a mount are opened by the kernel,
             // never by it).
             let _ = nix::unistd::setsid();
-            let code = match serve(&req, Some(wr)) {
+            let code = match serve(&req, Some(wr), Some(early)) {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("{e:#}");
@@ -638,7 +644,12 @@ pub struct Started {
 /// Builds the union of `req` and mounts it (the one path of `rcfs mount`
 /// and `rcfs run`); an image mount also answers `rcfs stats`.
 pub fn start(req: &MountRequest) -> Result<Started> {
-    let cfg = MountConfig {
+    start_with(req, None)
+}
+
+/// Where and how `req` is mounted.
+fn mount_config(req: &MountRequest) -> MountConfig {
+    MountConfig {
         allow_other: req.allow_other,
         fsname: req.fsname.clone(),
         subtype: req.subtype.clone(),
@@ -647,13 +658,21 @@ pub fn start(req: &MountRequest) -> Result<Started> {
         noatime: req.noatime,
         suid: req.suid,
         dev: req.dev,
-    };
+    }
+}
+
+/// [`start`], with the mount already begun (`early`) or not.
+fn start_with(req: &MountRequest, early: Option<Mounting>) -> Result<Started> {
+    let cfg = mount_config(req);
     let in_mount = || format!("cannot mount on {}", req.mountpoint.display());
     // A user's fusermount3 mounts while the union is built; not while an
     // image is pulled: its mount would hold up whoever looks at it (a
     // FUSE mount answers nothing until served) for as long as the
     // registry takes.
-    let mut mounting = Some(rcfs_fs::begin_mount(&req.mountpoint, &cfg).with_context(in_mount)?);
+    let mut mounting = match early {
+        Some(m) => Some(m),
+        None => Some(rcfs_fs::begin_mount(&req.mountpoint, &cfg).with_context(in_mount)?),
+    };
     raise_fd_limit();
     keep_large_blocks_out_of_the_heap();
     let (union, cache, live, run_dir) = build_union(req, &mut || drop(mounting.take()))?;
@@ -681,7 +700,7 @@ pub fn start(req: &MountRequest) -> Result<Started> {
     Ok(Started { session, live })
 }
 
-fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
+fn serve(req: &MountRequest, mut ready: Option<OwnedFd>, early: Option<Mounting>) -> Result<()> {
     let result = (|| {
         // Signals go to the thread that unmounts, not to the workers.
         let mut sigs = SigSet::empty();
@@ -689,7 +708,7 @@ fn serve(req: &MountRequest, mut ready: Option<OwnedFd>) -> Result<()> {
         sigs.add(Signal::SIGTERM);
         sigs.add(Signal::SIGHUP);
         sigs.thread_block().context("blocking signals")?;
-        let session = start(req)?.session;
+        let session = start_with(req, early)?.session;
         let unmounter = session.unmounter();
         std::thread::Builder::new()
             .name("rcfs-signals".into())

@@ -154,6 +154,15 @@ pub fn begin_mount(mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounting>
 }
 
 impl Mounting {
+    /// In the process that began the mount, once a child forked after it
+    /// has taken it over (and finishes or takes it down): this copy only
+    /// reaps the helper.
+    pub fn leave_to_child(mut self) {
+        if let Some(h) = self.helper.take() {
+            h.reap();
+        }
+    }
+
     /// The mount's /dev/fuse fd: the helper's, or mount(2)'s as root (the
     /// helper's when root of a user namespace may not mount here).
     fn fuse(&mut self) -> io::Result<OwnedFd> {

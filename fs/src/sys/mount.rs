@@ -68,28 +68,38 @@ impl HelperMount {
     }
 
     /// The /dev/fuse fd the helper mounted with, once it exited; its own
-    /// message if it failed.
-    pub fn wait(self) -> io::Result<OwnedFd> {
+    /// message if it failed. Also in a child forked after the spawn (the
+    /// helper is then its parent's to reap, see [`HelperMount::reap`]).
+    pub fn wait(mut self) -> io::Result<OwnedFd> {
         let got = recv_fd(&self.ours);
-        let out = self.child.wait_with_output()?;
-        match got {
-            Ok(fd) => Ok(fd),
-            Err(e) => {
-                let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-                Err(io::Error::new(
-                    e.kind(),
-                    if why.is_empty() {
-                        format!(
-                            "{} gave no /dev/fuse fd ({}): {e}",
-                            self.helper.display(),
-                            out.status
-                        )
-                    } else {
-                        why
-                    },
-                ))
+        let mut why = String::new();
+        if got.is_err() {
+            if let Some(mut err) = self.child.stderr.take() {
+                use std::io::Read;
+                let _ = err.read_to_string(&mut why);
             }
         }
+        // Gone by now, or about to be (it exits once it has sent).
+        let status = self.child.wait();
+        got.map_err(|e| {
+            let why = why.trim();
+            io::Error::new(
+                e.kind(),
+                match status {
+                    _ if !why.is_empty() => why.to_owned(),
+                    Ok(st) => format!("{} gave no /dev/fuse fd ({st}): {e}", self.helper.display()),
+                    Err(_) => format!("{} gave no /dev/fuse fd: {e}", self.helper.display()),
+                },
+            )
+        })
+    }
+
+    /// In the process that spawned the helper, once a child forked after
+    /// the spawn has taken the mount over: closes this copy's ends and
+    /// waits for the helper to exit (it exits once it has sent the fd).
+    pub fn reap(mut self) {
+        drop(self.child.stderr.take());
+        let _ = self.child.wait();
     }
 }
 

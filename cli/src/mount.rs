@@ -352,13 +352,20 @@ fn servers_of(p: &Path) -> Vec<u32> {
     pids
 }
 
-/// Whether process `pid` still runs (exists and is no zombie).
+/// Whether process `pid` still runs: exists, and is no zombie whose
+/// threads have all exited.
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        // The state follows the parenthesised command name.
-        s.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-    })
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'));
+    // A leader that has exited is a zombie while its other threads still
+    // exit, and until the last of them has, the process's files (its
+    // store's in-use lock among them) are open.
+    !zombie || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|t| t.take(2).count() > 1)
 }
 
 /// Waits for the servers of an unmounted mount to exit: they finish

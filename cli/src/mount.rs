@@ -235,19 +235,39 @@ fn check(req: &mut MountRequest) -> Result<()> {
     check_overlaps(req)?;
     if let Some(log) = &req.log {
         let p = abs(log)?;
+        // The server opens it once mounted, before it serves: under its
+        // own mount, it would wait on itself.
+        let dir = p.parent().and_then(|d| d.canonicalize().ok());
+        if dir.is_some_and(|d| d.starts_with(&req.mountpoint)) {
+            bail!(
+                "the log file {} is inside the mountpoint {}: the mount would hide it; \
+                 put the log somewhere outside the mount",
+                p.display(),
+                req.mountpoint.display()
+            );
+        }
         std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(&p)
             .with_context(|| format!("cannot write the log file {}", p.display()))?;
+        // (A symlink into it, too.)
+        let p = p.canonicalize()?;
+        if p.starts_with(&req.mountpoint) {
+            bail!(
+                "the log file {} is inside the mountpoint {}: put the log somewhere outside the mount",
+                p.display(),
+                req.mountpoint.display()
+            );
+        }
         req.log = Some(p);
     }
     check_fuse_device()?;
     Ok(())
 }
 
-/// Refuses layers that overlap each other or the mountpoint (all paths
-/// canonical). A mountpoint inside a layer would have the server serve its
+/// Refuses layers (and an image's store) that overlap each other or the
+/// mountpoint (all paths canonical). A mountpoint inside a layer would have the server serve its
 /// own mount and hang on it; an upper or work dir inside a lower one (or
 /// the reverse) would have writes change a read-only layer. Kernel
 /// overlayfs refuses the same (ELOOP).
@@ -277,6 +297,28 @@ fn check_overlaps(req: &MountRequest) -> Result<()> {
                  mount it somewhere outside its layers",
                 d.display(),
                 mp.display()
+            );
+        }
+    }
+    // An image's store: its server opens it, and writes to it, after the
+    // mount is made (a user's is made before the server starts).
+    if let Some(im) = &req.image {
+        let store = im.store.canonicalize().or_else(|_| abs(&im.store))?;
+        if store.starts_with(mp) {
+            bail!(
+                "the store {} is {} the mountpoint {}: the mount would hide it from its own server; \
+                 mount the image somewhere outside the store",
+                store.display(),
+                if &store == mp { "also" } else { "inside" },
+                mp.display()
+            );
+        }
+        if mp.starts_with(&store) {
+            bail!(
+                "the mountpoint {} is inside the store {}: the mount would hide part of the store \
+                 from its own server; mount the image somewhere outside the store",
+                mp.display(),
+                store.display()
             );
         }
     }
@@ -570,14 +612,18 @@ pub fn run(mut req: MountRequest) -> Result<()> {
             drop(wr);
             let mut msg = String::new();
             std::fs::File::from(rd).read_to_string(&mut msg).ok();
-            early.leave_to_child();
             if msg.starts_with("ok") {
+                early.leave_to_child();
                 // The server serves on: init (or the nearest subreaper)
                 // adopts it when this process exits, which it does now.
                 return Ok(());
             }
-            // It failed and exits (or has): reap it.
+            // It failed and exits (or has): reap it. If it died before it
+            // took the mount over, the helper's fd is still on its way:
+            // dropping the mount takes it and takes the mount down (only
+            // ours; a server that failed later took its own down).
             let _ = nix::sys::wait::waitpid(child, None);
+            drop(early);
             if msg.is_empty() {
                 bail!("the rcfs server exited before the mount was ready")
             }

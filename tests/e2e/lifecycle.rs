@@ -275,7 +275,9 @@ fn an_exiting_rcfs_mount_leaves_the_next_mount_at_its_path_alone() {
 /// A user's `rcfs mount` whose image cannot be opened fails with the
 /// reason and leaves nothing mounted: fusermount3 mounts while the server
 /// opens the image, and the server takes that mount down when it fails.
-/// Once the image can be opened, the same mount works.
+/// Once the image can be opened, the same mount works. What the server
+/// opens after the mount is made (the store, a log file) must not be
+/// inside the mountpoint: refused before anything is mounted.
 #[test]
 fn a_users_mount_that_fails_leaves_nothing_mounted() {
     use std::os::unix::fs::PermissionsExt;
@@ -324,5 +326,19 @@ fn a_users_mount_that_fails_leaves_nothing_mounted() {
     let ls = r.expect_ok("ls of the mount");
     assert!(ls.stdout.contains("bin"), "{}", ls.stdout);
     f.rcfs_rootless(&home, &["umount", m]).expect_ok("umount");
+    assert!(!mounts::is_mountpoint(&mnt));
+    // A mount over the user's own store (their home) would hide it from
+    // the server, which opens it after the mount is made: refused at once.
+    let r = f.rcfs_rootless(&home, &["mount", img, home.to_str().unwrap()]);
+    assert!(!r.success(), "mounted an image over its own store");
+    assert!(r.stderr.contains("inside the mountpoint"), "{}", r.stderr);
+    assert!(!mounts::is_mountpoint(&home));
+    // So would a log file inside the mountpoint (the server opens it
+    // before it serves).
+    let log = mnt.join("server.log");
+    let r = f.rcfs_rootless(&home, &["mount", "--log", log.to_str().unwrap(), img, m]);
+    assert!(!r.success(), "mounted with its log inside the mount");
+    assert!(r.stderr.contains("inside the mountpoint"), "{}", r.stderr);
+    assert!(!log.exists(), "the refused log file was created");
     assert!(!mounts::is_mountpoint(&mnt));
 }

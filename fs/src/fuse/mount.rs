@@ -235,6 +235,17 @@ fn own_mount(mp: &Path, fuse: OwnedFd) -> io::Result<Arc<OwnMount>> {
             ))
         }
     };
+    // The mount on top at the path is ours if it is our connection's: the
+    // helper's mount was made a while ago (the union was built since), and
+    // another mount may have been made on top of it meanwhile.
+    if let Some(conn) = sys::connection_of(fuse.as_fd()) {
+        if libc::major(dev) != 0 || u64::from(libc::minor(dev)) != conn {
+            return Err(io::Error::other(format!(
+                "another mount was made on {} while this one was being set up: unmount it and mount again",
+                mp.display()
+            )));
+        }
+    }
     Ok(Arc::new(OwnMount {
         mountpoint: mp.to_owned(),
         dev,

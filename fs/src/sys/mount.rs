@@ -7,6 +7,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -53,6 +54,10 @@ impl HelperMount {
             // in the spawn itself (with posix_spawn, no fork of the server),
             // so no other child of this process can inherit it meanwhile.
             .env("_FUSE_COMMFD", "0")
+            // Not in the caller's process group: a Ctrl-C at the terminal
+            // must not kill it between its mount and the fd's hand-over
+            // (which would leave a dead mount no one can tell apart).
+            .process_group(0)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -153,6 +158,16 @@ fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
         io::ErrorKind::InvalidData,
         "the mount helper sent no /dev/fuse fd",
     ))
+}
+
+/// The device number (minor; the major of a FUSE superblock is 0) of the
+/// connection a /dev/fuse fd belongs to, as /proc says it (`None` where it
+/// does not: no /proc, or a kernel without `fuse_connection` in fdinfo).
+pub fn connection_of(fuse: BorrowedFd<'_>) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fuse.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("fuse_connection:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What `fd` (any file, also an O_PATH one) says of its mount without asking

@@ -23,6 +23,9 @@
 #   podman run    podman (as root, overlay driver, an empty storage each run)
 #                 `run --rm --net=host` of the gzip image, the import its
 #                 command
+#   podman-user   the same as an unprivileged user (rcfs-bench): rootless
+#                 podman with the overlay driver over fuse-overlayfs, a new
+#                 empty storage (and pause process) each run
 # Every run starts from an empty store / empty dirs with the page cache
 # dropped. Also measured: bytes the proxy delivered against the bytes of the
 # files the start opened, the rcfs server's RSS after the start, and the
@@ -37,7 +40,7 @@
 # same run, in turn (each case's runs interleaved: a b, then b a, ...); the
 # first is the reference the others are compared with, the last one builds
 # the images (SETUP_RCFS=). CASES="lazy learned traced full run run-unverified umoci
-# podman" (the default: all). IDLE_WAIT=S waits up to S seconds before each
+# podman podman-user" (the default: all). IDLE_WAIT=S waits up to S seconds before each
 # run for the machine to be under IDLE_BUSY=25 % busy (default 0: no wait).
 # Needs: debootstrap, docker-registry, skopeo, umoci, python3, fuse3 (it
 # installs what is missing).
@@ -50,7 +53,7 @@ RTT_MS=${RTT_MS:-20}
 MBIT=${MBIT:-100}
 RCFS=${RCFS:-$REPO/target/release/rcfs}
 BINS=${BINS:-rcfs=$RCFS}
-CASES=${CASES:-lazy learned traced full run run-unverified umoci podman}
+CASES=${CASES:-lazy learned traced full run run-unverified umoci podman podman-user}
 IDLE_WAIT=${IDLE_WAIT:-0}
 IDLE_BUSY=${IDLE_BUSY:-25}
 OUT=${OUT:-$REPO/benches/results/lazy-$(date +%Y%m%d-%H%M%S).md}
@@ -75,8 +78,9 @@ declare -A UNVERIFIED
 for l in "${LABELS[@]}"; do
     "${BIN[$l]}" run --help 2>/dev/null | grep -q -- --unverified-streaming && UNVERIFIED[$l]=1 || UNVERIFIED[$l]=0
 done
-if has_case podman && ! command -v podman >/dev/null; then
-    log "podman not installed: the podman case is left out"; CASES=${CASES/podman/}
+if ! command -v podman >/dev/null; then
+    has_case podman && log "podman not installed: the podman cases are left out"
+    CASES=$(tr ' ' '\n' <<<"$CASES" | grep -v '^podman' | tr '\n' ' ')
 fi
 need=()
 for p in debootstrap docker-registry skopeo umoci; do command -v $p >/dev/null || need+=($p); done
@@ -159,6 +163,8 @@ RUN=$BENCH_DIR/run
 rm -rf "$RUN"; mkdir -p "$RUN"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 REG_PORT=$(free_port); PROXY_PORT=$(free_port)
+# The user of the rootless podman case.
+! has_case podman-user || useradd -M -d /nonexistent rcfs-bench 2>/dev/null || true
 cat > "$RUN/registry.yml" <<EOF
 version: 0.1
 log:
@@ -251,6 +257,10 @@ run_case() { # NAME LABEL I
         "$rcfs" umount "$mnt"
         "$rcfs" --root "$store" gc --all >/dev/null
     fi
+    if [ "$name" = podman-user ]; then
+        # Untimed: the user's empty storage and podman's configuration.
+        podman_user rcfs-bench "$store/home" "$store/run" "$PROXY_PORT"
+    fi
     wait_idle
     cold
     b0=$(proxy_bytes)
@@ -284,6 +294,10 @@ run_case() { # NAME LABEL I
         podman)
             podman_in "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/full/py:v1" \
                 /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman-user)
+            setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$store/home" XDG_RUNTIME_DIR="$store/run" \
+                podman run --rm --tls-verify=false --net=host "$PROXY/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
     esac
     t1=$(now)
     local k=$name,$label,$i
@@ -313,6 +327,11 @@ run_case() { # NAME LABEL I
     fi
     mountpoint -q "$mnt" && "$rcfs" umount "$mnt"
     [ "$name" != podman ] || umount_under "$store"
+    if [ "$name" = podman-user ] && [ -f "$store/run/libpod/tmp/pause.pid" ]; then
+        # Its namespace (and fuse-overlayfs mounts) go with its pause process.
+        kill "$(cat "$store/run/libpod/tmp/pause.pid")" 2>/dev/null || true
+        sleep 0.5
+    fi
     rm -rf "$store" "$RUN/oci-$i" "$RUN/bundle-$i" "$out" "$out.err"
     log "  $name $label run $i: ${T[$k]} ms, ${B[$k]} bytes"
 }
@@ -385,6 +404,7 @@ declare -A DESC=(
     [run-unverified]="rcfs run --rm --unverified-streaming (gzip)"
     [umoci]="skopeo copy + umoci unpack"
     [podman]="podman run --rm (gzip; root, overlay, empty storage)"
+    [podman-user]="podman run --rm (gzip; rootless, overlay over fuse-overlayfs, empty storage)"
 )
 target() { # NAME TIME
     case $1 in lazy | learned | traced) awk -v r="$(ratio "$2" "$tu")" 'BEGIN{print (r == "-") ? "≤ 0.2x full pull | -" : (r <= 0.2) ? "≤ 0.2x full pull | ok" : "≤ 0.2x full pull | MISS"}' ;;
@@ -398,6 +418,7 @@ ref=${LABELS[0]}
     for l in "${LABELS[@]}"; do echo "- rcfs \`$l\`: ${BIN[$l]} ($("${BIN[$l]}" --version 2>/dev/null | head -1 || true))"; done
     echo "- images converted and pushed with ${RCFS}"
     has_case podman && echo "- $(podman --version), runc $(runc --version | head -1 | awk '{print $3}'), as root, overlay driver, a new empty --root each run${PODMAN_RUN_OPTS:+, ${PODMAN_RUN_OPTS[*]} (no CAP_SYS_RESOURCE here for its default limits)}"
+    has_case podman-user && echo "- podman-user: the same podman as rcfs-bench (rootless), overlay driver with fuse-overlayfs as its mount program, cgroupfs, a new empty storage each run"
     echo
     echo "Image: Debian bookworm minbase + python3 + python3-numpy, 2 layers, $(du -sh "$ROOTFS" | cut -f1) unpacked; registry holds $IMAGE_BYTES bytes (all three pushes)."
     echo "Every run from an empty store, page cache dropped; timed from the first command to the import's end (rcfs run, podman run: to their exit)."

@@ -1,5 +1,6 @@
 //! The rcfs command line, as a library the binaries stay thin over.
 //!
+//! * [`als`] — `rcfs als`: the store as podman's Additional Layer Store.
 //! * [`mount`] — checks a mount request, mounts a union and serves it, in the
 //!   foreground or from a background process that outlives the command.
 //! * [`image`] — `pull`, `images`, `rmi`, `gc`, `inspect`.
@@ -16,6 +17,7 @@
 //! * [`stats`] — an image mount's cache counters, over a unix socket.
 //! * [`overlay_args`] — fuse-overlayfs's command line (`rcfs-overlay`).
 
+pub mod als;
 pub mod containers;
 pub mod control;
 pub mod deferred;

@@ -1,5 +1,7 @@
 //! rcfs-fs: the rcfs union filesystem.
 //!
+//! * [`als`] — the same layers served to podman and CRI-O as their
+//!   Additional Layer Store.
 //! * [`layer`] — read-only layers ([`layer::Layer`]): host directories and
 //!   image layers served lazily from their blobs.
 //! * [`image`] — digests, the store's content-addressed dirs, tables of
@@ -16,6 +18,7 @@
 //! * [`error`] — errors that keep their cause.
 //! * [`mount()`] — mounting it; [`Unmounter`] takes down only that mount.
 
+pub mod als;
 pub mod cache;
 pub mod error;
 mod flush;
@@ -28,7 +31,9 @@ pub mod union;
 mod upper;
 pub mod whiteout;
 
-pub use fuse::mount::{begin_mount, mount, MountConfig, Mounted, Mounting, Unmounted, Unmounter};
+pub use fuse::mount::{
+    begin_mount, mount, MountConfig, Mounted, Mounting, Served, Unmounted, Unmounter,
+};
 
 /// Hash maps keyed by inode numbers and file handles, which are small
 /// sequential integers: a multiplicative hash spreads them well and costs a

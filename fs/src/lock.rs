@@ -17,6 +17,11 @@
 //!
 //! | rank | lock | held while |
 //! |---|---|---|
+//! | [`Rank::AlsImage`] | `als::Als`'s per-image `Resolve::image` | an image's manifest is found, or a layer made servable (network) |
+//! | [`Rank::AlsLayers`] | `als::Als::layers` | layers served so far are looked up or added |
+//! | [`Rank::AlsNodes`] | `als::Als::nodes` | the store's inode table is read or changed |
+//! | [`Rank::AlsHandles`] | `als::Als::handles` | its open files are looked up |
+//! | [`Rank::AlsUses`] | `als::Als::uses` | podman's uses of a layer are counted |
 //! | [`Rank::CopyUp`] | `Node::copy_lock` | a node is copied up or its data filled in |
 //! | [`Rank::Load`] | `Node::load_lock` | a directory's merged view is read from its layers |
 //! | [`Rank::Tree`] | `Union::ns` | names are resolved (read) or changed (write) |
@@ -59,6 +64,11 @@ use std::time::Instant;
 /// A lock's place in the order: lower ranks are taken first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Rank {
+    AlsImage,
+    AlsLayers,
+    AlsNodes,
+    AlsHandles,
+    AlsUses,
     CopyUp,
     Load,
     Tree,

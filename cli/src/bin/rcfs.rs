@@ -49,6 +49,10 @@ enum Cmd {
     /// Mount an image (fetched lazily) or read-only layer dirs, optionally
     /// with a writable upper dir.
     Mount(Deferred<MountArgs>),
+    /// Serve the store's layers to podman and CRI-O as their Additional
+    /// Layer Store (storage.conf: additionallayerstores = ["MOUNTPOINT:ref"]),
+    /// in the foreground until unmounted or stopped.
+    Als(AlsArgs),
     /// Run a command in a new container of an image, rootless: its root is
     /// the image's union (pulled while it runs if the store lacks it).
     Run(Deferred<Box<RunArgs>>),
@@ -545,6 +549,31 @@ struct MountArgs {
     threads: Option<usize>,
 }
 
+#[derive(clap::Args, Debug)]
+struct AlsArgs {
+    /// Where to mount the store (absolute, without ':' or ',').
+    mountpoint: PathBuf,
+    /// Use plain HTTP (and unchecked TLS) for every registry.
+    #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Bytes of fetched chunks kept in memory (MiB).
+    #[arg(long, default_value = "64", value_name = "MIB")]
+    cache_memory: u64,
+    /// Bytes of fetched chunks kept on disk in the store (MiB).
+    #[arg(long, default_value = "10240", value_name = "MIB")]
+    cache_disk: u64,
+    /// Log every FUSE operation with its result and latency.
+    #[arg(long, short = 'd')]
+    debug: bool,
+    /// Let other users in (default: on for root, which podman's own
+    /// overlay mounts need when another uid mounted the store).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    allow_other: Option<bool>,
+    /// Request-serving threads, 1 to 64.
+    #[arg(long, default_value = "4")]
+    threads: usize,
+}
+
 fn run() -> Result<()> {
     // A command line that cannot be read is rcfs's failure, 125 as in
     // podman: never a code a container's command could have given.
@@ -553,6 +582,27 @@ fn run() -> Result<()> {
         std::process::exit(if e.use_stderr() { 125 } else { 0 })
     });
     match cli.cmd {
+        Cmd::Als(a) => {
+            init_log(a.debug);
+            if a.threads == 0 || a.threads > 64 {
+                anyhow::bail!(
+                    "{} request-serving threads asked for: give 1 to 64",
+                    a.threads
+                );
+            }
+            rcfs::als::serve(&rcfs::als::AlsRequest {
+                mountpoint: a.mountpoint,
+                root: cli.root.clone(),
+                insecure: !a.tls_verify,
+                cache_memory: a.cache_memory,
+                cache_disk: a.cache_disk,
+                debug: a.debug,
+                allow_other: a
+                    .allow_other
+                    .unwrap_or_else(|| nix::unistd::geteuid().is_root()),
+                threads: a.threads,
+            })
+        }
         Cmd::Mount(Deferred(a)) => {
             init_log(a.debug);
             let (image, mountpoint) = match &a.targets[..] {

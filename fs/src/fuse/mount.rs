@@ -34,10 +34,26 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, Session, SessionACL};
+use fuser::{Config, Filesystem, Notifier, Session, SessionACL};
 
 use super::UnionFs;
 use crate::sys::mount as sys;
+
+/// A filesystem a [`Mounting`] can serve: the union ([`UnionFs`]), or the
+/// Additional Layer Store ([`crate::als::AlsFs`]).
+pub trait Served: Filesystem {
+    /// Where the session's notifier goes once the session exists, for a
+    /// filesystem that tells the kernel of changes.
+    fn notifier_slot(&self) -> Option<Arc<std::sync::OnceLock<Notifier>>> {
+        None
+    }
+}
+
+impl Served for UnionFs {
+    fn notifier_slot(&self) -> Option<Arc<std::sync::OnceLock<Notifier>>> {
+        Some(UnionFs::notifier_slot(self))
+    }
+}
 
 /// Where and how to mount.
 #[derive(Debug, Clone)]
@@ -79,12 +95,13 @@ impl Default for MountConfig {
     }
 }
 
-/// A union mounted and ready to serve ([`Mounted::run`]). Dropped without
-/// being run, it unmounts its mount (only its own, see the module doc).
+/// A filesystem (the union unless said) mounted and ready to serve
+/// ([`Mounted::run`]). Dropped without being run, it unmounts its mount
+/// (only its own, see the module doc).
 #[derive(Debug)]
-pub struct Mounted {
+pub struct Mounted<F: Served = UnionFs> {
     /// `None` once run.
-    session: Option<Session<UnionFs>>,
+    session: Option<Session<F>>,
     own: Arc<OwnMount>,
 }
 
@@ -176,7 +193,7 @@ impl Mounting {
     }
 
     /// Completes the mount with `fs` to serve it.
-    pub fn finish(mut self, fs: UnionFs) -> io::Result<Mounted> {
+    pub fn finish<F: Served>(mut self, fs: F) -> io::Result<Mounted<F>> {
         let fuse = self.fuse()?;
         let own = own_mount(&self.mp, fuse.try_clone()?)?;
         let config = {
@@ -194,7 +211,9 @@ impl Mounting {
                 return Err(e);
             }
         };
-        let _ = notifier.set(session.notifier());
+        if let Some(slot) = notifier {
+            let _ = slot.set(session.notifier());
+        }
         Ok(Mounted {
             session: Some(session),
             own,
@@ -358,7 +377,7 @@ fn helper() -> Option<PathBuf> {
     })
 }
 
-impl Mounted {
+impl<F: Served> Mounted<F> {
     /// Unmounts this mount later, from any thread.
     pub fn unmounter(&self) -> Unmounter {
         Unmounter(self.own.clone())
@@ -385,7 +404,7 @@ impl Mounted {
     }
 }
 
-impl Drop for Mounted {
+impl<F: Served> Drop for Mounted<F> {
     fn drop(&mut self) {
         if self.session.is_some() {
             if let Err(e) = self.unmounter().unmount() {

@@ -26,8 +26,8 @@ use super::digest::{Digest, Hasher};
 use super::toc::{TocEntry, TocJson};
 
 mod tarsplit;
+pub use tarsplit::{tar_size, OpenData, Rebuild};
 use tarsplit::{Crc64, TarSplit};
-pub use tarsplit::{OpenData, Rebuild};
 
 /// Annotation keys, in both spellings podman has used.
 pub const CHECKSUM_KEYS: [&str; 2] = [

@@ -348,6 +348,7 @@ pub(crate) fn store_layer(
         start_bytes,
         start_order,
         diff_id: None,
+        tar_size: None,
     };
     // Keyed by the blob digest: rcfs wrote the blob and hashed it.
     store.put_layer(&LayerKey::Blob(info.digest), &rec)?;

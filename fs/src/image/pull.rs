@@ -32,8 +32,10 @@ use super::store::{ImageRecord, LayerFormat, LayerKey, LayerRecord, Origin, Stor
 use super::toc::{DataIn, Toc, TocEntry, TocJson};
 use crate::error::layer_error;
 
+mod lazy;
 mod local;
 mod partial;
+pub use lazy::{find_lazy_image, LazyImage, LazyLayer, Servable};
 use local::{pull_archive, pull_layout};
 
 /// Annotation keys of zstd:chunked layers, newer spelling first.
@@ -335,6 +337,7 @@ fn fetch_toc(
             .map(|v| super::chunked::parse_ranges(v, offset - 8))
             .unwrap_or_default(),
         diff_id: None,
+        tar_size: None,
     };
     store_tree(store, &rec, &toc);
     Ok(FetchedToc {
@@ -450,6 +453,7 @@ fn record_indexed(store: &Store, d: &Digest, mt: String, ix: &Indexed) -> io::Re
         start_bytes: 0,
         start_order: Vec::new(),
         diff_id: None,
+        tar_size: None,
     };
     store_tree(store, &rec, &toc);
     Ok(rec)
@@ -702,12 +706,44 @@ fn pull_registry(
     opts: &PullOptions,
     progress: &dyn Progress,
 ) -> io::Result<PullReport> {
+    let found = find_manifest(name, opts.insecure, progress)?;
+    // The image is listed under the name the user's name resolved to, not
+    // the mirror's.
+    finish(
+        store,
+        &RegistryBlobs(found.registry),
+        found.name,
+        found.manifest,
+        Some(found.origin),
+        opts,
+        progress,
+    )
+}
+
+/// An image's manifest for this host, as the first source that has it
+/// gave it.
+pub(crate) struct FoundManifest {
+    /// The name the user's name resolved to.
+    pub name: String,
+    /// The platform manifest (an index resolved), unparsed.
+    pub manifest: Vec<u8>,
+    pub origin: Origin,
+    pub registry: Arc<Registry>,
+}
+
+/// Looks `name` up in its sources (registries.conf: short names, mirrors),
+/// in order, and gives the first platform manifest found.
+pub(crate) fn find_manifest(
+    name: &str,
+    insecure: bool,
+    progress: &dyn Progress,
+) -> io::Result<FoundManifest> {
     let conf = Registries::load().map_err(fail)?;
     let candidates = conf.candidates(name).map_err(fail)?;
     let auth_files = auth::auth_files();
     let mut errors = Vec::new();
     for cand in &candidates {
-        let endpoints = conf.endpoints(cand, opts.insecure).map_err(fail)?;
+        let endpoints = conf.endpoints(cand, insecure).map_err(fail)?;
         for ep in endpoints {
             let r = &ep.reference;
             let copts = ClientOptions {
@@ -725,8 +761,19 @@ fn pull_registry(
                 let m = pick_platform(&index, &r.to_string())?;
                 Ok(reg.manifest(m.digest().as_ref())?.0)
             });
-            let bytes = match got {
-                Ok(b) => b,
+            match got {
+                Ok(manifest) => {
+                    return Ok(FoundManifest {
+                        name: cand.canonical(),
+                        manifest,
+                        origin: Origin {
+                            registry: r.registry.clone(),
+                            repository: r.repository.clone(),
+                            insecure: ep.insecure,
+                        },
+                        registry: reg,
+                    })
+                }
                 Err(e) => {
                     if ep.mirror {
                         progress.note(&format!(
@@ -735,25 +782,8 @@ fn pull_registry(
                         ));
                     }
                     errors.push(format!("{r}: {e}"));
-                    continue;
                 }
-            };
-            let origin = Origin {
-                registry: r.registry.clone(),
-                repository: r.repository.clone(),
-                insecure: ep.insecure,
-            };
-            // The image is listed under the name the user's name resolved
-            // to, not the mirror's.
-            return finish(
-                store,
-                &RegistryBlobs(reg),
-                cand.canonical(),
-                bytes,
-                Some(origin),
-                opts,
-                progress,
-            );
+            }
         }
     }
     // The caller names the image that could not be pulled: this says

@@ -158,6 +158,10 @@ pub struct LayerRecord {
     /// config's diff_id ([`LayerKey::Diff`] records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_id: Option<String>,
+    /// The uncompressed tar's size, when rcfs knows it (a zstd:chunked
+    /// layer's tar-split says it); what podman is told of the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_size: Option<u64>,
     /// Regular files and their bytes, for `rcfs inspect`.
     #[serde(default)]
     pub files: u64,

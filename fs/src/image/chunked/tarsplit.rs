@@ -136,6 +136,38 @@ mod base64_opt {
     }
 }
 
+/// The size of the tar a tar-split (`lines`, JSON) makes: its raw bytes
+/// and the sizes of its files' data.
+pub fn tar_size(mut lines: impl BufRead) -> io::Result<u64> {
+    let mut line = Vec::new();
+    let mut size = 0u64;
+    loop {
+        line.clear();
+        let n = (&mut lines)
+            .take(LINE_MAX as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        if n > LINE_MAX {
+            return Err(bad(format!("a line is longer than {LINE_MAX} bytes")));
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_slice(text)
+            .map_err(|e| bad(format!("a line is not what tar-split writes: {e}")))?;
+        let add = match l.kind {
+            2 => l.payload.map_or(0, |p| p.len() as u64),
+            _ => l.size,
+        };
+        size = size
+            .checked_add(add)
+            .ok_or_else(|| bad("the tar it makes is larger than 2^64 bytes".into()))?;
+    }
+}
+
 /// The longest tar-split line read: a segment holds the headers between
 /// two files' data (PAX records with xattrs included), in base64.
 pub const LINE_MAX: usize = 16 << 20;

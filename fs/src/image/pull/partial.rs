@@ -28,7 +28,7 @@ use crate::layer::{ImageLayer, Kind, Layer, LowerFile};
 /// The most a tar-split may hold uncompressed: about 1 KiB per entry at
 /// the TOC's entry limit (`toc::MAX_ENTRIES`), with room for long PAX
 /// headers.
-const MAX_TAR_SPLIT_JSON: u64 = 4 << 30;
+pub(super) const MAX_TAR_SPLIT_JSON: u64 = 4 << 30;
 
 /// Where layer `desc`'s tar-split is, if its annotations say:
 /// (offset, length, uncompressed length).
@@ -127,6 +127,7 @@ pub(super) fn pull_by_chunks(
     let rec = LayerRecord {
         size: desc.size(),
         diff_id: Some(diff_id.to_string()),
+        tar_size: None,
         ..indexed
     };
     Ok((rec, src.bytes()))
@@ -134,7 +135,7 @@ pub(super) fn pull_by_chunks(
 
 /// The compressed tar-split of `desc`, fetched by range and checked
 /// against the digest the TOC (or, failing that, the manifest) names.
-fn fetch_tar_split(
+pub(super) fn fetch_tar_split(
     src: &dyn BlobSource,
     desc: &Descriptor,
     toc_split: Option<&str>,

@@ -28,6 +28,7 @@ fn index_and_layer_records_round_trip_and_gc_keeps_what_images_use() {
         start_bytes: 0,
         start_order: Vec::new(),
         diff_id: None,
+        tar_size: None,
     };
     let key = LayerKey::Blob(layer_d);
     s.put_layer(&key, &rec).unwrap();
@@ -83,6 +84,7 @@ fn a_lazy_layer_record_is_found_only_under_what_was_checked() {
         start_bytes: 0,
         start_order: Vec::new(),
         diff_id: None,
+        tar_size: None,
     };
     let key = LayerKey::Toc { toc, blob };
     s.put_layer(&key, &rec).unwrap();
@@ -142,6 +144,7 @@ fn a_rebuilt_layer_is_found_by_its_diff_id_only() {
         start_bytes: 0,
         start_order: Vec::new(),
         diff_id: Some(diff.to_string()),
+        tar_size: None,
     };
     let key = LayerKey::Diff { diff, blob };
     s.put_layer(&key, &rec).unwrap();
@@ -157,6 +160,7 @@ fn a_rebuilt_layer_is_found_by_its_diff_id_only() {
     // A record under the name that does not say its diff_id was checked.
     let unchecked = LayerRecord {
         diff_id: None,
+        tar_size: None,
         ..rec.clone()
     };
     s.replace(

@@ -428,6 +428,18 @@ impl Tree {
         (self.h.nodes, self.h.files, self.h.data_bytes)
     }
 
+    /// The size of the layer as a tar stream, as near as the tree tells:
+    /// a 512-byte header per entry, each file's data padded to 512 bytes,
+    /// and the two zero blocks at the end (extra headers for long names
+    /// and PAX records are not counted).
+    pub fn tar_size(&self) -> std::io::Result<u64> {
+        let mut n = u64::from(self.h.nodes) * 512 + 1024;
+        for f in 0..self.h.files {
+            n += self.file(f)?.size.div_ceil(512) * 512;
+        }
+        Ok(n)
+    }
+
     /// Where the layer's file data is.
     pub fn data(&self) -> DataIn {
         self.h.data

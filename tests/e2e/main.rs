@@ -43,6 +43,7 @@ mod registry;
 mod snapshot;
 mod sys;
 
+mod als;
 mod attrs;
 mod bad_runs;
 mod bounds;

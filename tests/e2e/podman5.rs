@@ -39,7 +39,7 @@ fn blob(digest: &str) -> Vec<u8> {
 /// The fixture's image uploaded to `reg` as `repo:v1`: its config and
 /// layer blobs, then its manifest's bytes as skopeo wrote them. The
 /// manifest and config, parsed.
-fn upload(reg: &Registry, repo: &str) -> (Value, Value) {
+pub(crate) fn upload(reg: &Registry, repo: &str) -> (Value, Value) {
     let index: Value =
         serde_json::from_slice(&std::fs::read(fixture().join("index.json")).unwrap()).unwrap();
     let digest = index["manifests"][0]["digest"].as_str().unwrap();
@@ -161,7 +161,7 @@ const RENAMED: &[(&str, &str)] = &[("data/caf\\xe9", "data/caf\u{fffd}")];
 
 /// The tree mounted at `mnt` lists as podman 5's does, field for field
 /// (but for [`RENAMED`]).
-fn assert_podmans_tree(mnt: &Path) {
+pub(crate) fn assert_podmans_tree(mnt: &Path) {
     let (want, mut got) = (podman_listing(), listing(mnt));
     for (podman, rcfs) in RENAMED {
         let Some(mut e) = got.remove(*rcfs) else {

@@ -53,16 +53,16 @@ fn case(name: &'static str, opts: &[&str], script: &str) -> Case {
 }
 
 /// The user both run as, with subordinate ids (useradd gives them).
-struct User {
-    name: String,
+pub(crate) struct User {
+    pub name: String,
     uid: u32,
     gid: u32,
-    home: PathBuf,
+    pub home: PathBuf,
     run_dir: PathBuf,
 }
 
 impl User {
-    fn new(name: &str, dir: &Path) -> User {
+    pub fn new(name: &str, dir: &Path) -> User {
         if !Command::new("id")
             .arg(name)
             .output()
@@ -100,7 +100,7 @@ impl User {
         }
     }
 
-    fn cmd(&self, program: &str) -> Command {
+    pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("setpriv");
         c.args([
             &format!("--reuid={}", self.name),

@@ -10,7 +10,9 @@
 //! * `.wh.NAME` is listed and looked up as `NAME`, a 0/0 device;
 //! * a directory holding `.wh..wh..opq`, or recreated in the layer that
 //!   deleted it (`.wh.NAME` beside a directory `NAME`), answers the opaque
-//!   xattrs with `y`;
+//!   xattr with `y`: `trusted.overlay.opaque` for root's overlay, or
+//!   `user.overlay.opaque` for a user's (`userxattr`), one of them only,
+//!   since root's overlay shows `user.*` xattrs to the container;
 //! * no other `trusted.overlay.*` or `user.overlay.*` xattr of the image
 //!   reaches overlayfs: an image that carries one (a `redirect`, a
 //!   `metacopy`) would otherwise steer the host's overlay mount.
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layer::{join, Attr, Kind, Layer, LowerFile};
-use crate::whiteout::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
+use crate::whiteout::{self, OPAQUE_MARKER};
 
 /// What a name of the view is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,8 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct Diff {
     layer: Arc<dyn Layer>,
+    /// The xattr that marks an opaque directory (see the module doc).
+    opaque: &'static str,
 }
 
 fn enoent() -> io::Error {
@@ -68,8 +72,10 @@ fn whiteout_path(dir: &Path, name: &OsStr) -> PathBuf {
 }
 
 impl Diff {
-    pub fn new(layer: Arc<dyn Layer>) -> Diff {
-        Diff { layer }
+    /// `layer` in overlay form, opaque directories marked by the xattr
+    /// `opaque` (one of [`whiteout::OPAQUE_XATTRS`]).
+    pub fn new(layer: Arc<dyn Layer>, opaque: &'static str) -> Diff {
+        Diff { layer, opaque }
     }
 
     /// The layer underneath.
@@ -156,7 +162,7 @@ impl Diff {
             .filter(|n| !whiteout::is_private_xattr(n))
             .collect();
         if a.kind == Kind::Dir && self.is_opaque(path)? {
-            names.extend(OPAQUE_XATTRS.iter().map(OsString::from));
+            names.push(OsString::from(self.opaque));
         }
         Ok(names)
     }
@@ -171,10 +177,7 @@ impl Diff {
         let Entry::Real(a) = entry else {
             return Ok(None);
         };
-        if OPAQUE_XATTRS
-            .iter()
-            .any(|x| x.as_bytes() == name.as_bytes())
-        {
+        if self.opaque.as_bytes() == name.as_bytes() {
             let opaque = a.kind == Kind::Dir && self.is_opaque(path)?;
             return Ok(opaque.then(|| b"y".to_vec()));
         }
@@ -199,6 +202,7 @@ impl Diff {
 mod tests {
     use super::*;
     use crate::layer::DirLayer;
+    use crate::whiteout::OPAQUE_XATTRS;
     use std::fs;
 
     fn names(d: &Diff, dir: &str) -> Vec<(String, Kind)> {
@@ -224,7 +228,7 @@ mod tests {
         // Deleted and made again in this layer: the new dir, opaque.
         fs::write(r.join(".wh.again"), "").unwrap();
         fs::create_dir(r.join("again")).unwrap();
-        let d = Diff::new(Arc::new(DirLayer::new(r).unwrap()));
+        let d = Diff::new(Arc::new(DirLayer::new(r).unwrap()), OPAQUE_XATTRS[1]);
 
         assert_eq!(
             names(&d, "etc"),
@@ -250,19 +254,16 @@ mod tests {
 
         let opq = Path::new("etc/opq");
         let e = d.entry(opq).unwrap();
-        for x in OPAQUE_XATTRS {
-            assert_eq!(
-                d.get_xattr(opq, &e, OsStr::new(x)).unwrap().as_deref(),
-                Some(&b"y"[..])
-            );
-        }
-        assert_eq!(d.list_xattrs(opq, &e).unwrap().len(), 2);
+        let user = OsStr::new(OPAQUE_XATTRS[1]);
+        let y = d.get_xattr(opq, &e, user).unwrap();
+        assert_eq!(y.as_deref(), Some(&b"y"[..]));
+        // Only the one asked for: root's overlay shows `user.*` xattrs.
+        let trusted = OsStr::new(OPAQUE_XATTRS[0]);
+        assert_eq!(d.get_xattr(opq, &e, trusted).unwrap(), None);
+        assert_eq!(d.list_xattrs(opq, &e).unwrap(), vec![user.to_owned()]);
         let again = Path::new("again");
         let e = d.entry(again).unwrap();
-        assert!(d
-            .get_xattr(again, &e, OsStr::new(OPAQUE_XATTRS[0]))
-            .unwrap()
-            .is_some());
+        assert!(d.get_xattr(again, &e, user).unwrap().is_some());
         let etc = Path::new("etc");
         let e = d.entry(etc).unwrap();
         assert_eq!(
@@ -296,7 +297,7 @@ mod tests {
         };
         set("user.overlay.redirect").unwrap();
         set("user.kept").unwrap();
-        let d = Diff::new(Arc::new(DirLayer::new(r).unwrap()));
+        let d = Diff::new(Arc::new(DirLayer::new(r).unwrap()), OPAQUE_XATTRS[0]);
         let f = Path::new("f");
         let e = d.entry(f).unwrap();
         assert_eq!(

@@ -19,8 +19,10 @@ use fuser::{
 
 use super::{Als, Node, ROOT_INO};
 use crate::error;
+use crate::fuse::reply::{kind_to_type, to_file_attr};
 use crate::layer::{Attr, Kind, LowerFile};
 use crate::lock::{Mutex, Rank};
+use crate::union::Stat;
 use crate::IdMap;
 
 /// How long the kernel may keep entries and attributes: nothing here
@@ -61,36 +63,11 @@ fn errno(e: io::Error) -> Errno {
     Errno::from_i32(error::errno_of(&e))
 }
 
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-    }
-}
-
 fn file_attr(ino: u64, a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime.to_system_time(),
-        mtime: a.mtime.to_system_time(),
-        ctime: a.ctime.to_system_time(),
-        crtime: a.ctime.to_system_time(),
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: 4096,
-        flags: 0,
-    }
+    to_file_attr(&Stat {
+        ino,
+        attr: a.clone(),
+    })
 }
 
 fn erofs() -> Errno {
@@ -510,7 +487,7 @@ impl Filesystem for AlsFs {
         }
         let first = (offset as usize).saturating_sub(2);
         for (i, (n, name, kind)) in list.iter().enumerate().skip(first) {
-            if reply.add(INodeNo(*n), i as u64 + 3, file_type(*kind), name) {
+            if reply.add(INodeNo(*n), i as u64 + 3, kind_to_type(*kind), name) {
                 break;
             }
         }

@@ -153,6 +153,10 @@ pub struct Als {
     started: Time,
     uid: u32,
     gid: u32,
+    /// The xattr opaque dirs answer: `trusted.overlay.opaque` when served
+    /// by real root (for root's overlay), else `user.overlay.opaque` (a
+    /// user's overlay, `userxattr`, as in `podman unshare`).
+    opaque_xattr: &'static str,
     table: Mutex<Table>,
     nodes: Mutex<Nodes>,
     /// podman's uses of each layer directory (`use` made, minus rmdirs).
@@ -197,6 +201,11 @@ impl Als {
             cache,
             started: Time::from_system_time(SystemTime::now()),
             uid: nix::unistd::geteuid().as_raw(),
+            opaque_xattr: if crate::sys::real_root() {
+                crate::whiteout::OPAQUE_XATTRS[0]
+            } else {
+                crate::whiteout::OPAQUE_XATTRS[1]
+            },
             gid: nix::unistd::getegid().as_raw(),
             table: Mutex::new(Rank::AlsLayers, Table::default()),
             nodes: Mutex::new(
@@ -474,7 +483,7 @@ impl Als {
             blob: l.blob,
             size: l.size,
             info: info::record(l, tar_size),
-            diff: Diff::new(layer),
+            diff: Diff::new(layer, self.opaque_xattr),
             registry: Some(img.registry.clone()),
             whole: Mutex::new(Rank::AlsImage, None),
         });

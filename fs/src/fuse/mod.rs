@@ -30,7 +30,7 @@ mod files;
 mod handles;
 pub mod mount;
 mod pagecache;
-mod reply;
+pub(crate) mod reply;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;

@@ -48,7 +48,7 @@ pub(super) fn reply_err(e: io::Error) -> Errno {
     Errno::from_i32(error::errno_of(&e))
 }
 
-pub(super) fn kind_to_type(k: Kind) -> FileType {
+pub(crate) fn kind_to_type(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
@@ -60,7 +60,7 @@ pub(super) fn kind_to_type(k: Kind) -> FileType {
     }
 }
 
-pub(super) fn to_file_attr(s: &Stat) -> FileAttr {
+pub(crate) fn to_file_attr(s: &Stat) -> FileAttr {
     let a = &s.attr;
     FileAttr {
         ino: INodeNo(s.ino),

@@ -290,9 +290,11 @@ impl Store {
         })
     }
 
-    /// The default root for this user.
+    /// The default root for this user: root's is /var/lib/rcfs; a user's
+    /// (also as root of a user namespace, as in `podman unshare`) is under
+    /// their home.
     pub fn default_root() -> PathBuf {
-        if nix::unistd::geteuid().is_root() {
+        if sys::real_root() {
             return PathBuf::from("/var/lib/rcfs");
         }
         if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {

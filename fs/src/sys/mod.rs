@@ -84,3 +84,12 @@ pub(crate) fn proc_path(fd: i32, name: &OsStr) -> io::Result<CString> {
     }
     CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
+
+/// Whether this is real root: uid 0 with every id its own (not root of a
+/// user namespace, as in `podman unshare`).
+pub fn real_root() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| {
+            m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+        })
+}

@@ -565,10 +565,11 @@ struct AlsArgs {
     /// Log every FUSE operation with its result and latency.
     #[arg(long, short = 'd')]
     debug: bool,
-    /// Let other users in (default: on for root, which podman's own
-    /// overlay mounts need when another uid mounted the store).
-    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
-    allow_other: Option<bool>,
+    /// Let other users in. Not needed for podman (its overlay reads the
+    /// store as whoever mounted it), and it lets any local user fetch and
+    /// read images with your registry credentials.
+    #[arg(long)]
+    allow_other: bool,
     /// Request-serving threads, 1 to 64.
     #[arg(long, default_value = "4")]
     threads: usize,
@@ -597,9 +598,7 @@ fn run() -> Result<()> {
                 cache_memory: a.cache_memory,
                 cache_disk: a.cache_disk,
                 debug: a.debug,
-                allow_other: a
-                    .allow_other
-                    .unwrap_or_else(|| nix::unistd::geteuid().is_root()),
+                allow_other: a.allow_other,
                 threads: a.threads,
             })
         }

@@ -26,6 +26,15 @@
 #   podman-user   the same as an unprivileged user (rcfs-bench): rootless
 #                 podman with the overlay driver over fuse-overlayfs, a new
 #                 empty storage (and pause process) each run
+#   podman-als    podman (as root, empty storage) with `rcfs als` (an empty
+#                 rcfs store, started untimed) as its Additional Layer Store:
+#                 `run --rm` of the image `rcfs convert` made zstd:chunked
+#   podman5-chunked  podman 5.4 (scripts/podman5's Debian 13 chroot, as root,
+#                 storage emptied untimed) `run --rm` of that same image: its
+#                 own zstd:chunked partial pull
+#   podman-warm, podman-als-warm  a warm `podman run --rm` (the image pulled
+#                 and run once untimed, page cache kept): layers pulled
+#                 normally (gzip) against layers from `rcfs als`
 # Every run starts from an empty store / empty dirs with the page cache
 # dropped. Also measured: bytes the proxy delivered against the bytes of the
 # files the start opened, the rcfs server's RSS after the start, and the
@@ -40,7 +49,7 @@
 # same run, in turn (each case's runs interleaved: a b, then b a, ...); the
 # first is the reference the others are compared with, the last one builds
 # the images (SETUP_RCFS=). CASES="lazy learned traced full run run-unverified umoci
-# podman podman-user" (the default: all). IDLE_WAIT=S waits up to S seconds before each
+# podman podman-user podman-als podman5-chunked podman-warm podman-als-warm" (the default: all). IDLE_WAIT=S waits up to S seconds before each
 # run for the machine to be under IDLE_BUSY=25 % busy (default 0: no wait).
 # Needs: debootstrap, docker-registry, skopeo, umoci, python3, fuse3 (it
 # installs what is missing).
@@ -53,7 +62,7 @@ RTT_MS=${RTT_MS:-20}
 MBIT=${MBIT:-100}
 RCFS=${RCFS:-$REPO/target/release/rcfs}
 BINS=${BINS:-rcfs=$RCFS}
-CASES=${CASES:-lazy learned traced full run run-unverified umoci podman podman-user}
+CASES=${CASES:-lazy learned traced full run run-unverified umoci podman podman-user podman-als podman5-chunked podman-warm podman-als-warm}
 IDLE_WAIT=${IDLE_WAIT:-0}
 IDLE_BUSY=${IDLE_BUSY:-25}
 OUT=${OUT:-$REPO/benches/results/lazy-$(date +%Y%m%d-%H%M%S).md}
@@ -212,7 +221,14 @@ chroot "$RUN/mnt-trace" /usr/bin/python3 -c 'import numpy' >/dev/null
 "$RCFS" --root "$RUN/conv" pull -q --full --tls-verify=false "$REG/full/py:v1"
 "$RCFS" --root "$RUN/conv" convert --trace "$RUN/trace" "$REG/full/py:v1" "$REG/lazy/traced:v1" 2>/dev/null
 "$RCFS" --root "$RUN/conv" push --tls-verify=false "$REG/lazy/traced:v1" 2>/dev/null
+# The same image made zstd:chunked by rcfs convert without a trace (TOC and
+# tar-split, as podman 5's partial pull needs): podman's ALS and podman 5 cases.
+"$RCFS" --root "$RUN/conv" convert "$REG/full/py:v1" "$REG/lazy/conv:v1" 2>/dev/null
+"$RCFS" --root "$RUN/conv" push --tls-verify=false "$REG/lazy/conv:v1" 2>/dev/null
 rm -rf "$RUN/conv" "$RUN/store-trace"
+if has_case podman5-chunked; then
+    "$REPO/scripts/podman5" build >&2
+fi
 
 proxy_bytes() { kill -USR1 "$PROXY_PID"; sleep 0.2; awk '/bytes_to_client/ {print $2}' "$RUN/proxy.stats"; }
 now() { date +%s.%N; }
@@ -241,6 +257,25 @@ fi
 umount_under() {
     { grep -o " $1/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
+# `rcfs als` (binary RCFS) at DIR/als over the store DIR/rcfs, started;
+# podman_als DIR ARGS... is podman_in DIR/pod with it as its store.
+start_als() { # RCFS DIR
+    mkdir -p "$2/als"
+    RUST_LOG=warn "$1" --root "$2/rcfs" als --tls-verify=false "$2/als" >"$2/als.log" 2>&1 &
+    for _ in $(seq 200); do grep -q " $2/als " /proc/self/mounts && return; sleep 0.05; done
+    die "rcfs als did not start: $(cat "$2/als.log")"
+}
+podman_als() { # DIR ARGS...
+    local d=$1; shift
+    podman_in "$d/pod" --storage-opt "overlay.additionallayerstore=$d/als:ref" "$@"
+}
+stop_als() { # DIR
+    umount_under "$1/pod"
+    umount "$1/als" 2>/dev/null || true
+    sleep 0.2
+}
+# podman 5 in its chroot (scripts/podman5), as root.
+podman5() { "$REPO/scripts/podman5" shell -- podman "$@"; }
 # One run of case NAME (with the binary LABEL; "-" for the cases that use
 # no rcfs) as sample I. Records T (ms), B (bytes via the proxy), OK (0/1).
 run_case() { # NAME LABEL I
@@ -261,8 +296,23 @@ run_case() { # NAME LABEL I
         # Untimed: the user's empty storage and podman's configuration.
         podman_user rcfs-bench "$store/home" "$store/run" "$PROXY_PORT"
     fi
+    case $name in
+        # Untimed: the store started, empty.
+        podman-als) start_als "$rcfs" "$store" ;;
+        podman5-chunked) podman5 system reset -f >/dev/null 2>&1 ;;
+        # Untimed: the image pulled (from the registry itself) and run once.
+        podman-warm)
+            podman_in "$store" pull -q --tls-verify=false "$REG/full/py:v1" >/dev/null
+            podman_in "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
+                /usr/bin/python3 -c "$START" >/dev/null ;;
+        podman-als-warm)
+            start_als "$rcfs" "$store"
+            podman_als "$store" pull -q --tls-verify=false "$REG/lazy/conv:v1" >/dev/null
+            podman_als "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/lazy/conv:v1" \
+                /usr/bin/python3 -c "$START" >/dev/null ;;
+    esac
     wait_idle
-    cold
+    case $name in *-warm) ;; *) cold ;; esac
     b0=$(proxy_bytes)
     t0=$(now)
     case $name in
@@ -293,6 +343,18 @@ run_case() { # NAME LABEL I
               chroot "$RUN/bundle-$i/rootfs" /usr/bin/python3 -c "$START" >"$out"; } 2>"$out.err" || rc=$? ;;
         podman)
             podman_in "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman-als)
+            podman_als "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/lazy/conv:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman5-chunked)
+            podman5 run --rm --tls-verify=false --net=host "$PROXY/lazy/conv:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman-warm)
+            podman_in "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman-als-warm)
+            podman_als "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/lazy/conv:v1" \
                 /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         podman-user)
             setpriv --reuid=rcfs-bench --regid=rcfs-bench --init-groups env HOME="$store/home" XDG_RUNTIME_DIR="$store/run" \
@@ -326,7 +388,10 @@ run_case() { # NAME LABEL I
         NFILES[$label,$i]=$(grep -cv '^/read ' "$RUN/trace-$label-$i")
     fi
     mountpoint -q "$mnt" && "$rcfs" umount "$mnt"
-    [ "$name" != podman ] || umount_under "$store"
+    case $name in
+        podman | podman-warm) umount_under "$store" ;;
+        podman-als | podman-als-warm) stop_als "$store" ;;
+    esac
     if [ "$name" = podman-user ] && [ -f "$store/run/libpod/tmp/pause.pid" ]; then
         # Its namespace (and fuse-overlayfs mounts) go with its pause process.
         kill "$(cat "$store/run/libpod/tmp/pause.pid")" 2>/dev/null || true
@@ -339,7 +404,7 @@ run_case() { # NAME LABEL I
 order() { # I
     if (($1 % 2)); then printf '%s\n' "${LABELS[@]}"; else printf '%s\n' "${LABELS[@]}" | tac; fi
 }
-PER_BIN="lazy learned traced full run run-unverified"
+PER_BIN="lazy learned traced full run run-unverified podman-als podman-als-warm"
 for i in $(seq 1 "$RUNS"); do
     for name in $CASES; do
         if [[ " $PER_BIN " == *" $name "* ]]; then
@@ -395,6 +460,8 @@ paired() { # NAME LABEL
 }
 tu=-; has_case umoci && tu=$(med umoci -)
 tp=-; has_case podman && tp=$(med podman -)
+t5=-; has_case podman5-chunked && t5=$(med podman5-chunked -)
+tw=-; has_case podman-warm && tw=$(med podman-warm -)
 declare -A DESC=(
     [lazy]="rcfs lazy (zstd:chunked as skopeo pushed it)"
     [learned]="rcfs lazy, the next cold start (store kept, cache emptied: the first start's order)"
@@ -405,9 +472,16 @@ declare -A DESC=(
     [umoci]="skopeo copy + umoci unpack"
     [podman]="podman run --rm (gzip; root, overlay, empty storage)"
     [podman-user]="podman run --rm (gzip; rootless, overlay over fuse-overlayfs, empty storage)"
+    [podman-als]="podman run --rm (zstd:chunked; root, empty storage, \`rcfs als\` as its layer store)"
+    [podman5-chunked]="podman 5.4 run --rm (zstd:chunked, its partial pull; root, empty storage)"
+    [podman-warm]="podman run --rm, warm (gzip pulled normally)"
+    [podman-als-warm]="podman run --rm, warm (layers from \`rcfs als\`)"
 )
 target() { # NAME TIME
     case $1 in lazy | learned | traced) awk -v r="$(ratio "$2" "$tu")" 'BEGIN{print (r == "-") ? "≤ 0.2x full pull | -" : (r <= 0.2) ? "≤ 0.2x full pull | ok" : "≤ 0.2x full pull | MISS"}' ;;
+        podman-als) awk -v a="$(ratio "$2" "$tp")" -v b="$(ratio "$2" "$t5")" 'BEGIN{
+            ok = (a != "-" && a <= 0.2 && b != "-" && b <= 0.5); printf "≤ 0.2x podman, ≤ 0.5x podman 5 (%sx) | %s\n", b, (a == "-" || b == "-") ? "-" : ok ? "ok" : "MISS"}' ;;
+        podman-als-warm) awk -v r="$(ratio "$2" "$tw")" 'BEGIN{printf "≤ 1.05x podman warm (%sx) | %s\n", r, (r == "-") ? "-" : (r <= 1.05) ? "ok" : "MISS"}' ;;
         *) echo " | " ;; esac
 }
 ref=${LABELS[0]}

@@ -624,3 +624,21 @@ impl Served {
         Ok(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containers/storage names an image's dir by standard base64 with
+    /// padding; a name that is not one is no image.
+    #[test]
+    fn image_dir_names() {
+        let r = "docker.io/library/python:3.11";
+        let name = encode_ref(r);
+        assert_eq!(name, "ZG9ja2VyLmlvL2xpYnJhcnkvcHl0aG9uOjMuMTE=");
+        assert_eq!(decode_ref(OsStr::new(&name)).as_deref(), Some(r));
+        for bad in ["", "not base64!", "AAo=", "sha256:00"] {
+            assert_eq!(decode_ref(OsStr::new(bad)), None, "{bad}");
+        }
+    }
+}

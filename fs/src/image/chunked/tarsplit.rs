@@ -385,6 +385,8 @@ mod tests {
         );
         let lines = zstd::stream::decode_all(packed).unwrap();
         assert_eq!(lines.len() as u64, pos[2]);
+        // What podman is told the layer's size is: the tar's, exactly.
+        assert_eq!(tar_size(&lines[..]).unwrap(), tar_bytes.len() as u64);
         // The footer says the same.
         let footer = &blob[blob.len() - 64..];
         let f = |i: usize| u64::from_le_bytes(footer[i * 8..i * 8 + 8].try_into().unwrap());

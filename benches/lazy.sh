@@ -29,6 +29,8 @@
 #   podman-als    podman (as root, empty storage) with `rcfs als` (an empty
 #                 rcfs store, started untimed) as its Additional Layer Store:
 #                 `run --rm` of the image `rcfs convert` made zstd:chunked
+#   podman-als-traced  the same with the image `rcfs convert --trace` made
+#                 (the files a start reads first in each layer)
 #   podman5-chunked  podman 5.4 (scripts/podman5's Debian 13 chroot, as root,
 #                 storage emptied untimed) `run --rm` of that same image: its
 #                 own zstd:chunked partial pull
@@ -49,7 +51,7 @@
 # same run, in turn (each case's runs interleaved: a b, then b a, ...); the
 # first is the reference the others are compared with, the last one builds
 # the images (SETUP_RCFS=). CASES="lazy learned traced full run run-unverified umoci
-# podman podman-user podman-als podman5-chunked podman-warm podman-als-warm" (the default: all). IDLE_WAIT=S waits up to S seconds before each
+# podman podman-user podman-als podman-als-traced podman5-chunked podman-warm podman-als-warm" (the default: all). IDLE_WAIT=S waits up to S seconds before each
 # run for the machine to be under IDLE_BUSY=25 % busy (default 0: no wait).
 # Needs: debootstrap, docker-registry, skopeo, umoci, python3, fuse3 (it
 # installs what is missing).
@@ -62,7 +64,7 @@ RTT_MS=${RTT_MS:-20}
 MBIT=${MBIT:-100}
 RCFS=${RCFS:-$REPO/target/release/rcfs}
 BINS=${BINS:-rcfs=$RCFS}
-CASES=${CASES:-lazy learned traced full run run-unverified umoci podman podman-user podman-als podman5-chunked podman-warm podman-als-warm}
+CASES=${CASES:-lazy learned traced full run run-unverified umoci podman podman-user podman-als podman-als-traced podman5-chunked podman-warm podman-als-warm}
 IDLE_WAIT=${IDLE_WAIT:-0}
 IDLE_BUSY=${IDLE_BUSY:-25}
 OUT=${OUT:-$REPO/benches/results/lazy-$(date +%Y%m%d-%H%M%S).md}
@@ -258,7 +260,9 @@ umount_under() {
     { grep -o " $1/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
 # `rcfs als` (binary RCFS) at DIR/als over the store DIR/rcfs, started;
-# podman_als DIR ARGS... is podman_in DIR/pod with it as its store.
+# podman_als DIR ARGS... is podman_in $RUN/pa (podman's runroot path may
+# not pass 50 characters; one such case runs at a time) with it as its
+# store.
 start_als() { # RCFS DIR
     mkdir -p "$2/als"
     RUST_LOG=warn "$1" --root "$2/rcfs" als --tls-verify=false "$2/als" >"$2/als.log" 2>&1 &
@@ -267,10 +271,11 @@ start_als() { # RCFS DIR
 }
 podman_als() { # DIR ARGS...
     local d=$1; shift
-    podman_in "$d/pod" --storage-opt "overlay.additionallayerstore=$d/als:ref" "$@"
+    podman_in "$RUN/pa" --storage-opt "overlay.additionallayerstore=$d/als:ref" "$@"
 }
 stop_als() { # DIR
-    umount_under "$1/pod"
+    umount_under "$RUN/pa"
+    rm -rf "$RUN/pa"
     umount "$1/als" 2>/dev/null || true
     sleep 0.2
 }
@@ -298,12 +303,12 @@ run_case() { # NAME LABEL I
     fi
     case $name in
         # Untimed: the store started, empty.
-        podman-als) start_als "$rcfs" "$store" ;;
+        podman-als | podman-als-traced) start_als "$rcfs" "$store" ;;
         podman5-chunked) podman5 system reset -f >/dev/null 2>&1 ;;
         # Untimed: the image pulled (from the registry itself) and run once.
         podman-warm)
-            podman_in "$store" pull -q --tls-verify=false "$REG/full/py:v1" >/dev/null
-            podman_in "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
+            podman_in "$RUN/pw" pull -q --tls-verify=false "$REG/full/py:v1" >/dev/null
+            podman_in "$RUN/pw" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
                 /usr/bin/python3 -c "$START" >/dev/null ;;
         podman-als-warm)
             start_als "$rcfs" "$store"
@@ -347,11 +352,14 @@ run_case() { # NAME LABEL I
         podman-als)
             podman_als "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/lazy/conv:v1" \
                 /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
+        podman-als-traced)
+            podman_als "$store" run --rm --tls-verify=false --net=host "${PODMAN_RUN_OPTS[@]}" "$PROXY/lazy/traced:v1" \
+                /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         podman5-chunked)
             podman5 run --rm --tls-verify=false --net=host "$PROXY/lazy/conv:v1" \
                 /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         podman-warm)
-            podman_in "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
+            podman_in "$RUN/pw" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/full/py:v1" \
                 /usr/bin/python3 -c "$START" >"$out" 2>"$out.err" || rc=$? ;;
         podman-als-warm)
             podman_als "$store" run --rm --net=host "${PODMAN_RUN_OPTS[@]}" "$REG/lazy/conv:v1" \
@@ -389,8 +397,9 @@ run_case() { # NAME LABEL I
     fi
     mountpoint -q "$mnt" && "$rcfs" umount "$mnt"
     case $name in
-        podman | podman-warm) umount_under "$store" ;;
-        podman-als | podman-als-warm) stop_als "$store" ;;
+        podman) umount_under "$store" ;;
+        podman-warm) umount_under "$RUN/pw"; rm -rf "$RUN/pw" ;;
+        podman-als | podman-als-traced | podman-als-warm) stop_als "$store" ;;
     esac
     if [ "$name" = podman-user ] && [ -f "$store/run/libpod/tmp/pause.pid" ]; then
         # Its namespace (and fuse-overlayfs mounts) go with its pause process.
@@ -404,7 +413,7 @@ run_case() { # NAME LABEL I
 order() { # I
     if (($1 % 2)); then printf '%s\n' "${LABELS[@]}"; else printf '%s\n' "${LABELS[@]}" | tac; fi
 }
-PER_BIN="lazy learned traced full run run-unverified podman-als podman-als-warm"
+PER_BIN="lazy learned traced full run run-unverified podman-als podman-als-traced podman-als-warm"
 for i in $(seq 1 "$RUNS"); do
     for name in $CASES; do
         if [[ " $PER_BIN " == *" $name "* ]]; then
@@ -473,13 +482,14 @@ declare -A DESC=(
     [podman]="podman run --rm (gzip; root, overlay, empty storage)"
     [podman-user]="podman run --rm (gzip; rootless, overlay over fuse-overlayfs, empty storage)"
     [podman-als]="podman run --rm (zstd:chunked; root, empty storage, \`rcfs als\` as its layer store)"
+    [podman-als-traced]="podman run --rm (\`rcfs convert --trace\` image; root, empty storage, \`rcfs als\`)"
     [podman5-chunked]="podman 5.4 run --rm (zstd:chunked, its partial pull; root, empty storage)"
     [podman-warm]="podman run --rm, warm (gzip pulled normally)"
     [podman-als-warm]="podman run --rm, warm (layers from \`rcfs als\`)"
 )
 target() { # NAME TIME
     case $1 in lazy | learned | traced) awk -v r="$(ratio "$2" "$tu")" 'BEGIN{print (r == "-") ? "≤ 0.2x full pull | -" : (r <= 0.2) ? "≤ 0.2x full pull | ok" : "≤ 0.2x full pull | MISS"}' ;;
-        podman-als) awk -v a="$(ratio "$2" "$tp")" -v b="$(ratio "$2" "$t5")" 'BEGIN{
+        podman-als | podman-als-traced) awk -v a="$(ratio "$2" "$tp")" -v b="$(ratio "$2" "$t5")" 'BEGIN{
             ok = (a != "-" && a <= 0.2 && b != "-" && b <= 0.5); printf "≤ 0.2x podman, ≤ 0.5x podman 5 (%sx) | %s\n", b, (a == "-" || b == "-") ? "-" : ok ? "ok" : "MISS"}' ;;
         podman-als-warm) awk -v r="$(ratio "$2" "$tw")" 'BEGIN{printf "≤ 1.05x podman warm (%sx) | %s\n", r, (r == "-") ? "-" : (r <= 1.05) ? "ok" : "MISS"}' ;;
         *) echo " | " ;; esac

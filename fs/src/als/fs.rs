@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use fuser::{
 
 use super::{Als, Node, ROOT_INO};
 use crate::error;
-use crate::fuse::reply::{kind_to_type, to_file_attr};
+use crate::fuse::reply::{kind_to_type, negative_entry, to_file_attr};
 use crate::layer::{Attr, Kind, LowerFile};
 use crate::lock::{Mutex, Rank};
 use crate::union::Stat;
@@ -46,6 +46,13 @@ pub struct AlsFs {
     als: Arc<Als>,
     handles: Mutex<IdMap<Arc<Open>>>,
     next: AtomicU64,
+    /// The kernel opens files without asking (`FUSE_NO_OPEN_SUPPORT`, once
+    /// an open answered `ENOSYS`): reads then come by inode, and what they
+    /// read is kept here by inode until the kernel forgets it. Each
+    /// container start opens every file it reads again through a new
+    /// overlay mount; this spares an OPEN, FLUSH and RELEASE each.
+    no_open: AtomicBool,
+    by_ino: Mutex<IdMap<Arc<Open>>>,
 }
 
 impl std::fmt::Debug for AlsFs {
@@ -80,6 +87,8 @@ impl AlsFs {
             als,
             handles: Mutex::new(Rank::AlsHandles, IdMap::default()),
             next: AtomicU64::new(1),
+            no_open: AtomicBool::new(false),
+            by_ino: Mutex::new(Rank::AlsHandles, IdMap::default()),
         }
     }
 
@@ -130,8 +139,20 @@ impl AlsFs {
         })
     }
 
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let h = self.handle(fh)?;
+    /// What a read without a handle (see `no_open`) of inode `ino` reads.
+    fn open_by_ino(&self, ino: u64) -> io::Result<Arc<Open>> {
+        if let Some(o) = self.by_ino.lock().get(&ino) {
+            return Ok(o.clone());
+        }
+        let o = Arc::new(self.do_open(ino, libc::O_RDONLY)?);
+        Ok(self.by_ino.lock().entry(ino).or_insert(o).clone())
+    }
+
+    fn do_read(&self, ino: u64, fh: FileHandle, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let h = match fh.0 {
+            0 => self.open_by_ino(ino)?,
+            _ => self.handle(fh)?,
+        };
         let mut buf = vec![0u8; size as usize];
         let n = match &*h {
             Open::Info(l) => {
@@ -171,6 +192,10 @@ impl AlsFs {
 impl Filesystem for AlsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
+        self.no_open.store(
+            caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT),
+            Ordering::Relaxed,
+        );
         let want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(want & caps);
         let _ = config
@@ -196,12 +221,19 @@ impl Filesystem for AlsFs {
                 &file_attr(ino, &self.als.attr_of(&node)),
                 Generation(0),
             ),
+            // Layers never change: the kernel may remember that a name is
+            // not in one (the names above them are asked again).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.als.in_diff(parent.0) => {
+                reply.entry(&TTL, &negative_entry(), Generation(0))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.als.forget(ino.0, nlookup);
+        if self.als.forget(ino.0, nlookup) {
+            self.by_ino.lock().remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -342,6 +374,10 @@ impl Filesystem for AlsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let t = Instant::now();
+        if self.no_open.load(Ordering::Relaxed) && flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            // From now on the kernel opens without asking (see `no_open`).
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.do_open(ino.0, flags.0);
         self.trace(
             "open",
@@ -364,7 +400,7 @@ impl Filesystem for AlsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -372,7 +408,7 @@ impl Filesystem for AlsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(fh, offset, size) {
+        match self.do_read(ino.0, fh, offset, size) {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(errno(e)),
         }

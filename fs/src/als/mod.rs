@@ -302,24 +302,31 @@ impl Als {
         ino
     }
 
-    /// The kernel drops `count` lookups of `ino`.
-    pub(crate) fn forget(&self, ino: u64, count: u64) {
+    /// The kernel drops `count` lookups of `ino`; true if that was the
+    /// last (the inode is gone).
+    pub(crate) fn forget(&self, ino: u64, count: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut n = self.nodes.lock();
         let Some(s) = n.slots.get_mut(&ino) else {
-            return;
+            return false;
         };
         s.lookups = s.lookups.saturating_sub(count);
         if s.lookups > 0 {
-            return;
+            return false;
         }
         let s = n.slots.remove(&ino).expect("just seen");
         if n.by_name.get(&(s.parent, s.name.clone())) == Some(&ino) {
             n.by_name.remove(&(s.parent, s.name));
         }
         n.by_file.retain(|_, v| *v != ino);
+        true
+    }
+
+    /// Whether `ino` is a directory of a layer's `diff`.
+    pub(crate) fn in_diff(&self, ino: u64) -> bool {
+        matches!(self.node(ino), Ok(Node::Diff { .. }))
     }
 
     /// The inode this name's entries have in a listing: theirs if the

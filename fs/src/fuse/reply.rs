@@ -96,7 +96,7 @@ pub(super) fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 /// An attribute value the kernel reads as "no such entry, and remember that".
-pub(super) fn negative_entry() -> FileAttr {
+pub(crate) fn negative_entry() -> FileAttr {
     FileAttr {
         ino: INodeNo(0),
         size: 0,

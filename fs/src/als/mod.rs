@@ -389,13 +389,15 @@ impl Als {
     }
 
     /// `<digest>` at the top (a store configured without `:ref`): only a
-    /// layer served already, by its blob or TOC digest.
+    /// layer served already, by a digest rcfs checked: its TOC's, or its
+    /// blob's if the blob was hashed. A lazy layer's blob digest is only
+    /// what its manifest says: another image could name the same one.
     fn layer_without_ref(&self, d: &Digest, name: &OsStr) -> io::Result<Node> {
         let t = self.table.lock();
         let layer = t
             .layers
             .values()
-            .find(|l| l.blob == *d || l.key.toc() == Some(d))
+            .find(|l| l.key.toc() == Some(d) || l.key == LayerKey::Blob(*d))
             .cloned()
             .ok_or_else(enoent)?;
         Ok(Node::Layer {
